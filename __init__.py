@@ -1,0 +1,3 @@
+"""labelopt: pay the teacher once per dataset."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,8 @@
+"""The one exception type that reaches a user as a single line."""
+
+
+class UserError(Exception):
+    """Bad input: the message says what is wrong and what to do.
+
+    The CLI prints it as one line and exits non-zero, without a traceback.
+    """

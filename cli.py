@@ -1,0 +1,151 @@
+"""The `labelopt` command line: each command parses options and calls one function of `pipeline/`."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+if __name__ == "__main__" and not __package__:
+    # `python cli.py ...` from the repository root: run the installed package's CLI.
+    from labelopt.cli import main as _installed_main
+
+    sys.exit(_installed_main())
+
+import click
+
+from .pipeline.errors import UserError
+
+
+class LabeloptGroup(click.Group):
+    """Bad input ends as one line on stderr and a non-zero exit, never a traceback."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+
+def int_list(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers") from None
+
+
+@click.group(cls=LabeloptGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="labelopt")
+def main():
+    """labelopt: pay the teacher once per dataset.
+
+    prepare -> train (teachers, baselines) -> evaluate.
+    """
+
+
+@main.command()
+@click.option("--dataset", required=True, help="cifar10, cifar100, stl10, imagenet or digits (embedded, no --root).")
+@click.option("--root", type=click.Path(path_type=Path), help="Folder holding the official files.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Writes OUT/<dataset>/.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing prepared dataset.")
+@click.option("--unlabeled", is_flag=True, help="STL-10: also write the 100,000-image unlabeled split.")
+@click.option("--max-side", default=256, show_default=True, help="JPEG datasets: longest side stored.")
+@click.option("--jpeg-quality", default=90, show_default=True, help="JPEG datasets: encoder quality.")
+def prepare(dataset, root, out, overwrite, unlabeled, max_side, jpeg_quality):
+    """Convert a dataset's official files to FFCV .beton splits plus meta.json."""
+    from .pipeline.prepare import prepare as run_prepare
+
+    final = run_prepare(dataset, root, out, overwrite=overwrite, include_unlabeled=unlabeled, max_side=max_side,
+                        jpeg_quality=jpeg_quality, log=lambda m: click.echo(m, err=True))
+    meta = json.loads((final / "meta.json").read_text())
+    for split, info in meta["splits"].items():
+        click.echo(f"{final / info['file']}  {info['num_samples']} images  fingerprint {info['fingerprint'][:16]}")
+    click.echo(f"{final / 'meta.json'}")
+
+
+@main.command()
+@click.option("--classes", default=100, show_default=True, help="Class count for the parameter counts.")
+@click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
+def models(classes, as_json):
+    """List the model architectures and their parameter counts."""
+    from .models import create_model, get_spec, model_names, parameter_count, tap_names
+    from .pipeline.reports import format_table
+
+    rows = []
+    for name in model_names():
+        spec = get_spec(name)
+        rows.append({"name": name, "family": spec.family, "input": spec.input_size,
+                     "parameters": parameter_count(create_model(name, classes)), "taps": ", ".join(tap_names(name))})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(format_table(rows, [("name", "model"), ("family", "family"), ("input", "input"),
+                                       ("parameters", f"params ({classes} classes)"), ("taps", "feature taps")]))
+
+
+@main.command()
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="A prepared dataset folder (has meta.json).")
+@click.option("--arch", required=True, help="Model name (labelopt models).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
+@click.option("--epochs", default=240, show_default=True)
+@click.option("--batch-size", default=64, show_default=True)
+@click.option("--lr", default=0.05, show_default=True)
+@click.option("--momentum", default=0.9, show_default=True)
+@click.option("--weight-decay", default=5e-4, show_default=True)
+@click.option("--schedule", default="step", show_default=True, help="step or cosine.")
+@click.option("--milestones", default=None, help="Step epochs, e.g. 150,180,210 [default: 62.5/75/87.5% of --epochs].")
+@click.option("--gamma", default=0.1, show_default=True, help="Step decay factor.")
+@click.option("--label-smoothing", default=0.0, show_default=True)
+@click.option("--augment", default="auto", show_default=True,
+              help="View policy: cifar-crop-flip, rrc-flip, identity; auto picks by image size.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
+@click.option("--bf16", is_flag=True, help="bf16 autocast (GPU).")
+@click.option("--channels-last", is_flag=True, help="channels_last memory format.")
+@click.option("--workers", "num_workers", type=int, default=None, help="FFCV decoding threads [default: all cores].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
+def train(milestones, **kwargs):
+    """Train a model from scratch (teachers, vanilla and label-smoothing baselines)."""
+    from .pipeline.training import TrainOptions, train as run_train
+
+    options = TrainOptions(milestones=int_list(milestones), **{k: (str(v) if isinstance(v, Path) else v)
+                                                               for k, v in kwargs.items()})
+    out = run_train(options, log=lambda m: click.echo(m, err=True))
+    click.echo(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
+
+
+@main.command()
+@click.argument("checkpoints", nargs=-1, required=True)
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="A prepared dataset folder.")
+@click.option("--split", default="test", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for metrics.json and reliability PNGs.")
+@click.option("--bins", default=15, show_default=True, help="ECE confidence bins.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--bf16", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
+def evaluate(checkpoints, data, split, out, bins, device, bf16, as_json):
+    """Top-1, top-5, NLL, ECE and reliability diagrams; mean ± std over several checkpoints."""
+    from .pipeline.evaluation import evaluate_checkpoints, result_json
+    from .pipeline.reports import format_table
+
+    result = evaluate_checkpoints(list(checkpoints), str(data), split=split, device=device, bf16=bf16,
+                                  out=str(out) if out else None, n_bins=bins)
+    if as_json:
+        click.echo(result_json(result))
+        return
+    columns = [("checkpoint", "checkpoint"), ("top1", "top-1 %"), ("top5", "top-5 %"), ("nll", "NLL"), ("ece", "ECE")]
+    rows = list(result["runs"])
+    if len(rows) > 1:
+        rows.append({"checkpoint": f"mean ± std ({len(rows)})", **result["summary"]})
+    click.echo(format_table(rows, columns))
+    if out:
+        click.echo(f"written: {Path(out) / 'metrics.json'} and reliability diagram(s) in {out}")
+
+
+if __name__ == "__main__":
+    main()

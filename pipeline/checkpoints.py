@@ -1,0 +1,77 @@
+"""Checkpoints: a state dict plus metadata, readable with torch.load(weights_only=True).
+
+Checkpoints travel between teams, so they are never unpickled beyond tensors and
+plain containers, and a file that is not ours is refused with one line.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from ..models import UnknownModelError, create_model
+from .errors import UserError
+
+CHECKPOINT_FORMAT = "labelopt.checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    body = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(body, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist; pass the path of a .pt file written by labelopt train")
+    try:
+        body = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{path} is not a labelopt checkpoint (it does not load as plain tensors: {reason})") from None
+    if not isinstance(body, dict) or body.get("format") != CHECKPOINT_FORMAT:
+        raise UserError(f"{path} is not a labelopt checkpoint (no '{CHECKPOINT_FORMAT}' header); "
+                        f"use a last.pt or best.pt from a labelopt run folder")
+    if body.get("version") != CHECKPOINT_VERSION:
+        raise UserError(f"{path} has checkpoint version {body.get('version')}; this labelopt reads version "
+                        f"{CHECKPOINT_VERSION}: upgrade labelopt")
+    return body
+
+
+def build_model_from_checkpoint(body: dict, path: str | Path, *, num_classes: int | None = None,
+                                arch: str | None = None) -> torch.nn.Module:
+    """The checkpoint's model with its weights; refuses a mismatch with what the caller expects."""
+    ckpt_arch, ckpt_classes = body["arch"], int(body["num_classes"])
+    if arch is not None and arch != ckpt_arch:
+        raise UserError(f"{path} holds a {ckpt_arch}, not a {arch}; pass a {arch} checkpoint or --arch {ckpt_arch}")
+    if num_classes is not None and num_classes != ckpt_classes:
+        raise UserError(f"{path} was trained for {ckpt_classes} classes but the data has {num_classes}; "
+                        f"use a checkpoint trained on this dataset")
+    try:
+        model = create_model(ckpt_arch, ckpt_classes)
+    except UnknownModelError as exc:
+        raise UserError(f"{path}: {exc}") from None
+    missing, unexpected = _state_mismatch(model, body["model"])
+    if missing or unexpected:
+        raise UserError(f"{path}'s weights do not fit a {ckpt_arch} (missing {len(missing)}, unexpected "
+                        f"{len(unexpected)} tensors, e.g. {(missing or unexpected)[0]}); it was made for "
+                        f"another architecture")
+    try:
+        model.load_state_dict(body["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
+        raise UserError(f"{path}'s weights do not fit a {ckpt_arch} ({first}); it was made for another "
+                        f"architecture") from None
+    return model
+
+
+def _state_mismatch(model: torch.nn.Module, state: dict) -> tuple[list[str], list[str]]:
+    expected = set(model.state_dict())
+    given = set(state)
+    return sorted(expected - given), sorted(given - expected)

@@ -1,0 +1,102 @@
+"""A prepared dataset folder: <name>/{<split>.beton, meta.json}, read and validated."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+DATASET_FORMAT = "labelopt.dataset"
+# Side of the square that variable-size (JPEG) images are decoded to for training,
+# and the evaluation centre crop: the usual ImageNet 256 / 224 pair.
+TRAIN_DECODE_SIDE = 256
+EVAL_SIDE = 224
+
+
+@dataclass
+class PreparedDataset:
+    path: Path
+    meta: dict
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta["num_classes"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.meta["class_names"])
+
+    @property
+    def mean(self) -> list[float]:
+        return self.meta["mean"]
+
+    @property
+    def std(self) -> list[float]:
+        return self.meta["std"]
+
+    @property
+    def fixed_size(self) -> bool:
+        return self.meta.get("image_shape") is not None
+
+    @property
+    def input_size(self) -> int:
+        """Side of the square images models see."""
+        return int(self.meta["image_shape"][0]) if self.fixed_size else EVAL_SIDE
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.meta["splits"])
+
+    def split_meta(self, split: str) -> dict:
+        if split not in self.meta["splits"]:
+            raise UserError(f"{self.path} has no split '{split}'; it has: {', '.join(self.splits)}")
+        return self.meta["splits"][split]
+
+    def beton(self, split: str) -> Path:
+        path = self.path / self.split_meta(split)["file"]
+        if not path.is_file():
+            raise UserError(f"{path} is missing; prepare the dataset again with labelopt prepare --overwrite")
+        return path
+
+    def num_samples(self, split: str) -> int:
+        return int(self.split_meta(split)["num_samples"])
+
+    def fingerprint(self, split: str) -> str:
+        return self.split_meta(split)["fingerprint"]
+
+    def identity(self, split: str) -> dict:
+        """What a run or a store records about the data it was made from."""
+        return {
+            "name": self.name,
+            "split": split,
+            "num_samples": self.num_samples(split),
+            "num_classes": self.num_classes,
+            "fingerprint": self.fingerprint(split),
+        }
+
+
+def open_dataset(path: str | Path) -> PreparedDataset:
+    path = Path(path)
+    meta_path = path / "meta.json"
+    if not meta_path.is_file():
+        hint = ""
+        if path.is_dir():
+            inner = sorted(p.parent.name for p in path.glob("*/meta.json"))
+            if inner:
+                hint = f" (did you mean {path / inner[0]}?)"
+        raise UserError(
+            f"{path} is not a prepared dataset (no meta.json){hint}; "
+            f"run labelopt prepare --dataset NAME --out DIR and pass --data DIR/NAME"
+        )
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{meta_path} is unreadable ({exc}); prepare the dataset again with --overwrite") from None
+    if meta.get("format") != DATASET_FORMAT:
+        raise UserError(f"{meta_path} is not a labelopt dataset description; prepare the dataset again")
+    return PreparedDataset(path, meta)

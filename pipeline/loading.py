@@ -1,0 +1,99 @@
+"""FFCV loaders for prepared splits, yielding uint8 images, labels and sample indices as torch tensors.
+
+numba compiles every new FFCV Loader at its first batch (seconds), so loaders are
+kept per process and reused: a second run or an evaluation in the same process
+with the same settings starts at once. A reused Loader is told which epoch comes
+next, so its order is exactly that of a fresh one.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import ToTensor
+
+from .beton import worker_count
+from .datasets import EVAL_SIDE, TRAIN_DECODE_SIDE, PreparedDataset
+
+
+@dataclass(frozen=True)
+class LoaderKey:
+    path: str
+    mtime_ns: int
+    batch_size: int
+    shuffle: bool
+    seed: int
+    drop_last: bool
+    distributed: bool
+    decode: tuple
+    num_workers: int
+
+
+_LOADERS: dict[LoaderKey, Loader] = {}
+
+
+def _image_decoder(decode: tuple):
+    kind = decode[0]
+    if kind == "simple":
+        return SimpleRGBImageDecoder()
+    _, side, ratio = decode
+    return CenterCropRGBImageDecoder((side, side), ratio=ratio)
+
+
+def decode_plan(data: PreparedDataset, train: bool) -> tuple:
+    """Fixed-size images decode as they are; JPEG trees decode to a centred square."""
+    if data.fixed_size:
+        return ("simple",)
+    return ("center", TRAIN_DECODE_SIDE, 1.0) if train else ("center", EVAL_SIDE, EVAL_SIDE / TRAIN_DECODE_SIDE)
+
+
+class SplitLoader:
+    """Iterate one epoch of a split: (images uint8 [B,3,H,W], labels int64 [B], indices int64 [B])."""
+
+    def __init__(self, loader: Loader, device: torch.device):
+        self.loader = loader
+        self.device = device
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def epoch(self, epoch: int):
+        # FFCV's random order is seeded with seed + epoch; setting the epoch makes resume exact.
+        self.loader.next_epoch = epoch
+        for images, labels, indices in self.loader:
+            # FFCV reuses its output buffers: copy before handing a batch on.
+            yield (
+                images.permute(0, 3, 1, 2).to(self.device, memory_format=torch.contiguous_format, copy=True),
+                labels.view(-1).to(self.device, torch.long, copy=True),
+                indices.view(-1).to(self.device, torch.long, copy=True),
+            )
+
+
+def make_loader(data: PreparedDataset, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
+                drop_last: bool = False, distributed: bool = False, train_decode: bool | None = None,
+                device: torch.device | str = "cpu", num_workers: int | None = None) -> SplitLoader:
+    """A loader over `split`. `train_decode` picks the decode plan (defaults to `shuffle`)."""
+    path = data.beton(split)
+    decode = decode_plan(data, shuffle if train_decode is None else train_decode)
+    workers = num_workers or worker_count()
+    key = LoaderKey(str(path.resolve()), path.stat().st_mtime_ns, batch_size, shuffle, seed, drop_last,
+                    distributed, decode, workers)
+    loader = _LOADERS.get(key)
+    if loader is None:
+        int_pipeline = [IntDecoder(), ToTensor()]
+        loader = Loader(
+            str(path),
+            batch_size=batch_size,
+            num_workers=workers,
+            order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
+            seed=seed,
+            drop_last=drop_last,
+            distributed=distributed,
+            pipelines={"image": [_image_decoder(decode), ToTensor()],
+                       "label": list(int_pipeline), "index": [IntDecoder(), ToTensor()]},
+        )
+        _LOADERS[key] = loader
+    return SplitLoader(loader, torch.device(device))

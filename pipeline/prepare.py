@@ -1,0 +1,52 @@
+"""`labelopt prepare`: a dataset's official files -> <out>/<name>/{split}.beton + meta.json."""
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .. import __version__
+from .atomic import atomic_directory, write_json_atomic
+from .beton import write_beton
+from .datasets import DATASET_FORMAT
+from .fingerprint import channel_stats, split_fingerprint
+from .sources import load_source
+
+
+def prepare(dataset: str, root: Path | None, out: Path, *, overwrite: bool = False,
+            include_unlabeled: bool = False, max_side: int = 256, jpeg_quality: int = 90,
+            log=print) -> Path:
+    source = load_source(dataset, root, include_unlabeled=include_unlabeled)
+    final = Path(out) / source.name
+    with atomic_directory(final, overwrite) as tmp:
+        splits = {}
+        for split_name, split in source.splits.items():
+            log(f"prepare: {source.name}/{split_name}: {len(split)} images")
+            write_beton(split, tmp / f"{split_name}.beton", source.storage, max_side, jpeg_quality)
+            with tqdm(total=len(split), desc=f"fingerprint {split_name}", unit="img", leave=False) as bar:
+                fingerprint = split_fingerprint(split, progress=bar.update)
+            splits[split_name] = {
+                "file": f"{split_name}.beton",
+                "num_samples": len(split),
+                "fingerprint": fingerprint,
+            }
+        mean, std = channel_stats(source.splits["train"])
+        meta = {
+            "format": DATASET_FORMAT,
+            "name": source.name,
+            "labelopt_version": __version__,
+            "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "num_classes": source.num_classes,
+            "class_names": source.class_names,
+            "image_shape": list(source.splits["train"].image_shape) if source.splits["train"].image_shape else None,
+            "storage": source.storage,
+            "storage_options": {"max_side": max_side, "jpeg_quality": jpeg_quality} if source.storage == "jpg" else {},
+            "mean": mean,
+            "std": std,
+            "fingerprint_scheme": "sha256 over length-prefixed image bytes (pixels for raw storage, "
+                                  "source file bytes for jpg storage) in index order, then int64 labels",
+            "splits": splits,
+        }
+        write_json_atomic(tmp / "meta.json", meta)
+    return final

@@ -1,0 +1,159 @@
+"""Presentation of metrics for people: reliability diagrams and text tables.
+
+matplotlib is imported inside plot_reliability only, so importing this module
+(e.g. by the CLI just to format a table) stays cheap.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from ..stages.metrics import CalibrationBins
+
+
+def plot_reliability(bins: CalibrationBins, path: Path, title: str) -> None:
+    """Save a reliability diagram as a PNG at `path`.
+
+    Top panel: per-bin accuracy bars against the diagonal, with the gap to the
+    bin's mean confidence shaded; ECE in the legend.  Bottom panel: the share
+    of samples per bin, so sparsely populated bins can be discounted by eye.
+    The PNG is written to a temporary sibling and renamed into place, so a
+    reader never sees a half-written file.
+    """
+    # Object-oriented API with an explicit Agg canvas: no pyplot global state
+    # and no change to whatever backend the caller has selected.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    edges = np.asarray(bins.edges, dtype=np.float64)
+    counts = np.asarray(bins.counts)
+    left = edges[:-1]
+    width = np.diff(edges)
+    filled = counts > 0
+    total = int(counts.sum())
+
+    fig = Figure(figsize=(5.0, 6.0), dpi=120)
+    FigureCanvasAgg(fig)
+    gs = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+    ax = fig.add_subplot(gs[0])
+    ax_n = fig.add_subplot(gs[1], sharex=ax)
+
+    acc = np.where(filled, bins.accuracy, 0.0)
+    conf = np.where(filled, bins.confidence, 0.0)
+    ax.bar(left, acc, width=width, align="edge", color="#4C72B0", edgecolor="white",
+           linewidth=0.8, label="accuracy")
+    # Gap between accuracy and confidence, drawn only where the bin has samples;
+    # hatch without fill so it stays readable where it overlaps the accuracy bar.
+    lo = np.minimum(acc, conf)
+    gap = np.abs(conf - acc)
+    ax.bar(left[filled], gap[filled], bottom=lo[filled], width=width[filled], align="edge",
+           facecolor="none", edgecolor="#C44E52", hatch="///", linewidth=1.0, zorder=3,
+           label=f"gap (ECE = {bins.ece():.4f})")
+    ax.plot([0.0, 1.0], [0.0, 1.0], linestyle="--", color="0.3", linewidth=1.0, label="perfect calibration")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.tick_params(labelbottom=False)
+    ax.grid(alpha=0.25, linewidth=0.5)
+
+    share = counts / total if total else np.zeros_like(counts, dtype=np.float64)
+    ax_n.bar(left, share, width=width, align="edge", color="0.55", edgecolor="white", linewidth=0.8)
+    ax_n.set_xlabel("confidence (max probability)")
+    ax_n.set_ylabel("share of samples")
+    ax_n.set_ylim(0.0, max(float(share.max(initial=0.0)) * 1.15, 0.05))
+    ax_n.text(0.01, 0.95, f"N = {total}", transform=ax_n.transAxes, ha="left", va="top", fontsize=8)
+    ax_n.grid(alpha=0.25, linewidth=0.5)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Unique hidden sibling (same filesystem, so os.replace is atomic); opened with
+    # "xb" rather than mkstemp so the final file gets normal umask permissions.
+    tmp_name = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp_name, "xb") as fh:
+            fig.savefig(fh, format="png", bbox_inches="tight")
+        os.replace(tmp_name, path)
+    except BaseException:
+        # Never leave the temporary behind, whatever went wrong.
+        try:
+            os.unlink(tmp_name)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+MISSING = "-"
+
+
+def _float_spec(x: float) -> str:
+    """Format spec for one float: 2 decimals from 1 up, 4 below, scientific when tiny."""
+    a = abs(x)
+    if a == 0.0 or a >= 1.0:
+        return ".2f"
+    if a >= 1e-3:
+        return ".4f"
+    return ".2e"
+
+
+def _is_mean_std(v) -> bool:
+    return isinstance(v, dict) and "mean" in v and "std" in v
+
+
+def _format_cell(v) -> str:
+    if v is None:
+        return MISSING
+    if _is_mean_std(v):
+        mean, std = float(v["mean"]), float(v["std"])
+        if not math.isfinite(mean):
+            return f"{_format_cell(mean)} ± {_format_cell(std)}"
+        # Same precision for both, chosen from the mean, so "69.17 ± 0.05" reads naturally.
+        spec = _float_spec(mean)
+        return f"{mean:{spec}} ± {std:{spec}}"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        x = float(v)
+        if math.isnan(x):
+            return "nan"
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return f"{x:{_float_spec(x)}}"
+    return str(v)
+
+
+def _is_numeric(v) -> bool:
+    return _is_mean_std(v) or (isinstance(v, numbers.Real) and not isinstance(v, bool))
+
+
+def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+    """Render rows as an aligned plain-text table.
+
+    columns is [(key, header)].  Numeric columns (numbers or {"mean","std"}
+    dicts) are right-aligned so decimal places line up; others are left-aligned.
+    Missing keys and None render as "-".  Every line has the same width.
+    """
+    if not columns:
+        raise ValueError("format_table needs at least one column")
+    cells = [[_format_cell(row.get(key)) for key, _ in columns] for row in rows]
+    headers = [header for _, header in columns]
+    widths = [max([len(headers[j])] + [len(r[j]) for r in cells]) for j in range(len(columns))]
+    right = []
+    for key, _ in columns:
+        present = [row[key] for row in rows if row.get(key) is not None]
+        right.append(bool(present) and all(_is_numeric(v) for v in present))
+
+    def line(parts: list[str]) -> str:
+        return "  ".join(p.rjust(w) if r else p.ljust(w) for p, w, r in zip(parts, widths, right))
+
+    out = [line(headers), "  ".join("-" * w for w in widths)]
+    out.extend(line(r) for r in cells)
+    return "\n".join(out)

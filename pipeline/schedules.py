@@ -1,0 +1,53 @@
+"""Learning-rate schedules as pure functions of (epoch, step): nothing to save, resume is exact."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import UserError
+
+# The standard CIFAR recipe decays at 150/180/210 of 240 epochs; shorter runs keep the proportions.
+DEFAULT_MILESTONE_FRACTIONS = (150 / 240, 180 / 240, 210 / 240)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    name: str
+    base_lr: float
+    epochs: int
+    steps_per_epoch: int
+    milestones: tuple[int, ...]
+    gamma: float
+
+    def lr(self, epoch: int, step: int) -> float:
+        return SCHEDULES[self.name](self, epoch, step)
+
+
+def _step(s: Schedule, epoch: int, step: int) -> float:
+    return s.base_lr * s.gamma ** sum(epoch >= m for m in s.milestones)
+
+
+def _cosine(s: Schedule, epoch: int, step: int) -> float:
+    progress = (epoch * s.steps_per_epoch + step) / max(1, s.epochs * s.steps_per_epoch)
+    return 0.5 * s.base_lr * (1.0 + math.cos(math.pi * progress))
+
+
+SCHEDULES = {"step": _step, "cosine": _cosine}
+
+
+def default_milestones(epochs: int) -> tuple[int, ...]:
+    return tuple(max(1, round(epochs * f)) for f in DEFAULT_MILESTONE_FRACTIONS)
+
+
+def resolve_milestones(epochs: int, milestones: tuple[int, ...] | None) -> tuple[int, ...]:
+    if not milestones:
+        return default_milestones(epochs)
+    if any(m < 1 or m >= epochs for m in milestones) or list(milestones) != sorted(milestones):
+        raise UserError(f"--milestones {','.join(map(str, milestones))} must be increasing epochs between 1 and "
+                        f"{epochs - 1}")
+    return tuple(milestones)
+
+
+def check_schedule_name(name: str) -> None:
+    if name not in SCHEDULES:
+        raise UserError(f"unknown schedule '{name}'; known: {', '.join(sorted(SCHEDULES))}")

@@ -1,0 +1,234 @@
+"""`labelopt train`: a model from scratch on a prepared dataset, resumable and exactly reproducible on CPU."""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..models import UnknownModelError, create_model
+from ..stages.metrics import classification_metrics
+from .checkpoints import load_checkpoint, save_checkpoint
+from .datasets import PreparedDataset, open_dataset
+from .errors import UserError
+from .evaluation import eval_loader, predict
+from .loading import make_loader
+from .runs import MetricsLog, prepare_run_dir, provenance, read_config, write_config
+from .runtime import (DistInfo, autocast, barrier, check_precision, device_for, init_distributed,
+                      seed_everything)
+from .schedules import Schedule, check_schedule_name, resolve_milestones
+from .views import Normalizer, get_view_policy, view_policy_names
+
+# Options that may differ between a run and its --resume without changing the result.
+RESUME_FREE_OPTIONS = {"out", "resume", "overwrite", "device", "num_workers"}
+
+
+@dataclass
+class TrainOptions:
+    data: str
+    arch: str
+    out: str
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"
+    milestones: tuple[int, ...] | None = None
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    augment: str = "auto"
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    channels_last: bool = False
+    num_workers: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+
+
+def default_augment(data: PreparedDataset) -> str:
+    """Crop + flip for small fixed-size images (CIFAR recipe), random-resized-crop + flip otherwise."""
+    return "cifar-crop-flip" if data.fixed_size and data.input_size <= 64 else "rrc-flip"
+
+
+def resolve_options(options: TrainOptions, data: PreparedDataset) -> TrainOptions:
+    if options.epochs < 1 or options.batch_size < 1:
+        raise UserError("--epochs and --batch-size must be at least 1")
+    if not 0.0 <= options.label_smoothing < 1.0:
+        raise UserError("--label-smoothing must be in [0, 1)")
+    check_schedule_name(options.schedule)
+    augment = default_augment(data) if options.augment == "auto" else options.augment
+    if augment not in view_policy_names():
+        raise UserError(f"unknown --augment '{augment}'; known: auto, {', '.join(view_policy_names())}")
+    milestones = resolve_milestones(options.epochs, tuple(options.milestones) if options.milestones else None)
+    return dataclasses.replace(options, augment=augment, milestones=milestones)
+
+
+def cross_entropy_objective(label_smoothing: float):
+    def objective(model, images, labels, indices, view_params):
+        logits = model(images)
+        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing), logits
+    return objective
+
+
+def train(options: TrainOptions, *, on_epoch_end: Callable[[int], None] | None = None, log=print) -> Path:
+    """Train from scratch (or continue with resume) and return the run folder."""
+    dist_info = init_distributed(options.device)
+    device = device_for(dist_info, options.device)
+    check_precision(device, options.bf16)
+    data = open_dataset(options.data)
+    options = resolve_options(options, data)
+    seed_everything(options.seed)  # before the model exists: its initial weights come from the seed
+    try:
+        model = create_model(options.arch, data.num_classes)
+    except UnknownModelError as exc:
+        raise UserError(str(exc)) from None
+    objective = cross_entropy_objective(options.label_smoothing)
+    return fit(options, data, model, objective, dist_info, device, command="train",
+               on_epoch_end=on_epoch_end, log=log)
+
+
+def config_record(options: TrainOptions, data: PreparedDataset, dist_info: DistInfo, command: str) -> dict:
+    return {
+        "command": command,
+        **dataclasses.asdict(options),
+        "milestones": list(options.milestones),
+        "world_size": dist_info.world_size,
+        "global_batch_size": options.batch_size * dist_info.world_size,
+        "dataset": {**data.identity("train"), "path": str(data.path), "test_fingerprint": data.fingerprint("test")
+                    if "test" in data.splits else None},
+        "provenance": provenance(),
+    }
+
+
+def check_resume_matches(out: Path, config: dict) -> None:
+    previous = read_config(out)
+    changed = sorted(k for k, v in config.items()
+                     if k not in RESUME_FREE_OPTIONS | {"provenance"} and previous.get(k) != v)
+    if changed:
+        detail = ", ".join(f"{k}: {previous.get(k)!r} -> {config[k]!r}" for k in changed[:3])
+        raise UserError(f"--resume of {out} with other options ({detail}); rerun with the run's own options "
+                        f"(see its config.json) or start a new run")
+
+
+def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, objective, dist_info: DistInfo,
+        device: torch.device, *, command: str, on_epoch_end=None, log=print) -> Path:
+    """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume."""
+    out = Path(options.out)
+    config = config_record(options, data, dist_info, command)
+    if dist_info.is_main:
+        prepare_run_dir(out, overwrite=options.overwrite, resume=options.resume)
+        if options.resume:
+            check_resume_matches(out, config)
+    barrier(dist_info)
+
+    state = load_checkpoint(out / "last.pt") if options.resume else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if dist_info.enabled else model
+    optimizer = torch.optim.SGD(model.parameters(), lr=options.lr, momentum=options.momentum,
+                                weight_decay=options.weight_decay)
+    start_epoch, best = 0, {"top1": -1.0, "epoch": -1}
+    if state is not None:
+        optimizer.load_state_dict(state["training"]["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+        best = dict(state["training"]["best"])
+        torch.set_rng_state(state["training"]["torch_rng"])
+
+    train_loader = make_loader(data, "train", options.batch_size, shuffle=True, seed=options.seed, drop_last=True,
+                               distributed=dist_info.enabled, device=device, num_workers=options.num_workers)
+    if len(train_loader) == 0:
+        raise UserError(f"--batch-size {options.batch_size} is larger than the training split "
+                        f"({data.num_samples('train')} images); use a smaller batch")
+    test_loader = eval_loader(data, "test", device) if dist_info.is_main and "test" in data.splits else None
+    policy = get_view_policy(options.augment, data.input_size)
+    normalize = Normalizer(data.mean, data.std, device, channels_last=options.channels_last)
+    schedule = Schedule(options.schedule, options.lr, options.epochs, len(train_loader), options.milestones,
+                        options.gamma)
+
+    metrics_log = None
+    if dist_info.is_main:
+        write_config(out, config)
+        metrics_log = MetricsLog(out / "metrics.jsonl", keep_through_epoch=start_epoch - 1 if state else None)
+    if start_epoch >= options.epochs:
+        log(f"{out}: already complete ({options.epochs} epochs)")
+        return out
+
+    for epoch in range(start_epoch, options.epochs):
+        started = time.perf_counter()
+        # View draws depend only on (seed, epoch, rank): a resumed epoch sees the same views.
+        views_rng = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch * 7919 + dist_info.rank)
+        train_model.train()
+        loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        bar = tqdm(train_loader.epoch(epoch), total=len(train_loader), desc=f"epoch {epoch + 1}/{options.epochs}",
+                   unit="batch", leave=False, disable=None if dist_info.is_main else True)
+        for step, (images, labels, indices) in enumerate(bar):
+            lr = schedule.lr(epoch, step)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            params = policy.sample(images.shape[0], images.shape[2], images.shape[3], views_rng)
+            inputs = normalize(policy.apply(images, params))
+            with autocast(device, options.bf16):
+                loss, logits = objective(train_model, inputs, labels, indices, params)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach().float() * labels.shape[0]
+            correct += (logits.detach().argmax(1) == labels).sum()
+            seen += labels.shape[0]
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
+        bar.close()
+        train_seconds = time.perf_counter() - started
+        record = {"epoch": epoch, "lr": schedule.lr(epoch, 0), "train_loss": (loss_sum / seen).item(),
+                  "train_top1": 100.0 * correct.item() / seen, "train_seconds": round(train_seconds, 3),
+                  "train_img_per_s": round(seen * dist_info.world_size / train_seconds, 1)}
+        if dist_info.is_main:
+            if test_loader is not None:
+                logits, labels = predict(model, test_loader, normalize, bf16=options.bf16)
+                test = classification_metrics(logits, labels)
+                record.update({f"test_{k}": test[k] for k in ("top1", "top5", "nll", "ece")})
+            metrics_log.append(record)
+            improved = record.get("test_top1", record["train_top1"]) > best["top1"]
+            if improved:
+                best = {"top1": record.get("test_top1", record["train_top1"]), "epoch": epoch}
+            payload = checkpoint_payload(options, data, model, epoch, record)
+            if improved:
+                save_checkpoint(out / "best.pt", payload)
+            save_checkpoint(out / "last.pt", {**payload, "training": {
+                "optimizer": optimizer.state_dict(), "best": best, "torch_rng": torch.get_rng_state()}})
+            log(epoch_line(record, options.epochs))
+        barrier(dist_info)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+    return out
+
+
+def checkpoint_payload(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, epoch: int,
+                       record: dict) -> dict:
+    return {
+        "arch": options.arch,
+        "num_classes": data.num_classes,
+        "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "epoch": epoch,
+        "metrics": record,
+        "dataset": {**data.identity("train"), "mean": data.mean, "std": data.std, "input_size": data.input_size},
+    }
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    text = (f"epoch {record['epoch'] + 1}/{epochs}  loss {record['train_loss']:.4f}  "
+            f"train {record['train_top1']:.2f}%")
+    if "test_top1" in record:
+        text += f"  test {record['test_top1']:.2f}%  nll {record['test_nll']:.4f}  ece {record['test_ece']:.4f}"
+    return text + f"  {record['train_img_per_s']:.0f} img/s"

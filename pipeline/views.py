@@ -1,0 +1,185 @@
+"""Augmentation as *views*: deterministic transforms with explicit integer parameters.
+
+FFCV only decodes; augmentation runs here as batched torch ops after the loader,
+so stage one can label exactly the pixels stage two will show a student: the same
+`apply(images, params)` gives the same pixels, always.
+
+Images are uint8 tensors [B, 3, H, W]; params are int64 tensors [B, P].
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from .errors import UserError
+
+
+class ViewPolicy(ABC):
+    """A family of views. `num_views` is the size of an enumerable view space, or None."""
+
+    name: str
+    num_views: int | None
+    param_names: tuple[str, ...]
+
+    @abstractmethod
+    def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+        """Draw parameters for n images of height x width (the training-time distribution).
+
+        Draws on a CPU generator so a seed gives the same views on every device.
+        """
+
+    @abstractmethod
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """The viewed images, uint8 [B, 3, H', W']."""
+
+    def describe(self) -> dict:
+        return {"policy": self.name, "num_views": self.num_views, "param_names": list(self.param_names)}
+
+
+@dataclass
+class IdentityView(ViewPolicy):
+    name = "identity"
+    num_views = 1
+    param_names = ("view",)
+
+    def sample(self, n, height, width, generator):
+        return torch.zeros(n, 1, dtype=torch.long)
+
+    def apply(self, images, params):
+        return images
+
+
+@dataclass
+class PadCropFlipView(ViewPolicy):
+    """Zero-pad by `pad`, crop back to the input size, optionally flip horizontally.
+
+    With pad 4 there are 9 x 9 x 2 = 162 views; view id v encodes
+    (dy, dx, flip) = (v // (2 * side), (v // 2) % side, v % 2) with side = 2 * pad + 1.
+    Uniform view ids are exactly the standard CIFAR crop + flip distribution.
+    """
+
+    pad: int = 4
+    name = "cifar-crop-flip"
+    param_names = ("view",)
+
+    @property
+    def side(self) -> int:
+        return 2 * self.pad + 1
+
+    @property
+    def num_views(self) -> int:  # type: ignore[override]
+        return self.side * self.side * 2
+
+    def decode(self, view_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        dy = view_ids // (2 * self.side)
+        dx = (view_ids // 2) % self.side
+        flip = view_ids % 2
+        return dy, dx, flip
+
+    def sample(self, n, height, width, generator):
+        return torch.randint(0, self.num_views, (n, 1), generator=generator)
+
+    def apply(self, images, params):
+        b, c, h, w = images.shape
+        view_ids = params[:, 0].to(images.device)
+        dy, dx, flip = self.decode(view_ids)
+        padded = F.pad(images, (self.pad,) * 4)
+        rows = dy[:, None] + torch.arange(h, device=images.device)[None, :]  # [B, H]
+        cols = torch.arange(w, device=images.device)[None, :].expand(b, w)
+        # A flipped view reads its columns right to left.
+        cols = torch.where(flip[:, None].bool(), w - 1 - cols, cols) + dx[:, None]  # [B, W]
+        batch = torch.arange(b, device=images.device)[:, None, None]
+        out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+        return out.permute(0, 3, 1, 2).contiguous()
+
+
+@dataclass
+class ResizedCropFlipView(ViewPolicy):
+    """Random-resized-crop + horizontal flip, parameters (top, left, height, width, flip).
+
+    The crop is resampled to `size` x `size` with RoIAlign (bilinear, batched; adaptive
+    sampling averages several points per output pixel when shrinking), so
+    every view is a pure function of its integer box.
+    """
+
+    size: int
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    name = "rrc-flip"
+    num_views = None
+    param_names = ("top", "left", "height", "width", "flip")
+
+    def sample(self, n, height, width, generator):
+        # Ten proposals per sample, vectorised; the first that fits wins, else the whole image.
+        tries = 10
+        area = height * width
+        target = area * torch.empty(n, tries).uniform_(*self.scale, generator=generator)
+        log_r = torch.empty(n, tries).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]), generator=generator)
+        aspect = torch.exp(log_r)
+        w = torch.round(torch.sqrt(target * aspect)).long()
+        h = torch.round(torch.sqrt(target / aspect)).long()
+        fits = (w >= 1) & (h >= 1) & (w <= width) & (h <= height)
+        first = torch.where(fits.any(1), fits.float().argmax(1), torch.full((n,), -1))
+        u_top = torch.rand(n, generator=generator)
+        u_left = torch.rand(n, generator=generator)
+        flip = torch.randint(0, 2, (n,), generator=generator)
+        pick = first.clamp(min=0)
+        hh = torch.where(first >= 0, h[torch.arange(n), pick], torch.full((n,), height))
+        ww = torch.where(first >= 0, w[torch.arange(n), pick], torch.full((n,), width))
+        top = torch.floor(u_top * (height - hh + 1)).long()
+        left = torch.floor(u_left * (width - ww + 1)).long()
+        return torch.stack([top, left, hh, ww, flip], dim=1)
+
+    def apply(self, images, params):
+        params = params.to(images.device)
+        top, left, h, w, flip = params.unbind(1)
+        batch = torch.arange(images.shape[0], device=images.device, dtype=torch.float32)
+        boxes = torch.stack([batch, left.float(), top.float(), (left + w).float(), (top + h).float()], dim=1)
+        crops = roi_align(images.float(), boxes, output_size=(self.size, self.size), spatial_scale=1.0,
+                          sampling_ratio=-1, aligned=True)
+        crops = torch.where(flip.bool()[:, None, None, None], crops.flip(-1), crops)
+        return crops.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _pad_crop_flip(size: int) -> ViewPolicy:
+    return PadCropFlipView(pad=4)
+
+
+VIEW_POLICIES = {
+    "identity": lambda size: IdentityView(),
+    "cifar-crop-flip": _pad_crop_flip,
+    "rrc-flip": lambda size: ResizedCropFlipView(size=size),
+}
+
+
+def view_policy_names() -> list[str]:
+    return sorted(VIEW_POLICIES)
+
+
+def get_view_policy(name: str, image_size: int) -> ViewPolicy:
+    """The named policy for square images of side `image_size` (the loader's output)."""
+    try:
+        factory = VIEW_POLICIES[name]
+    except KeyError:
+        raise UserError(f"unknown view policy '{name}'; known: {', '.join(view_policy_names())}") from None
+    return factory(image_size)
+
+
+class Normalizer:
+    """uint8 [B,3,H,W] -> float, (x/255 - mean) / std, on the images' device."""
+
+    def __init__(self, mean, std, device, channels_last: bool = False):
+        self.scale = (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0).reciprocal()
+        self.shift = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.channels_last = channels_last
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = (images.float() - self.shift) * self.scale
+        if self.channels_last:
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out

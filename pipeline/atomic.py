@@ -31,6 +31,9 @@ def atomic_directory(final: Path, overwrite: bool):
     refuse_existing(final, overwrite)
     ensure_writable_dir(final.parent, "output folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any folder
     try:
         yield tmp
     except BaseException:

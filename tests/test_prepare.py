@@ -1,0 +1,152 @@
+"""prepare: official formats -> .beton + meta.json, fingerprints, loaders that return exactly the source pixels."""
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from labelopt.cli import main
+from labelopt.pipeline.datasets import open_dataset
+from labelopt.pipeline.errors import UserError
+from labelopt.pipeline.fingerprint import split_fingerprint
+from labelopt.pipeline.loading import make_loader
+from labelopt.pipeline.prepare import prepare
+from labelopt.pipeline.sources import load_source
+from labelopt.tests.fakes import (fake_cifar_content, fake_stl10_content, write_fake_cifar10, write_fake_imagefolder,
+                                  write_fake_stl10)
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def read_split(data, split):
+    """Every (image HWC, label) of a split through the real FFCV loader, ordered by the index field."""
+    loader = make_loader(data, split, 64, shuffle=False)
+    images, labels, indices = [], [], []
+    for x, y, i in loader.epoch(0):
+        images.append(x.permute(0, 2, 3, 1))
+        labels.append(y)
+        indices.append(i)
+    order = torch.cat(indices).argsort()
+    return torch.cat(images)[order].numpy(), torch.cat(labels)[order].numpy(), torch.cat(indices)[order].numpy()
+
+
+def test_digits_meta_and_fingerprint(digits_dir):
+    meta = json.loads((digits_dir / "meta.json").read_text())
+    assert meta["num_classes"] == 10 and meta["class_names"] == [str(k) for k in range(10)]
+    assert meta["splits"]["train"]["num_samples"] == 1437 and meta["splits"]["test"]["num_samples"] == 360
+    assert meta["image_shape"] == [32, 32, 3] and meta["storage"] == "raw"
+    source = load_source("digits", None)
+    assert meta["splits"]["test"]["fingerprint"] == split_fingerprint(source.splits["test"])
+    pixels = np.stack([source.splits["train"].read_image(i) for i in range(1437)]).astype(np.float64) / 255
+    assert np.allclose(meta["mean"], pixels.reshape(-1, 3).mean(0), atol=1e-5)
+    assert np.allclose(meta["std"], pixels.reshape(-1, 3).std(0), atol=1e-5)
+    assert oct((digits_dir).stat().st_mode)[-3:] != "700"
+
+
+def test_digits_loader_returns_source_pixels_by_index(digits_dir):
+    data = open_dataset(digits_dir)
+    images, labels, indices = read_split(data, "test")
+    source = load_source("digits", None).splits["test"]
+    assert (indices == np.arange(360)).all()
+    assert np.array_equal(labels, source.labels)
+    assert np.array_equal(images, np.stack([source.read_image(i) for i in range(360)]))
+
+
+def test_cifar10_roundtrip_exact(tiny_cifar_dir):
+    data = open_dataset(tiny_cifar_dir)
+    expected_images, expected_labels = fake_cifar_content(10, n_train=96, n_test=40, seed=1)["train"]
+    images, labels, indices = read_split(data, "train")
+    assert np.array_equal(images, expected_images) and np.array_equal(labels, expected_labels)
+    assert data.class_names[0] == "airplane" and data.num_samples("test") == 40
+
+
+def test_stl10_with_unlabeled_split(tmp_path):
+    raw = write_fake_stl10(tmp_path / "raw", n_train=6, n_test=4, n_unlabeled=5)
+    final = prepare("stl10", raw, tmp_path / "out", include_unlabeled=True, log=lambda m: None)
+    data = open_dataset(final)
+    assert data.splits == ["train", "test", "unlabeled"]
+    assert data.input_size == 96 and data.num_samples("unlabeled") == 5
+    expected = fake_stl10_content(n_train=6, n_test=4, n_unlabeled=5)
+    source = load_source("stl10", raw, include_unlabeled=True)
+    assert np.array_equal(source.splits["train"].read_image(2), expected["train"][0][2])
+    assert (source.splits["unlabeled"].labels == -1).all()
+
+
+def test_imagefolder_stored_as_jpeg_and_decoded_to_squares(tmp_path):
+    raw = write_fake_imagefolder(tmp_path / "raw", per_class_train=3, per_class_val=2)
+    final = prepare("imagenet", raw, tmp_path / "out", max_side=64, jpeg_quality=95, log=lambda m: None)
+    data = open_dataset(final)
+    assert data.meta["storage"] == "jpg" and data.meta["image_shape"] is None
+    assert data.splits == ["train", "val"] and data.num_classes == 3
+    x, y, i = next(iter(make_loader(data, "val", 6, shuffle=False, train_decode=False).epoch(0)))
+    assert x.shape == (6, 3, 224, 224) and x.dtype == torch.uint8
+    assert sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
+
+
+def test_cli_prepare_digits_refuses_existing_output_then_overwrites(tmp_path):
+    code, out = run_cli("prepare", "--dataset", "digits", "--out", tmp_path)
+    assert code == 0 and "train.beton" in out
+    before = (tmp_path / "digits" / "meta.json").read_text()
+    code, out = run_cli("prepare", "--dataset", "digits", "--out", tmp_path)
+    assert code != 0 and "already exists; pass --overwrite" in out and "Traceback" not in out
+    assert (tmp_path / "digits" / "meta.json").read_text() == before
+    code, out = run_cli("prepare", "--dataset", "digits", "--out", tmp_path, "--overwrite")
+    assert code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits"]  # no temporary or old folders left
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--dataset", "cifar10"], "needs --root"),
+    (["--dataset", "cifar10", "--root", "/nonexistent/place"], "/nonexistent/place"),
+])
+def test_cli_prepare_bad_input_is_one_line(tmp_path, args, message):
+    code, out = run_cli("prepare", *args, "--out", tmp_path)
+    assert code != 0 and message in out and "Traceback" not in out
+    assert len(out.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_cifar_batch_names_the_file_and_writes_nothing(tmp_path):
+    folder = write_fake_cifar10(tmp_path / "raw", n_train=20, n_test=10)
+    (folder / "data_batch_3").unlink()
+    code, out = run_cli("prepare", "--dataset", "cifar10", "--root", tmp_path / "raw", "--out", tmp_path / "out")
+    assert code != 0 and "data_batch_3" in out
+    assert not (tmp_path / "out" / "cifar10").exists()
+
+
+def test_failure_midway_leaves_nothing_half_written(tmp_path, monkeypatch):
+    import labelopt.pipeline.prepare as prepare_module
+    real = prepare_module.write_beton
+    calls = []
+
+    def failing(split, path, *args):
+        calls.append(path.name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(split, path, *args)
+
+    monkeypatch.setattr(prepare_module, "write_beton", failing)
+    with pytest.raises(OSError):
+        prepare("digits", None, tmp_path, log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_refused(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    code, out = run_cli("prepare", "--dataset", "digits", "--out", blocker / "sub")
+    assert code != 0 and "cannot create output folder" in out and "Traceback" not in out
+
+
+def test_data_folder_that_was_not_prepared(tmp_path, digits_dir):
+    with pytest.raises(UserError, match="not a prepared dataset.*labelopt prepare"):
+        open_dataset(tmp_path)
+    with pytest.raises(UserError, match=f"did you mean {digits_dir}"):
+        open_dataset(digits_dir.parent)

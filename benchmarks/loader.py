@@ -1,0 +1,135 @@
+"""Loader throughput: labelopt (FFCV + batched torch views) vs a torchvision DataLoader, side by side.
+
+50,000 CIFAR-shaped images, one timed pass each after a warm-up pass, batch 256, the
+standard pad-4 crop + flip + normalization in both. Prints JSON, then a table.
+
+    .venv/bin/python benchmarks/loader.py [--images 50000] [--batch-size 256] [--workers N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def make_dataset(root: Path, n: int):
+    """A prepared CIFAR-shaped dataset of random images, written through labelopt's own prepare path."""
+    from labelopt.pipeline.atomic import write_json_atomic
+    from labelopt.pipeline.beton import write_beton
+    from labelopt.pipeline.datasets import DATASET_FORMAT
+    from labelopt.pipeline.sources import SplitSource
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
+    labels = rng.integers(0, 100, size=n).astype(np.int64)
+    split = SplitSource(n, labels, (32, 32, 3), lambda i: images[i], lambda i: images[i].tobytes())
+    folder = root / "bench"
+    folder.mkdir()
+    write_beton(split, folder / "train.beton", "raw", None, 90)
+    write_json_atomic(folder / "meta.json", {
+        "format": DATASET_FORMAT, "name": "bench", "num_classes": 100, "class_names": [str(i) for i in range(100)],
+        "image_shape": [32, 32, 3], "storage": "raw", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+        "splits": {"train": {"file": "train.beton", "num_samples": n, "fingerprint": "bench"}}})
+    return folder, images, labels
+
+
+def time_labelopt(folder: Path, batch_size: int, workers: int) -> dict:
+    from labelopt.pipeline.datasets import open_dataset
+    from labelopt.pipeline.loading import make_loader
+    from labelopt.pipeline.views import Normalizer, get_view_policy
+
+    data = open_dataset(folder)
+    loader = make_loader(data, "train", batch_size, shuffle=True, seed=0, drop_last=False, num_workers=workers)
+    policy = get_view_policy("cifar-crop-flip", 32)
+    normalize = Normalizer(data.mean, data.std, "cpu")
+    generator = torch.Generator().manual_seed(0)
+
+    def one_epoch(epoch):
+        seen = 0
+        for images, labels, indices in loader.epoch(epoch):
+            params = policy.sample(images.shape[0], 32, 32, generator)
+            out = normalize(policy.apply(images, params))
+            seen += out.shape[0]
+        return seen
+
+    started = time.perf_counter()
+    one_epoch(0)  # includes numba's compile
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    seen = one_epoch(1)
+    seconds = time.perf_counter() - started
+    return {"images": seen, "seconds": seconds, "img_per_s": seen / seconds, "first_epoch_seconds": first}
+
+
+def time_torchvision(images: np.ndarray, labels: np.ndarray, batch_size: int, workers: int) -> dict:
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+    from torchvision import transforms
+
+    class ArrayDataset(Dataset):
+        def __init__(self, transform):
+            self.transform = transform
+
+        def __len__(self):
+            return len(images)
+
+        def __getitem__(self, i):
+            return self.transform(Image.fromarray(images[i])), int(labels[i])
+
+    transform = transforms.Compose([
+        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))])
+    loader = DataLoader(ArrayDataset(transform), batch_size=batch_size, shuffle=True, num_workers=workers,
+                        persistent_workers=workers > 0)
+
+    def one_epoch():
+        seen = 0
+        for x, y in loader:
+            seen += x.shape[0]
+        return seen
+
+    started = time.perf_counter()
+    one_epoch()
+    first = time.perf_counter() - started
+    started = time.perf_counter()
+    seen = one_epoch()
+    seconds = time.perf_counter() - started
+    return {"images": seen, "seconds": seconds, "img_per_s": seen / seconds, "first_epoch_seconds": first}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=50000)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, images, labels = make_dataset(Path(tmp), args.images)
+        ours = time_labelopt(folder, args.batch_size, args.workers)
+        torch.set_num_threads(args.workers)  # FFCV changed it; give torchvision the same cores
+        theirs = time_torchvision(images, labels, args.batch_size, args.workers)
+    result = {
+        "benchmark": "loader",
+        "images": args.images, "batch_size": args.batch_size, "workers": args.workers,
+        "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "labelopt_ffcv_views": ours, "torchvision_dataloader": theirs,
+        "ratio_labelopt_over_torchvision": ours["img_per_s"] / theirs["img_per_s"],
+    }
+    print(json.dumps(result, indent=2))
+    print()
+    print(f"{'loader':<42} {'img/s':>10} {'epoch s':>9} {'first epoch s':>14}")
+    for name, row in (("labelopt: FFCV + batched torch views", ours), ("torchvision DataLoader + transforms", theirs)):
+        print(f"{name:<42} {row['img_per_s']:>10.0f} {row['seconds']:>9.2f} {row['first_epoch_seconds']:>14.2f}")
+    print(f"ratio labelopt / torchvision: {result['ratio_labelopt_over_torchvision']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

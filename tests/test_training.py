@@ -1,0 +1,164 @@
+"""labelopt train: run folder contents, exact resume, schedules and refusals."""
+import json
+import math
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from labelopt.cli import main
+from labelopt.pipeline.errors import UserError
+from labelopt.pipeline.schedules import Schedule, default_milestones
+from labelopt.pipeline.training import TrainOptions, train
+
+
+class Crash(Exception):
+    pass
+
+
+def options(data, out, **overrides):
+    base = dict(data=str(data), arch="resnet20", out=str(out), epochs=3, batch_size=32, lr=0.05, seed=7,
+                device="cpu")
+    return TrainOptions(**{**base, **overrides})
+
+
+def quiet(_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_cifar_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    train(options(tiny_cifar_dir, out), log=quiet)
+    return out
+
+
+def test_run_folder_contents(finished_run, tiny_cifar_dir):
+    config = json.loads((finished_run / "config.json").read_text())
+    assert config["arch"] == "resnet20" and config["epochs"] == 3 and config["augment"] == "cifar-crop-flip"
+    assert config["milestones"] == [2, 2, 3] or config["milestones"] == list(default_milestones(3))
+    meta = json.loads((tiny_cifar_dir / "meta.json").read_text())
+    assert config["dataset"]["fingerprint"] == meta["splits"]["train"]["fingerprint"]
+    assert config["provenance"]["versions"]["torch"] and "git_commit" in config["provenance"]
+    assert config["global_batch_size"] == 32 and config["world_size"] == 1
+    lines = [json.loads(l) for l in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [0, 1, 2]
+    assert {"train_loss", "train_top1", "test_top1", "test_top5", "test_nll", "test_ece", "lr"} <= set(lines[0])
+    for name in ("last.pt", "best.pt"):
+        body = torch.load(finished_run / name, weights_only=True)
+        assert body["format"] == "labelopt.checkpoint" and body["arch"] == "resnet20" and body["num_classes"] == 10
+    assert "training" in torch.load(finished_run / "last.pt", weights_only=True)
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(finished_run, tiny_cifar_dir, tmp_path):
+    out = tmp_path / "crashed"
+
+    def crash_after_first_epoch(epoch):
+        if epoch == 0:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train(options(tiny_cifar_dir, out), on_epoch_end=crash_after_first_epoch, log=quiet)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    train(options(tiny_cifar_dir, out, resume=True), log=quiet)
+    full = torch.load(finished_run / "last.pt", weights_only=True)
+    resumed = torch.load(out / "last.pt", weights_only=True)
+    assert full["epoch"] == resumed["epoch"] == 2
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    drop = ("train_seconds", "train_img_per_s")
+    strip = lambda path: [{k: v for k, v in json.loads(l).items() if k not in drop}
+                          for l in (path / "metrics.jsonl").read_text().splitlines()]
+    assert strip(finished_run) == strip(out)
+
+
+def test_resume_with_other_options_is_refused(finished_run, tiny_cifar_dir):
+    with pytest.raises(UserError, match="--resume of .* with other options .*lr"):
+        train(options(tiny_cifar_dir, finished_run, resume=True, lr=0.1), log=quiet)
+
+
+def test_resume_of_a_complete_run_does_nothing(finished_run, tiny_cifar_dir):
+    before = (finished_run / "last.pt").read_bytes()
+    messages = []
+    train(options(tiny_cifar_dir, finished_run, resume=True), log=messages.append)
+    assert "already complete" in messages[-1] and (finished_run / "last.pt").read_bytes() == before
+
+
+def test_schedules():
+    step = Schedule("step", 0.05, 240, 10, (150, 180, 210), 0.1)
+    assert step.lr(0, 0) == 0.05 and math.isclose(step.lr(150, 0), 0.005) and math.isclose(step.lr(239, 9), 5e-5)
+    cosine = Schedule("cosine", 0.1, 10, 4, (), 0.1)
+    assert cosine.lr(0, 0) == 0.1 and math.isclose(cosine.lr(5, 0), 0.05) and cosine.lr(9, 3) < 0.001
+    assert default_milestones(240) == (150, 180, 210)
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--arch", "resnet21"], "unknown model 'resnet21'; known models: resnet20"),
+    (["--arch", "resnet20", "--bf16", "--device", "cpu"], "--bf16 autocast runs on a GPU only"),
+    (["--arch", "resnet20", "--schedule", "linear"], "unknown schedule 'linear'"),
+    (["--arch", "resnet20", "--milestones", "5,2"], "must be increasing"),
+    (["--arch", "resnet20", "--batch-size", "1000", "--epochs", "1"], "larger than the training split"),
+])
+def test_cli_train_bad_input(tiny_cifar_dir, tmp_path, extra, message):
+    code, out = run_cli("train", "--data", tiny_cifar_dir, "--out", tmp_path / "run", "--device", "cpu", *extra)
+    assert code != 0 and message in out and "Traceback" not in out
+
+
+def test_cli_train_refuses_an_existing_run(finished_run, tiny_cifar_dir):
+    before = (finished_run / "last.pt").read_bytes()
+    code, out = run_cli("train", "--data", tiny_cifar_dir, "--arch", "resnet20", "--out", finished_run)
+    assert code != 0 and "already exists; pass --overwrite" in out
+    assert (finished_run / "last.pt").read_bytes() == before
+
+
+def test_cli_train_with_label_smoothing_and_cosine(tiny_cifar_dir, tmp_path):
+    code, out = run_cli("train", "--data", tiny_cifar_dir, "--arch", "resnet20", "--out", tmp_path / "ls",
+                        "--epochs", "1", "--batch-size", "32", "--label-smoothing", "0.1", "--schedule", "cosine",
+                        "--seed", "7", "--device", "cpu")
+    assert code == 0, out
+    config = json.loads((tmp_path / "ls" / "config.json").read_text())
+    assert config["label_smoothing"] == 0.1 and config["schedule"] == "cosine"
+
+
+def test_loader_order_depends_only_on_seed_and_epoch(tiny_cifar_dir):
+    from labelopt.pipeline.datasets import open_dataset
+    from labelopt.pipeline.loading import make_loader
+
+    loader = make_loader(open_dataset(tiny_cifar_dir), "train", 32, shuffle=True, seed=7, drop_last=True)
+    order = lambda e: torch.cat([i for _, _, i in loader.epoch(e)])
+    first_pass = [order(e) for e in range(3)]
+    assert not torch.equal(first_pass[0], first_pass[1])
+    assert torch.equal(order(1), first_pass[1]) and torch.equal(order(0), first_pass[0])
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted(digits_dir, tmp_path):
+    """A real `labelopt train` process killed with SIGKILL mid-run, then resumed by a new process."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["--data", str(digits_dir), "--arch", "resnet20", "--epochs", "2", "--batch-size", "64", "--seed", "3",
+            "--device", "cpu"]
+    cmd = [sys.executable, "-m", "labelopt.cli", "train"]
+    reference = tmp_path / "reference"
+    subprocess.run(cmd + args + ["--out", str(reference)], check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(cmd + args + ["--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(killed / "last.pt", weights_only=True)["epoch"] == 0, "the run ended before it was killed"
+    subprocess.run(cmd + args + ["--out", str(killed), "--resume"], check=True, capture_output=True)
+    a = torch.load(reference / "last.pt", weights_only=True)["model"]
+    b = torch.load(killed / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -22,11 +22,22 @@ stamp=.venv/.labelopt-installed
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(sha256sum pyproject.toml | cut -d' ' -f1)" ]; then
   exit 0
 fi
-.venv/bin/python -m pip install -q --upgrade pip
+# pip's chatter goes to a log, shown only when a step fails.
+log=.venv/setup.log
+: > "$log"
+pip_install() {
+  if ! .venv/bin/python -m pip install -q "$@" >>"$log" 2>&1; then
+    tail -40 "$log" >&2
+    echo "setup: pip install $* failed (full log: $log)" >&2
+    exit 1
+  fi
+}
+echo "setup: installing Python packages into .venv (first time: a few minutes)"
+pip_install --upgrade pip
 # torch first and pinned: an unpinned resolve pulls several GB of CUDA wheels.
-.venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
-# ffcv builds from source and imports numpy/torch in its build; no isolation.
-.venv/bin/python -m pip install -q numpy "setuptools<81" wheel pkgconfig Cython
-.venv/bin/python -m pip install -q --no-build-isolation "ffcv==1.0.2"
-.venv/bin/python -m pip install -q -e '.[dev]'
+pip_install "torch==2.14.1" "torchvision==0.29.1"
+# ffcv builds from source against numpy, OpenCV and libturbojpeg; it needs these at build time.
+pip_install numpy "setuptools<81" wheel pkgconfig Cython
+pip_install --no-build-isolation "ffcv==1.0.2"
+pip_install -e '.[dev]'
 sha256sum pyproject.toml | cut -d' ' -f1 > "$stamp"

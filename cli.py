@@ -147,5 +147,32 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, as_json):
         click.echo(f"written: {Path(out) / 'metrics.json'} and reliability diagram(s) in {out}")
 
 
+@main.command("generate-labels")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="A prepared dataset folder.")
+@click.option("--split", default="train", show_default=True)
+@click.option("--teacher", "teachers", multiple=True, help="Teacher checkpoint (repeat for sl-ens).")
+@click.option("--method", default="sl", show_default=True, help="sl, sl-ens, sl-enc or random.")
+@click.option("--views", default="identity", show_default=True, help="identity, cifar-crop-flip (162) or sampled:K.")
+@click.option("--temperature", default=1.0, show_default=True)
+@click.option("--mix-gt", default=0.0, show_default=True, help="Weight of the one-hot ground truth mixed in.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The label store (.h5).")
+@click.option("--logits", is_flag=True, help="Also store the teacher logits.")
+@click.option("--features", multiple=True, help="Also store a teacher tap per view (pool).")
+@click.option("--topk", type=int, default=None, help="Store only the k largest probabilities per view.")
+@click.option("--seed", default=0, show_default=True, help="For sampled views and random labels.")
+@click.option("--batch-size", default=512, show_default=True, help="Teacher batch (images, all views).")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--bf16", is_flag=True, help="bf16 autocast (GPU).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store.")
+def generate_labels(teachers, features, **kwargs):
+    """Stage one: run teachers over every stored view of a split and write a label store."""
+    from .pipeline.labeling import GenerateOptions, generate_labels as run_generate
+
+    kwargs = {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}
+    out = run_generate(GenerateOptions(teachers=tuple(teachers), features=tuple(features), **kwargs),
+                       log=lambda m: click.echo(m, err=True))
+    click.echo(f"label store: {out}")
+
+
 if __name__ == "__main__":
     main()

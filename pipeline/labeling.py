@@ -1,0 +1,287 @@
+"""`labelopt generate-labels`: run teachers over every stored view of a split into a label store.
+
+Rows are written in blocks; a block is the unit of progress, so a killed run,
+started again with the same command, does only the blocks it had not finished.
+Under torchrun, ranks take alternate pending blocks and rank 0 assembles the store.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from ffcv.fields.basics import IntDecoder
+from ffcv.loader import Loader, OrderOption
+from ffcv.transforms import ToTensor
+from tqdm import tqdm
+
+from .. import __version__
+from ..models import tap_names
+from ..stages.labelers import LABELERS, LabelRequest
+from ..stages.teachers import Teacher
+from ..store import StoreError, StoreLayout, StoreWriter
+from .beton import worker_count
+from .checkpoints import build_model_from_checkpoint, load_checkpoint
+from .datasets import PreparedDataset, open_dataset
+from .errors import UserError
+from .loading import _image_decoder, decode_plan
+from .runtime import autocast, barrier, check_precision, device_for, init_distributed
+from .views import IdentityView, PadCropFlipView, ResizedCropFlipView, Normalizer, ViewPolicy
+
+# Taps small enough to store per sample and view: 1-D embeddings.
+STORABLE_TAPS = ("pool", "logits")
+
+
+@dataclass
+class GenerateOptions:
+    data: str
+    out: str
+    teachers: tuple[str, ...] = ()
+    method: str = "sl"
+    split: str = "train"
+    views: str = "identity"
+    temperature: float = 1.0
+    logits: bool = False
+    features: tuple[str, ...] = ()
+    topk: int | None = None
+    mix_gt: float = 0.0
+    seed: int = 0
+    batch_size: int = 512
+    block_rows: int = 256
+    device: str = "auto"
+    bf16: bool = False
+    overwrite: bool = False
+
+
+@dataclass
+class StoreViews:
+    """The views a store holds: a policy plus shared [V, P] or per-sample [N, V, P] parameters."""
+
+    policy: ViewPolicy
+    num_views: int
+    shared_params: np.ndarray | None
+    seed: int = 0
+    description: dict = field(default_factory=dict)
+
+    def params_for(self, indices: np.ndarray, height: int, width: int) -> np.ndarray:
+        """[rows, V, P] parameters for these samples."""
+        if self.shared_params is not None:
+            return np.broadcast_to(self.shared_params, (len(indices),) + self.shared_params.shape).copy()
+        # Each sample's views come from a generator seeded with (seed, index): independent of batching and ranks.
+        out = [self.policy.sample(self.num_views, height, width,
+                                  torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))).numpy()
+               for i in indices]
+        return np.stack(out)
+
+
+def store_views(spec: str, data: PreparedDataset, seed: int) -> StoreViews:
+    if spec == "identity":
+        policy = IdentityView()
+        return StoreViews(policy, 1, np.zeros((1, 1), np.int64), description={**policy.describe(), "spec": spec})
+    if spec == "cifar-crop-flip":
+        policy = PadCropFlipView(pad=4)
+        params = np.arange(policy.num_views, dtype=np.int64)[:, None]
+        return StoreViews(policy, policy.num_views, params,
+                          description={**policy.describe(), "spec": spec, "pad": 4,
+                                       "view_id": "v = dy * 18 + dx * 2 + flip (dy, dx in 0..8)"})
+    if spec.startswith("sampled:"):
+        try:
+            k = int(spec.split(":", 1)[1])
+        except ValueError:
+            k = 0
+        if k < 1:
+            raise UserError(f"--views {spec}: K must be a positive integer, e.g. sampled:10")
+        policy = ResizedCropFlipView(size=data.input_size)
+        return StoreViews(policy, k, None, seed,
+                          description={**policy.describe(), "spec": spec, "num_views": k, "size": data.input_size,
+                                       "scale": list(policy.scale), "ratio": list(policy.ratio), "seed": seed})
+    raise UserError(f"unknown --views '{spec}'; use identity, cifar-crop-flip or sampled:K")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_teachers(paths, data: PreparedDataset, device: torch.device) -> list[Teacher]:
+    teachers = []
+    for path in paths:
+        body = load_checkpoint(path)
+        model = build_model_from_checkpoint(body, path, num_classes=data.num_classes).to(device)
+        stats = body.get("dataset", {})
+        # A teacher sees images normalised as in its own training.
+        normalize = Normalizer(stats.get("mean", data.mean), stats.get("std", data.std), device)
+        teachers.append(Teacher(model, body["arch"], normalize,
+                                {"arch": body["arch"], "checkpoint": Path(path).name,
+                                 "checkpoint_sha256": file_sha256(Path(path)),
+                                 "trained_on": {k: stats.get(k) for k in ("name", "fingerprint")}}))
+    return teachers
+
+
+def check_method(options: GenerateOptions, labeler_cls) -> None:
+    n = len(options.teachers)
+    low, high = labeler_cls.min_teachers, labeler_cls.max_teachers
+    if n < low or (high is not None and n > high):
+        want = {(0, 0): "no --teacher", (1, 1): "exactly one --teacher", (2, None): "two or more --teacher"}[(low, high)]
+        raise UserError(f"--method {options.method} takes {want} (got {n})")
+    if options.temperature <= 0:
+        raise UserError("--temperature must be positive")
+    if not 0.0 <= options.mix_gt <= 1.0:
+        raise UserError("--mix-gt must be in [0, 1]")
+    if options.method == "random" and (options.logits or options.features):
+        raise UserError("--method random has no teacher: drop --logits and --features")
+    if options.features and n != 1:
+        raise UserError("--features needs exactly one teacher (an ensemble's members have different embeddings)")
+
+
+def check_taps(options: GenerateOptions, teachers: list[Teacher]) -> None:
+    for tap in options.features:
+        if tap not in STORABLE_TAPS:
+            raise UserError(f"--features {tap}: only 1-D embeddings can be stored ({', '.join(STORABLE_TAPS)}); "
+                            f"stage maps come from an online --teacher in train-student")
+        if tap not in tap_names(teachers[0].arch):
+            raise UserError(f"--features {tap}: {teachers[0].arch} has no such tap")
+
+
+def block_loader(data: PreparedDataset, split: str, rows: np.ndarray, batch: int, train_decode: bool) -> Loader:
+    """A sequential FFCV loader over exactly `rows` (block-aligned), one block per batch."""
+    return Loader(str(data.beton(split)), batch_size=batch, num_workers=worker_count(), order=OrderOption.SEQUENTIAL,
+                  indices=rows, drop_last=False,
+                  pipelines={"image": [_image_decoder(decode_plan(data, train_decode)), ToTensor()],
+                             "label": [IntDecoder(), ToTensor()], "index": [IntDecoder(), ToTensor()]})
+
+
+def generate_labels(options: GenerateOptions, log=print) -> Path:
+    labeler_cls = LABELERS.get(options.method)
+    if labeler_cls is None:
+        raise UserError(f"unknown --method '{options.method}'; known: {', '.join(sorted(LABELERS))}")
+    check_method(options, labeler_cls)
+    dist_info = init_distributed(options.device)
+    device = device_for(dist_info, options.device)
+    check_precision(device, options.bf16)
+    data = open_dataset(options.data)
+    n, num_classes = data.num_samples(options.split), data.num_classes
+    if options.topk is not None and not 1 <= options.topk < num_classes:
+        raise UserError(f"--topk must be between 1 and {num_classes - 1} for {num_classes} classes")
+    teachers = load_teachers(options.teachers, data, device)
+    check_taps(options, teachers)
+    views = store_views(options.views, data, options.seed)
+    labeler = labeler_cls(teachers, options.temperature, mix_gt=options.mix_gt, num_classes=num_classes,
+                          seed=options.seed)
+    feature_dims = {}
+    if options.features:
+        probe = torch.zeros(1, 3, data.input_size, data.input_size, dtype=torch.uint8, device=device)
+        _, feats = teachers[0].outputs(probe, options.features)
+        feature_dims = {k: int(v.shape[1]) for k, v in feats.items()}
+    layout = StoreLayout(num_samples=n, num_views=views.num_views, num_classes=num_classes, topk=options.topk,
+                         logits=options.logits, features=feature_dims,
+                         param_size=len(views.policy.param_names), per_sample_params=views.shared_params is None,
+                         block_rows=options.block_rows)
+    header = {
+        "labelopt_version": __version__,
+        "dataset": {**data.identity(options.split), "class_names": data.class_names},
+        "generator": {"method": options.method, "temperature": options.temperature,
+                      "options": {"mix_gt": options.mix_gt, "seed": options.seed, "topk": options.topk},
+                      "teachers": [t.identity for t in teachers]},
+        "views": views.description,
+    }
+    # Rank 0 creates (or replaces) the partial store first; the other ranks then join it.
+    writer = None
+    if dist_info.is_main:
+        writer = open_writer(options, header, layout, views, overwrite=options.overwrite)
+    barrier(dist_info)
+    if writer is None:
+        writer = open_writer(options, header, layout, views, overwrite=options.overwrite)
+
+    if getattr(labeler, "needs_prototypes", False):
+        build_prototypes(labeler, data, device, options, log)
+
+    pending = writer.pending_blocks()
+    mine = pending[dist_info.rank::dist_info.world_size]
+    if len(pending) < layout.num_blocks():
+        log(f"generate-labels: resuming, {len(pending)} of {layout.num_blocks()} blocks left")
+    if mine:
+        rows = np.concatenate([np.arange(*layout.block_range(b)) for b in mine]).astype(np.uint64)
+        loader = block_loader(data, options.split, rows, options.block_rows,
+                              train_decode=not isinstance(views.policy, IdentityView))
+        total = int(len(rows)) * views.num_views
+        with tqdm(total=total, unit="img", desc="labelling", disable=None if dist_info.is_main else True) as bar:
+            for b, (images, labels, indices) in zip(mine, loader):
+                block = label_block(labeler, views, options, num_classes, images, labels, indices, device, bar)
+                writer.write_block(b, **block)
+    barrier(dist_info)
+    if not dist_info.is_main:
+        return Path(options.out)
+    try:
+        return writer.finish()
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def open_writer(options: GenerateOptions, header: dict, layout: StoreLayout, views: StoreViews, *,
+                overwrite: bool) -> StoreWriter:
+    try:
+        return StoreWriter(Path(options.out), header, layout, overwrite=overwrite,
+                           shared_view_params=views.shared_params)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def label_block(labeler, views: StoreViews, options: GenerateOptions, num_classes: int, images, labels, indices,
+                device, bar) -> dict:
+    """Teacher outputs for every (row, view) of one block, in [rows, V, ...] arrays."""
+    images = images.permute(0, 3, 1, 2).to(device, memory_format=torch.contiguous_format, copy=True)
+    labels = labels.view(-1).to(device, torch.long, copy=True)
+    indices = indices.view(-1).to(torch.long, copy=True)
+    rows, v = images.shape[0], views.num_views
+    params = views.params_for(indices.numpy(), images.shape[2], images.shape[3])  # [rows, V, P]
+    flat_params = torch.from_numpy(params.reshape(rows * v, -1))
+    row_of = torch.arange(rows).repeat_interleave(v)
+    probs = torch.empty(rows * v, num_classes, dtype=torch.float32)
+    logits_out = torch.empty_like(probs) if options.logits else None
+    feats_out: dict[str, torch.Tensor] = {}
+    for start in range(0, rows * v, options.batch_size):
+        sl = slice(start, min(start + options.batch_size, rows * v))
+        r = row_of[sl].to(device)
+        viewed = views.policy.apply(images[r], flat_params[sl])
+        with autocast(device, options.bf16):
+            out = labeler(LabelRequest(viewed, indices[row_of[sl]].to(device), labels[r], tuple(options.features)))
+        probs[sl] = out.probs.float().cpu()
+        if logits_out is not None:
+            logits_out[sl] = out.logits.float().cpu()
+        for tap, value in out.features.items():
+            feats_out.setdefault(tap, torch.empty(rows * v, value.shape[1]))[sl] = value.float().cpu()
+        bar.update(sl.stop - sl.start)
+    shape = lambda t: t.view(rows, v, -1).numpy()
+    return {"targets": shape(probs), "labels": labels.cpu().numpy(),
+            "logits": shape(logits_out) if logits_out is not None else None,
+            "features": {k: shape(t) for k, t in feats_out.items()} or None,
+            "view_params": params if views.shared_params is None else None}
+
+
+@torch.no_grad()
+def build_prototypes(labeler, data: PreparedDataset, device, options: GenerateOptions, log) -> None:
+    """Class prototypes for sl-enc from the clean training images (identity view)."""
+    log("generate-labels: sl-enc prototypes from the training split")
+    rows = np.arange(data.num_samples("train"), dtype=np.uint64)
+    loader = block_loader(data, "train", rows, options.batch_size, train_decode=False)
+    sums, counts = None, torch.zeros(data.num_classes)
+    for images, labels, _ in loader:
+        images = images.permute(0, 3, 1, 2).to(device, memory_format=torch.contiguous_format, copy=True)
+        labels = labels.view(-1).long()
+        with autocast(device, options.bf16):
+            emb = labeler.embed(images).float().cpu()
+        if sums is None:
+            sums = torch.zeros(data.num_classes, emb.shape[1])
+        keep = labels >= 0
+        sums.index_add_(0, labels[keep], emb[keep])
+        counts += torch.bincount(labels[keep], minlength=data.num_classes).float()
+    try:
+        labeler.set_prototypes(sums, counts)
+    except ValueError as exc:
+        raise UserError(f"sl-enc: {exc}; the training split must hold every class") from None

@@ -1,0 +1,122 @@
+"""Stage one's math: how each method turns teacher outputs into soft labels.
+
+A labeler gets a batch of viewed uint8 images (and their sample indices) and
+returns probabilities [B, C], optionally the logits behind them and teacher
+features. Methods are registered by name in LABELERS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .teachers import Teacher
+
+
+@dataclass
+class LabelBatch:
+    probs: torch.Tensor  # float32 [B, C]
+    logits: torch.Tensor | None = None  # float32 [B, C]
+    features: dict = field(default_factory=dict)  # tap -> float32 [B, D]
+
+
+@dataclass
+class LabelRequest:
+    images: torch.Tensor  # uint8 [B, 3, H, W], already viewed
+    indices: torch.Tensor  # int64 [B], sample index of each row
+    labels: torch.Tensor  # int64 [B], ground truth
+    taps: tuple[str, ...] = ()
+
+
+def mix_ground_truth(probs: torch.Tensor, labels: torch.Tensor, weight: float) -> torch.Tensor:
+    """(1 - w) * p + w * onehot(y): the seed's --use_gt."""
+    if weight == 0.0:
+        return probs
+    onehot = F.one_hot(labels, probs.shape[1]).to(probs.dtype)
+    return (1.0 - weight) * probs + weight * onehot
+
+
+class SoftLabeler:
+    """`sl`: one teacher's softmax at temperature T."""
+
+    min_teachers, max_teachers = 1, 1
+
+    def __init__(self, teachers: list[Teacher], temperature: float, mix_gt: float = 0.0, **_):
+        self.teachers, self.temperature, self.mix_gt = teachers, temperature, mix_gt
+
+    def __call__(self, req: LabelRequest) -> LabelBatch:
+        logits, features = self.teachers[0].outputs(req.images, req.taps)
+        probs = torch.softmax(logits / self.temperature, dim=1)
+        return LabelBatch(mix_ground_truth(probs, req.labels, self.mix_gt), logits, features)
+
+
+class EnsembleLabeler(SoftLabeler):
+    """`sl-ens`: the members' softmax outputs at temperature T, averaged; logits averaged too."""
+
+    min_teachers, max_teachers = 2, None
+
+    def __call__(self, req: LabelRequest) -> LabelBatch:
+        all_logits = [t.outputs(req.images)[0] for t in self.teachers]
+        probs = torch.stack([torch.softmax(l / self.temperature, 1) for l in all_logits]).mean(0)
+        return LabelBatch(mix_ground_truth(probs, req.labels, self.mix_gt), torch.stack(all_logits).mean(0))
+
+
+class EncoderLabeler(SoftLabeler):
+    """`sl-enc`: labels from an encoder's embedding instead of its classifier.
+
+    Our reading of the method: class prototypes are the normalised means of the
+    L2-normalised pooled embeddings of each class's training samples; a sample's
+    label is the softmax of its cosine similarities to the prototypes at temperature
+    T. The stored "logits" are those cosine similarities.
+    """
+
+    needs_prototypes = True
+
+    def __init__(self, teachers, temperature, mix_gt=0.0, **_):
+        super().__init__(teachers, temperature, mix_gt)
+        self.prototypes: torch.Tensor | None = None
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        _, features = self.teachers[0].outputs(images, ("pool",))
+        return F.normalize(features["pool"], dim=1)
+
+    def set_prototypes(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
+        if (counts == 0).any():
+            missing = int((counts == 0).nonzero()[0])
+            raise ValueError(f"class {missing} has no training sample to build its prototype")
+        self.prototypes = F.normalize(sums / counts[:, None], dim=1)
+
+    def __call__(self, req: LabelRequest) -> LabelBatch:
+        logits, features = self.teachers[0].outputs(req.images, tuple(dict.fromkeys(("pool",) + req.taps)))
+        similarity = F.normalize(features["pool"], dim=1) @ self.prototypes.to(features["pool"].device).T
+        probs = torch.softmax(similarity / self.temperature, dim=1)
+        kept = {k: v for k, v in features.items() if k in req.taps}
+        return LabelBatch(mix_ground_truth(probs, req.labels, self.mix_gt), similarity, kept)
+
+
+class RandomLabeler:
+    """`random`: the seed's control row, a fixed random probability vector per sample (same for every view).
+
+    Each sample's vector comes from its own generator seeded with (seed, index), so
+    the labels do not depend on batch order, rank count or resume.
+    """
+
+    min_teachers, max_teachers = 0, 0
+
+    def __init__(self, teachers, temperature, num_classes: int, seed: int = 0, **_):
+        self.num_classes, self.seed = num_classes, seed
+
+    def __call__(self, req: LabelRequest) -> LabelBatch:
+        rows = [np.random.default_rng([self.seed, int(i)]).random(self.num_classes) for i in req.indices.tolist()]
+        probs = torch.from_numpy(np.stack(rows)).float()
+        return LabelBatch((probs / probs.sum(1, keepdim=True)).to(req.images.device))
+
+
+LABELERS = {
+    "sl": SoftLabeler,
+    "sl-ens": EnsembleLabeler,
+    "sl-enc": EncoderLabeler,
+    "random": RandomLabeler,
+}

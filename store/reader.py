@@ -1,0 +1,335 @@
+"""Open a label store safely and gather soft labels for (sample index, view id) pairs.
+
+Everything is validated on open, so a student fails before training rather than mid-epoch.
+Nothing is ever unpickled: only plain numeric dtypes are accepted and read.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from . import schema as S
+from .schema import StoreError
+
+
+# -- validation steps (also run one by one by tools.verify) ------------------------------------
+
+def check_file(path: Path) -> None:
+    if not path.is_file():
+        raise StoreError(f"label store {path} does not exist; check the path or run labelopt generate-labels")
+    if not h5py.is_hdf5(path):
+        raise StoreError(f"{path} is not an HDF5 file (truncated or not a label store); regenerate it")
+
+
+def open_h5(path: Path) -> h5py.File:
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise StoreError(f"cannot open label store {path} ({exc}); the file is truncated or corrupt: regenerate it")
+
+
+def _attr_int(f: h5py.File, name: str):
+    value = f.attrs.get(name)
+    try:
+        return int(np.asarray(value).item())
+    except (TypeError, ValueError):
+        return None
+
+
+def check_format(f: h5py.File) -> None:
+    name = f.filename
+    if f.attrs.get(S.ATTR_FORMAT) != S.FORMAT:
+        raise StoreError(f"{name} is not a labelopt label store (format attribute is not {S.FORMAT!r})")
+    version = _attr_int(f, S.ATTR_SCHEMA_VERSION)
+    if version != S.SCHEMA_VERSION:
+        raise StoreError(f"{name}: schema version {version} is not supported by this labelopt "
+                         f"(reads {S.SCHEMA_VERSION}): upgrade labelopt")
+
+
+def check_complete(f: h5py.File) -> None:
+    if _attr_int(f, S.ATTR_COMPLETE) != 1:
+        raise StoreError(f"incomplete store {f.filename}: it was not finished (writer crashed or was stopped); "
+                         f"regenerate it")
+
+
+def check_attrs(f: h5py.File) -> dict:
+    """Format, version, completeness and the JSON attributes; returns them parsed."""
+    check_format(f)
+    check_complete(f)
+    return parse_attrs(f)
+
+
+def parse_attrs(f: h5py.File) -> dict:
+    name = f.filename
+    meta = {}
+    for key in (*S.JSON_ATTRS, S.ATTR_CHECKSUMS):
+        raw = f.attrs.get(key)
+        try:
+            meta[key] = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            meta[key] = None
+        if not isinstance(meta[key], dict):
+            raise StoreError(f"{name}: attribute {key!r} is missing or not a JSON object; regenerate the store")
+    for key in (S.ATTR_CREATED_UTC, S.ATTR_LABELOPT_VERSION):
+        value = f.attrs.get(key, "")
+        meta[key] = value if isinstance(value, str) else ""
+    return meta
+
+
+def check_links(f: h5py.File) -> None:
+    """Refuse links that leave the file (external, user-defined) or that do not resolve."""
+    external, soft = [], []
+
+    def visit(link_name, link):
+        if isinstance(link, h5py.SoftLink):
+            soft.append(link_name)
+        elif not isinstance(link, h5py.HardLink):
+            external.append(link_name)
+
+    f.visititems_links(visit)
+    if external:
+        raise StoreError(f"{f.filename} has an external link at /{external[0]}; refusing to follow links "
+                         f"out of a label store: regenerate it")
+    for link_name in soft:
+        # Safe to resolve now: with no external links, a soft link can only land inside this file.
+        if f.get(link_name) is None:
+            raise StoreError(f"{f.filename} has a dangling soft link at /{link_name}; regenerate the store")
+
+
+def all_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
+    found = {}
+
+    def visit(name, obj):
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj
+
+    f.visititems(visit)
+    return found
+
+
+def check_storage(f: h5py.File) -> None:
+    """Only plain numeric, in-file datasets: no external raw storage, no object/vlen/compound dtypes."""
+    for name, dset in all_datasets(f).items():
+        if dset.external:
+            raise StoreError(f"{f.filename}: dataset /{name} uses external storage; refusing it: regenerate the store")
+        dtype = dset.dtype
+        if dtype.kind not in "fiub" or dtype.fields is not None or h5py.check_vlen_dtype(dtype) is not None:
+            raise StoreError(f"{f.filename}: dataset /{name} has non-numeric dtype {dtype}; refusing it "
+                             f"(label stores hold plain numbers only): regenerate the store")
+
+
+def check_shapes(f: h5py.File, meta: dict) -> dict:
+    """Required datasets present with shapes agreeing with the attrs; returns the derived facts."""
+    name = f.filename
+
+    def size(holder, key):
+        value = meta[holder].get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise StoreError(f"{name}: attribute {holder}.{key} is missing or not a positive int; regenerate")
+        return value
+
+    n, c, v = size(S.ATTR_DATASET, "num_samples"), size(S.ATTR_DATASET, "num_classes"), size(S.ATTR_VIEWS, "num_views")
+    dsets = all_datasets(f)
+
+    def expect(path, shape_ok, what):
+        dset = dsets.get(path)
+        if dset is None:
+            raise StoreError(f"{name}: required dataset /{path} is missing; regenerate the store")
+        if not shape_ok(dset.shape):
+            raise StoreError(f"{name}: dataset /{path} has shape {dset.shape}, expected {what}; regenerate")
+        return dset
+
+    facts = {"num_samples": n, "num_views": v, "num_classes": c}
+    expect(S.LABELS, lambda s: s == (n,), f"({n},)")
+    if S.TARGETS in dsets:
+        expect(S.TARGETS, lambda s: s == (n, v, c), f"({n}, {v}, {c})")
+        facts["topk"] = None
+    else:
+        idx = expect(S.TOPK_INDICES, lambda s: len(s) == 3 and s[:2] == (n, v) and 1 <= s[2] <= c,
+                     f"({n}, {v}, K<={c})")
+        k = idx.shape[2]
+        expect(S.TOPK_VALUES, lambda s: s == (n, v, k), f"({n}, {v}, {k})")
+        facts["topk"] = k
+    facts["has_logits"] = S.LOGITS in dsets
+    if facts["has_logits"]:
+        expect(S.LOGITS, lambda s: s == (n, v, c), f"({n}, {v}, {c})")
+    params = expect(S.VIEW_PARAMS, lambda s: (len(s) == 2 and s[0] == v) or (len(s) == 3 and s[:2] == (n, v)),
+                    f"({v}, P) or ({n}, {v}, P)")
+    facts["per_sample_params"] = params.ndim == 3
+    taps = {}
+    prefix = S.FEATURES_GROUP + "/"
+    for path, dset in dsets.items():
+        if path.startswith(prefix):
+            expect(path, lambda s: len(s) == 3 and s[:2] == (n, v), f"({n}, {v}, D)")
+            taps[path[len(prefix):]] = dset.shape[2]
+    facts["features"] = dict(sorted(taps.items()))
+    return facts
+
+
+def validate(f: h5py.File) -> tuple[dict, dict]:
+    meta = check_attrs(f)
+    check_links(f)
+    check_storage(f)
+    return meta, check_shapes(f, meta)
+
+
+def read_dataset(f: h5py.File, path: str) -> np.ndarray:
+    """Whole dataset as numpy; a fletcher32 failure becomes a StoreError naming it."""
+    try:
+        return f[path][()]
+    except OSError as exc:
+        raise StoreError(f"{f.filename}: dataset /{path} failed to read ({exc}); the file is corrupt: "
+                         f"run labelopt verify and regenerate it")
+
+
+def identity_mismatches(dataset: dict, identity: dict) -> list[tuple[str, object, object]]:
+    """(field, store value, given value) for each identity field that differs."""
+    return [(key, dataset.get(key), identity[key]) for key in S.IDENTITY_FIELDS
+            if key in identity and dataset.get(key) != identity[key]]
+
+
+# -- the reader -----------------------------------------------------------------------------
+
+class LabelStore:
+    """A validated, read-only label store; `load` then `gather` for training."""
+
+    def __init__(self, path: Path, meta: dict, facts: dict, shared_params: np.ndarray | None):
+        self.path = path
+        self.dataset: dict = meta[S.ATTR_DATASET]
+        self.generator: dict = meta[S.ATTR_GENERATOR]
+        self.views: dict = meta[S.ATTR_VIEWS]
+        self.checksums: dict = meta[S.ATTR_CHECKSUMS]
+        self.created_utc: str = meta[S.ATTR_CREATED_UTC]
+        self.labelopt_version: str = meta[S.ATTR_LABELOPT_VERSION]
+        self.num_samples: int = facts["num_samples"]
+        self.num_views: int = facts["num_views"]
+        self.num_classes: int = facts["num_classes"]
+        self.topk: int | None = facts["topk"]
+        self.is_topk: bool = self.topk is not None
+        self.has_logits: bool = facts["has_logits"]
+        self.feature_dims: dict[str, int] = facts["features"]
+        self.feature_taps: list[str] = list(self.feature_dims)
+        self.per_sample_params: bool = facts["per_sample_params"]
+        self._shared_params = shared_params
+        self._mem: dict[str, tuple] = {}
+
+    @classmethod
+    def open(cls, path) -> "LabelStore":
+        path = Path(path)
+        check_file(path)
+        with open_h5(path) as f:
+            meta, facts = validate(f)
+            shared = None if facts["per_sample_params"] else read_dataset(f, S.VIEW_PARAMS)
+        return cls(path, meta, facts, shared)
+
+    def __repr__(self) -> str:
+        kind = f"top-{self.topk}" if self.is_topk else "dense"
+        return (f"LabelStore({str(self.path)!r}, {self.dataset.get('name')}/{self.dataset.get('split')}, "
+                f"N={self.num_samples}, V={self.num_views}, C={self.num_classes}, {kind})")
+
+    # -- checks ---------------------------------------------------------------------------
+
+    def check_dataset(self, identity: dict) -> None:
+        bad = identity_mismatches(self.dataset, identity)
+        if bad:
+            key, ours, theirs = bad[0]
+            raise StoreError(
+                f"label store {self.path} does not match the data: {key} is {ours!r} in the store but {theirs!r} "
+                f"for the data; this store was made from {self.dataset.get('name')}/{self.dataset.get('split')}; "
+                f"generate labels for this data with labelopt generate-labels")
+
+    def has(self, signal: str) -> bool:
+        if signal == S.SIGNAL_TARGETS:
+            return True
+        if signal == S.SIGNAL_LOGITS:
+            return self.has_logits
+        return signal.startswith(S.FEATURE_PREFIX) and signal[len(S.FEATURE_PREFIX):] in self.feature_dims
+
+    def require(self, signal: str) -> None:
+        S.signal_path(signal)  # ValueError for a signal name that does not exist at all
+        if self.has(signal):
+            return
+        if signal == S.SIGNAL_LOGITS:
+            flag = "--logits"
+        else:
+            flag = f"--features {signal[len(S.FEATURE_PREFIX):]}"
+        have = ", ".join(self.feature_taps) or "none"
+        raise StoreError(f"store {self.path} has no {signal} (feature taps: {have}); regenerate it with "
+                         f"labelopt generate-labels ... {flag}")
+
+    # -- data -----------------------------------------------------------------------------
+
+    def load(self, signals=(S.SIGNAL_TARGETS,)) -> None:
+        """Read the signals a student needs into memory once; the HDF5 file is closed afterwards."""
+        if isinstance(signals, str):
+            signals = (signals,)
+        todo = [s for s in signals if s not in self._mem]
+        for signal in todo:
+            self.require(signal)
+        if not todo:
+            return
+        with open_h5(self.path) as f:
+            for signal in todo:
+                if signal == S.SIGNAL_TARGETS and self.is_topk:
+                    idx = read_dataset(f, S.TOPK_INDICES)
+                    vals = read_dataset(f, S.TOPK_VALUES)
+                    # int64 once here so scatter_ needs no conversion per batch.
+                    self._mem[signal] = ("topk", torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(vals))
+                else:
+                    self._mem[signal] = ("dense", torch.from_numpy(read_dataset(f, S.signal_path(signal))))
+
+    def gather(self, indices: torch.Tensor, views: torch.Tensor | None = None,
+               signal: str = S.SIGNAL_TARGETS) -> torch.Tensor:
+        """float32 [B, C] (targets/logits) or [B, D] (features) for rows (indices[i], views[i])."""
+        if signal not in self._mem:
+            self.load((signal,))
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        views = torch.zeros_like(indices) if views is None else torch.as_tensor(views, dtype=torch.long)
+        entry = self._mem[signal]
+        if entry[0] == "dense":
+            return entry[1][indices, views].float()
+        _, idx, vals = entry
+        out = torch.zeros(indices.shape[0], self.num_classes, dtype=torch.float32)
+        return out.scatter_(1, idx[indices, views], vals[indices, views].float())
+
+    def rows(self, signal: str, start: int, stop: int) -> np.ndarray:
+        """Dense float32 [stop-start, V, C or D] straight from the file (top-k densified): for tools."""
+        self.require(signal)
+        with open_h5(self.path) as f:
+            if signal == S.SIGNAL_TARGETS and self.is_topk:
+                try:
+                    idx = f[S.TOPK_INDICES][start:stop].astype(np.int64)
+                    vals = f[S.TOPK_VALUES][start:stop].astype(np.float32)
+                except OSError as exc:
+                    raise StoreError(f"{self.path}: top-k datasets failed to read ({exc}); regenerate the store")
+                dense = np.zeros((stop - start, self.num_views, self.num_classes), dtype=np.float32)
+                np.put_along_axis(dense, idx, vals, axis=-1)
+                return dense
+            try:
+                return f[S.signal_path(signal)][start:stop].astype(np.float32)
+            except OSError as exc:
+                raise StoreError(f"{self.path}: {signal} failed to read ({exc}); regenerate the store")
+
+    def labels(self) -> np.ndarray:
+        """Ground-truth labels seen at generation, int64 [N]."""
+        with open_h5(self.path) as f:
+            return read_dataset(f, S.LABELS)
+
+    def view_params(self, indices=None) -> np.ndarray:
+        """Shared stores: the [V, P] table (same for every sample, `indices` ignored).
+        Per-sample stores: [N, V, P], or [len(indices), V, P] for the given sample indices."""
+        if self._shared_params is not None:
+            return self._shared_params
+        with open_h5(self.path) as f:
+            params = read_dataset(f, S.VIEW_PARAMS)
+        if indices is None:
+            return params
+        return params[np.asarray(indices, dtype=np.int64)]
+
+    def size_bytes(self) -> int:
+        return os.path.getsize(self.path)

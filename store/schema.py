@@ -1,0 +1,85 @@
+"""Label store schema v1: names, dtypes and the one error type every store module raises.
+
+Kept free of h5py so that anything (docs tooling, the CLI) can import the constants cheaply.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+FORMAT = "labelopt.labels"
+SCHEMA_VERSION = 1
+
+# Root attributes. JSON ones hold dicts; the others are plain scalars/strings.
+ATTR_FORMAT = "format"
+ATTR_SCHEMA_VERSION = "schema_version"
+ATTR_CREATED_UTC = "created_utc"
+ATTR_LABELOPT_VERSION = "labelopt_version"
+ATTR_DATASET = "dataset"
+ATTR_GENERATOR = "generator"
+ATTR_VIEWS = "views"
+ATTR_COMPLETE = "complete"
+ATTR_CHECKSUMS = "checksums"
+JSON_ATTRS = (ATTR_DATASET, ATTR_GENERATOR, ATTR_VIEWS)
+
+# Dataset paths (relative to the root, no leading slash: the same spelling is used as
+# the key of the `checksums` attribute).
+TARGETS = "targets"
+TOPK_INDICES = "topk/indices"
+TOPK_VALUES = "topk/values"
+LOGITS = "logits"
+VIEW_PARAMS = "views/params"
+FEATURES_GROUP = "features"
+LABELS = "labels"
+
+# Storage dtypes: float16 halves the size of soft labels and is plenty for probabilities.
+DTYPES = {
+    TARGETS: np.dtype("<f2"),
+    TOPK_INDICES: np.dtype("<i4"),
+    TOPK_VALUES: np.dtype("<f2"),
+    LOGITS: np.dtype("<f2"),
+    VIEW_PARAMS: np.dtype("<i8"),
+    LABELS: np.dtype("<i8"),
+}
+FEATURE_DTYPE = np.dtype("<f2")
+
+# Compression: gzip is readable everywhere HDF5 is; lzf is faster but h5py-only.
+COMPRESSIONS = ("gzip", "lzf")
+GZIP_LEVEL = 4
+
+# Signals a student can ask for; features are "features:<tap>".
+SIGNAL_TARGETS = "targets"
+SIGNAL_LOGITS = "logits"
+FEATURE_PREFIX = "features:"
+
+# Fields of the `dataset` attribute that tie a store to the data it was made from.
+IDENTITY_FIELDS = ("name", "split", "num_samples", "num_classes", "fingerprint")
+
+
+class StoreError(ValueError):
+    """A store (or a request against one) is unusable; the message is one line: what and what to do."""
+
+    def __init__(self, message: str):
+        # One line keeps CLI output and logs greppable even if a path contains a newline.
+        super().__init__(" ".join(str(message).split()))
+
+
+def feature_path(tap: str) -> str:
+    return f"{FEATURES_GROUP}/{tap}"
+
+
+def check_tap_name(tap: str) -> str:
+    """Taps become HDF5 names as-is; only refuse what would change the tree (slashes, '.', '..')."""
+    if not isinstance(tap, str) or not tap or "/" in tap or tap in (".", "..") or "\x00" in tap:
+        raise ValueError(f"feature tap name {tap!r} is not usable as an HDF5 name (no '/', not empty)")
+    return tap
+
+
+def signal_path(signal: str) -> str:
+    """The dataset that backs a signal (targets of a top-k store map to its values dataset)."""
+    if signal == SIGNAL_TARGETS:
+        return TARGETS
+    if signal == SIGNAL_LOGITS:
+        return LOGITS
+    if signal.startswith(FEATURE_PREFIX):
+        return feature_path(check_tap_name(signal[len(FEATURE_PREFIX):]))
+    raise ValueError(f"unknown signal {signal!r}: use 'targets', 'logits' or 'features:<tap>'")

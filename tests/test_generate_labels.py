@@ -1,0 +1,139 @@
+"""generate-labels: stored labels are the teacher's answers for exactly the stored views; resume; refusals."""
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from labelopt.cli import main
+from labelopt.models import create_model
+from labelopt.pipeline.checkpoints import save_checkpoint
+from labelopt.pipeline.datasets import open_dataset
+from labelopt.pipeline.errors import UserError
+from labelopt.pipeline.labeling import GenerateOptions, generate_labels
+from labelopt.pipeline.loading import make_loader
+from labelopt.pipeline.training import TrainOptions, train
+from labelopt.pipeline.views import Normalizer, PadCropFlipView
+from labelopt.store import LabelStore
+
+
+def quiet(_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_cifar_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    train(TrainOptions(data=str(tiny_cifar_dir), arch="resnet20", out=str(out), epochs=1, batch_size=32,
+                       device="cpu"), log=quiet)
+    return out / "last.pt"
+
+
+def direct_probs(teacher, data, images, temperature):
+    body = torch.load(teacher, weights_only=True)
+    model = create_model("resnet20", 10).eval()
+    model.load_state_dict(body["model"])
+    with torch.no_grad():
+        return torch.softmax(model(Normalizer(data.mean, data.std, "cpu")(images)) / temperature, 1)
+
+
+def test_crop_flip_store_holds_the_teachers_answer_for_every_view(teacher, tiny_cifar_dir, tmp_path):
+    out = tmp_path / "cf.h5"
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(teacher),), split="test",
+                                    views="cifar-crop-flip", temperature=4.0, logits=True, device="cpu",
+                                    block_rows=16), log=quiet)
+    store = LabelStore.open(out)
+    assert store.num_views == 162 and store.num_samples == 40 and store.has_logits
+    data = open_dataset(tiny_cifar_dir)
+    images = torch.cat([x for x, _, _ in make_loader(data, "test", 64, shuffle=False).epoch(0)])
+    rows = torch.tensor([0, 5, 17, 39, 39])
+    views = torch.tensor([0, 161, 80, 7, 100])
+    viewed = PadCropFlipView(4).apply(images[rows], views[:, None])
+    expected = direct_probs(teacher, data, viewed, 4.0)
+    got = store.gather(rows, views)
+    assert torch.allclose(got, expected, atol=2e-3)
+    assert store.generator["method"] == "sl" and store.generator["teachers"][0]["arch"] == "resnet20"
+    assert store.dataset["fingerprint"] == data.fingerprint("test")
+
+
+def test_crash_then_same_command_resumes_to_the_same_store(teacher, tiny_cifar_dir, tmp_path, monkeypatch):
+    opts = lambda out: GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(teacher),),
+                                       views="identity", temperature=2.0, device="cpu", block_rows=16,
+                                       features=("pool",))
+    generate_labels(opts(tmp_path / "ref.h5"), log=quiet)
+    import labelopt.store.writer as writer_module
+    real = writer_module.StoreWriter.write_block
+    calls = []
+
+    def crash_on_third(self, b, **kw):
+        calls.append(b)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, b, **kw)
+
+    monkeypatch.setattr(writer_module.StoreWriter, "write_block", crash_on_third)
+    with pytest.raises(KeyboardInterrupt):
+        generate_labels(opts(tmp_path / "crashed.h5"), log=quiet)
+    monkeypatch.setattr(writer_module.StoreWriter, "write_block", real)
+    assert not (tmp_path / "crashed.h5").exists()
+    messages = []
+    generate_labels(opts(tmp_path / "crashed.h5"), log=messages.append)
+    assert any("resuming, 4 of 6 blocks left" in m for m in messages)
+    a, b = LabelStore.open(tmp_path / "ref.h5"), LabelStore.open(tmp_path / "crashed.h5")
+    for signal in ("targets", "features:pool"):
+        a.load((signal,)), b.load((signal,))
+        idx = torch.arange(96)
+        assert torch.equal(a.gather(idx, None, signal), b.gather(idx, None, signal))
+
+
+def test_random_and_ensemble_methods(teacher, tiny_cifar_dir, tmp_path):
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(tmp_path / "r.h5"), method="random",
+                                    seed=3, device="cpu"), log=quiet)
+    store = LabelStore.open(tmp_path / "r.h5")
+    probs = store.gather(torch.arange(96), None)
+    assert torch.allclose(probs.sum(1), torch.ones(96), atol=1e-2) and probs.std(0).mean() > 0.01
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(tmp_path / "e.h5"), method="sl-ens",
+                                    teachers=(str(teacher), str(teacher)), device="cpu"), log=quiet)
+    single = tmp_path / "s.h5"
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(single), teachers=(str(teacher),),
+                                    device="cpu"), log=quiet)
+    ens, one = LabelStore.open(tmp_path / "e.h5"), LabelStore.open(single)
+    assert len(ens.generator["teachers"]) == 2
+    assert torch.allclose(ens.gather(torch.arange(96), None), one.gather(torch.arange(96), None), atol=1e-3)
+
+
+def test_sl_enc_labels_follow_prototypes(teacher, tiny_cifar_dir, tmp_path):
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(tmp_path / "enc.h5"), method="sl-enc",
+                                    teachers=(str(teacher),), temperature=0.1, logits=True, device="cpu"), log=quiet)
+    store = LabelStore.open(tmp_path / "enc.h5")
+    sims = store.gather(torch.arange(96), None, "logits")
+    assert sims.abs().max() <= 1.0 + 1e-2  # cosine similarities
+    probs = store.gather(torch.arange(96), None)
+    assert torch.allclose(probs, torch.softmax(sims / 0.1, 1), atol=5e-3)
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_refusals(teacher, tiny_cifar_dir, tmp_path):
+    body = torch.load(teacher, weights_only=True)
+    other = tmp_path / "c100.pt"
+    save_checkpoint(other, {k: v for k, v in body.items() if k not in ("format", "version")} | {
+        "num_classes": 100, "model": create_model("resnet20", 100).state_dict()})
+    base = ["generate-labels", "--data", tiny_cifar_dir, "--device", "cpu"]
+    cases = [
+        (["--teacher", other, "--out", tmp_path / "a.h5"], "trained for 100 classes but the data has 10"),
+        (["--method", "sl-ens", "--teacher", teacher, "--out", tmp_path / "b.h5"], "two or more --teacher"),
+        (["--teacher", teacher, "--features", "stage2", "--out", tmp_path / "c.h5"], "only 1-D embeddings"),
+        (["--teacher", teacher, "--method", "distill", "--out", tmp_path / "d.h5"], "unknown --method 'distill'"),
+        (["--teacher", teacher, "--views", "sampled:x", "--out", tmp_path / "e.h5"], "K must be a positive"),
+    ]
+    for args, message in cases:
+        code, out = run_cli(*base, *args)
+        assert code != 0 and message in out and "Traceback" not in out, (args, out)
+    code, out = run_cli(*base, "--teacher", teacher, "--out", tmp_path / "ok.h5")
+    assert code == 0, out
+    before = (tmp_path / "ok.h5").read_bytes()
+    code, out = run_cli(*base, "--teacher", teacher, "--out", tmp_path / "ok.h5")
+    assert code != 0 and "--overwrite" in out and (tmp_path / "ok.h5").read_bytes() == before

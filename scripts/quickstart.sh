@@ -10,18 +10,23 @@ OUT=${QUICKSTART_OUT:-quickstart}
 TEACHER_EPOCHS=${QUICKSTART_TEACHER_EPOCHS:-15}
 start=$(date +%s)
 
-echo "== 1/3 prepare: scikit-learn's handwritten digits -> FFCV"
+echo "== 1/4 prepare: scikit-learn's handwritten digits -> FFCV"
 labelopt prepare --dataset digits --out "$OUT/data" --overwrite
 
-echo "== 2/3 train: a resnet20 teacher, $TEACHER_EPOCHS epochs, crop + flip views"
+echo "== 2/4 train: a resnet20 teacher, $TEACHER_EPOCHS epochs, crop + flip views"
 labelopt train --data "$OUT/data/digits" --arch resnet20 --epochs "$TEACHER_EPOCHS" --batch-size 64 --lr 0.05 \
   --out "$OUT/runs/teacher-resnet20" --overwrite
 
-echo "== 3/3 evaluate on the test split"
+echo "== 3/4 evaluate on the test split"
 labelopt evaluate "$OUT/runs/teacher-resnet20/best.pt" --data "$OUT/data/digits" --out "$OUT/eval/teacher-resnet20"
+
+echo "== 4/4 generate-labels: the teacher's soft labels (T=4) for every training image (identity view; cifar-crop-flip stores all 162 views but takes ~6 min on 2 CPU cores)"
+labelopt generate-labels --data "$OUT/data/digits" --teacher "$OUT/runs/teacher-resnet20/best.pt" --method sl \
+  --views identity --temperature 4 --out "$OUT/labels/digits-sl-t4.h5" --overwrite
 
 echo
 echo "quick start done in $(( $(date +%s) - start )) s (after set-up)"
 echo "  data:        $OUT/data/digits/{train,test}.beton, meta.json"
 echo "  teacher run: $OUT/runs/teacher-resnet20/{config.json,metrics.jsonl,last.pt,best.pt}"
 echo "  evaluation:  $OUT/eval/teacher-resnet20/{metrics.json,reliability.png}"
+echo "  label store: $OUT/labels/digits-sl-t4.h5 (schema: docs/label-store.md)"

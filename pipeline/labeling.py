@@ -6,27 +6,24 @@ Under torchrun, ranks take alternate pending blocks and rank 0 assembles the sto
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from ffcv.fields.basics import IntDecoder
 from ffcv.loader import Loader, OrderOption
-from ffcv.transforms import ToTensor
 from tqdm import tqdm
 
 from .. import __version__
 from ..models import tap_names
 from ..stages.labelers import LABELERS, LabelRequest
 from ..stages.teachers import Teacher
-from ..store import StoreError, StoreLayout, StoreWriter
+from ..store import StoreError, StoreLayout, StoreWriter, file_sha256
 from .beton import worker_count
 from .checkpoints import build_model_from_checkpoint, load_checkpoint
 from .datasets import PreparedDataset, open_dataset
 from .errors import UserError
-from .loading import _image_decoder, decode_plan
+from .loading import decode_plan, field_pipelines
 from .runtime import autocast, barrier, check_precision, device_for, init_distributed
 from .views import IdentityView, PadCropFlipView, ResizedCropFlipView, Normalizer, ViewPolicy
 
@@ -100,14 +97,6 @@ def store_views(spec: str, data: PreparedDataset, seed: int) -> StoreViews:
     raise UserError(f"unknown --views '{spec}'; use identity, cifar-crop-flip or sampled:K")
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_teachers(paths, data: PreparedDataset, device: torch.device) -> list[Teacher]:
     teachers = []
     for path in paths:
@@ -151,9 +140,7 @@ def check_taps(options: GenerateOptions, teachers: list[Teacher]) -> None:
 def block_loader(data: PreparedDataset, split: str, rows: np.ndarray, batch: int, train_decode: bool) -> Loader:
     """A sequential FFCV loader over exactly `rows` (block-aligned), one block per batch."""
     return Loader(str(data.beton(split)), batch_size=batch, num_workers=worker_count(), order=OrderOption.SEQUENTIAL,
-                  indices=rows, drop_last=False,
-                  pipelines={"image": [_image_decoder(decode_plan(data, train_decode)), ToTensor()],
-                             "label": [IntDecoder(), ToTensor()], "index": [IntDecoder(), ToTensor()]})
+                  indices=rows, drop_last=False, pipelines=field_pipelines(decode_plan(data, train_decode)))
 
 
 def generate_labels(options: GenerateOptions, log=print) -> Path:

@@ -43,6 +43,12 @@ def _image_decoder(decode: tuple):
     return CenterCropRGBImageDecoder((side, side), ratio=ratio)
 
 
+def field_pipelines(decode: tuple) -> dict:
+    """FFCV pipelines for the image, label and index fields, ending as torch tensors."""
+    return {"image": [_image_decoder(decode), ToTensor()],
+            "label": [IntDecoder(), ToTensor()], "index": [IntDecoder(), ToTensor()]}
+
+
 def decode_plan(data: PreparedDataset, train: bool) -> tuple:
     """Fixed-size images decode as they are; JPEG trees decode to a centred square."""
     if data.fixed_size:
@@ -83,17 +89,8 @@ def make_loader(data: PreparedDataset, split: str, batch_size: int, *, shuffle: 
                     distributed, decode, workers)
     loader = _LOADERS.get(key)
     if loader is None:
-        int_pipeline = [IntDecoder(), ToTensor()]
-        loader = Loader(
-            str(path),
-            batch_size=batch_size,
-            num_workers=workers,
-            order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL,
-            seed=seed,
-            drop_last=drop_last,
-            distributed=distributed,
-            pipelines={"image": [_image_decoder(decode), ToTensor()],
-                       "label": list(int_pipeline), "index": [IntDecoder(), ToTensor()]},
-        )
+        loader = Loader(str(path), batch_size=batch_size, num_workers=workers,
+                        order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, seed=seed,
+                        drop_last=drop_last, distributed=distributed, pipelines=field_pipelines(decode))
         _LOADERS[key] = loader
     return SplitLoader(loader, torch.device(device))

@@ -13,7 +13,7 @@ if __name__ == "__main__" and not __package__:
 
 import click
 
-from .pipeline.errors import UserError
+from .pipeline.errors import user_errors
 
 
 class LabeloptGroup(click.Group):
@@ -22,7 +22,7 @@ class LabeloptGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except UserError as exc:
+        except user_errors() as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
@@ -172,6 +172,61 @@ def generate_labels(teachers, features, **kwargs):
     out = run_generate(GenerateOptions(teachers=tuple(teachers), features=tuple(features), **kwargs),
                        log=lambda m: click.echo(m, err=True))
     click.echo(f"label store: {out}")
+
+
+@main.group(cls=LabeloptGroup)
+def labels():
+    """Label store tools: inspect, verify, combine."""
+
+
+@labels.command("inspect")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--bins", default=15, show_default=True, help="ECE confidence bins.")
+@click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
+def labels_inspect(store, bins, as_json):
+    """Provenance, shapes, size on disk and the quality of the stored labels."""
+    from .pipeline.store_report import format_inspection, inspect_store
+
+    report = inspect_store(store, n_bins=bins)
+    click.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
+
+
+@labels.command("verify")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--data", type=click.Path(path_type=Path), default=None,
+              help="A prepared dataset folder: also check the store was made from it (fingerprint, N, classes).")
+@click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
+def labels_verify(store, data, as_json):
+    """Schema, completeness, every chunk's checksum and, with --data, the fingerprint; exit 0 only when all hold."""
+    from .pipeline.store_report import verify_store
+    from .pipeline.reports import format_table
+
+    result = verify_store(store, data)
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+    else:
+        rows = [{**c, "ok": "ok" if c["ok"] else "FAILED"} for c in result["checks"]]
+        click.echo(format_table(rows, [("name", "check"), ("ok", "result"), ("detail", "detail")]))
+    if not result["ok"]:
+        failed = [c["name"] for c in result["checks"] if not c["ok"]]
+        raise click.ClickException(f"{store}: verification failed ({', '.join(failed)})")
+
+
+@labels.command("combine")
+@click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The new ensemble store (.h5).")
+@click.option("--weights", default=None, help="Comma-separated member weights [default: equal].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def labels_combine(stores, out, weights, overwrite):
+    """A new ensemble store: the weighted mean of stores made from the same data and views."""
+    from .pipeline.store_report import combine_stores
+
+    try:
+        parsed = [float(w) for w in weights.split(",")] if weights else None
+    except ValueError:
+        raise click.BadParameter(f"'{weights}' is not a comma-separated list of numbers",
+                                 param_hint="--weights") from None
+    click.echo(f"label store: {combine_stores(list(stores), out, parsed, overwrite=overwrite)}")
 
 
 if __name__ == "__main__":

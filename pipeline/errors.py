@@ -6,3 +6,10 @@ class UserError(Exception):
 
     The CLI prints it as one line and exits non-zero, without a traceback.
     """
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Every exception type whose message is written for the user: ours and the label store's."""
+    from ..store import StoreError
+
+    return (UserError, StoreError)

@@ -12,55 +12,7 @@ import torch
 from labelopt.store import LabelStore, StoreError, StoreLayout, StoreWriter, combine, verify
 from labelopt.store.writer import partial_dir
 
-N, V, C = 10, 3, 7
-
-
-def make_header(fingerprint="fp-0", split="train", policy="cifar-crop-flip", name="tiny"):
-    return {
-        "labelopt_version": "test",
-        "dataset": {"name": name, "split": split, "fingerprint": fingerprint, "class_names": list("abcdefg")},
-        "generator": {"method": "teacher", "temperature": 1.0, "options": {},
-                      "teachers": [{"arch": "resnet", "checkpoint_sha256": "00"}]},
-        "views": {"policy": policy, "param_names": ["view_id"]},
-    }
-
-
-def make_layout(**kw):
-    base = dict(num_samples=N, num_views=V, num_classes=C, block_rows=4)
-    base.update(kw)
-    return StoreLayout(**base)
-
-
-def make_data(layout, seed=0):
-    rng = np.random.default_rng(seed)
-    n, v, c = layout.num_samples, layout.num_views, layout.num_classes
-    logits = rng.normal(size=(n, v, c)).astype(np.float32) * 3
-    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    return {
-        "targets": probs.astype(np.float32),
-        "labels": rng.integers(0, c, size=n),
-        "logits": logits if layout.logits else None,
-        "features": {tap: rng.normal(size=(n, v, d)).astype(np.float32) for tap, d in layout.features.items()},
-        "view_params": (rng.integers(0, 100, size=(n, v, layout.param_size)) if layout.per_sample_params else None),
-    }
-
-
-def write_blocks(writer, data, blocks):
-    for b in blocks:
-        s, e = writer.layout.block_range(b)
-        writer.write_block(
-            b, targets=data["targets"][s:e], labels=data["labels"][s:e],
-            logits=None if data["logits"] is None else data["logits"][s:e],
-            features={t: a[s:e] for t, a in data["features"].items()},
-            view_params=None if data["view_params"] is None else data["view_params"][s:e])
-
-
-def build(path, layout=None, data=None, header=None, **kw):
-    layout = layout or make_layout()
-    data = data if data is not None else make_data(layout)
-    writer = StoreWriter(path, header or make_header(), layout, **kw)
-    write_blocks(writer, data, writer.pending_blocks())
-    return writer.finish(), data
+from labelopt.tests.store_fakes import C, N, V, build, make_data, make_header, make_layout, write_blocks
 
 
 def h5_contents(path):
@@ -413,28 +365,3 @@ def test_combine_refuses_other_data_or_views(tmp_path):
         combine([a, d], tmp_path / "x.h5")
     assert "view parameters" in one_line(exc)
     assert not (tmp_path / "x.h5").exists()
-
-
-# -- speed ----------------------------------------------------------------------------------
-
-def test_gather_speed_dense_50k(tmp_path):
-    n, c = 50000, 100
-    layout = StoreLayout(num_samples=n, num_views=1, num_classes=c, block_rows=256)
-    writer = StoreWriter(tmp_path / "big.h5", make_header(), layout, compression="lzf")
-    rng = np.random.default_rng(0)
-    probs = rng.random((n, 1, c), dtype=np.float32)
-    labels = rng.integers(0, c, size=n)
-    for b in range(layout.num_blocks()):
-        s, e = layout.block_range(b)
-        writer.write_block(b, targets=probs[s:e], labels=labels[s:e])
-    store = LabelStore.open(writer.finish())
-    store.load()
-    idx = torch.randint(0, n, (512,))
-    views = torch.zeros(512, dtype=torch.long)
-    store.gather(idx, views)
-    reps = 200
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        store.gather(idx, views)
-    per = (time.perf_counter() - t0) / reps
-    print(f"\ngather 512 rows (dense N=50000 V=1 C=100): {per * 1e6:.1f} us")

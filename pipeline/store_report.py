@@ -1,0 +1,173 @@
+"""`labelopt labels inspect`: what a label store holds and how good its labels are.
+
+The quality figures treat each stored (sample, view) row as a prediction of the
+ground truth recorded in the store: teacher top-1, mean confidence, mean entropy
+and ECE of the stored soft labels. Top-k stores are read densified, so their
+entropy counts only the k stored classes.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..stages.metrics import calibration_bins
+from ..store import LabelStore, StoreError, combine, schema, verify
+from ..store.reader import open_h5, parse_attrs
+from .datasets import open_dataset
+from .errors import UserError
+
+REPORT_BLOCK_ROWS = 1024
+
+
+def open_store(path) -> LabelStore:
+    try:
+        return LabelStore.open(path)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+class _Accumulator:
+    """Running sums over blocks of [rows, C] probabilities (calibration bins merged by count)."""
+
+    def __init__(self, n_bins: int):
+        self.n_bins = n_bins
+        self.rows = self.labelled = self.correct = 0
+        self.confidence_sum = self.entropy_sum = 0.0
+        self.bin_counts = np.zeros(n_bins, np.int64)
+        self.bin_confidence = np.zeros(n_bins)
+        self.bin_correct = np.zeros(n_bins)
+
+    def add(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+        probs = probs.double()
+        self.rows += probs.shape[0]
+        self.confidence_sum += probs.max(1).values.sum().item()
+        self.entropy_sum += -(probs * probs.clamp_min(1e-12).log()).sum().item()
+        known = labels >= 0  # -1 marks unlabelled samples (STL-10's unlabeled split)
+        if not bool(known.any()):
+            return
+        probs, labels = probs[known], labels[known]
+        self.labelled += probs.shape[0]
+        self.correct += int((probs.argmax(1) == labels).sum())
+        bins = calibration_bins(probs, labels, self.n_bins)
+        filled = bins.counts > 0
+        self.bin_counts += bins.counts
+        self.bin_confidence[filled] += bins.confidence[filled] * bins.counts[filled]
+        self.bin_correct[filled] += bins.accuracy[filled] * bins.counts[filled]
+
+    def summary(self) -> dict:
+        out = {"rows": self.rows,
+               "mean_confidence": self.confidence_sum / self.rows,
+               "mean_entropy": self.entropy_sum / self.rows,
+               "labelled_rows": self.labelled, "top1": None, "ece": None}
+        if self.labelled:
+            gaps = np.abs(self.bin_correct - self.bin_confidence).sum()  # sum_b |n_b acc_b - n_b conf_b|
+            out.update(top1=100.0 * self.correct / self.labelled, ece=float(gaps / self.labelled))
+        return out
+
+
+def label_quality(store: LabelStore, n_bins: int = 15, block_rows: int = REPORT_BLOCK_ROWS) -> dict:
+    """Top-1, confidence, entropy and ECE of every stored (sample, view) row against the ground truth."""
+    labels = torch.from_numpy(store.labels())
+    acc = _Accumulator(n_bins)
+    for start in range(0, store.num_samples, block_rows):
+        stop = min(start + block_rows, store.num_samples)
+        block = torch.from_numpy(store.rows(schema.SIGNAL_TARGETS, start, stop))  # [rows, V, C]
+        acc.add(block.reshape(-1, store.num_classes), labels[start:stop].repeat_interleave(store.num_views))
+    result = acc.summary()
+    result["max_entropy"] = math.log(store.num_classes)
+    return result
+
+
+def shapes(store: LabelStore) -> dict:
+    n, v, c = store.num_samples, store.num_views, store.num_classes
+    out = {"topk/indices": [n, v, store.topk], "topk/values": [n, v, store.topk]} if store.is_topk \
+        else {"targets": [n, v, c]}
+    if store.has_logits:
+        out["logits"] = [n, v, c]
+    for tap, dim in store.feature_dims.items():
+        out[f"features/{tap}"] = [n, v, dim]
+    out["labels"] = [n]
+    return out
+
+
+def inspect_store(path, n_bins: int = 15) -> dict:
+    store = open_store(path)
+    return {
+        "path": str(store.path),
+        "size_bytes": store.size_bytes(),
+        "created_utc": store.created_utc,
+        "labelopt_version": store.labelopt_version,
+        "dataset": store.dataset,
+        "generator": store.generator,
+        "views": store.views,
+        "storage": f"top-{store.topk}" if store.is_topk else "dense",
+        "shapes": shapes(store),
+        "signals": [s for s in (schema.SIGNAL_TARGETS, schema.SIGNAL_LOGITS) if store.has(s)]
+        + [schema.FEATURE_PREFIX + t for t in store.feature_taps],
+        "labels": label_quality(store, n_bins),
+    }
+
+
+def _teachers(generator: dict) -> str:
+    if generator.get("method") == "combine":
+        return f"combine of {len(generator.get('members', []))} stores, weights {generator.get('weights')}"
+    names = [f"{t.get('arch')} ({str(t.get('checkpoint_sha256', ''))[:12]})" for t in generator.get("teachers", [])]
+    return ", ".join(names) or "none"
+
+
+def format_inspection(report: dict) -> str:
+    ds, gen, q = report["dataset"], report["generator"], report["labels"]
+    fmt = lambda x, spec: "n/a" if x is None else format(x, spec)
+    lines = [
+        f"store        {report['path']}  ({report['size_bytes'] / 1e6:.2f} MB on disk, {report['storage']})",
+        f"created      {report['created_utc']} by labelopt {report['labelopt_version']}",
+        f"dataset      {ds.get('name')}/{ds.get('split')}  N={ds.get('num_samples')}  classes={ds.get('num_classes')}"
+        f"  fingerprint {str(ds.get('fingerprint'))[:16]}",
+        f"generator    method {gen.get('method')}  temperature {gen.get('temperature', 'n/a')}"
+        f"  options {gen.get('options', {})}",
+        f"teachers     {_teachers(gen)}",
+        f"views        {report['views'].get('spec', report['views'].get('policy'))}"
+        f"  ({report['views'].get('num_views')} per sample)",
+        "datasets     " + "  ".join(f"/{k} {v}" for k, v in report["shapes"].items()),
+        f"signals      {', '.join(report['signals'])}",
+        f"labels       top-1 vs ground truth {fmt(q['top1'], '.2f')} %  mean confidence {q['mean_confidence']:.4f}"
+        f"  mean entropy {q['mean_entropy']:.4f} nats (max {q['max_entropy']:.4f})  ECE {fmt(q['ece'], '.4f')}"
+        f"  over {q['rows']} rows",
+    ]
+    return "\n".join(lines)
+
+
+def _store_split(path) -> str | None:
+    """The split a store says it was made from, or None when the file cannot say (verify reports why)."""
+    try:
+        with open_h5(path) as f:
+            return parse_attrs(f)[schema.ATTR_DATASET].get("split")
+    except Exception:  # a broken file: verify's own checks name the cause
+        return None
+
+
+def verify_store(path, data_dir=None) -> dict:
+    """store.verify, plus the dataset identity of the store's split when a prepared dataset is given."""
+    identity = None
+    if data_dir is not None:
+        data = open_dataset(data_dir)
+        split = _store_split(path)
+        if split is not None:
+            if split not in data.splits:
+                raise UserError(f"{data_dir} has no '{split}' split, the split this store was made from; "
+                                f"pass the prepared dataset the store belongs to")
+            identity = data.identity(split)
+    result = verify(path, identity)
+    if data_dir is not None and identity is None:
+        result["checks"].append({"name": "identity", "ok": False, "detail": "the store's dataset is unreadable"})
+        result["ok"] = False
+    return result
+
+
+def combine_stores(paths, out, weights, *, overwrite: bool = False):
+    from .. import __version__
+
+    return combine([Path(p) for p in paths], Path(out), weights, overwrite=overwrite, labelopt_version=__version__)

@@ -1,0 +1,54 @@
+"""Tiny label stores written straight through the store writer, for tests of the store and its tools."""
+import numpy as np
+
+from labelopt.store import StoreLayout, StoreWriter
+
+N, V, C = 10, 3, 7
+
+
+def make_header(fingerprint="fp-0", split="train", policy="cifar-crop-flip", name="tiny"):
+    return {
+        "labelopt_version": "test",
+        "dataset": {"name": name, "split": split, "fingerprint": fingerprint, "class_names": list("abcdefg")},
+        "generator": {"method": "teacher", "temperature": 1.0, "options": {},
+                      "teachers": [{"arch": "resnet", "checkpoint_sha256": "00"}]},
+        "views": {"policy": policy, "param_names": ["view_id"]},
+    }
+
+
+def make_layout(**kw):
+    base = dict(num_samples=N, num_views=V, num_classes=C, block_rows=4)
+    base.update(kw)
+    return StoreLayout(**base)
+
+
+def make_data(layout, seed=0):
+    rng = np.random.default_rng(seed)
+    n, v, c = layout.num_samples, layout.num_views, layout.num_classes
+    logits = rng.normal(size=(n, v, c)).astype(np.float32) * 3
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    return {
+        "targets": probs.astype(np.float32),
+        "labels": rng.integers(0, c, size=n),
+        "logits": logits if layout.logits else None,
+        "features": {tap: rng.normal(size=(n, v, d)).astype(np.float32) for tap, d in layout.features.items()},
+        "view_params": (rng.integers(0, 100, size=(n, v, layout.param_size)) if layout.per_sample_params else None),
+    }
+
+
+def write_blocks(writer, data, blocks):
+    for b in blocks:
+        s, e = writer.layout.block_range(b)
+        writer.write_block(
+            b, targets=data["targets"][s:e], labels=data["labels"][s:e],
+            logits=None if data["logits"] is None else data["logits"][s:e],
+            features={t: a[s:e] for t, a in data["features"].items()},
+            view_params=None if data["view_params"] is None else data["view_params"][s:e])
+
+
+def build(path, layout=None, data=None, header=None, **kw):
+    layout = layout or make_layout()
+    data = data if data is not None else make_data(layout)
+    writer = StoreWriter(path, header or make_header(), layout, **kw)
+    write_blocks(writer, data, writer.pending_blocks())
+    return writer.finish(), data

@@ -161,6 +161,8 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, as_json):
 @click.option("--topk", type=int, default=None, help="Store only the k largest probabilities per view.")
 @click.option("--seed", default=0, show_default=True, help="For sampled views and random labels.")
 @click.option("--batch-size", default=512, show_default=True, help="Teacher batch (images, all views).")
+@click.option("--block-rows", default=256, show_default=True,
+              help="Samples per block: the unit of resume and of the work split between torchrun ranks.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--bf16", is_flag=True, help="bf16 autocast (GPU).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")

@@ -1,4 +1,10 @@
 """generate-labels: stored labels are the teacher's answers for exactly the stored views; resume; refusals."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -137,3 +143,30 @@ def test_refusals(teacher, tiny_cifar_dir, tmp_path):
     before = (tmp_path / "ok.h5").read_bytes()
     code, out = run_cli(*base, "--teacher", teacher, "--out", tmp_path / "ok.h5")
     assert code != 0 and "--overwrite" in out and (tmp_path / "ok.h5").read_bytes() == before
+
+
+def store_datasets(path):
+    with h5py.File(path, "r") as f:
+        out = {}
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        return out, {k: f.attrs[k] for k in f.attrs if k != "created_utc"}
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_the_same_store_as_one(teacher, tiny_cifar_dir, tmp_path):
+    args = ["generate-labels", "--data", str(tiny_cifar_dir), "--split", "test", "--teacher", str(teacher),
+            "--views", "sampled:3", "--seed", "5", "--temperature", "2", "--features", "pool", "--logits",
+            "--device", "cpu", "--batch-size", "32", "--block-rows", "8"]
+    labelopt = Path(sys.executable).with_name("labelopt")
+    one = subprocess.run([str(labelopt), *args, "--out", str(tmp_path / "one.h5")], capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
+                          "--no-python", str(labelopt), *args, "--out", str(tmp_path / "two.h5")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    (a, attrs_a), (b, attrs_b) = store_datasets(tmp_path / "one.h5"), store_datasets(tmp_path / "two.h5")
+    assert sorted(a) == sorted(b) and attrs_a == attrs_b
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+    assert not list(tmp_path.glob(".*partial*"))

@@ -87,35 +87,78 @@ def models(classes, as_json):
                                        ("parameters", f"params ({classes} classes)"), ("taps", "feature taps")]))
 
 
+def training_options(command):
+    """The options `train` and `train-student` share: data, run folder, recipe, runtime."""
+    options = [
+        click.option("--data", required=True, type=click.Path(path_type=Path),
+                     help="A prepared dataset folder (has meta.json)."),
+        click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder."),
+        click.option("--epochs", default=240, show_default=True),
+        click.option("--batch-size", default=64, show_default=True, help="Per process; config.json records the global batch."),
+        click.option("--lr", default=0.05, show_default=True),
+        click.option("--momentum", default=0.9, show_default=True),
+        click.option("--weight-decay", default=5e-4, show_default=True),
+        click.option("--schedule", default="step", show_default=True, help="step or cosine."),
+        click.option("--milestones", default=None,
+                     help="Step epochs, e.g. 150,180,210 [default: 62.5/75/87.5% of --epochs]."),
+        click.option("--gamma", default=0.1, show_default=True, help="Step decay factor."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
+        click.option("--bf16", is_flag=True, help="bf16 autocast (GPU)."),
+        click.option("--channels-last", is_flag=True, help="channels_last memory format."),
+        click.option("--workers", "num_workers", type=int, default=None,
+                     help="FFCV decoding threads [default: all cores]."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
+        click.option("--overwrite", is_flag=True, help="Replace an existing run folder."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def as_plain(kwargs: dict) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}
+
+
 @main.command()
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="A prepared dataset folder (has meta.json).")
 @click.option("--arch", required=True, help="Model name (labelopt models).")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder.")
-@click.option("--epochs", default=240, show_default=True)
-@click.option("--batch-size", default=64, show_default=True)
-@click.option("--lr", default=0.05, show_default=True)
-@click.option("--momentum", default=0.9, show_default=True)
-@click.option("--weight-decay", default=5e-4, show_default=True)
-@click.option("--schedule", default="step", show_default=True, help="step or cosine.")
-@click.option("--milestones", default=None, help="Step epochs, e.g. 150,180,210 [default: 62.5/75/87.5% of --epochs].")
-@click.option("--gamma", default=0.1, show_default=True, help="Step decay factor.")
+@training_options
 @click.option("--label-smoothing", default=0.0, show_default=True)
 @click.option("--augment", default="auto", show_default=True,
               help="View policy: cifar-crop-flip, rrc-flip, identity; auto picks by image size.")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N.")
-@click.option("--bf16", is_flag=True, help="bf16 autocast (GPU).")
-@click.option("--channels-last", is_flag=True, help="channels_last memory format.")
-@click.option("--workers", "num_workers", type=int, default=None, help="FFCV decoding threads [default: all cores].")
-@click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing run folder.")
 def train(milestones, **kwargs):
     """Train a model from scratch (teachers, vanilla and label-smoothing baselines)."""
     from .pipeline.training import TrainOptions, train as run_train
 
-    options = TrainOptions(milestones=int_list(milestones), **{k: (str(v) if isinstance(v, Path) else v)
-                                                               for k, v in kwargs.items()})
+    options = TrainOptions(milestones=int_list(milestones), **as_plain(kwargs))
     out = run_train(options, log=lambda m: click.echo(m, err=True))
+    click.echo(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
+
+
+@main.command("train-student")
+@click.option("--student", "arch", required=True, help="Student model name (labelopt models).")
+@click.option("--method", default="sl", show_default=True, help="vanilla, ls, sl, sl-kd or kd.")
+@click.option("--labels", type=click.Path(path_type=Path), default=None, help="A label store (generate-labels).")
+@click.option("--teacher", "teachers", multiple=True,
+              help="Online teacher checkpoint instead of a store (repeat for an ensemble).")
+@training_options
+@click.option("--temperature", type=float, default=None,
+              help="kd: its temperature [4]; online sl/sl-kd: the labels' [4]; stores fix their own.")
+@click.option("--ce-weight", type=float, default=None, help="sl-kd, kd: weight of hard-label CE [0.1].")
+@click.option("--kd-weight", type=float, default=None, help="sl-kd, kd: weight of the soft term [0.9].")
+@click.option("--label-smoothing", type=float, default=None, help="ls: epsilon [0.1].")
+@click.option("--augment", default="auto", show_default=True,
+              help="Images of identity stores and online teachers: cifar-crop-flip, rrc-flip or identity "
+                   "(clean); stores with many views define their own.")
+def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, **kwargs):
+    """Stage two: train a student from a label store (or online teachers) with a distillation method."""
+    from .pipeline.student import StudentOptions, train_student as run_student
+
+    chosen = {k: v for k, v in (("ce_weight", ce_weight), ("kd_weight", kd_weight),
+                                ("label_smoothing", label_smoothing)) if v is not None}
+    options = StudentOptions(milestones=int_list(milestones), teachers=tuple(teachers), method_options=chosen,
+                             **as_plain(kwargs))
+    out = run_student(options, log=lambda m: click.echo(m, err=True))
     click.echo(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
 
 
@@ -170,8 +213,7 @@ def generate_labels(teachers, features, **kwargs):
     """Stage one: run teachers over every stored view of a split and write a label store."""
     from .pipeline.labeling import GenerateOptions, generate_labels as run_generate
 
-    kwargs = {k: (str(v) if isinstance(v, Path) else v) for k, v in kwargs.items()}
-    out = run_generate(GenerateOptions(teachers=tuple(teachers), features=tuple(features), **kwargs),
+    out = run_generate(GenerateOptions(teachers=tuple(teachers), features=tuple(features), **as_plain(kwargs)),
                        log=lambda m: click.echo(m, err=True))
     click.echo(f"label store: {out}")
 

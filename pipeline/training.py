@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..models import UnknownModelError, create_model
 from ..stages.metrics import classification_metrics
+from ..stages.sources import ViewedBatch
 from .checkpoints import load_checkpoint, save_checkpoint
 from .datasets import PreparedDataset, open_dataset
 from .errors import UserError
@@ -23,6 +24,7 @@ from .runs import MetricsLog, prepare_run_dir, provenance, read_config, write_co
 from .runtime import (DistInfo, autocast, barrier, check_precision, device_for, init_distributed,
                       seed_everything)
 from .schedules import Schedule, check_schedule_name, resolve_milestones
+from .view_sampling import AugmentViews, ViewSampler
 from .views import Normalizer, get_view_policy, view_policy_names
 
 # Options that may differ between a run and its --resume without changing the result.
@@ -72,9 +74,9 @@ def resolve_options(options: TrainOptions, data: PreparedDataset) -> TrainOption
 
 
 def cross_entropy_objective(label_smoothing: float):
-    def objective(model, images, labels, indices, view_params):
-        logits = model(images)
-        return F.cross_entropy(logits, labels, label_smoothing=label_smoothing), logits
+    def objective(model, inputs, batch: ViewedBatch):
+        logits = model(inputs)
+        return F.cross_entropy(logits, batch.labels, label_smoothing=label_smoothing), logits
     return objective
 
 
@@ -95,10 +97,12 @@ def train(options: TrainOptions, *, on_epoch_end: Callable[[int], None] | None =
                on_epoch_end=on_epoch_end, log=log)
 
 
-def config_record(options: TrainOptions, data: PreparedDataset, dist_info: DistInfo, command: str) -> dict:
+def config_record(options: TrainOptions, data: PreparedDataset, dist_info: DistInfo, command: str,
+                  extra: dict | None = None) -> dict:
     return {
         "command": command,
         **dataclasses.asdict(options),
+        **(extra or {}),
         "milestones": list(options.milestones),
         "world_size": dist_info.world_size,
         "global_batch_size": options.batch_size * dist_info.world_size,
@@ -119,10 +123,18 @@ def check_resume_matches(out: Path, config: dict) -> None:
 
 
 def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, objective, dist_info: DistInfo,
-        device: torch.device, *, command: str, on_epoch_end=None, log=print) -> Path:
-    """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume."""
+        device: torch.device, *, command: str, sampler: ViewSampler | None = None,
+        extra_modules: torch.nn.Module | None = None, config_extra: dict | None = None, on_epoch_end=None,
+        log=print) -> Path:
+    """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume.
+
+    `objective(model, inputs, batch)` returns (loss, logits); `sampler` draws each step's views
+    (default: fresh views of options.augment); `extra_modules` (a method's trainable parts) join the
+    optimizer and last.pt.
+    """
     out = Path(options.out)
-    config = config_record(options, data, dist_info, command)
+    sampler = sampler or AugmentViews(get_view_policy(options.augment, data.input_size))
+    config = config_record(options, data, dist_info, command, {**(config_extra or {}), "views": sampler.describe()})
     if dist_info.is_main:
         prepare_run_dir(out, overwrite=options.overwrite, resume=options.resume)
         if options.resume:
@@ -136,7 +148,13 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
     model = model.to(device, memory_format=memory_format)
     train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if dist_info.enabled else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=options.lr, momentum=options.momentum,
+    trainable = list(model.parameters())
+    if extra_modules is not None:
+        extra_modules.to(device)
+        trainable += [p for p in extra_modules.parameters() if p.requires_grad]
+        if state is not None and "extra" in state["training"]:
+            extra_modules.load_state_dict(state["training"]["extra"])
+    optimizer = torch.optim.SGD(trainable, lr=options.lr, momentum=options.momentum,
                                 weight_decay=options.weight_decay)
     start_epoch, best = 0, {"top1": -1.0, "epoch": -1}
     if state is not None:
@@ -151,7 +169,6 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         raise UserError(f"--batch-size {options.batch_size} is larger than the training split "
                         f"({data.num_samples('train')} images); use a smaller batch")
     test_loader = eval_loader(data, "test", device) if dist_info.is_main and "test" in data.splits else None
-    policy = get_view_policy(options.augment, data.input_size)
     normalize = Normalizer(data.mean, data.std, device, channels_last=options.channels_last)
     schedule = Schedule(options.schedule, options.lr, options.epochs, len(train_loader), options.milestones,
                         options.gamma)
@@ -176,10 +193,10 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
             lr = schedule.lr(epoch, step)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            params = policy.sample(images.shape[0], images.shape[2], images.shape[3], views_rng)
-            inputs = normalize(policy.apply(images, params))
+            viewed, views = sampler.draw(images, indices, views_rng)
+            batch = ViewedBatch(viewed, labels, indices, views)
             with autocast(device, options.bf16):
-                loss, logits = objective(train_model, inputs, labels, indices, params)
+                loss, logits = objective(train_model, normalize(viewed), batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -205,8 +222,10 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
             payload = checkpoint_payload(options, data, model, epoch, record)
             if improved:
                 save_checkpoint(out / "best.pt", payload)
-            save_checkpoint(out / "last.pt", {**payload, "training": {
-                "optimizer": optimizer.state_dict(), "best": best, "torch_rng": torch.get_rng_state()}})
+            training_state = {"optimizer": optimizer.state_dict(), "best": best, "torch_rng": torch.get_rng_state()}
+            if extra_modules is not None:
+                training_state["extra"] = {k: v.detach().cpu() for k, v in extra_modules.state_dict().items()}
+            save_checkpoint(out / "last.pt", {**payload, "training": training_state})
             log(epoch_line(record, options.epochs))
         barrier(dist_info)
         if on_epoch_end is not None:

@@ -1,0 +1,177 @@
+"""`labelopt train-student`: stage two, a student trained from a label store or an online teacher.
+
+The store is checked against the data before the first step (fingerprint, N,
+classes, views, signals); the method's distiller gets its teacher signals from a
+source that is either the store or the teachers run online, through one interface.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from ..models import FeatureTaps, UnknownModelError, create_model, feature_shapes
+from ..stages.distillers import (FEATURE_PREFIX, SIGNAL_TARGETS, DistillContext, Distiller, UnknownMethodError,
+                                 get_distiller)
+from ..stages.labelers import EnsembleLabeler, SoftLabeler
+from ..stages.sources import OnlineSource, StoreSource, TeacherSource, ViewedBatch
+from ..store import LabelStore, StoreError
+from .datasets import PreparedDataset, open_dataset
+from .errors import UserError
+from .labeling import load_teachers
+from .runtime import check_precision, device_for, init_distributed, seed_everything
+from .training import TrainOptions, default_augment, fit, resolve_options
+from .view_sampling import AugmentViews, ViewSampler, sampler_for_store
+from .views import get_view_policy
+
+ONLINE_DEFAULT_TEMPERATURE = 4.0
+
+
+@dataclass
+class StudentOptions(TrainOptions):
+    labels: str | None = None  # a label store
+    teachers: tuple[str, ...] = ()  # or online teachers
+    method: str = "sl"
+    temperature: float | None = None
+    method_options: dict = field(default_factory=dict)  # only what the user set; defaults come from the method
+
+
+def store_temperature(store: LabelStore) -> float | None:
+    """The temperature of a store's soft labels (a combined store's, when its members agree)."""
+    gen = store.generator
+    if "temperature" in gen:
+        return float(gen["temperature"])
+    temps = {m.get("generator", {}).get("temperature") for m in gen.get("members", [])}
+    return float(temps.pop()) if len(temps) == 1 and None not in temps else None
+
+
+def check_source_choice(options: StudentOptions, method: type[Distiller]) -> None:
+    if options.labels and options.teachers:
+        raise UserError("pass either --labels STORE or --teacher CKPT, not both")
+    if method.teacher_signals and not (options.labels or options.teachers):
+        raise UserError(f"--method {method.name} needs teacher signals ({', '.join(method.teacher_signals)}): "
+                        f"pass --labels STORE (from labelopt generate-labels) or --teacher CKPT")
+    if not method.teacher_signals and (options.labels or options.teachers):
+        raise UserError(f"--method {method.name} uses no teacher; drop --labels/--teacher")
+
+
+def open_store_source(options: StudentOptions, method: type[Distiller], data: PreparedDataset
+                      ) -> tuple[StoreSource, ViewSampler]:
+    try:
+        store = LabelStore.open(options.labels)
+        store.check_dataset(data.identity("train"))
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+    temperature = store_temperature(store)
+    if SIGNAL_TARGETS in method.teacher_signals and options.temperature is not None \
+            and temperature is not None and abs(options.temperature - temperature) > 1e-9:
+        raise UserError(f"store {store.path} holds labels at temperature {temperature:g}, fixed when it was made; "
+                        f"drop --temperature or generate labels with --temperature {options.temperature:g}")
+    source = StoreSource(store, temperature)
+    for signal in method.teacher_signals:
+        why = source.missing(signal)
+        if why:
+            raise UserError(f"--method {method.name} needs {signal}: {why}")
+    augment = None if options.augment == "auto" else get_view_policy(options.augment, data.input_size)
+    if store.num_views == 1 and augment is None:
+        augment = get_view_policy(default_augment(data), data.input_size)
+    sampler = sampler_for_store(store, data.input_size, augment)
+    source.load(method.teacher_signals)
+    return source, sampler
+
+
+def online_source(options: StudentOptions, method: type[Distiller], data: PreparedDataset, device
+                  ) -> tuple[OnlineSource, ViewSampler]:
+    teachers = load_teachers(options.teachers, data, device)
+    temperature = options.temperature if options.temperature is not None else ONLINE_DEFAULT_TEMPERATURE
+    labeler = (SoftLabeler if len(teachers) == 1 else EnsembleLabeler)(teachers, temperature)
+    source = OnlineSource(labeler, temperature)
+    for signal in method.teacher_signals:
+        why = source.missing(signal)
+        if why:
+            raise UserError(f"--method {method.name} needs {signal}: {why}")
+    augment = default_augment(data) if options.augment == "auto" else options.augment
+    return source, AugmentViews(get_view_policy(augment, data.input_size))
+
+
+def method_options(options: StudentOptions, method: type[Distiller]) -> dict:
+    chosen = dict(options.method_options)
+    if options.temperature is not None:
+        if "temperature" in method.defaults:
+            chosen["temperature"] = options.temperature
+        elif not (SIGNAL_TARGETS in method.teacher_signals):
+            raise UserError(f"--temperature does not apply to --method {method.name}")
+    unknown = sorted(set(chosen) - set(method.defaults))
+    if unknown:
+        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
+        known = ", ".join("--" + k.replace("_", "-") for k in method.defaults) or "none"
+        raise UserError(f"{flags} does not apply to --method {method.name} (its options: {known})")
+    return chosen
+
+
+def distill_context(options: StudentOptions, data: PreparedDataset, method: type[Distiller],
+                    source: TeacherSource) -> DistillContext:
+    teacher_taps = [s[len(FEATURE_PREFIX):] for s in method.teacher_signals if s.startswith(FEATURE_PREFIX)]
+    teacher_shapes = {}
+    if teacher_taps and isinstance(source, OnlineSource):
+        teacher_shapes = feature_shapes(source.teachers[0].arch, data.num_classes, teacher_taps, data.input_size)
+    elif teacher_taps:
+        teacher_shapes = {tap: (source.store.feature_dims[tap],) for tap in teacher_taps}
+    student_shapes = feature_shapes(options.arch, data.num_classes, method.student_taps, data.input_size) \
+        if method.student_taps else {}
+    return DistillContext(data.num_classes, source.target_temperature if source else None, student_shapes,
+                          teacher_shapes)
+
+
+def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str):
+    signals = distiller.teacher_signals
+    taps = distiller.student_taps
+
+    def objective(model, inputs, batch: ViewedBatch):
+        teacher = source.signals(batch, signals) if signals else {}
+        if taps:
+            inner = model.module if isinstance(model, DistributedDataParallel) else model
+            with FeatureTaps(inner, arch, taps) as tapped:
+                logits = model(inputs)
+                student = dict(tapped.features)
+        else:
+            logits, student = model(inputs), {}
+        return distiller(logits, student, teacher, batch)["loss"], logits
+
+    return objective
+
+
+def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> Path:
+    dist_info = init_distributed(options.device)
+    device = device_for(dist_info, options.device)
+    check_precision(device, options.bf16)
+    data = open_dataset(options.data)
+    try:
+        method = get_distiller(options.method)
+    except UnknownMethodError as exc:
+        raise UserError(str(exc)) from None
+    check_source_choice(options, method)
+    chosen = method_options(options, method)
+    source, sampler = None, None
+    if options.labels:
+        source, sampler = open_store_source(options, method, data)
+    elif options.teachers:
+        source, sampler = online_source(options, method, data, device)
+    augment = sampler.describe()["policy"] if sampler else options.augment
+    options = resolve_options(dataclasses.replace(options, augment=augment), data)
+    seed_everything(options.seed)  # the student's initial weights come from the seed
+    try:
+        model = create_model(options.arch, data.num_classes)
+    except UnknownModelError as exc:
+        raise UserError(str(exc)) from None
+    distiller = method(distill_context(options, data, method, source), **chosen)
+    options = dataclasses.replace(options, label_smoothing=distiller.options.get("label_smoothing", 0.0))
+    config = {"method_resolved": {"name": method.name, "options": distiller.options,
+                                  "teacher_signals": list(method.teacher_signals)},
+              "teacher_source": source.describe() if source else None}
+    return fit(options, data, model, make_objective(distiller, source, options.arch), dist_info, device,
+               command="train-student", sampler=sampler, extra_modules=distiller, config_extra=config,
+               on_epoch_end=on_epoch_end, log=log)

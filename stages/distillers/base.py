@@ -1,0 +1,70 @@
+"""What every stage-two method is: a distiller.
+
+A distiller names the teacher signals it needs (`targets`: soft labels; `logits`;
+`features:<tap>`), the student taps it reads, its options with their defaults,
+and computes its loss. Extra trainable modules (regressors, embeddings) are
+submodules: their parameters join the optimizer and the checkpoints.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SIGNAL_TARGETS = "targets"
+SIGNAL_LOGITS = "logits"
+FEATURE_PREFIX = "features:"
+
+
+@dataclass(frozen=True)
+class DistillContext:
+    """What a distiller may know when it is built."""
+
+    num_classes: int
+    target_temperature: float | None = None  # the temperature of the source's soft targets
+    student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # tap -> per-sample shape
+    teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+class Distiller(nn.Module, ABC):
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    teacher_signals: ClassVar[tuple[str, ...]] = ()
+    student_taps: ClassVar[tuple[str, ...]] = ()
+    defaults: ClassVar[dict[str, float]] = {}
+    # Whether a label store can provide every teacher signal (an online teacher always can).
+    store_servable: ClassVar[bool] = True
+
+    def __init__(self, context: DistillContext, **options: float):
+        super().__init__()
+        unknown = sorted(set(options) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"options {unknown} do not apply to --method {self.name} "
+                             f"(its options: {', '.join(sorted(self.defaults)) or 'none'})")
+        self.context = context
+        self.options = {**self.defaults, **{k: float(v) for k, v in options.items()}}
+
+    @abstractmethod
+    def forward(self, logits: torch.Tensor, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
+                batch) -> dict[str, torch.Tensor]:
+        """Loss parts for one step; "loss" is the total that is minimised.
+
+        logits: the student's [B, C]; student: its taps; teacher: the requested signals;
+        batch: the step's `stages.sources.ViewedBatch` (labels, sample indices, views).
+        """
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * mean over the batch of -sum_c q_c log softmax(z / T)_c (the seed's soft-label loss)."""
+    log_p = F.log_softmax(logits.float() / temperature, dim=1)
+    return -(targets * log_p).sum(1).mean() * temperature ** 2
+
+
+def kd_divergence(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's term: T^2 * KL(q || softmax(z / T)), batch-mean reduction."""
+    log_p = F.log_softmax(logits.float() / temperature, dim=1)
+    return F.kl_div(log_p, targets, reduction="batchmean") * temperature ** 2

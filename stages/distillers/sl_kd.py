@@ -1,0 +1,19 @@
+"""`sl-kd`: the KD configuration on stored soft labels: weighted hard-label CE plus the soft term.
+
+With a multi-teacher store this is the seed's SL-KD row (KD-SL in its follow-up).
+"""
+import torch.nn.functional as F
+
+from .base import SIGNAL_TARGETS, Distiller, kd_divergence
+
+
+class SoftLabelsKD(Distiller):
+    name = "sl-kd"
+    summary = "ce_weight * CE + kd_weight * T^2 KL(labels || student at T), T = the labels' temperature"
+    teacher_signals = (SIGNAL_TARGETS,)
+    defaults = {"ce_weight": 0.1, "kd_weight": 0.9}
+
+    def forward(self, logits, student, teacher, batch):
+        ce = F.cross_entropy(logits.float(), batch.labels)
+        kd = kd_divergence(logits, teacher[SIGNAL_TARGETS], self.context.target_temperature)
+        return {"loss": self.options["ce_weight"] * ce + self.options["kd_weight"] * kd, "ce": ce, "kd": kd}

@@ -1,0 +1,112 @@
+"""Teacher sources: where a distiller's teacher signals come from during stage two.
+
+A distiller asks for signals by name (`targets`, `logits`, `features:<tap>`); a
+store-backed source gathers them for each sample's (index, view), an online
+source runs the teachers on the viewed images. The training loop sees only the
+`TeacherSource` interface, so stored labels and online distillation are one code path.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..store import LabelStore
+from .distillers import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS
+from .labelers import LabelRequest
+
+
+@dataclass
+class ViewedBatch:
+    images: torch.Tensor  # uint8 [B, 3, H, W]: the viewed pixels the student sees
+    labels: torch.Tensor  # int64 [B]
+    indices: torch.Tensor  # int64 [B]: sample index in the split
+    views: torch.Tensor | None = None  # int64 [B]: position on a store's view axis (store-drawn views only)
+
+
+class TeacherSource(ABC):
+    kind: str
+    target_temperature: float | None  # the temperature of the `targets` signal
+
+    @abstractmethod
+    def missing(self, signal: str) -> str | None:
+        """None when the source provides `signal`, else why not and how to fix it."""
+
+    @abstractmethod
+    def signals(self, batch: ViewedBatch, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        """float32 tensors on the batch's device, one per requested signal."""
+
+    @abstractmethod
+    def describe(self) -> dict:
+        """What the run's config records about the source."""
+
+
+class StoreSource(TeacherSource):
+    kind = "store"
+
+    def __init__(self, store: LabelStore, temperature: float | None):
+        self.store = store
+        self.target_temperature = temperature
+
+    def missing(self, signal):
+        try:
+            self.store.require(signal)
+        except (ValueError, KeyError) as exc:
+            return str(exc)
+        return None
+
+    def load(self, names: Sequence[str]) -> None:
+        self.store.load(tuple(names))
+
+    def signals(self, batch, names):
+        indices = batch.indices.cpu()
+        views = batch.views.cpu() if batch.views is not None else None
+        return {name: self.store.gather(indices, views, name).to(batch.images.device, non_blocking=True)
+                for name in names}
+
+    def describe(self):
+        s = self.store
+        return {"kind": self.kind, "path": str(s.path), "checksums": s.checksums, "generator": s.generator,
+                "views": s.views, "temperature": self.target_temperature}
+
+
+class OnlineSource(TeacherSource):
+    """Teachers run on every batch: `targets` come from the same labeler stage one uses."""
+
+    kind = "online"
+
+    def __init__(self, labeler, temperature: float):
+        self.labeler = labeler
+        self.target_temperature = temperature
+
+    @property
+    def teachers(self):
+        return self.labeler.teachers
+
+    def missing(self, signal):
+        if signal in (SIGNAL_TARGETS, SIGNAL_LOGITS):
+            return None
+        if signal.startswith(FEATURE_PREFIX):
+            if len(self.teachers) > 1:
+                return f"{signal} needs a single --teacher (an ensemble has no one feature space)"
+            return None
+        return f"unknown teacher signal '{signal}'"
+
+    def signals(self, batch, names):
+        taps = tuple(n[len(FEATURE_PREFIX):] for n in names if n.startswith(FEATURE_PREFIX))
+        want_labels = SIGNAL_TARGETS in names or SIGNAL_LOGITS in names
+        out: dict[str, torch.Tensor] = {}
+        if want_labels:
+            result = self.labeler(LabelRequest(batch.images, batch.indices, batch.labels, taps))
+            out[SIGNAL_TARGETS], out[SIGNAL_LOGITS] = result.probs.float(), result.logits.float()
+            features = result.features
+        else:
+            _, features = self.teachers[0].outputs(batch.images, taps)
+        out.update({FEATURE_PREFIX + tap: features[tap].float() for tap in taps})
+        return {name: out[name] for name in names}
+
+    def describe(self):
+        return {"kind": self.kind, "temperature": self.target_temperature,
+                "teachers": [t.identity for t in self.teachers]}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,7 @@ def config_record(options: TrainOptions, data: PreparedDataset, dist_info: DistI
 
 def check_resume_matches(out: Path, config: dict) -> None:
     previous = read_config(out)
+    config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
     changed = sorted(k for k, v in config.items()
                      if k not in RESUME_FREE_OPTIONS | {"provenance"} and previous.get(k) != v)
     if changed:

@@ -1,0 +1,179 @@
+"""train-student: stored labels equal online distillation, exact resume, DDP, and the refusals."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from labelopt.cli import main
+from labelopt.pipeline.errors import UserError
+from labelopt.pipeline.evaluation import evaluate_checkpoints
+from labelopt.pipeline.labeling import GenerateOptions, generate_labels
+from labelopt.pipeline.student import StudentOptions, train_student
+from labelopt.pipeline.training import TrainOptions, train
+from labelopt.stages.distillers.sl import SoftLabels
+from labelopt.store import LabelStore
+
+
+class Crash(Exception):
+    pass
+
+
+def quiet(_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_cifar_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher") / "run"
+    train(TrainOptions(data=str(tiny_cifar_dir), arch="resnet20", out=str(out), epochs=2, batch_size=32,
+                       device="cpu"), log=quiet)
+    return out / "last.pt"
+
+
+@pytest.fixture(scope="module")
+def stores(teacher, tiny_cifar_dir, tmp_path_factory):
+    """Every view of the training split (crop-flip, T=4, with logits), and an identity store."""
+    root = tmp_path_factory.mktemp("stores")
+    made = {}
+    for name, views in (("crop_flip", "cifar-crop-flip"), ("identity", "identity")):
+        made[name] = root / f"{name}.h5"
+        generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(made[name]), teachers=(str(teacher),),
+                                        views=views, temperature=4.0, logits=name == "identity", device="cpu"),
+                        log=quiet)
+    return made
+
+
+def student(data, out, **overrides):
+    base = dict(data=str(data), arch="resnet20", out=str(out), epochs=2, batch_size=32, seed=3, device="cpu")
+    return StudentOptions(**{**base, **overrides})
+
+
+def recording_soft_labels(monkeypatch):
+    """Record the targets and the loss of every SL step."""
+    seen = []
+    real = SoftLabels.forward
+
+    def forward(self, logits, student_feats, teacher, batch):
+        parts = real(self, logits, student_feats, teacher, batch)
+        seen.append((teacher["targets"].detach().clone(), parts["loss"].item(), batch.indices.clone()))
+        return parts
+
+    monkeypatch.setattr(SoftLabels, "forward", forward)
+    return seen
+
+
+def test_stored_labels_equal_online_distillation_step_by_step(stores, teacher, tiny_cifar_dir, tmp_path,
+                                                               monkeypatch):
+    seen = recording_soft_labels(monkeypatch)
+    train_student(student(tiny_cifar_dir, tmp_path / "store", labels=str(stores["crop_flip"])), log=quiet)
+    from_store = list(seen)
+    seen.clear()
+    train_student(student(tiny_cifar_dir, tmp_path / "online", teachers=(str(teacher),), temperature=4.0), log=quiet)
+    online = list(seen)
+    assert len(from_store) == len(online) == 2 * (96 // 32)
+    for step, ((t_store, loss_store, idx_store), (t_online, loss_online, idx_online)) in \
+            enumerate(zip(from_store, online)):
+        assert torch.equal(idx_store, idx_online), step
+        assert torch.allclose(t_store, t_online, atol=2e-3), step  # float16 storage
+        assert loss_store == pytest.approx(loss_online, rel=2e-3), step
+    configs = [json.loads((tmp_path / n / "config.json").read_text()) for n in ("store", "online")]
+    assert configs[0]["views"]["draw"] == "store" and configs[0]["views"]["num_views"] == 162
+    assert configs[1]["views"]["draw"] == "augment" and configs[0]["augment"] == configs[1]["augment"]
+    assert configs[0]["teacher_source"]["kind"] == "store" and configs[1]["teacher_source"]["kind"] == "online"
+
+
+def test_identity_store_pairs_with_augmented_or_clean_images(stores, tiny_cifar_dir, tmp_path):
+    out = train_student(student(tiny_cifar_dir, tmp_path / "aug", labels=str(stores["identity"]), epochs=1,
+                                method="kd"), log=quiet)
+    config = json.loads((out / "config.json").read_text())
+    assert config["views"]["pairing"].startswith("images augmented independently")
+    assert config["views"]["policy"] == "cifar-crop-flip"
+    assert config["method_resolved"]["options"] == {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0}
+    clean = train_student(student(tiny_cifar_dir, tmp_path / "clean", labels=str(stores["identity"]), epochs=1,
+                                  augment="identity"), log=quiet)
+    assert json.loads((clean / "config.json").read_text())["views"]["policy"] == "identity"
+    result = evaluate_checkpoints([str(clean / "last.pt")], str(tiny_cifar_dir), device="cpu")
+    assert 0 <= result["runs"][0]["top1"] <= 100
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(stores, tiny_cifar_dir, tmp_path):
+    opts = lambda out, **kw: student(tiny_cifar_dir, out, labels=str(stores["crop_flip"]), method="sl-kd",
+                                     epochs=3, **kw)
+    train_student(opts(tmp_path / "full"), log=quiet)
+
+    def crash(epoch):
+        if epoch == 0:
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train_student(opts(tmp_path / "crashed"), on_epoch_end=crash, log=quiet)
+    train_student(opts(tmp_path / "crashed", resume=True), log=quiet)
+    full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
+    resumed = torch.load(tmp_path / "crashed" / "last.pt", weights_only=True)
+    for key, value in full["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    with pytest.raises(UserError, match="with other options .*kd_weight"):
+        train_student(opts(tmp_path / "full", resume=True, method_options={"kd_weight": 0.5}), log=quiet)
+
+
+def run_cli(*args):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+def test_refusals(stores, teacher, tiny_cifar_dir, tmp_path):
+    test_split_store = tmp_path / "test-split.h5"
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(test_split_store), split="test",
+                                    teachers=(str(teacher),), device="cpu"), log=quiet)
+    c100 = tmp_path / "c100.pt"
+    body = torch.load(teacher, weights_only=True)
+    from labelopt.models import create_model
+    from labelopt.pipeline.checkpoints import save_checkpoint
+    save_checkpoint(c100, {k: v for k, v in body.items() if k not in ("format", "version", "training")}
+                    | {"num_classes": 100, "model": create_model("resnet20", 100).state_dict()})
+    base = ["train-student", "--data", tiny_cifar_dir, "--student", "resnet20", "--epochs", "1", "--device", "cpu"]
+    crop_flip, identity = stores["crop_flip"], stores["identity"]
+    cases = [
+        (["--labels", test_split_store], "split is 'test' in the store but 'train' for the data"),
+        (["--labels", crop_flip, "--method", "kd"], "has no logits"),
+        (["--labels", crop_flip, "--method", "kd"], "generate-labels ... --logits"),
+        (["--teacher", c100], "trained for 100 classes but the data has 10"),
+        (["--labels", crop_flip, "--teacher", teacher], "either --labels STORE or --teacher CKPT"),
+        (["--method", "sl"], "pass --labels STORE"),
+        (["--method", "vanilla", "--labels", crop_flip], "uses no teacher"),
+        (["--method", "fancy", "--labels", crop_flip], "unknown --method 'fancy'"),
+        (["--labels", crop_flip, "--temperature", "2"], "temperature 4, fixed when it was made"),
+        (["--labels", crop_flip, "--augment", "identity"], "define the augmentation"),
+        (["--labels", crop_flip, "--ce-weight", "0.5"], "--ce-weight does not apply to --method sl"),
+        (["--method", "vanilla", "--label-smoothing", "0.1"], "--label-smoothing does not apply"),
+        (["--labels", tmp_path / "missing.h5"], "does not exist"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        code, out = run_cli(*base, *args, "--out", tmp_path / f"run{i}")
+        assert code != 0 and message in out and "Traceback" not in out, (args, out)
+        assert not (tmp_path / f"run{i}" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_train_one_student(stores, tiny_cifar_dir, tmp_path):
+    labelopt = Path(sys.executable).with_name("labelopt")
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
+                          "--no-python", str(labelopt), "train-student", "--data", str(tiny_cifar_dir),
+                          "--labels", str(stores["crop_flip"]), "--student", "resnet20", "--epochs", "2",
+                          "--batch-size", "16", "--device", "cpu", "--out", str(out)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["world_size"] == 2 and config["global_batch_size"] == 32
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # rank 0 alone writes
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    result = evaluate_checkpoints([str(out / "last.pt")], str(tiny_cifar_dir), device="cpu")
+    assert result["runs"][0]["top1"] >= 0

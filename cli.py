@@ -170,8 +170,9 @@ def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, *
 @click.option("--bins", default=15, show_default=True, help="ECE confidence bins.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--bf16", is_flag=True)
+@click.option("--compare", is_flag=True, help="Different models side by side: rows named by run folder, no mean ± std.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
-def evaluate(checkpoints, data, split, out, bins, device, bf16, as_json):
+def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json):
     """Top-1, top-5, NLL, ECE and reliability diagrams; mean ± std over several checkpoints."""
     from .pipeline.evaluation import evaluate_checkpoints, result_json
     from .pipeline.reports import format_table
@@ -181,8 +182,14 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, as_json):
     if as_json:
         click.echo(result_json(result))
         return
-    columns = [("checkpoint", "checkpoint"), ("top1", "top-1 %"), ("top5", "top-5 %"), ("nll", "NLL"), ("ece", "ECE")]
+    metrics = [("top1", "top-1 %"), ("top5", "top-5 %"), ("nll", "NLL"), ("ece", "ECE")]
     rows = list(result["runs"])
+    if compare:
+        rows = [{**r, "run": Path(r["checkpoint"]).parent.name,
+                 "epoch": None if r["epoch"] is None else r["epoch"] + 1} for r in rows]
+        click.echo(format_table(rows, [("run", "run"), ("arch", "model"), ("epoch", "epoch"), *metrics]))
+        return
+    columns = [("checkpoint", "checkpoint"), *metrics]
     if len(rows) > 1:
         rows.append({"checkpoint": f"mean ± std ({len(rows)})", **result["summary"]})
     click.echo(format_table(rows, columns))

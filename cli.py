@@ -87,6 +87,27 @@ def models(classes, as_json):
                                        ("parameters", f"params ({classes} classes)"), ("taps", "feature taps")]))
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
+def methods(as_json):
+    """List the stage-two methods: teacher signals, student taps, default options, store or online."""
+    from .pipeline.reports import format_table
+    from .stages.distillers import DISTILLERS
+
+    rows = [{"method": name, "teacher_signals": list(cls.teacher_signals), "student_taps": list(cls.student_taps),
+             "defaults": dict(cls.defaults),
+             "source": ("none" if not cls.teacher_signals else "store or online" if cls.store_servable
+                        else "online (--teacher)"),
+             "summary": cls.summary} for name, cls in DISTILLERS.items()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    text = lambda v: (", ".join(f"{k}={x:g}" for k, x in v.items()) if isinstance(v, dict) else ", ".join(v)) or "-"
+    click.echo(format_table([{k: text(v) if isinstance(v, (list, dict)) else v for k, v in r.items()} for r in rows],
+                            [("method", "method"), ("teacher_signals", "teacher signals"),
+                             ("source", "served by"), ("defaults", "defaults"), ("summary", "loss")]))
+
+
 def training_options(command):
     """The options `train` and `train-student` share: data, run folder, recipe, runtime."""
     options = [
@@ -147,15 +168,23 @@ def train(milestones, **kwargs):
 @click.option("--ce-weight", type=float, default=None, help="sl-kd, kd: weight of hard-label CE [0.1].")
 @click.option("--kd-weight", type=float, default=None, help="sl-kd, kd: weight of the soft term [0.9].")
 @click.option("--label-smoothing", type=float, default=None, help="ls: epsilon [0.1].")
+@click.option("--method-option", "extra_options", multiple=True, metavar="NAME=VALUE",
+              help="Any other option of the method (labelopt methods lists them), e.g. fitnet_weight=100.")
 @click.option("--augment", default="auto", show_default=True,
               help="Images of identity stores and online teachers: cifar-crop-flip, rrc-flip or identity "
                    "(clean); stores with many views define their own.")
-def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, **kwargs):
+def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, extra_options, **kwargs):
     """Stage two: train a student from a label store (or online teachers) with a distillation method."""
     from .pipeline.student import StudentOptions, train_student as run_student
 
     chosen = {k: v for k, v in (("ce_weight", ce_weight), ("kd_weight", kd_weight),
                                 ("label_smoothing", label_smoothing)) if v is not None}
+    for item in extra_options:
+        name, _, value = item.partition("=")
+        try:
+            chosen[name.strip().replace("-", "_")] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"'{item}' is not NAME=NUMBER", param_hint="--method-option") from None
     options = StudentOptions(milestones=int_list(milestones), teachers=tuple(teachers), method_options=chosen,
                              **as_plain(kwargs))
     out = run_student(options, log=lambda m: click.echo(m, err=True))

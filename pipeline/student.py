@@ -28,6 +28,7 @@ from .view_sampling import AugmentViews, ViewSampler, sampler_for_store
 from .views import get_view_policy
 
 ONLINE_DEFAULT_TEMPERATURE = 4.0
+NAMED_FLAGS = ("ce_weight", "kd_weight", "label_smoothing", "temperature")  # options with a flag of their own
 
 
 @dataclass
@@ -106,9 +107,10 @@ def method_options(options: StudentOptions, method: type[Distiller]) -> dict:
             raise UserError(f"--temperature does not apply to --method {method.name}")
     unknown = sorted(set(chosen) - set(method.defaults))
     if unknown:
-        flags = ", ".join("--" + k.replace("_", "-") for k in unknown)
-        known = ", ".join("--" + k.replace("_", "-") for k in method.defaults) or "none"
-        raise UserError(f"{flags} does not apply to --method {method.name} (its options: {known})")
+        named = ", ".join(f"--{k.replace('_', '-')}" if k in NAMED_FLAGS else f"--method-option {k}" for k in unknown)
+        known = ", ".join(method.defaults) or "none"
+        raise UserError(f"{named} does not apply to --method {method.name} (its options: {known}; "
+                        f"see labelopt methods)")
     return chosen
 
 

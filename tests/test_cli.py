@@ -33,3 +33,14 @@ def test_unknown_command_and_missing_option_exit_non_zero():
     assert runner.invoke(main, ["frobnicate"]).exit_code != 0
     result = runner.invoke(main, ["train", "--arch", "resnet20"])
     assert result.exit_code != 0 and "Missing option '--data'" in result.output
+
+
+def test_methods_lists_every_method_with_its_signals_and_defaults():
+    result = CliRunner().invoke(main, ["methods", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {r["method"]: r for r in json.loads(result.output)}
+    assert {"vanilla", "ls", "sl", "sl-kd", "kd"} <= set(rows)
+    assert rows["kd"]["teacher_signals"] == ["logits"] and rows["kd"]["defaults"]["temperature"] == 4.0
+    assert rows["sl"]["source"] == "store or online" and rows["vanilla"]["source"] == "none"
+    table = CliRunner().invoke(main, ["methods"])
+    assert table.exit_code == 0 and "sl-kd" in table.output

@@ -151,6 +151,7 @@ def test_refusals(stores, teacher, tiny_cifar_dir, tmp_path):
         (["--labels", crop_flip, "--augment", "identity"], "define the augmentation"),
         (["--labels", crop_flip, "--ce-weight", "0.5"], "--ce-weight does not apply to --method sl"),
         (["--method", "vanilla", "--label-smoothing", "0.1"], "--label-smoothing does not apply"),
+        (["--labels", crop_flip, "--method-option", "fitnet_weight=3"], "--method-option fitnet_weight does not"),
         (["--labels", tmp_path / "missing.h5"], "does not exist"),
     ]
     for i, (args, message) in enumerate(cases):

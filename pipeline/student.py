@@ -132,7 +132,8 @@ def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str
     signals = distiller.teacher_signals
     taps = distiller.student_taps
 
-    def objective(model, inputs, batch: ViewedBatch):
+    def objective(model, inputs, batch: ViewedBatch, extra=None):
+        method = extra if extra is not None else distiller  # extra: the distiller, DDP-wrapped when it trains
         teacher = source.signals(batch, signals) if signals else {}
         if taps:
             inner = model.module if isinstance(model, DistributedDataParallel) else model
@@ -141,7 +142,7 @@ def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str
                 student = dict(tapped.features)
         else:
             logits, student = model(inputs), {}
-        return distiller(logits, student, teacher, batch)["loss"], logits
+        return method(logits, student, teacher, batch)["loss"], logits
 
     return objective
 

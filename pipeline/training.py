@@ -75,7 +75,7 @@ def resolve_options(options: TrainOptions, data: PreparedDataset) -> TrainOption
 
 
 def cross_entropy_objective(label_smoothing: float):
-    def objective(model, inputs, batch: ViewedBatch):
+    def objective(model, inputs, batch: ViewedBatch, extra=None):
         logits = model(inputs)
         return F.cross_entropy(logits, batch.labels, label_smoothing=label_smoothing), logits
     return objective
@@ -130,9 +130,10 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         log=print) -> Path:
     """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume.
 
-    `objective(model, inputs, batch)` returns (loss, logits); `sampler` draws each step's views
+    `objective(model, inputs, batch, extra)` returns (loss, logits); `sampler` draws each step's views
     (default: fresh views of options.augment); `extra_modules` (a method's trainable parts) join the
-    optimizer and last.pt.
+    optimizer and last.pt, and reach the objective as `extra` (wrapped for DDP when they have parameters,
+    so their gradients are averaged across ranks like the model's).
     """
     out = Path(options.out)
     sampler = sampler or AugmentViews(get_view_policy(options.augment, data.input_size))
@@ -148,8 +149,12 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         model.load_state_dict(state["model"])
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
-    train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if dist_info.enabled else model
+    device_ids = [device.index] if device.type == "cuda" else None
+    train_model = DistributedDataParallel(model, device_ids=device_ids) if dist_info.enabled else model
+    train_extra = extra_modules
+    if dist_info.enabled and extra_modules is not None and any(p.requires_grad for p in extra_modules.parameters()):
+        # Buffers stay per rank (a method that keeps state across ranks synchronises it itself).
+        train_extra = DistributedDataParallel(extra_modules, device_ids=device_ids, broadcast_buffers=False)
     trainable = list(model.parameters())
     if extra_modules is not None:
         extra_modules.to(device)
@@ -188,6 +193,8 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         # View draws depend only on (seed, epoch, rank): a resumed epoch sees the same views.
         views_rng = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch * 7919 + dist_info.rank)
         train_model.train()
+        if train_extra is not None:
+            train_extra.train()
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
         bar = tqdm(train_loader.epoch(epoch), total=len(train_loader), desc=f"epoch {epoch + 1}/{options.epochs}",
                    unit="batch", leave=False, disable=None if dist_info.is_main else True)
@@ -198,7 +205,7 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
             viewed, views = sampler.draw(images, indices, views_rng)
             batch = ViewedBatch(viewed, labels, indices, views)
             with autocast(device, options.bf16):
-                loss, logits = objective(train_model, normalize(viewed), batch)
+                loss, logits = objective(train_model, normalize(viewed), batch, train_extra)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -178,3 +178,30 @@ def test_torchrun_two_processes_train_one_student(stores, tiny_cifar_dir, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
     result = evaluate_checkpoints([str(out / "last.pt")], str(tiny_cifar_dir), device="cpu")
     assert result["runs"][0]["top1"] >= 0
+
+
+def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar_dir, tmp_path, monkeypatch):
+    from labelopt.pipeline.datasets import open_dataset
+    from labelopt.pipeline.loading import make_loader
+    from labelopt.pipeline.view_sampling import StoredViews, sampler_for_store
+
+    path = tmp_path / "sampled.h5"
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(path), teachers=(str(teacher),),
+                                    views="sampled:3", temperature=4.0, seed=11, device="cpu"), log=quiet)
+    store = LabelStore.open(path)
+    sampler = sampler_for_store(store, 32, None)
+    assert isinstance(sampler, StoredViews) and sampler.per_sample and sampler.num_views == 3
+    data = open_dataset(tiny_cifar_dir)
+    images, _, indices = next(iter(make_loader(data, "train", 32, shuffle=True, seed=0, drop_last=True).epoch(0)))
+    viewed, views = sampler.draw(images, indices, torch.Generator().manual_seed(0))
+    params = torch.from_numpy(store.view_params(indices.numpy()))[torch.arange(32), views]  # [B, 5] boxes
+    assert torch.equal(viewed, sampler.policy.apply(images, params))
+    store.load()
+    # The label gathered for (index, view) is the teacher's answer for these very pixels.
+    from labelopt.pipeline.labeling import load_teachers
+    logits, _ = load_teachers([str(teacher)], data, torch.device("cpu"))[0].outputs(viewed)
+    assert torch.allclose(store.gather(indices, views), torch.softmax(logits / 4.0, 1), atol=2e-3)
+    out = train_student(student(tiny_cifar_dir, tmp_path / "run", labels=str(path), epochs=1), log=quiet)
+    config = json.loads((out / "config.json").read_text())
+    assert config["views"] == {"draw": "store", "policy": "rrc-flip", "num_views": 3,
+                               "pairing": "exact: each label is the teacher's answer for the pixels shown"}

@@ -18,9 +18,12 @@ class Schedule:
     steps_per_epoch: int
     milestones: tuple[int, ...]
     gamma: float
+    hold_epochs: int = 0  # a method's warm-up phase: base lr, then the schedule starts from its epoch 0
 
     def lr(self, epoch: int, step: int) -> float:
-        return SCHEDULES[self.name](self, epoch, step)
+        if epoch < self.hold_epochs:
+            return self.base_lr
+        return SCHEDULES[self.name](self, epoch - self.hold_epochs, step)
 
 
 def _step(s: Schedule, epoch: int, step: int) -> float:

@@ -134,6 +134,8 @@ def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str
 
     def objective(model, inputs, batch: ViewedBatch, extra=None):
         method = extra if extra is not None else distiller  # extra: the distiller, DDP-wrapped when it trains
+        rows = batch.labels.shape[0]
+        inputs, batch = distiller.expand(inputs, batch)
         teacher = source.signals(batch, signals) if signals else {}
         if taps:
             inner = model.module if isinstance(model, DistributedDataParallel) else model
@@ -142,7 +144,7 @@ def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str
                 student = dict(tapped.features)
         else:
             logits, student = model(inputs), {}
-        return method(logits, student, teacher, batch)["loss"], logits
+        return method(logits, student, teacher, batch)["loss"], logits[:rows]
 
     return objective
 
@@ -171,10 +173,11 @@ def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> P
     except UnknownModelError as exc:
         raise UserError(str(exc)) from None
     distiller = method(distill_context(options, data, method, source), **chosen)
-    options = dataclasses.replace(options, label_smoothing=distiller.options.get("label_smoothing", 0.0))
+    options = dataclasses.replace(options, label_smoothing=distiller.options.get("label_smoothing", 0.0),
+                                  warmup_epochs=distiller.warmup_epochs)
     config = {"method_resolved": {"name": method.name, "options": distiller.options,
                                   "teacher_signals": list(method.teacher_signals)},
               "teacher_source": source.describe() if source else None}
     return fit(options, data, model, make_objective(distiller, source, options.arch), dist_info, device,
                command="train-student", sampler=sampler, extra_modules=distiller, config_extra=config,
-               on_epoch_end=on_epoch_end, log=log)
+               on_epoch_start=distiller.set_epoch, on_epoch_end=on_epoch_end, log=log)

@@ -54,6 +54,7 @@ class TrainOptions:
     num_workers: int | None = None
     resume: bool = False
     overwrite: bool = False
+    warmup_epochs: int = 0  # set by a method with a warm-up phase (AB, FT): run before the `epochs` of the recipe
 
 
 def default_augment(data: PreparedDataset) -> str:
@@ -126,8 +127,8 @@ def check_resume_matches(out: Path, config: dict) -> None:
 
 def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, objective, dist_info: DistInfo,
         device: torch.device, *, command: str, sampler: ViewSampler | None = None,
-        extra_modules: torch.nn.Module | None = None, config_extra: dict | None = None, on_epoch_end=None,
-        log=print) -> Path:
+        extra_modules: torch.nn.Module | None = None, config_extra: dict | None = None, on_epoch_start=None,
+        on_epoch_end=None, log=print) -> Path:
     """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume.
 
     `objective(model, inputs, batch, extra)` returns (loss, logits); `sampler` draws each step's views
@@ -178,17 +179,20 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
     test_loader = eval_loader(data, "test", device) if dist_info.is_main and "test" in data.splits else None
     normalize = Normalizer(data.mean, data.std, device, channels_last=options.channels_last)
     schedule = Schedule(options.schedule, options.lr, options.epochs, len(train_loader), options.milestones,
-                        options.gamma)
+                        options.gamma, hold_epochs=options.warmup_epochs)
+    total_epochs = options.warmup_epochs + options.epochs
 
     metrics_log = None
     if dist_info.is_main:
         write_config(out, config)
         metrics_log = MetricsLog(out / "metrics.jsonl", keep_through_epoch=start_epoch - 1 if state else None)
-    if start_epoch >= options.epochs:
-        log(f"{out}: already complete ({options.epochs} epochs)")
+    if start_epoch >= total_epochs:
+        log(f"{out}: already complete ({total_epochs} epochs)")
         return out
 
-    for epoch in range(start_epoch, options.epochs):
+    for epoch in range(start_epoch, total_epochs):
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         started = time.perf_counter()
         # View draws depend only on (seed, epoch, rank): a resumed epoch sees the same views.
         views_rng = torch.Generator().manual_seed(options.seed * 1_000_003 + epoch * 7919 + dist_info.rank)
@@ -196,7 +200,7 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         if train_extra is not None:
             train_extra.train()
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        bar = tqdm(train_loader.epoch(epoch), total=len(train_loader), desc=f"epoch {epoch + 1}/{options.epochs}",
+        bar = tqdm(train_loader.epoch(epoch), total=len(train_loader), desc=f"epoch {epoch + 1}/{total_epochs}",
                    unit="batch", leave=False, disable=None if dist_info.is_main else True)
         for step, (images, labels, indices) in enumerate(bar):
             lr = schedule.lr(epoch, step)
@@ -216,7 +220,8 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
         bar.close()
         train_seconds = time.perf_counter() - started
-        record = {"epoch": epoch, "lr": schedule.lr(epoch, 0), "train_loss": (loss_sum / seen).item(),
+        record = {"epoch": epoch, "phase": "warmup" if epoch < options.warmup_epochs else "train",
+                  "lr": schedule.lr(epoch, 0), "train_loss": (loss_sum / seen).item(),
                   "train_top1": 100.0 * correct.item() / seen, "train_seconds": round(train_seconds, 3),
                   "train_img_per_s": round(seen * dist_info.world_size / train_seconds, 1)}
         if dist_info.is_main:
@@ -235,7 +240,7 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
             if extra_modules is not None:
                 training_state["extra"] = {k: v.detach().cpu() for k, v in extra_modules.state_dict().items()}
             save_checkpoint(out / "last.pt", {**payload, "training": training_state})
-            log(epoch_line(record, options.epochs))
+            log(epoch_line(record, total_epochs))
         barrier(dist_info)
         if on_epoch_end is not None:
             on_epoch_end(epoch)

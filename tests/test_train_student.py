@@ -205,3 +205,40 @@ def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar
     config = json.loads((out / "config.json").read_text())
     assert config["views"] == {"draw": "store", "policy": "rrc-flip", "num_views": 3,
                                "pairing": "exact: each label is the teacher's answer for the pixels shown"}
+
+
+def test_a_methods_warmup_phase_and_expanded_batches(tiny_cifar_dir, tmp_path, monkeypatch):
+    import torch.nn.functional as F
+
+    from labelopt.stages import distillers
+    from labelopt.stages.distillers.base import Distiller
+
+    seen = []
+
+    class Probe(Distiller):
+        """Warm-up for one epoch; each step also shows the student its images flipped."""
+        name = "probe"
+        defaults = {"warmup_epochs": 1.0}
+
+        def __init__(self, context, **options):
+            super().__init__(context, **options)
+            self.scale = torch.nn.Parameter(torch.ones(()))
+
+        def expand(self, inputs, batch):
+            flipped = batch.images.flip(-1)
+            doubled = type(batch)(torch.cat([batch.images, flipped]), batch.labels.repeat(2), batch.indices.repeat(2))
+            return torch.cat([inputs, inputs.flip(-1)]), doubled
+
+        def forward(self, logits, student, teacher, batch):
+            seen.append((self.epoch, self.in_warmup, logits.shape[0], batch.labels.shape[0]))
+            ce = F.cross_entropy(logits * self.scale, batch.labels)
+            return {"loss": ce}
+
+    monkeypatch.setitem(distillers.DISTILLERS, "probe", Probe)
+    out = train_student(student(tiny_cifar_dir, tmp_path / "probe", method="probe", epochs=1, lr=0.07), log=quiet)
+    assert {(e, w) for e, w, _, _ in seen} == {(0, True), (1, False)}
+    assert all(n_logits == n_labels == 64 for _, _, n_logits, n_labels in seen)  # 32 images + 32 flipped
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [l["phase"] for l in lines] == ["warmup", "train"] and lines[0]["lr"] == 0.07
+    last = torch.load(out / "last.pt", weights_only=True)
+    assert last["epoch"] == 1 and last["training"]["extra"]["scale"] != 1.0  # trained, and saved for resume

@@ -162,3 +162,12 @@ def test_kill_9_then_resume_equals_uninterrupted(digits_dir, tmp_path):
     a = torch.load(reference / "last.pt", weights_only=True)["model"]
     b = torch.load(killed / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_schedule_holds_the_base_lr_through_a_warmup_phase():
+    plain = Schedule("step", 0.1, 10, 5, (5, 8), 0.1)
+    held = Schedule("step", 0.1, 10, 5, (5, 8), 0.1, hold_epochs=3)
+    assert [held.lr(e, 0) for e in range(3)] == [0.1] * 3
+    assert [held.lr(e + 3, s) for e in range(10) for s in range(5)] == [plain.lr(e, s) for e in range(10) for s in range(5)]
+    cosine = Schedule("cosine", 0.1, 10, 5, (), 0.1, hold_epochs=2)
+    assert cosine.lr(1, 4) == 0.1 and cosine.lr(2, 0) == pytest.approx(0.1)

@@ -47,6 +47,25 @@ class Distiller(nn.Module, ABC):
                              f"(its options: {', '.join(sorted(self.defaults)) or 'none'})")
         self.context = context
         self.options = {**self.defaults, **{k: float(v) for k, v in options.items()}}
+        self.epoch = 0
+
+    @property
+    def warmup_epochs(self) -> int:
+        """Epochs of a warm-up phase that runs before the recipe's epochs (option `warmup_epochs`)."""
+        return int(self.options.get("warmup_epochs", 0))
+
+    @property
+    def in_warmup(self) -> bool:
+        return self.epoch < self.warmup_epochs
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the training loop at the start of every epoch (warm-up epochs included)."""
+        self.epoch = epoch
+
+    def expand(self, inputs: torch.Tensor, batch):
+        """The inputs the student and the teacher see at this step; a method that adds transformed copies of
+        the images (e.g. rotations) returns them here, the original B rows first. Default: unchanged."""
+        return inputs, batch
 
     @abstractmethod
     def forward(self, logits: torch.Tensor, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],

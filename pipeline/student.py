@@ -124,8 +124,8 @@ def distill_context(options: StudentOptions, data: PreparedDataset, method: type
         teacher_shapes = {tap: (source.store.feature_dims[tap],) for tap in teacher_taps}
     student_shapes = feature_shapes(options.arch, data.num_classes, method.student_taps, data.input_size) \
         if method.student_taps else {}
-    return DistillContext(data.num_classes, source.target_temperature if source else None, student_shapes,
-                          teacher_shapes)
+    return DistillContext(data.num_classes, data.num_samples("train"), source.target_temperature if source else None,
+                          student_shapes, teacher_shapes)
 
 
 def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str):

@@ -151,7 +151,10 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     device_ids = [device.index] if device.type == "cuda" else None
-    train_model = DistributedDataParallel(model, device_ids=device_ids) if dist_info.enabled else model
+    # A warm-up phase may train only a method's own modules: then the student's parameters get no gradient.
+    train_model = DistributedDataParallel(model, device_ids=device_ids,
+                                          find_unused_parameters=options.warmup_epochs > 0) \
+        if dist_info.enabled else model
     train_extra = extra_modules
     if dist_info.enabled and extra_modules is not None and any(p.requires_grad for p in extra_modules.parameters()):
         # Buffers stay per rank (a method that keeps state across ranks synchronises it itself).

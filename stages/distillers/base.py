@@ -25,6 +25,7 @@ class DistillContext:
     """What a distiller may know when it is built."""
 
     num_classes: int
+    num_samples: int = 0  # training-split size: the rows of a per-sample memory (CRD)
     target_temperature: float | None = None  # the temperature of the source's soft targets
     student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # tap -> per-sample shape
     teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)

@@ -57,6 +57,9 @@ def check_source_choice(options: StudentOptions, method: type[Distiller]) -> Non
                         f"pass --labels STORE (from labelopt generate-labels) or --teacher CKPT")
     if not method.teacher_signals and (options.labels or options.teachers):
         raise UserError(f"--method {method.name} uses no teacher; drop --labels/--teacher")
+    if options.labels and not method.store_servable:
+        raise UserError(f"--method {method.name} needs teacher signals a label store cannot hold "
+                        f"({', '.join(method.teacher_signals)}); run its teacher online with --teacher CKPT")
 
 
 def open_store_source(options: StudentOptions, method: type[Distiller], data: PreparedDataset
@@ -172,7 +175,10 @@ def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> P
         model = create_model(options.arch, data.num_classes)
     except UnknownModelError as exc:
         raise UserError(str(exc)) from None
-    distiller = method(distill_context(options, data, method, source), **chosen)
+    try:
+        distiller = method(distill_context(options, data, method, source), **chosen)
+    except ValueError as exc:  # a method's own check of its options or of the tap shapes
+        raise UserError(f"--method {method.name}: {exc}") from None
     options = dataclasses.replace(options, label_smoothing=distiller.options.get("label_smoothing", 0.0),
                                   warmup_epochs=distiller.warmup_epochs)
     config = {"method_resolved": {"name": method.name, "options": distiller.options,

@@ -157,8 +157,10 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         if dist_info.enabled else model
     train_extra = extra_modules
     if dist_info.enabled and extra_modules is not None and any(p.requires_grad for p in extra_modules.parameters()):
-        # Buffers stay per rank (a method that keeps state across ranks synchronises it itself).
-        train_extra = DistributedDataParallel(extra_modules, device_ids=device_ids, broadcast_buffers=False)
+        # Buffers stay per rank (a method that keeps state across ranks synchronises it itself); a method may
+        # leave some of its parts idle in a phase (a frozen head), hence find_unused_parameters.
+        train_extra = DistributedDataParallel(extra_modules, device_ids=device_ids, broadcast_buffers=False,
+                                              find_unused_parameters=True)
     trainable = list(model.parameters())
     if extra_modules is not None:
         extra_modules.to(device)

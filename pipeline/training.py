@@ -150,6 +150,10 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         model.load_state_dict(state["model"])
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
+    if extra_modules is not None:  # on the device, with resumed state, before DDP takes hold of it
+        extra_modules.to(device)
+        if state is not None and "extra" in state["training"]:
+            extra_modules.load_state_dict(state["training"]["extra"])
     device_ids = [device.index] if device.type == "cuda" else None
     # A warm-up phase may train only a method's own modules: then the student's parameters get no gradient.
     train_model = DistributedDataParallel(model, device_ids=device_ids,
@@ -163,10 +167,7 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
                                               find_unused_parameters=True)
     trainable = list(model.parameters())
     if extra_modules is not None:
-        extra_modules.to(device)
         trainable += [p for p in extra_modules.parameters() if p.requires_grad]
-        if state is not None and "extra" in state["training"]:
-            extra_modules.load_state_dict(state["training"]["extra"])
     optimizer = torch.optim.SGD(trainable, lr=options.lr, momentum=options.momentum,
                                 weight_decay=options.weight_decay)
     start_epoch, best = 0, {"top1": -1.0, "epoch": -1}

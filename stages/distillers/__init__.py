@@ -2,14 +2,24 @@
 from __future__ import annotations
 
 from .base import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS, DistillContext, Distiller
+from .at import AttentionTransfer
+from .crd import ContrastiveRepresentation, CRDWithKD
+from .fitnet import FitNet
 from .kd import KnowledgeDistillation
+from .kdss import SelfSupervisedKD
 from .ls import LabelSmoothing
+from .pkt import ProbabilisticKT
+from .rkd import RelationalKD
 from .sl import SoftLabels
 from .sl_kd import SoftLabelsKD
+from .sp import SimilarityPreserving
 from .vanilla import Vanilla
+from .vid import VariationalInformation
 
 DISTILLERS: dict[str, type[Distiller]] = {cls.name: cls for cls in (
     Vanilla, LabelSmoothing, SoftLabels, SoftLabelsKD, KnowledgeDistillation,
+    FitNet, AttentionTransfer, SimilarityPreserving, VariationalInformation, RelationalKD, ProbabilisticKT,
+    ContrastiveRepresentation, CRDWithKD, SelfSupervisedKD,
 )}
 
 

@@ -1,0 +1,61 @@
+"""`fitnet`: FitNets hints (Romero et al., ICLR 2015), as run in the CRD CIFAR-100 benchmark.
+
+A trainable regressor maps the student's stage-2 output to the teacher's stage-2 channels and the hint is
+the MSE to the teacher's map: mean over batch, channels and positions of (r(f_s) - f_t)^2.
+Total = ce_weight * CE + fitnet_weight * hint (benchmark weights 1 and 100), trained jointly from the first
+step (the benchmark's reading; the paper's separate hint-training stage is not run).
+
+Readings of ours: the regressor is 1x1 conv (no bias) -> BatchNorm -> ReLU. The benchmark's regressor ends in
+BN + ReLU too (the teacher's target is a post-ReLU map); its 1x1 conv becomes a strided or larger kernel when
+the sizes differ, where we instead average-pool the larger of the two maps to the smaller's size.
+"""
+import torch.nn.functional as F
+from torch import nn
+
+from .base import FEATURE_PREFIX, Distiller
+
+TAP = "stage2"
+
+
+def match_spatial(a, b):
+    """Average-pool whichever of two [B, C, H, W] maps is larger to the other's spatial size."""
+    size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
+    if tuple(a.shape[-2:]) != size:
+        a = F.adaptive_avg_pool2d(a, size)
+    if tuple(b.shape[-2:]) != size:
+        b = F.adaptive_avg_pool2d(b, size)
+    return a, b
+
+
+def map_shapes(context, method: str, taps) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(student, teacher) per-sample shapes of each tap, refusing anything but [C, H, W] maps."""
+    pairs = []
+    for tap in taps:
+        s, t = context.student_shapes.get(tap), context.teacher_shapes.get(tap)
+        if s is None or t is None or len(s) != 3 or len(t) != 3:
+            raise ValueError(f"--method {method} needs the [C, H, W] shapes of the student's and the teacher's "
+                             f"{tap} (got {s} and {t})")
+        pairs.append((tuple(s), tuple(t)))
+    return pairs
+
+
+class FitNet(Distiller):
+    name = "fitnet"
+    summary = "ce_weight 1 * CE + fitnet_weight 100 * MSE(regressor(student stage2), teacher stage2)"
+    teacher_signals = (FEATURE_PREFIX + TAP,)
+    student_taps = (TAP,)
+    defaults = {"ce_weight": 1.0, "fitnet_weight": 100.0}
+    store_servable = False  # stores hold 1-D features only
+
+    def __init__(self, context, **options):
+        super().__init__(context, **options)
+        [(s, t)] = map_shapes(context, self.name, (TAP,))
+        self.regressor = nn.Sequential(nn.Conv2d(s[0], t[0], kernel_size=1, bias=False),
+                                       nn.BatchNorm2d(t[0]), nn.ReLU())
+
+    def forward(self, logits, student, teacher, batch):
+        f_s, f_t = match_spatial(student[TAP], teacher[FEATURE_PREFIX + TAP].detach())
+        hint = F.mse_loss(self.regressor(f_s).float(), f_t.float())
+        ce = F.cross_entropy(logits.float(), batch.labels)
+        loss = self.options["ce_weight"] * ce + self.options["fitnet_weight"] * hint
+        return {"loss": loss, "ce": ce, "fitnet": hint}

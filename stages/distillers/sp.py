@@ -1,0 +1,36 @@
+"""`sp`: similarity-preserving KD (Tung & Mori, ICCV 2019), on stage3 (the last stage of the CIFAR ResNets).
+
+Each map is flattened to Q = [B, C*H*W]; G = row-wise L2 normalisation of Q Q^T (B x B), for the student
+and the teacher; sp = ||G_s - G_t||_F^2 / B^2. Total = ce_weight * CE + sp_weight * sp (weights 1 and 3000,
+the CRD benchmark's, which also applies it to the last stage output only).
+Only the batch-by-batch similarities are compared, so the two maps' shapes need not match.
+"""
+import torch
+import torch.nn.functional as F
+
+from .base import FEATURE_PREFIX, Distiller
+
+TAP = "stage3"
+
+
+def similarity(f):
+    # float32 even under bf16 autocast: the loss is a small difference of near-equal similarities.
+    with torch.autocast(f.device.type, enabled=False):
+        q = f.float().flatten(1)
+        return F.normalize(q @ q.t(), dim=1)
+
+
+class SimilarityPreserving(Distiller):
+    name = "sp"
+    summary = "ce_weight 1 * CE + sp_weight 3000 * ||G_s - G_t||_F^2 / B^2, G = row-normalised stage3 Gram (B x B)"
+    teacher_signals = (FEATURE_PREFIX + TAP,)
+    student_taps = (TAP,)
+    defaults = {"ce_weight": 1.0, "sp_weight": 3000.0}
+    store_servable = False  # stores hold 1-D features only
+
+    def forward(self, logits, student, teacher, batch):
+        g_s, g_t = similarity(student[TAP]), similarity(teacher[FEATURE_PREFIX + TAP].detach())
+        sp = (g_s - g_t).pow(2).sum() / g_s.shape[0] ** 2
+        ce = F.cross_entropy(logits.float(), batch.labels)
+        loss = self.options["ce_weight"] * ce + self.options["sp_weight"] * sp
+        return {"loss": loss, "ce": ce, "sp": sp}

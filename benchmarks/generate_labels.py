@@ -1,0 +1,528 @@
+"""Stage one's cost: `labelopt generate-labels` against bare teacher inference, store sizes, open + gather.
+
+All in one process, one run, on CIFAR-shaped random images (100 classes, 32x32) written through labelopt's
+own .beton writer (as in benchmarks/loader.py) and a teacher checkpoint saved the way `labelopt train` saves
+one (freshly initialised with torch seeded, or trained --train-teacher-epochs epochs first):
+
+  bare      the row loader generate-labels uses (block_loader over the same rows, blocks of 256), the same
+            view parameters and policy.apply, the same forward slices (a block's rows x views in slices of
+            --batch-size), Teacher.outputs and the softmax at T; nothing leaves the device, nothing is written.
+            This is the ceiling.
+  generate  generate_labels(method sl, T 4) end to end: teacher loading, the same work, block files, and the
+            HDF5 assembly (`finish`, also reported on its own).
+
+for views `identity` (N images) and `cifar-crop-flip` (162 views; the first M images, a separate prepared
+dataset, since 162 x 50,000 teacher passes are too many for a small CPU), plus a top-k cifar-crop-flip store.
+img/s counts teacher passes, i.e. (image, view) pairs per second. Then the stores' bytes on disk against their
+uncompressed size, a full CIFAR-100 162-view store projected from the measured bytes per row, and the time to
+open, load and gather 512 random (index, view) rows from each store.
+
+Warm-up (kept out of every timing): one generate-labels run (identity) over a small separate dataset and one
+teacher forward of a full --batch-size slice of cifar-crop-flip views. It covers numba's first compile of
+FFCV's pipeline code, h5py, and the teacher's first-call kernel setup. Each new FFCV Loader still costs a
+little on its first batch; generate-labels pays that on every run, so both bare and generate include it
+(bare reports it as loader_start_seconds).
+
+A randomly initialised teacher's outputs are near-uniform, and those compress differently from a trained
+teacher's peaked ones; --train-teacher-epochs E trains the teacher first (labelopt train, recipe defaults
+on the N images; the labels are random, so it mostly grows confident on memorised samples).
+
+    .venv/bin/python benchmarks/generate_labels.py [--images 50000] [--crop-flip-images M] [--teacher-arch resnet20]
+        [--batch-size 512] [--device auto] [--bf16] [--topk 10] [--train-teacher-epochs 0] [--keep DIR] [--json-only]
+
+On a CPU each cifar-crop-flip image costs 162 teacher passes, three times over (bare, dense, top-k): resnet20
+does about 150-300 passes/s on 2 cores, so the CPU defaults take ~40 min there; pass a smaller
+--crop-flip-images for a quick run. Gathers are timed with torch's threads and with one thread: under
+contention for the cores a multi-threaded 512-row gather waits for its helper thread.
+
+Absolute times depend on the machine (printed with the results); compare the ratios. Prints JSON, then tables.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+NUM_CLASSES, SIDE = 100, 32
+FULL_IMAGES, FULL_VIEWS = 50000, 162  # a full CIFAR-100 train store with every cifar-crop-flip view
+TEMPERATURE = 4.0
+BLOCK_ROWS = 256  # generate-labels' default block: its loader batch
+CPU_CROP_FLIP_IMAGES = 1000
+WARMUP_IMAGES = 512
+GATHER_ROWS, GATHER_REPS, OPEN_REPS = 512, 200, 5
+GOAL_RATIO, GOAL_GATHER_US = 0.9, 1000.0
+VIEW_SPECS = ("identity", "cifar-crop-flip")
+
+
+def log(message: str) -> None:
+    print(f"generate_labels bench: {message}", file=sys.stderr, flush=True)
+
+
+# -- setup ------------------------------------------------------------------------------------------
+
+def write_dataset(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """A prepared CIFAR-shaped dataset of these images through labelopt's own writers (cf. benchmarks/loader.py).
+
+    Our own small version rather than loader.make_dataset: the cifar-crop-flip dataset must hold exactly the
+    first M images of the big one, so that a teacher trained on the big one has seen them.
+    """
+    from labelopt.pipeline.atomic import write_json_atomic
+    from labelopt.pipeline.beton import write_beton
+    from labelopt.pipeline.datasets import DATASET_FORMAT
+    from labelopt.pipeline.sources import SplitSource
+
+    n = len(images)
+    split = SplitSource(n, labels, (SIDE, SIDE, 3), lambda i: images[i], lambda i: images[i].tobytes())
+    folder.mkdir(parents=True)
+    write_beton(split, folder / "train.beton", "raw", None, 90)
+    write_json_atomic(folder / "meta.json", {
+        "format": DATASET_FORMAT, "name": "bench", "num_classes": NUM_CLASSES,
+        "class_names": [str(i) for i in range(NUM_CLASSES)], "image_shape": [SIDE, SIDE, 3], "storage": "raw",
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+        "splits": {"train": {"file": "train.beton", "num_samples": n, "fingerprint": f"bench-{n}"}}})
+    return folder
+
+
+def make_teacher(root: Path, data_folder: Path, arch: str, epochs: int, device: str, bf16: bool) -> Path:
+    """A teacher checkpoint as `labelopt train` writes it: fresh (seeded) weights, or E epochs of training."""
+    from labelopt.models import create_model
+    from labelopt.pipeline.checkpoints import save_checkpoint
+    from labelopt.pipeline.datasets import open_dataset
+    from labelopt.pipeline.runtime import seed_everything
+    from labelopt.pipeline.training import TrainOptions, checkpoint_payload, train
+
+    if epochs > 0:
+        log(f"training the {arch} teacher {epochs} epoch(s) on {open_dataset(data_folder).num_samples('train')} "
+            f"random images")
+        run = train(TrainOptions(data=str(data_folder), arch=arch, out=str(root / "teacher-run"), epochs=epochs,
+                                 seed=0, device=device, bf16=bf16), log=log)
+        return run / "last.pt"
+    data = open_dataset(data_folder)
+    seed_everything(0)  # the teacher's initial weights come from the seed
+    model = create_model(arch, data.num_classes)
+    path = root / f"teacher-{arch}.pt"
+    save_checkpoint(path, checkpoint_payload(TrainOptions(data=str(data_folder), arch=arch, out=str(root)),
+                                             data, model, epoch=0, record={}))
+    return path
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- the two throughputs ----------------------------------------------------------------------------
+
+@torch.no_grad()
+def time_bare(folder: Path, teacher_path: Path, spec: str, batch_size: int, device: torch.device,
+              bf16: bool) -> dict:
+    """The ceiling: generate-labels' loader, views and forward slices, with nothing kept or written."""
+    from labelopt.pipeline.datasets import open_dataset
+    from labelopt.pipeline.labeling import block_loader, load_teachers, store_views
+    from labelopt.pipeline.runtime import autocast
+    from labelopt.pipeline.views import IdentityView
+
+    data = open_dataset(folder)
+    teacher = load_teachers([teacher_path], data, device)[0]
+    views = store_views(spec, data, seed=0)
+    n, v = data.num_samples("train"), views.num_views
+    rows = np.arange(n, dtype=np.uint64)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    loader = block_loader(data, "train", rows, BLOCK_ROWS, train_decode=not isinstance(views.policy, IdentityView))
+    loader_start = None
+    for images, _, indices in loader:
+        if loader_start is None:
+            loader_start = time.perf_counter() - started
+        images = images.permute(0, 3, 1, 2).to(device, memory_format=torch.contiguous_format, copy=True)
+        count = images.shape[0]
+        params = views.params_for(indices.view(-1).numpy(), images.shape[2], images.shape[3])
+        flat_params = torch.from_numpy(params.reshape(count * v, -1))
+        row_of = torch.arange(count).repeat_interleave(v)
+        for start in range(0, count * v, batch_size):
+            sl = slice(start, min(start + batch_size, count * v))
+            viewed = views.policy.apply(images[row_of[sl].to(device)], flat_params[sl])
+            with autocast(device, bf16):
+                logits, _ = teacher.outputs(viewed)
+                torch.softmax(logits / TEMPERATURE, dim=1)
+    sync(device)
+    seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    return {"images": n, "views": v, "teacher_passes": n * v, "seconds": seconds, "img_per_s": n * v / seconds,
+            "cpu_seconds": cpu_seconds, "img_per_cpu_s": n * v / cpu_seconds, "loader_start_seconds": loader_start}
+
+
+@contextlib.contextmanager
+def finish_timer():
+    """Time StoreWriter.finish (the HDF5 assembly) inside generate_labels without touching labelopt's code."""
+    from labelopt.store.writer import StoreWriter
+
+    original, spent = StoreWriter.finish, []
+
+    def timed(self):
+        started = time.perf_counter()
+        try:
+            return original(self)
+        finally:
+            spent.append(time.perf_counter() - started)
+
+    StoreWriter.finish = timed
+    try:
+        yield spent
+    finally:
+        StoreWriter.finish = original
+
+
+def time_generate(folder: Path, teacher_path: Path, spec: str, out: Path, args, device: torch.device,
+                  topk: int | None = None) -> dict:
+    from labelopt.pipeline.labeling import GenerateOptions, generate_labels
+
+    options = GenerateOptions(data=str(folder), out=str(out), teachers=(str(teacher_path),), method="sl",
+                              views=spec, temperature=TEMPERATURE, topk=topk, device=str(device), bf16=args.bf16,
+                              batch_size=args.batch_size, block_rows=BLOCK_ROWS)
+    with finish_timer() as finish:
+        started, cpu_started = time.perf_counter(), time.process_time()
+        generate_labels(options, log=log)
+        seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    from labelopt.store import LabelStore
+    store = LabelStore.open(out)
+    n, v = store.num_samples, store.num_views
+    return {"images": n, "views": v, "teacher_passes": n * v, "topk": topk, "seconds": seconds,
+            "img_per_s": n * v / seconds, "cpu_seconds": cpu_seconds, "img_per_cpu_s": n * v / cpu_seconds,
+            "finish_seconds": finish[0] if finish else None,
+            "img_per_s_before_finish": n * v / (seconds - finish[0]) if finish else None, "store": str(out)}
+
+
+def warm_up(root: Path, images: np.ndarray, labels: np.ndarray, teacher: Path, args, device: torch.device) -> str:
+    from labelopt.pipeline.datasets import open_dataset
+    from labelopt.pipeline.labeling import load_teachers, store_views
+
+    n = min(WARMUP_IMAGES, len(images))
+    folder = write_dataset(root / "warmup", images[:n], labels[:n])
+    time_generate(folder, teacher, "identity", root / "warmup-identity.h5", args, device)
+    data = open_dataset(folder)
+    views = store_views("cifar-crop-flip", data, seed=0)
+    batch = torch.from_numpy(images[:1]).permute(0, 3, 1, 2).to(device).expand(args.batch_size, -1, -1, -1)
+    params = torch.arange(args.batch_size)[:, None] % views.num_views
+    from labelopt.pipeline.runtime import autocast
+    with torch.no_grad(), autocast(device, args.bf16):
+        load_teachers([teacher], data, device)[0].outputs(views.policy.apply(batch, params))
+    sync(device)
+    return (f"generate-labels identity over a separate {n}-image dataset, then one {args.batch_size}-view "
+            f"cifar-crop-flip teacher forward; not timed")
+
+
+# -- stores -----------------------------------------------------------------------------------------
+
+def store_size(path: Path) -> dict:
+    from labelopt.store import LabelStore
+
+    store = LabelStore.open(path)
+    n, v, c, k = store.num_samples, store.num_views, store.num_classes, store.topk
+    size = store.size_bytes()
+    dense = n * v * c * 2
+    out = {"path": str(path), "num_samples": n, "num_views": v, "num_classes": c, "topk": k, "bytes": size,
+           "bytes_per_row": size / (n * v), "bytes_per_sample_view_class": size / (n * v * c),
+           "uncompressed_float16_bytes": dense, "over_uncompressed_float16": size / dense}
+    if k is not None:
+        raw = n * v * k * (4 + 2)  # int32 indices + float16 values
+        out.update({"uncompressed_topk_bytes": raw, "over_uncompressed_topk": size / raw})
+    return out
+
+
+def projected_full(dense: dict, topk: dict) -> dict:
+    """A full CIFAR-100 162-view store from the measured stores' bytes per (sample, view) row."""
+    rows = FULL_IMAGES * FULL_VIEWS
+
+    def one(store: dict, values_bytes: int) -> dict:
+        return {"projected_bytes": store["bytes_per_row"] * rows,
+                "from_store_rows": store["num_samples"] * store["num_views"], "uncompressed_bytes": rows * values_bytes}
+
+    k = topk["topk"]
+    return {"shape": [FULL_IMAGES, FULL_VIEWS, NUM_CLASSES], "method": "projected from measured bytes/row",
+            "dense": one(dense, NUM_CLASSES * 2),  # float16
+            f"top{k}": one(topk, k * (4 + 2))}  # int32 indices + float16 values
+
+
+def time_open_gather(path: Path) -> dict:
+    """open and load: median of a few fresh opens (the file is in the page cache: it was just written)."""
+    from labelopt.store import LabelStore
+
+    opens, loads, store = [], [], None
+    for _ in range(OPEN_REPS):
+        started = time.perf_counter()
+        store = LabelStore.open(path)
+        opens.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        store.load()
+        loads.append(time.perf_counter() - started)
+    generator = torch.Generator().manual_seed(0)
+    indices = torch.randint(0, store.num_samples, (GATHER_REPS, GATHER_ROWS), generator=generator)
+    views = torch.randint(0, store.num_views, (GATHER_REPS, GATHER_ROWS), generator=generator)
+
+    def gather_times() -> list[float]:
+        store.gather(indices[0], views[0])  # first call: lazy torch kernel setup
+        times = []
+        for rep in range(GATHER_REPS):
+            started = time.perf_counter()
+            store.gather(indices[rep], views[rep])
+            times.append(time.perf_counter() - started)
+        return times
+
+    threads = torch.get_num_threads()
+    gathers = gather_times()
+    # Also on one thread: a 512 x 100 gather is big enough for torch to split across its threads, and when
+    # another process holds the cores, each parallel region waits a scheduler slice for its helper (~ms).
+    torch.set_num_threads(1)
+    try:
+        single = gather_times()
+    finally:
+        torch.set_num_threads(threads)
+    return {"store": "top-k" if store.is_topk else "dense", "topk": store.topk, "num_samples": store.num_samples,
+            "num_views": store.num_views, "open_ms": 1e3 * statistics.median(opens),
+            "load_ms": 1e3 * statistics.median(loads), "open_load_reps": OPEN_REPS,
+            "gather_rows": GATHER_ROWS, "gather_reps": GATHER_REPS, "gather_torch_threads": threads,
+            "gather_median_us": 1e6 * statistics.median(gathers),
+            "gather_p90_us": 1e6 * float(np.percentile(gathers, 90)),
+            "gather_1_thread_median_us": 1e6 * statistics.median(single),
+            "gather_1_thread_p90_us": 1e6 * float(np.percentile(single, 90))}
+
+
+# -- the run ----------------------------------------------------------------------------------------
+
+def run(root: Path, args, device: torch.device) -> dict:
+    from labelopt.pipeline.beton import worker_count
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(args.images, SIDE, SIDE, 3), dtype=np.uint8)
+    labels = rng.integers(0, NUM_CLASSES, size=args.images).astype(np.int64)
+    log(f"writing {args.images} and {args.crop_flip_images} CIFAR-shaped images under {root}")
+    folders = {"identity": write_dataset(root / "data-identity", images, labels),
+               "cifar-crop-flip": write_dataset(root / "data-crop-flip", images[:args.crop_flip_images],
+                                                labels[:args.crop_flip_images])}
+    # FFCV's writer leaves torch at one thread; a `labelopt generate-labels` process starts with all cores.
+    torch.set_num_threads(worker_count())
+    teacher = make_teacher(root, folders["identity"], args.teacher_arch, args.train_teacher_epochs, str(device),
+                           args.bf16)
+    torch.set_num_threads(worker_count())
+    log("warm-up")
+    warmup = warm_up(root, images, labels, teacher, args, device)
+
+    stores_dir = root / "stores"
+    stores_dir.mkdir()
+    parts, store_paths = {}, {}
+    for spec in VIEW_SPECS:
+        log(f"{spec}: bare teacher inference")
+        bare = time_bare(folders[spec], teacher, spec, args.batch_size, device, args.bf16)
+        log(f"{spec}: generate-labels ({bare['img_per_s']:.0f} img/s bare)")
+        store_paths[spec] = stores_dir / f"{spec}.h5"
+        gen = time_generate(folders[spec], teacher, spec, store_paths[spec], args, device)
+        parts[spec] = {"bare": bare, "generate": gen, **ratios(gen, bare), "torch_threads": torch.get_num_threads()}
+    topk_name = f"cifar-crop-flip top{args.topk}"
+    log(f"{topk_name}: generate-labels")
+    store_paths[topk_name] = stores_dir / f"cifar-crop-flip-top{args.topk}.h5"
+    topk_gen = time_generate(folders["cifar-crop-flip"], teacher, "cifar-crop-flip", store_paths[topk_name], args,
+                             device, topk=args.topk)
+    # No bare run of its own: the teacher's work is the dense cifar-crop-flip one's.
+    parts[topk_name] = {"generate": topk_gen, **ratios(topk_gen, parts["cifar-crop-flip"]["bare"]),
+                        "torch_threads": torch.get_num_threads()}
+
+    log("store sizes, open, load and gather")
+    sizes = {name: store_size(path) for name, path in store_paths.items()}
+    access = {name: time_open_gather(path) for name, path in store_paths.items()}
+    return {"warmup": warmup, "teacher_checkpoint": str(teacher), "throughput": parts, "stores": sizes,
+            "projected_full_store": projected_full(sizes["cifar-crop-flip"], sizes[topk_name]),
+            "open_gather": access}
+
+
+def ratios(gen: dict, bare: dict) -> dict:
+    """generate / bare throughput, by wall time and by this process's CPU time.
+
+    Wall time is what a user waits; CPU time (all of this process's threads) barely moves when other
+    processes share the cores, so it is the steadier ratio on a busy CPU machine (on a GPU it mostly
+    counts the host waiting, so read the wall ratio there).
+    """
+    return {"ratio_generate_over_bare": gen["img_per_s"] / bare["img_per_s"],
+            "ratio_generate_over_bare_cpu_time": gen["img_per_cpu_s"] / bare["img_per_cpu_s"]}
+
+
+def machine_facts(device: torch.device) -> dict:
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    facts = {"device": str(device), "device_name": cpu, "cpu_model": cpu, "cpu_count": os.cpu_count(),
+             "cpu_affinity": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+             "torch": torch.__version__, "python": platform.python_version()}
+    if device.type == "cuda":
+        facts.update({"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda})
+    return facts
+
+
+def summarize(result: dict) -> dict:
+    parts, access = result["throughput"], result["open_gather"]
+    wall = {name: part["ratio_generate_over_bare"] for name, part in parts.items()}
+    cpu = {name: part["ratio_generate_over_bare_cpu_time"] for name, part in parts.items()}
+    worst_gather = max(row["gather_median_us"] for row in access.values())
+    return {"ratio_generate_over_bare": wall, "ratio_generate_over_bare_cpu_time": cpu, "goal_ratio": GOAL_RATIO,
+            "ratio_goal_met": all(r >= GOAL_RATIO for r in wall.values()),
+            "ratio_goal_met_cpu_time": all(r >= GOAL_RATIO for r in cpu.values()),
+            "worst_gather_median_us": worst_gather, "goal_gather_us": GOAL_GATHER_US,
+            "gather_goal_met": worst_gather < GOAL_GATHER_US}
+
+
+# -- output -----------------------------------------------------------------------------------------
+
+def mib(n: float) -> float:
+    return n / 2**20
+
+
+def print_tables(result: dict) -> None:
+    from labelopt.pipeline.reports import format_table
+
+    facts, parts = result["machine"], result["throughput"]
+    print(f"generate-labels sl, T {TEMPERATURE:g}, teacher {result['teacher_arch']} "
+          f"({result['teacher_trained_epochs']} training epochs), batch {result['batch_size']}, "
+          f"blocks of {BLOCK_ROWS} rows; img/s = teacher passes ((image, view) pairs) per second")
+    rows = []
+    for name, part in parts.items():
+        bare, gen = part.get("bare"), part["generate"]
+        rows.append({"part": name, "images": gen["images"], "views": gen["views"], "passes": gen["teacher_passes"],
+                     "bare": bare and bare["img_per_s"], "gen": gen["img_per_s"],
+                     "ratio": part["ratio_generate_over_bare"], "cpu": part["ratio_generate_over_bare_cpu_time"],
+                     "seconds": gen["seconds"], "finish": gen["finish_seconds"],
+                     "goal": part["ratio_generate_over_bare"] >= GOAL_RATIO})
+    print(format_table(rows, [("part", "part (views)"), ("images", "images"), ("views", "V"),
+                              ("passes", "teacher passes"), ("bare", "bare img/s"), ("gen", "generate img/s"),
+                              ("ratio", "gen/bare"), ("cpu", "gen/bare by CPU time"), ("seconds", "generate s"),
+                              ("finish", "finish s"), ("goal", f">= {GOAL_RATIO}")]))
+    print("(the top-k row's gen/bare is against the dense cifar-crop-flip bare run)")
+
+    print()
+    rows = []
+    for name, s in result["stores"].items():
+        raw = s.get("uncompressed_topk_bytes", s["uncompressed_float16_bytes"])
+        rows.append({"store": name, "shape": f"{s['num_samples']} x {s['num_views']} x {s['num_classes']}",
+                     "mib": mib(s["bytes"]), "per_row": s["bytes_per_row"],
+                     "per_value": s["bytes_per_sample_view_class"],
+                     "f16": mib(s["uncompressed_float16_bytes"]), "raw": mib(raw), "over_raw": s["bytes"] / raw})
+    print(format_table(rows, [("store", "store"), ("shape", "N x V x C"), ("mib", "MiB on disk"),
+                              ("per_row", "bytes/row"), ("per_value", "bytes/(sample*view*class)"),
+                              ("f16", "dense f16 MiB"), ("raw", "uncompressed MiB"),
+                              ("over_raw", "disk/uncompressed")]))
+
+    print()
+    proj = result["projected_full_store"]
+    rows = [{"store": f"{name} {FULL_IMAGES} x {FULL_VIEWS} x {NUM_CLASSES}", "proj": p["projected_bytes"] / 2**30,
+             "raw": p["uncompressed_bytes"] / 2**30, "rows": p["from_store_rows"]}
+            for name, p in proj.items() if isinstance(p, dict)]
+    print(format_table(rows, [("store", "full CIFAR-100 train store"),
+                              ("proj", "GiB projected from measured bytes/row"), ("rows", "measured on rows"),
+                              ("raw", "GiB uncompressed (exact)")]))
+
+    print()
+    rows = [{"store": name, "kind": a["store"], "open": a["open_ms"], "load": a["load_ms"],
+             "gather": a["gather_median_us"], "p90": a["gather_p90_us"], "one": a["gather_1_thread_median_us"],
+             "goal": a["gather_median_us"] < GOAL_GATHER_US}
+            for name, a in result["open_gather"].items()]
+    threads = next(iter(result["open_gather"].values()))["gather_torch_threads"]
+    print(format_table(rows, [("store", "store"), ("kind", "kind"), ("open", "open ms"), ("load", "load ms"),
+                              ("gather", f"gather {GATHER_ROWS} rows us ({threads} threads, median of {GATHER_REPS})"),
+                              ("p90", "p90 us"), ("one", "1 thread us"), ("goal", f"< {GOAL_GATHER_US:g} us")]))
+
+    print()
+    s = result["summary"]
+    print("generate/bare: " + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare"].items())
+          + f" (goal >= {GOAL_RATIO}: {'met' if s['ratio_goal_met'] else 'missed'}); by CPU time: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare_cpu_time"].items())
+          + f" ({'met' if s['ratio_goal_met_cpu_time'] else 'missed'})")
+    print(f"worst gather "
+          f"{s['worst_gather_median_us']:.0f} us (goal < {GOAL_GATHER_US:g} us: "
+          f"{'met' if s['gather_goal_met'] else 'missed'})")
+    print(f"measured on {facts['device']} ({facts['device_name']}), {facts['cpu_affinity']} of {facts['cpu_count']} "
+          f"cores, torch {facts['torch']} with {facts['torch_threads']} threads; load average "
+          f"{facts['loadavg_before'][0]:.2f} before / {facts['loadavg_after'][0]:.2f} after; "
+          f"whole script {result['script_seconds']:.0f} s")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=FULL_IMAGES, help="Images for the identity part [50000].")
+    parser.add_argument("--crop-flip-images", type=int, default=None,
+                        help=f"The first M images for the cifar-crop-flip part [all on a GPU, "
+                             f"{CPU_CROP_FLIP_IMAGES} on a CPU].")
+    parser.add_argument("--teacher-arch", default="resnet20", help="Teacher architecture [resnet20].")
+    parser.add_argument("--batch-size", type=int, default=512, help="Teacher forward batch [512].")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto].")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only).")
+    parser.add_argument("--topk", type=int, default=10, help="K of the top-k cifar-crop-flip store [10].")
+    parser.add_argument("--train-teacher-epochs", type=int, default=0,
+                        help="Train the teacher this many epochs first (labelopt train defaults) [0: fresh weights].")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="Write data, teacher and stores here (new or empty folder) and keep them.")
+    parser.add_argument("--json-only", action="store_true", help="Print the JSON only, no tables.")
+    args = parser.parse_args(argv)
+
+    from labelopt.pipeline.errors import UserError
+    from labelopt.pipeline.runtime import check_precision, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        check_precision(device, args.bf16)
+    except UserError as exc:
+        parser.error(str(exc))
+    if args.crop_flip_images is None:
+        args.crop_flip_images = args.images if device.type == "cuda" else min(CPU_CROP_FLIP_IMAGES, args.images)
+    if args.images < 1 or not 1 <= args.crop_flip_images <= args.images:
+        parser.error("need --images >= 1 and 1 <= --crop-flip-images <= --images")
+    if not 1 <= args.topk < NUM_CLASSES or args.batch_size < 1 or args.train_teacher_epochs < 0:
+        parser.error(f"need 1 <= --topk < {NUM_CLASSES}, --batch-size >= 1 and --train-teacher-epochs >= 0")
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep} is not empty; pass a new or empty folder")
+
+    torch.manual_seed(0)
+    loadavg_before = os.getloadavg()
+    started = time.perf_counter()
+    try:
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            measured = run(args.keep, args, device)
+        else:
+            with tempfile.TemporaryDirectory(prefix="labelopt-bench-generate-") as tmp:
+                measured = run(Path(tmp), args, device)
+    except UserError as exc:
+        log(str(exc))
+        return 1
+    result = {
+        "benchmark": "generate_labels",
+        "images": args.images, "crop_flip_images": args.crop_flip_images,
+        "images_per_part": {"identity": args.images, "cifar-crop-flip": args.crop_flip_images,
+                            f"cifar-crop-flip top{args.topk}": args.crop_flip_images},
+        "teacher_arch": args.teacher_arch, "teacher_trained_epochs": args.train_teacher_epochs,
+        "method": "sl", "temperature": TEMPERATURE, "batch_size": args.batch_size, "block_rows": BLOCK_ROWS,
+        "bf16": args.bf16, "topk": args.topk,
+        "img_per_s_counts": "teacher passes, i.e. (image, view) pairs",
+        "machine": {**machine_facts(device), "loadavg_before": list(loadavg_before),
+                    "loadavg_after": list(os.getloadavg())},
+        **measured,
+        "script_seconds": time.perf_counter() - started,
+        "kept": str(args.keep) if args.keep is not None else None,
+    }
+    result["summary"] = summarize(result)
+    print(json.dumps(result, indent=2))
+    if not args.json_only:
+        print()
+        print_tables(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

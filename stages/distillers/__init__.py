@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 from .base import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS, DistillContext, Distiller
+from .ab import ActivationBoundaries
 from .at import AttentionTransfer
 from .crd import ContrastiveRepresentation, CRDWithKD
 from .fitnet import FitNet
+from .ft import FactorTransfer
 from .kd import KnowledgeDistillation
 from .kdss import SelfSupervisedKD
 from .ls import LabelSmoothing
@@ -19,7 +21,7 @@ from .vid import VariationalInformation
 DISTILLERS: dict[str, type[Distiller]] = {cls.name: cls for cls in (
     Vanilla, LabelSmoothing, SoftLabels, SoftLabelsKD, KnowledgeDistillation,
     FitNet, AttentionTransfer, SimilarityPreserving, VariationalInformation, RelationalKD, ProbabilisticKT,
-    ContrastiveRepresentation, CRDWithKD, SelfSupervisedKD,
+    ActivationBoundaries, FactorTransfer, ContrastiveRepresentation, CRDWithKD, SelfSupervisedKD,
 )}
 
 

@@ -1,0 +1,363 @@
+"""AB and FT, the two-phase distillers: losses against numpy, what each phase trains, end-to-end runs."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import labelopt.stages.distillers
+from labelopt.models import FeatureTaps, create_model, feature_shapes
+from labelopt.pipeline.runtime import seed_everything
+from labelopt.pipeline.student import StudentOptions, train_student
+from labelopt.pipeline.training import TrainOptions, train
+from labelopt.stages.distillers import FEATURE_PREFIX, DistillContext
+from labelopt.stages.distillers.ab import ActivationBoundaries
+from labelopt.stages.distillers.ft import FactorTransfer
+from labelopt.stages.sources import ViewedBatch
+
+B = 4
+SEED = 3
+
+
+def quiet(_):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    for cls in (ActivationBoundaries, FactorTransfer):
+        monkeypatch.setitem(labelopt.stages.distillers.DISTILLERS, cls.name, cls)
+
+
+# ---- small fixed inputs and numpy references -------------------------------------------------------------------
+
+def build(cls, s_shapes, t_shapes, seed=0, **options):
+    """The distiller with known parameter values, torch inputs (teacher keyed as signals) and their numpy copies."""
+    rng = np.random.default_rng(seed)
+    s_np = {k: (1.5 * rng.standard_normal((B, *v))).astype(np.float32) for k, v in s_shapes.items()}
+    t_np = {k: (1.5 * rng.standard_normal((B, *v))).astype(np.float32) for k, v in t_shapes.items()}
+    distiller = cls(DistillContext(10, student_shapes=s_shapes, teacher_shapes=t_shapes), **options)
+    with torch.no_grad():
+        for p in distiller.parameters():
+            p.copy_(torch.tensor(rng.uniform(-0.6, 0.6, p.shape), dtype=torch.float32))
+    student = {k: torch.tensor(v, requires_grad=True) for k, v in s_np.items()}
+    teacher = {FEATURE_PREFIX + k: torch.tensor(v, requires_grad=True) for k, v in t_np.items()}
+    logits = torch.tensor(rng.standard_normal((B, 10)).astype(np.float32), requires_grad=True)
+    batch = ViewedBatch(torch.zeros(B, 3, 8, 8, dtype=torch.uint8), torch.tensor([1, 0, 7, 3]), torch.arange(B))
+    return distiller, student, teacher, s_np, t_np, logits, batch
+
+
+def params(module):
+    return {k: v.detach().numpy().astype(np.float64) for k, v in module.state_dict().items()}
+
+
+def np_batchnorm(y, w, b, eps=1e-5):
+    """Train-mode BatchNorm: batch statistics, biased variance."""
+    mean, var = y.mean((0, 2, 3), keepdims=True), y.var((0, 2, 3), keepdims=True)
+    return (y - mean) / np.sqrt(var + eps) * w[:, None, None] + b[:, None, None]
+
+
+def np_batchnorm_eval(y, p, prefix, eps=1e-5):
+    """Eval-mode BatchNorm: the running statistics."""
+    mean, var = p[prefix + "running_mean"][:, None, None], p[prefix + "running_var"][:, None, None]
+    return (y - mean) / np.sqrt(var + eps) * p[prefix + "weight"][:, None, None] + p[prefix + "bias"][:, None, None]
+
+
+def np_conv3x3(x, w):
+    """Stride 1, zero padding 1, no bias: out[o, i, j] = sum_c,a,b xpad[c, i + a, j + b] w[o, c, a, b]."""
+    xp = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    h, wd = x.shape[-2:]
+    out = np.zeros((len(x), w.shape[0], h, wd))
+    for a in range(3):
+        for c in range(3):
+            out += np.einsum("bkhw,ok->bohw", xp[:, :, a:a + h, c:c + wd], w[:, :, a, c])
+    return out
+
+
+def np_conv_transpose3x3(x, w):
+    """Stride 1, padding 1, by scattering: input (p, q) adds x * w[c, o, a, b] to output (p + a - 1, q + b - 1)."""
+    h, wd = x.shape[-2:]
+    full = np.zeros((len(x), w.shape[1], h + 2, wd + 2))
+    for a in range(3):
+        for c in range(3):
+            full[:, :, a:a + h, c:c + wd] += np.einsum("bkhw,ko->bohw", x, w[:, :, a, c])
+    return full[:, :, 1:-1, 1:-1]
+
+
+def leaky(x):
+    return np.where(x > 0, x, 0.1 * x)
+
+
+def np_ce(logits, labels):
+    z = logits - logits.max(1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+    return -logp[np.arange(len(labels)), labels].mean()
+
+
+def np_alternative(s, t, m):
+    """(s + m)^2 where the teacher is off (t <= 0) and s > -m; (s - m)^2 where it is on and s < m; sum / B."""
+    off = (t <= 0) & (s > -m)
+    on = (t > 0) & (s < m)
+    return (((s + m) ** 2) * off + ((s - m) ** 2) * on).sum() / len(s)
+
+
+def np_ab(distiller, s, t, margin):
+    total = 0.0
+    for i, (tap, weight) in enumerate(zip(("stage1.pre", "stage2.pre", "stage3.pre"), (0.25, 0.5, 1.0))):
+        x = s[tap].astype(np.float64)
+        p = params(distiller.connectors[i])
+        if p:  # 1x1 conv + BN
+            x = np_batchnorm(np.einsum("oc,bchw->bohw", p["0.weight"][:, :, 0, 0], x), p["1.weight"], p["1.bias"])
+        total += weight * np_alternative(x, t[tap], margin)
+    return 3 / 1000 * total
+
+
+def np_stack(p, prefix, x, conv, train_mode):
+    """Three (conv, BatchNorm, LeakyReLU) layers at indices 0-2, 3-5, 6-8 of a Sequential."""
+    for i in (0, 3, 6):
+        y = conv(x, p[f"{prefix}{i}.weight"])
+        bn = f"{prefix}{i + 1}."
+        y = np_batchnorm(y, p[bn + "weight"], p[bn + "bias"]) if train_mode else np_batchnorm_eval(y, p, bn)
+        x = leaky(y)
+    return x
+
+
+def np_paraphrase(p, x, train_mode):
+    """(factor, reconstruction) of the paraphraser with parameters and buffers p."""
+    factor = np_stack(p, "encoder.", x, np_conv3x3, train_mode)
+    return factor, np_stack(p, "decoder.", factor, np_conv_transpose3x3, train_mode)
+
+
+def np_translate(p, x):
+    return np_stack(p, "", x, np_conv3x3, train_mode=True)
+
+
+def np_pool_to(x, h):
+    f = x.shape[-1] // h
+    return x.reshape(*x.shape[:2], h, f, h, f).mean((3, 5))
+
+
+def np_factor_distance(fs, ft):
+    h = min(fs.shape[-1], ft.shape[-1])
+    fs, ft = np_pool_to(fs, h).reshape(len(fs), -1), np_pool_to(ft, h).reshape(len(ft), -1)
+    unit = lambda f: f / np.linalg.norm(f, axis=1, keepdims=True)  # noqa: E731
+    return np.abs(unit(fs) - unit(ft)).mean()
+
+
+AB_S = {"stage1.pre": (3, 4, 4), "stage2.pre": (4, 2, 2), "stage3.pre": (5, 2, 2)}
+AB_T = {"stage1.pre": (2, 4, 4), "stage2.pre": (4, 2, 2), "stage3.pre": (6, 2, 2)}  # stage2: equal widths
+FT_S = {"stage3": (3, 3, 3)}
+FT_T = {"stage3": (4, 3, 3)}
+
+
+# ---- 1. values ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("options", [{}, {"margin": 0.5, "ab_weight": 2.0, "always_connect": 1.0}])
+def test_ab_warmup_loss_against_numpy(options):
+    d, student, teacher, s, t, logits, batch = build(ActivationBoundaries, AB_S, AB_T, **options)
+    t["stage1.pre"][0, 0, 0, 0] = 0.0  # t = 0 counts as "off"
+    teacher[FEATURE_PREFIX + "stage1.pre"].data[0, 0, 0, 0] = 0.0
+    assert isinstance(d.connectors[1], torch.nn.Identity) == (not options)  # equal widths: no connector
+    parts = d(logits, student, teacher, batch)
+    ab = np_ab(d, s, t, options.get("margin", 1.0))
+    assert parts["ab"].item() == pytest.approx(ab, rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(options.get("ab_weight", 1.0) * ab, rel=1e-5)
+
+
+def test_ft_losses_against_numpy():
+    d, student, teacher, s, t, logits, batch = build(FactorTransfer, FT_S, FT_T)
+    assert d.paraphraser.encoder[-3].out_channels == 2  # k = 0.5 of 4 teacher channels
+    _, rec_t = np_paraphrase(params(d.paraphraser), t["stage3"].astype(np.float64), train_mode=True)
+    parts = d(logits, student, teacher, batch)
+    assert set(parts) == {"loss", "rec"}
+    assert parts["rec"].item() == pytest.approx(((rec_t - t["stage3"]) ** 2).mean(), rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(parts["rec"].item())
+
+    d.set_epoch(30)  # frozen: the teacher factor comes from the running statistics the warm-up step left
+    assert d.training and d.translator.training and not d.paraphraser.training
+    factor_t, _ = np_paraphrase(params(d.paraphraser), t["stage3"].astype(np.float64), train_mode=False)
+    parts = d(logits, student, teacher, batch)
+    factor_s = np_translate(params(d.translator), s["stage3"].astype(np.float64))
+    ft = np_factor_distance(factor_s, factor_t)
+    ce = np_ce(logits.detach().numpy().astype(np.float64), batch.labels.numpy())
+    assert parts["ft"].item() == pytest.approx(ft, rel=1e-5)
+    assert parts["ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert parts["loss"].item() == pytest.approx(ce + 200 * ft, rel=1e-5)
+
+
+def test_ft_pools_factors_of_different_sizes_and_takes_its_rate():
+    t_shape = {"stage3": (4, 4, 4)}
+    d, student, teacher, s, t, logits, batch = build(FactorTransfer, {"stage3": (3, 2, 2)}, t_shape, rate=0.75)
+    assert d.paraphraser.encoder[-3].out_channels == 3
+    d.set_epoch(30)
+    factor_t, _ = np_paraphrase(params(d.paraphraser), t["stage3"].astype(np.float64), train_mode=False)
+    factor_s = np_translate(params(d.translator), s["stage3"].astype(np.float64))
+    assert d(logits, student, teacher, batch)["ft"].item() == pytest.approx(np_factor_distance(factor_s, factor_t),
+                                                                            rel=1e-5)
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match="spatial sizes differ"):
+        ActivationBoundaries(DistillContext(10, student_shapes=AB_S, teacher_shapes={**AB_T,
+                                                                                     "stage3.pre": (6, 4, 4)}))
+    with pytest.raises(ValueError, match="needs the \\[C, H, W\\] shapes"):
+        ActivationBoundaries(DistillContext(10, student_shapes=AB_S, teacher_shapes={"stage1.pre": (64,)}))
+    for cls, s, t in ((ActivationBoundaries, AB_S, AB_T), (FactorTransfer, FT_S, FT_T)):
+        for n in (0, 1.5):
+            with pytest.raises(ValueError, match="warmup_epochs a whole number"):
+                cls(DistillContext(10, student_shapes=s, teacher_shapes=t), warmup_epochs=n)
+    with pytest.raises(ValueError, match="rate"):
+        FactorTransfer(DistillContext(10, student_shapes=FT_S, teacher_shapes=FT_T), rate=0.0)
+
+
+# ---- 2. what each phase trains ------------------------------------------------------------------------------------
+
+def grads(named):
+    """name -> whether a non-zero gradient arrived."""
+    return {k: v.grad is not None and bool(v.grad.abs().sum() > 0) for k, v in named}
+
+
+def test_ab_phases():
+    d, student, teacher, _, _, logits, batch = build(ActivationBoundaries, AB_S, AB_T, warmup_epochs=2.0)
+    d.set_epoch(1)
+    parts = d(logits, student, teacher, batch)
+    assert set(parts) == {"loss", "ab"}  # no CE in the warm-up
+    parts["loss"].backward()
+    assert all(grads(student.items()).values()) and all(grads(d.named_parameters()).values())
+    assert logits.grad is None and all(x.grad is None for x in teacher.values())
+
+    d, student, teacher, _, _, logits, batch = build(ActivationBoundaries, AB_S, AB_T, warmup_epochs=2.0)
+    d.set_epoch(2)
+    parts = d(logits, student, teacher, batch)
+    assert set(parts) == {"loss", "ce"}
+    assert torch.equal(parts["loss"], F.cross_entropy(logits, batch.labels))  # plain CE
+    parts["loss"].backward()
+    assert logits.grad is not None
+    assert not any(grads(student.items()).values()) and not any(grads(d.named_parameters()).values())
+    assert all(x.grad is None for x in teacher.values())
+
+
+def test_ft_phases():
+    d, student, teacher, _, _, logits, batch = build(FactorTransfer, FT_S, FT_T, warmup_epochs=1.0)
+    d.set_epoch(0)
+    d(logits, student, teacher, batch)["loss"].backward()
+    got = grads(d.named_parameters())
+    assert all(v for k, v in got.items() if k.startswith("paraphraser."))  # encoder and decoder
+    assert not any(v for k, v in got.items() if k.startswith("translator."))
+    assert student["stage3"].grad is None and logits.grad is None
+    assert teacher[FEATURE_PREFIX + "stage3"].grad is None
+
+    d, student, teacher, _, _, logits, batch = build(FactorTransfer, FT_S, FT_T, warmup_epochs=1.0)
+    d.set_epoch(1)
+    d.train()  # as the loop does every epoch: the paraphraser stays in eval mode
+    frozen = {k: v.clone() for k, v in d.paraphraser.state_dict().items()}
+    d(logits, student, teacher, batch)["loss"].backward()
+    assert all(torch.equal(v, d.paraphraser.state_dict()[k]) for k, v in frozen.items())  # running stats too
+    got = grads(d.named_parameters())
+    assert all(v for k, v in got.items() if k.startswith("translator."))
+    assert not any(v for k, v in got.items() if k.startswith("paraphraser."))
+    assert all(grads(student.items()).values()) and logits.grad is not None
+    assert teacher[FEATURE_PREFIX + "stage3"].grad is None
+
+
+FALLS_TO = {"ab": 0.6, "rec": 0.8}  # observed after 15 steps: about 0.44 and 0.65
+
+
+def test_warmup_terms_decrease_on_a_real_network():
+    """AB's boundary term (student body + connectors) and FT's reconstruction (paraphraser) fall in 15 steps."""
+    torch.manual_seed(0)
+    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
+    batch = ViewedBatch(torch.zeros(16, 3, 32, 32, dtype=torch.uint8), labels, torch.arange(16))
+    for cls, part, options in ((ActivationBoundaries, "ab", {"always_connect": 1.0}), (FactorTransfer, "rec", {})):
+        taps = list(cls.student_taps)
+        # Train-mode BatchNorm gives the untrained teacher maps of a trained network's scale (RMS about 1).
+        teacher_model = create_model("resnet20", 10).train()
+        with torch.no_grad(), FeatureTaps(teacher_model, "resnet20", taps) as tapped:
+            teacher_model(images)
+            teacher = {FEATURE_PREFIX + k: v.clone() for k, v in tapped.features.items()}
+        shapes = feature_shapes("resnet20", 10, taps)
+        distiller = cls(DistillContext(10, student_shapes=shapes, teacher_shapes=shapes), **options)
+        model = create_model("resnet20", 10).train()
+        optimizer = torch.optim.SGD([*model.parameters(), *distiller.parameters()], lr=0.05, momentum=0.9)
+        terms = []
+        for _ in range(15):
+            with FeatureTaps(model, "resnet20", taps) as tapped:
+                logits = model(images)
+            parts = distiller(logits, dict(tapped.features), teacher, batch)
+            optimizer.zero_grad()
+            parts["loss"].backward()
+            optimizer.step()
+            terms.append(parts[part].item())
+        assert all(math.isfinite(x) for x in terms)
+        assert terms[-1] < FALLS_TO[part] * terms[0], (part, terms)
+
+
+# ---- 3. end to end ------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tiny_cifar_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ab-ft-teacher") / "run"
+    train(TrainOptions(data=str(tiny_cifar_dir), arch="resnet20", out=str(out), epochs=1, batch_size=32,
+                       device="cpu"), log=quiet)
+    return out / "last.pt"
+
+
+def run_two_phases(method, options, teacher_ckpt, data, out):
+    """One warm-up epoch and one recipe epoch; returns (metrics lines, last.pt after the warm-up, final last.pt)."""
+    after_warmup = {}
+
+    def keep_warmup_checkpoint(epoch):
+        if epoch == 0:
+            after_warmup.update(torch.load(out / "last.pt", weights_only=True))
+
+    train_student(StudentOptions(data=str(data), out=str(out), arch="resnet20", epochs=1, batch_size=32, seed=SEED,
+                                 device="cpu", method=method, teachers=(str(teacher_ckpt),),
+                                 method_options={"warmup_epochs": 1, **options}),
+                  on_epoch_end=keep_warmup_checkpoint, log=quiet)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["phase"] for line in lines] == ["warmup", "train"]
+    assert all(math.isfinite(line["train_loss"]) for line in lines)
+    return lines, after_warmup, torch.load(out / "last.pt", weights_only=True)
+
+
+def initial_student():
+    seed_everything(SEED)  # train_student seeds the same way right before it creates the student
+    return create_model("resnet20", 10).state_dict()
+
+
+def same(a, b, prefix):
+    keys = [k for k in a if k.startswith(prefix)]
+    assert keys, prefix
+    return all(torch.equal(a[k], b[k]) for k in keys)
+
+
+def test_ab_end_to_end(teacher_ckpt, tiny_cifar_dir, tmp_path):
+    _, warm, last = run_two_phases("ab", {"always_connect": 1.0}, teacher_ckpt, tiny_cifar_dir, tmp_path / "ab")
+    config = json.loads((tmp_path / "ab" / "config.json").read_text())
+    assert config["method_resolved"]["options"]["warmup_epochs"] == 1.0
+    extra = last["training"]["extra"]
+    assert {k.split(".")[1] for k in extra if k.startswith("connectors.")} == {"0", "1", "2"}
+    init = initial_student()
+    # Warm-up: the body learns the boundaries, the classifier (no CE) does not move.
+    assert same(warm["model"], init, "fc.") and not same(warm["model"], init, "conv1.")
+    # Then CE only: the classifier moves, the connectors idle.
+    assert not same(last["model"], warm["model"], "fc.")
+    assert same(extra, warm["training"]["extra"], "connectors.")
+
+
+def test_ft_end_to_end(teacher_ckpt, tiny_cifar_dir, tmp_path):
+    _, warm, last = run_two_phases("ft", {}, teacher_ckpt, tiny_cifar_dir, tmp_path / "ft")
+    extra = last["training"]["extra"]
+    assert any(k.startswith("paraphraser.encoder.") for k in extra)
+    assert any(k.startswith("paraphraser.decoder.") for k in extra)
+    assert any(k.startswith("translator.") for k in extra)
+    # Warm-up: only the paraphraser learns; the student's parameters are as initialised.
+    init = initial_student()
+    learned = [k for k, v in warm["model"].items() if v.is_floating_point() and "running" not in k]
+    assert all(torch.equal(warm["model"][k], init[k]) for k in learned)
+    # Then the paraphraser is frozen while the translator and the student learn.
+    assert same(extra, warm["training"]["extra"], "paraphraser.")
+    assert not same(extra, warm["training"]["extra"], "translator.")
+    assert not same(last["model"], warm["model"], "conv1.")

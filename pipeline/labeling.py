@@ -138,7 +138,7 @@ def check_taps(options: GenerateOptions, teachers: list[Teacher]) -> None:
 
 
 def block_loader(data: PreparedDataset, split: str, rows: np.ndarray, batch: int, train_decode: bool) -> Loader:
-    """A sequential FFCV loader over exactly `rows` (block-aligned), one block per batch."""
+    """A sequential FFCV loader over exactly `rows` (block-aligned), whole blocks per batch."""
     return Loader(str(data.beton(split)), batch_size=batch, num_workers=worker_count(), order=OrderOption.SEQUENTIAL,
                   indices=rows, drop_last=False, pipelines=field_pipelines(decode_plan(data, train_decode)))
 
@@ -194,13 +194,21 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
         log(f"generate-labels: resuming, {len(pending)} of {layout.num_blocks()} blocks left")
     if mine:
         rows = np.concatenate([np.arange(*layout.block_range(b)) for b in mine]).astype(np.uint64)
-        loader = block_loader(data, options.split, rows, options.block_rows,
+        # Few views per row (identity): several blocks per loader batch, so the teacher still sees --batch-size
+        # images at a time. Only the last block of the store can be short, and it comes last in `mine`.
+        per_batch = max(1, options.batch_size // (options.block_rows * views.num_views))
+        groups = [mine[i:i + per_batch] for i in range(0, len(mine), per_batch)]
+        loader = block_loader(data, options.split, rows, options.block_rows * per_batch,
                               train_decode=not isinstance(views.policy, IdentityView))
         total = int(len(rows)) * views.num_views
         with tqdm(total=total, unit="img", desc="labelling", disable=None if dist_info.is_main else True) as bar:
-            for b, (images, labels, indices) in zip(mine, loader):
-                block = label_block(labeler, views, options, num_classes, images, labels, indices, device, bar)
-                writer.write_block(b, **block)
+            for group, (images, labels, indices) in zip(groups, loader):
+                labelled = label_block(labeler, views, options, num_classes, images, labels, indices, device, bar)
+                start = 0
+                for b in group:
+                    lo, hi = layout.block_range(b)
+                    writer.write_block(b, **rows_of(labelled, start, start + hi - lo))
+                    start += hi - lo
     barrier(dist_info)
     if not dist_info.is_main:
         return Path(options.out)
@@ -249,6 +257,14 @@ def label_block(labeler, views: StoreViews, options: GenerateOptions, num_classe
             "logits": shape(logits_out) if logits_out is not None else None,
             "features": {k: shape(t) for k, t in feats_out.items()} or None,
             "view_params": params if views.shared_params is None else None}
+
+
+def rows_of(labelled: dict, start: int, stop: int) -> dict:
+    """Rows [start, stop) of label_block's arrays (one block of a multi-block batch)."""
+    part = lambda a: None if a is None else a[start:stop]
+    return {"targets": part(labelled["targets"]), "labels": part(labelled["labels"]),
+            "logits": part(labelled["logits"]), "view_params": part(labelled["view_params"]),
+            "features": None if labelled["features"] is None else {k: part(v) for k, v in labelled["features"].items()}}
 
 
 @torch.no_grad()

@@ -91,6 +91,32 @@ def test_crash_then_same_command_resumes_to_the_same_store(teacher, tiny_cifar_d
         assert torch.equal(a.gather(idx, None, signal), b.gather(idx, None, signal))
 
 
+def test_identity_store_batches_whole_blocks_and_equals_block_sized_batches(teacher, tiny_cifar_dir, tmp_path,
+                                                                           monkeypatch):
+    # 40 test rows in blocks of 16: one loader batch of 2 full blocks and the short last one (--batch-size 48),
+    # against one block per batch (--batch-size 16).
+    opts = lambda out, batch: GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(teacher),),
+                                              split="test", views="identity", temperature=2.0, device="cpu",
+                                              block_rows=16, batch_size=batch, logits=True, features=("pool",))
+    import labelopt.pipeline.labeling as labeling
+    real, seen = labeling.label_block, []
+    monkeypatch.setattr(labeling, "label_block", lambda *a: seen.append(a[4].shape[0]) or real(*a))
+    generate_labels(opts(tmp_path / "wide.h5", 48), log=quiet)
+    assert seen == [40]
+    generate_labels(opts(tmp_path / "narrow.h5", 16), log=quiet)
+    assert seen == [40, 16, 16, 8]
+    wide, narrow = LabelStore.open(tmp_path / "wide.h5"), LabelStore.open(tmp_path / "narrow.h5")
+    idx = torch.arange(40)
+    for signal in ("targets", "logits", "features:pool"):
+        wide.load((signal,)), narrow.load((signal,))
+        assert torch.allclose(wide.gather(idx, None, signal), narrow.gather(idx, None, signal), atol=2e-3), signal
+    with h5py.File(tmp_path / "wide.h5") as f, h5py.File(tmp_path / "narrow.h5") as g:
+        assert np.array_equal(f["labels"][:], g["labels"][:])
+    data = open_dataset(tiny_cifar_dir)
+    images = torch.cat([x for x, _, _ in make_loader(data, "test", 64, shuffle=False).epoch(0)])
+    assert torch.allclose(wide.gather(idx, None), direct_probs(teacher, data, images, 2.0), atol=2e-3)
+
+
 def test_random_and_ensemble_methods(teacher, tiny_cifar_dir, tmp_path):
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(tmp_path / "r.h5"), method="random",
                                     seed=3, device="cpu"), log=quiet)

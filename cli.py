@@ -239,7 +239,8 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json
 @click.option("--features", multiple=True, help="Also store a teacher tap per view (pool).")
 @click.option("--topk", type=int, default=None, help="Store only the k largest probabilities per view.")
 @click.option("--seed", default=0, show_default=True, help="For sampled views and random labels.")
-@click.option("--batch-size", default=512, show_default=True, help="Teacher batch (images, all views).")
+@click.option("--batch-size", type=int, default=None,
+              help="Teacher batch (images, all views)  [default: 512 on a GPU, 64 on a CPU]")
 @click.option("--block-rows", default=256, show_default=True,
               help="Samples per block: the unit of resume and of the work split between torchrun ranks.")
 @click.option("--device", default="auto", show_default=True)

@@ -6,7 +6,7 @@ Under torchrun, ranks take alternate pending blocks and rank 0 assembles the sto
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ class GenerateOptions:
     topk: int | None = None
     mix_gt: float = 0.0
     seed: int = 0
-    batch_size: int = 512
+    batch_size: int | None = None  # None: default_batch_size(device)
     block_rows: int = 256
     device: str = "auto"
     bf16: bool = False
@@ -137,6 +137,12 @@ def check_taps(options: GenerateOptions, teachers: list[Teacher]) -> None:
             raise UserError(f"--features {tap}: {teachers[0].arch} has no such tap")
 
 
+def default_batch_size(device: torch.device) -> int:
+    """512 images per teacher batch on a GPU; 64 on a CPU, where a CIFAR resnet56 runs 1.8x faster per image at
+    64 than at 512 (the activations of a large batch spill out of the caches)."""
+    return 512 if device.type == "cuda" else 64
+
+
 def block_loader(data: PreparedDataset, split: str, rows: np.ndarray, batch: int, train_decode: bool) -> Loader:
     """A sequential FFCV loader over exactly `rows` (block-aligned), whole blocks per batch."""
     return Loader(str(data.beton(split)), batch_size=batch, num_workers=worker_count(), order=OrderOption.SEQUENTIAL,
@@ -151,6 +157,10 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
     dist_info = init_distributed(options.device)
     device = device_for(dist_info, options.device)
     check_precision(device, options.bf16)
+    if options.batch_size is None:
+        options = replace(options, batch_size=default_batch_size(device))
+    if options.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
     data = open_dataset(options.data)
     n, num_classes = data.num_samples(options.split), data.num_classes
     if options.topk is not None and not 1 <= options.topk < num_classes:

@@ -1,4 +1,5 @@
-"""The benchmark scripts CI can run: the CIFAR-100 method table in --smoke mode (every method, one epoch, digits)."""
+"""The benchmark scripts CI can run: the CIFAR-100 method table in --smoke mode (every method, one epoch, digits)
+and the seed table's command list (--dry-run)."""
 import json
 import subprocess
 import sys
@@ -23,3 +24,29 @@ def test_cifar100_table_smoke_runs_every_method(tmp_path):
         assert any(method in row for row in rows), method
     for method in distillers:
         assert (tmp_path / "runs" / f"resnet20-{method}-from-resnet20" / "last.pt").is_file(), method
+
+
+def test_seed_table_dry_run_lists_every_row_seed_and_store(tmp_path):
+    from labelopt.tests.fakes import write_fake_cifar100
+
+    write_fake_cifar100(tmp_path / "root")
+    out = tmp_path / "out"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SEEDS": "0 1", "KD_SOURCE": "store"}
+    run = subprocess.run(["bash", str(REPO / "benchmarks" / "seed_table.sh"), "--dry-run", str(tmp_path / "root"),
+                          str(out)], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    commands = [line.split() for line in run.stdout.splitlines()]
+    assert not out.exists()  # a dry run writes nothing
+    assert sum("prepare" in c for c in commands) == 1
+    teachers = sorted(c[c.index("--arch") + 1] for c in commands if c[1] == "train")
+    assert teachers == ["resnet32", "resnet44", "resnet56"]
+    stores = {c[c.index("--out") + 1].rsplit("/", 1)[-1]: c for c in commands if c[1] == "generate-labels"}
+    assert set(stores) == {"sl-r44-t4.h5", "enc-r32-t4.h5", "ens-r32-r44-r56-t4.h5", "random.h5", "kd-r32-logits.h5"}
+    assert "--logits" in stores["kd-r32-logits.h5"] and stores["ens-r32-r44-r56-t4.h5"].count("--teacher") == 3
+    runs = {c[c.index("--out") + 1].split("/runs/", 1)[1] for c in commands if c[1] == "train-student"}
+    rows = {"resnet20": ["vanilla", "ls", "random", "kd", "sl", "sl-enc", "sl-ens", "sl-kd"],
+            "resnet110": ["vanilla", "ls", "kd", "sl", "sl-enc", "sl-ens", "sl-kd"]}
+    assert runs == {f"{s}/{r}/seed{k}" for s in rows for r in rows[s] for k in (0, 1)}
+    evaluated = [c for c in commands if c[1] == "evaluate"]
+    assert len(evaluated) == 3 + sum(len(r) for r in rows.values())
+    assert all(sum(a.endswith("last.pt") for a in c) == 2 for c in evaluated if "/runs/" in " ".join(c))

@@ -1,0 +1,295 @@
+#!/usr/bin/env bash
+# The seed's CIFAR-100 table ("Performance change according to label generation method", students ResNet20 and
+# ResNet110, three seeds each) reproduced with labelopt commands, printed beside the seed README's numbers.
+#
+#   benchmarks/seed_table.sh [--dry-run] CIFAR100_ROOT OUT_DIR
+#   CIFAR100_ROOT=... OUT=... benchmarks/seed_table.sh [--dry-run]
+#
+#   CIFAR100_ROOT holds cifar-100-python/ (the official python files; nothing is downloaded). OUT_DIR gets data/,
+#   teachers/, labels/, runs/, eval/ and table.txt. Needs a GPU: 3 teachers + 45 students of 240 epochs each.
+#   --dry-run prints the commands that would run (finished steps are skipped as in a real run) and runs none.
+#
+# Environment (defaults in brackets):
+#   SEEDS [0 1 2]                 student seeds of every row          STUDENTS [resnet20 resnet110]
+#   T [4]                         temperature of every label store    VIEWS [cifar-crop-flip]  views of the stores
+#   ENS_TEACHERS [resnet32 resnet44 resnet56]   the SL-Ens members (the seed does not list them; add resnet110 here)
+#   KD_SOURCE [online]            kd row: online R32 teacher (--teacher), or "store" (an R32 store with --logits)
+#   TEACHER_SEED [0]   EPOCHS [the recipe's 240]   DEVICE [auto]
+#   TRAIN_FLAGS / GEN_FLAGS       extra flags for train + train-student / generate-labels, e.g. "--workers 8"
+#
+# Resumable: a store that exists is complete (labelopt writes it under a temporary name), a partial one is
+# finished by the same command; a run whose last.pt reaches the epochs in its config.json is skipped, one with a
+# last.pt short of them continues with --resume, one without last.pt starts over.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPO=$PWD
+PY="$REPO/.venv/bin/python"
+LABELOPT="$REPO/.venv/bin/labelopt"
+
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+DRY=0
+POSITIONAL=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1; shift ;;
+    -h|--help) usage ;;
+    -*) echo "unknown option: $1" >&2; usage ;;
+    *) POSITIONAL+=("$1"); shift ;;
+  esac
+done
+[ "${#POSITIONAL[@]}" -le 2 ] || { echo "too many arguments: ${POSITIONAL[*]}" >&2; usage; }
+CIFAR100_ROOT=${POSITIONAL[0]:-${CIFAR100_ROOT:-}}
+OUT=${POSITIONAL[1]:-${OUT:-}}
+[ -n "$CIFAR100_ROOT" ] && [ -n "$OUT" ] || { echo "CIFAR100_ROOT and OUT_DIR are required" >&2; usage; }
+if [ ! -d "$CIFAR100_ROOT/cifar-100-python" ]; then
+  if [ "$DRY" = 1 ]; then
+    echo "note: $CIFAR100_ROOT has no cifar-100-python/ folder (a real run stops here)" >&2
+  else
+    echo "$CIFAR100_ROOT has no cifar-100-python/ folder (the official CIFAR-100 python version)" >&2; usage
+  fi
+fi
+[ -x "$LABELOPT" ] || { echo "$LABELOPT is missing: run scripts/setup.sh first" >&2; exit 2; }
+
+read -r -a SEEDS <<< "${SEEDS:-0 1 2}"
+read -r -a STUDENTS <<< "${STUDENTS:-resnet20 resnet110}"
+read -r -a ENS_TEACHERS <<< "${ENS_TEACHERS:-resnet32 resnet44 resnet56}"
+read -r -a TRAIN_FLAGS <<< "${TRAIN_FLAGS:-}"
+read -r -a GEN_FLAGS <<< "${GEN_FLAGS:-}"
+T=${T:-4}
+VIEWS=${VIEWS:-cifar-crop-flip}
+KD_SOURCE=${KD_SOURCE:-online}
+TEACHER_SEED=${TEACHER_SEED:-0}
+DEVICE=${DEVICE:-auto}
+[ "${#SEEDS[@]}" -ge 1 ] || { echo "SEEDS is empty" >&2; usage; }
+[ "${#ENS_TEACHERS[@]}" -ge 2 ] || { echo "ENS_TEACHERS needs two or more teachers" >&2; usage; }
+case "$KD_SOURCE" in online|store) ;; *) echo "KD_SOURCE must be online or store" >&2; usage ;; esac
+RECIPE=(--device "$DEVICE")
+[ -n "${EPOCHS:-}" ] && RECIPE+=(--epochs "$EPOCHS")
+RECIPE+=(${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"})
+GEN=(--device "$DEVICE" ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"})
+
+DATA="$OUT/data/cifar100"
+LABELS="$OUT/labels"
+EVAL="$OUT/eval"
+
+say() { echo "seed_table: $*" >&2; }
+
+run() {  # print a command; run it unless --dry-run
+  if [ "$DRY" = 1 ]; then
+    printf '%q ' "$@" | sed 's/ $//'; echo
+  else
+    { printf '+ '; printf '%q ' "$@"; echo; } >&2
+    "$@"
+  fi
+}
+
+run_complete() {  # run_complete DIR: its last.pt reaches the epochs its config.json asks for
+  [ -f "$1/last.pt" ] && [ -f "$1/config.json" ] || return 1
+  "$PY" - "$1" <<'PY'
+import json, sys
+from pathlib import Path
+
+import torch
+
+run = Path(sys.argv[1])
+config = json.loads((run / "config.json").read_text())
+body = torch.load(run / "last.pt", map_location="cpu", weights_only=True)
+total = int(config["epochs"]) + int(config.get("warmup_epochs", 0))
+sys.exit(0 if int(body["epoch"]) + 1 >= total else 1)
+PY
+}
+
+train_run() {  # train_run DIR labelopt-command...: skip a complete run, resume a started one
+  local dir=$1; shift
+  if run_complete "$dir"; then
+    say "complete, skipped: $dir"
+  elif [ -f "$dir/last.pt" ]; then
+    run "$@" --out "$dir" --resume
+  else
+    run "$@" --out "$dir" --overwrite
+  fi
+}
+
+make_store() {  # make_store PATH generate-labels options...: a finished store exists; a partial one resumes
+  local path=$1; shift
+  if [ -f "$path" ]; then
+    say "store exists, skipped: $path"
+  else
+    run "$LABELOPT" generate-labels --data "$DATA" "$@" --out "$path" "${GEN[@]}"
+  fi
+}
+
+teacher_ckpt() { echo "$OUT/teachers/$1-seed$TEACHER_SEED/last.pt"; }
+
+# -- data -----------------------------------------------------------------------------------------------------
+if [ -f "$DATA/meta.json" ]; then
+  say "prepared data exists, skipped: $DATA"
+else
+  run "$LABELOPT" prepare --dataset cifar100 --root "$CIFAR100_ROOT" --out "$OUT/data"
+fi
+
+# -- teachers: R32 (KD, SL-Enc), R44 (SL) and the SL-Ens members, one seed each, the 240-epoch recipe ---------
+TEACHERS=()
+for arch in resnet32 resnet44 "${ENS_TEACHERS[@]}"; do
+  [[ " ${TEACHERS[*]-} " == *" $arch "* ]] || TEACHERS+=("$arch")
+done
+for arch in "${TEACHERS[@]}"; do
+  train_run "$(dirname "$(teacher_ckpt "$arch")")" "$LABELOPT" train --data "$DATA" --arch "$arch" \
+    --seed "$TEACHER_SEED" "${RECIPE[@]}"
+done
+
+# -- stage one: the label stores ----------------------------------------------------------------------------------
+ENS_NAME=$(IFS=-; echo "${ENS_TEACHERS[*]//resnet/r}")
+STORE_SL="$LABELS/sl-r44-t$T.h5"
+STORE_ENC="$LABELS/enc-r32-t$T.h5"
+STORE_ENS="$LABELS/ens-$ENS_NAME-t$T.h5"
+# Random labels are one vector per sample, the same for every view: an identity store paired with the usual
+# crop + flip of the images is the same training as a 162-view store, at 1/162 of its size.
+STORE_RANDOM="$LABELS/random.h5"
+STORE_KD="$LABELS/kd-r32-logits.h5"
+ENS_ARGS=()
+for arch in "${ENS_TEACHERS[@]}"; do ENS_ARGS+=(--teacher "$(teacher_ckpt "$arch")"); done
+[ "$DRY" = 1 ] || mkdir -p "$LABELS" "$EVAL"
+make_store "$STORE_SL" --method sl --teacher "$(teacher_ckpt resnet44)" --temperature "$T" --views "$VIEWS"
+make_store "$STORE_ENC" --method sl-enc --teacher "$(teacher_ckpt resnet32)" --temperature "$T" --views "$VIEWS"
+make_store "$STORE_ENS" --method sl-ens "${ENS_ARGS[@]}" --temperature "$T" --views "$VIEWS"
+make_store "$STORE_RANDOM" --method random --views identity
+if [ "$KD_SOURCE" = store ]; then
+  # kd reads the stored logits at its own temperature (4); the stored soft labels are unused.
+  make_store "$STORE_KD" --method sl --teacher "$(teacher_ckpt resnet32)" --temperature "$T" --views "$VIEWS" --logits
+  KD_ARGS=(--labels "$STORE_KD")
+else
+  KD_ARGS=(--teacher "$(teacher_ckpt resnet32)")
+fi
+
+# -- stage two: the table's rows, every seed ----------------------------------------------------------------------
+row_args() {  # row_args ROW: sets ARGS to that row's train-student options
+  case "$1" in
+    vanilla) ARGS=(--method vanilla) ;;
+    ls) ARGS=(--method ls --label-smoothing 0.1) ;;
+    random) ARGS=(--method sl --labels "$STORE_RANDOM") ;;
+    kd) ARGS=(--method kd "${KD_ARGS[@]}") ;;
+    sl) ARGS=(--method sl --labels "$STORE_SL") ;;
+    sl-enc) ARGS=(--method sl --labels "$STORE_ENC") ;;
+    sl-ens) ARGS=(--method sl --labels "$STORE_ENS") ;;
+    sl-kd) ARGS=(--method sl-kd --labels "$STORE_ENS") ;;
+  esac
+}
+rows_for() {  # the seed's rows per student: the random control appears for ResNet20 only
+  if [ "$1" = resnet20 ]; then echo "vanilla ls random kd sl sl-enc sl-ens sl-kd"
+  else echo "vanilla ls kd sl sl-enc sl-ens sl-kd"; fi
+}
+
+MANIFEST="$EVAL/manifest.tsv"
+[ "$DRY" = 1 ] || : > "$MANIFEST"
+for student in "${STUDENTS[@]}"; do
+  for row in $(rows_for "$student"); do
+    row_args "$row"
+    for seed in "${SEEDS[@]}"; do
+      train_run "$OUT/runs/$student/$row/seed$seed" "$LABELOPT" train-student --data "$DATA" --student "$student" \
+        "${ARGS[@]}" --seed "$seed" "${RECIPE[@]}"
+    done
+  done
+done
+
+# -- evaluation: every row's seeds together (mean ± std), the teachers one by one -------------------------------
+evaluate() {  # evaluate NAME CHECKPOINT...: labelopt evaluate --json into EVAL/NAME.json
+  local name=$1; shift
+  if [ "$DRY" = 1 ]; then
+    printf '%q ' "$LABELOPT" evaluate "$@" --data "$DATA" --device "$DEVICE" --json; echo "> $EVAL/$name.json"
+  else
+    say "evaluate $name"
+    "$LABELOPT" evaluate "$@" --data "$DATA" --device "$DEVICE" --json > "$EVAL/$name.json.tmp"
+    mv "$EVAL/$name.json.tmp" "$EVAL/$name.json"
+  fi
+}
+for arch in "${TEACHERS[@]}"; do
+  evaluate "teacher-$arch" "$(teacher_ckpt "$arch")"
+  [ "$DRY" = 1 ] || printf 'teacher\t%s\t-\t%s\n' "$arch" "$EVAL/teacher-$arch.json" >> "$MANIFEST"
+done
+for student in "${STUDENTS[@]}"; do
+  for row in $(rows_for "$student"); do
+    ckpts=()
+    for seed in "${SEEDS[@]}"; do ckpts+=("$OUT/runs/$student/$row/seed$seed/last.pt"); done
+    evaluate "$student-$row" "${ckpts[@]}"
+    [ "$DRY" = 1 ] || printf '%s\t%s\t%s\t%s\n' "$student" "$row" "${#SEEDS[@]}" "$EVAL/$student-$row.json" \
+      >> "$MANIFEST"
+  done
+done
+[ "$DRY" = 1 ] && exit 0
+
+# -- the table ----------------------------------------------------------------------------------------------------
+"$PY" - "$MANIFEST" "$OUT/table.txt" "$T" "$KD_SOURCE" "${ENS_TEACHERS[*]}" <<'PY'
+import json
+import sys
+from pathlib import Path
+
+from labelopt.pipeline.reports import format_table
+
+manifest, table_path, temperature, kd_source, ens = sys.argv[1:6]
+# The seed README's table "Performance change according to label generation method with CIFAR100":
+# top-1 % mean ± std and ECE mean ± std over its runs (published figures, copied as printed).
+SEED = {
+    ("resnet20", "vanilla"): ((67.66, 0.05), (0.065, 0.0)),
+    ("resnet20", "ls"): ((67.84, 0.24), (0.0627, 0.0005)),
+    ("resnet20", "random"): ((1.00, 0.0), (0.0, 0.0)),
+    ("resnet20", "kd"): ((68.20, 0.46), (0.061, 0.0024)),
+    ("resnet20", "sl"): ((69.17, 0.17), (0.0213, 0.0025)),
+    ("resnet20", "sl-enc"): ((69.33, 0.06), (0.016, 0.0024)),
+    ("resnet20", "sl-ens"): ((69.66, 0.37), (0.0467, 0.0037)),
+    ("resnet20", "sl-kd"): ((69.67, 0.15), (0.014, 0.0014)),
+    ("resnet110", "vanilla"): ((71.59, 0.63), (0.144, 0.0051)),
+    ("resnet110", "ls"): ((71.62, 1.3), (0.0363, 0.0046)),
+    ("resnet110", "kd"): ((71.93, 0.78), (0.1357, 0.0025)),
+    ("resnet110", "sl"): ((74.21, 0.25), (0.0353, 0.0009)),
+    ("resnet110", "sl-enc"): ((74.11, 0.17), (0.0213, 0.0009)),
+    ("resnet110", "sl-ens"): ((75.04, 0.31), (0.0603, 0.0029)),
+    ("resnet110", "sl-kd"): ((75.34, 0.29), (0.0117, 0.0021)),
+}
+ROW_NAMES = {"vanilla": "Vanilla", "ls": "LS", "random": "random", "kd": "KD", "sl": "SL", "sl-enc": "SL-Enc",
+             "sl-ens": "SL-Ens", "sl-kd": "SL-KD"}
+SHORT = lambda arch: arch.replace("resnet", "R")
+ens_names = "+".join(SHORT(a) for a in ens.split())
+TEACHER_OF = {"vanilla": "-", "ls": "-", "random": "-", "kd": f"R32 ({kd_source})", "sl": "R44",
+              "sl-enc": "R32", "sl-ens": ens_names, "sl-kd": ens_names}
+
+
+def pm(pair):
+    return {"mean": pair[0], "std": pair[1]}
+
+
+rows, records = [], []
+for line in Path(manifest).read_text().splitlines():
+    student, row, seeds, path = line.split("\t")
+    result = json.loads(Path(path).read_text())
+    summary = result["summary"]
+    top1 = {k: summary["top1"][k] for k in ("mean", "std")}
+    ece = {k: summary["ece"][k] for k in ("mean", "std")}
+    if student == "teacher":
+        rows.append({"student": SHORT(row), "row": "teacher", "teacher": "-", "n": 1, "top1": top1["mean"],
+                     "ece": ece["mean"]})
+        records.append({"student": row, "row": "teacher", "top1": summary["top1"], "ece": summary["ece"]})
+        continue
+    seed = SEED.get((student, row))
+    entry = {"student": SHORT(student), "row": ROW_NAMES[row], "teacher": TEACHER_OF[row], "n": int(seeds),
+             "top1": top1, "ece": ece}
+    if seed is not None:
+        entry.update({"seed_top1": pm(seed[0]), "seed_ece": pm(seed[1]), "delta": top1["mean"] - seed[0][0]})
+    rows.append(entry)
+    records.append({"student": student, "row": row, "teacher": TEACHER_OF[row], "top1": summary["top1"],
+                    "ece": summary["ece"], "seed_readme": {"top1": seed[0], "ece": seed[1]} if seed else None})
+
+table = format_table(rows, [("student", "student"), ("row", "method"), ("teacher", "teacher"), ("n", "seeds"),
+                            ("top1", "top-1 % (ours)"), ("ece", "ECE (ours)"),
+                            ("seed_top1", "top-1 % (seed README)"), ("seed_ece", "ECE (seed README)"),
+                            ("delta", "Δ top-1")])
+note = (f"CIFAR-100 test split, last epoch of each run, mean ± std (sample std) over seeds; label stores at "
+        f"T {temperature}. Seed README: its table 'Performance change according to label generation method', "
+        f"as published (its recipe and reporting may differ).")
+Path(table_path).write_text(table + "\n\n" + note + "\n")
+Path(table_path).with_suffix(".json").write_text(json.dumps(records, indent=2) + "\n")
+print(table)
+print()
+print(note)
+PY

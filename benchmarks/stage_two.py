@@ -1,0 +1,279 @@
+"""Stage two's cost: seconds per student epoch trained vanilla, from a label store, and from an online teacher.
+
+The same student (resnet20), data, seed, batch and device in three setups, one after the other in one process:
+
+  vanilla  labelopt.pipeline.training.train: cross-entropy, fresh crop + flip views (no teacher); also
+           train_student --method vanilla (the same loop through the distiller machinery), for reference
+  store    train_student --method sl from a label store with all 162 cifar-crop-flip views (stage one
+           ran the teacher once per (image, view); each step gathers the stored label of the view it draws)
+  online   train_student --method sl with the teacher (resnet56) run on every batch (teachers=(ckpt,))
+
+The data are CIFAR-shaped random images (100 classes) written through labelopt's own .beton writer, as in
+benchmarks/loader.py. The teacher is a freshly initialised resnet56 saved as a labelopt checkpoint: speed does
+not depend on its accuracy. An epoch's time is `train_seconds` from the run's metrics.jsonl (the training loop
+only; there is no test split, so no evaluation). The first epoch can include numba compiling the FFCV Loader,
+so the reported figure is the median of epochs 2..N; the fastest of them is reported too (on a shared machine
+other processes can stretch single epochs many-fold). generate-labels is timed as a whole (the one-off cost);
+the break-even is the number of student epochs after which it is paid back against online distillation:
+gen_seconds / (online_epoch - store_epoch). Both terms grow linearly with the number of images, so the
+break-even does not depend on --images.
+
+    .venv/bin/python benchmarks/stage_two.py [--images N] [--epochs 5] [--batch-size 64] [--device auto]
+                                             [--bf16] [--workers N] [--keep DIR] [--json-only]
+
+--images defaults to 50,000 (CIFAR's training split) on a GPU and to 512 on a CPU: there, stage one costs 162
+resnet56 passes per image (83k teacher passes for 512 images), which is what bounds the run to ~10 min on
+2 cores. Prints JSON, then a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loader import make_dataset  # noqa: E402  (benchmarks/loader.py: random CIFAR-shaped prepared dataset)
+
+TEACHER, STUDENT = "resnet56", "resnet20"
+TEMPERATURE = 4.0
+VIEWS = "cifar-crop-flip"
+GPU_IMAGES, CPU_IMAGES = 50000, 512
+GOAL_STORE_OVER_VANILLA = 1.05
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def device_facts(device: torch.device) -> dict:
+    facts = {"device": str(device), "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
+             "cpu_model": cpu_model(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+             "python": platform.python_version()}
+    if device.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(device)
+        facts["cuda"] = torch.version.cuda
+    return facts
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def save_teacher(folder: Path, out: Path) -> Path:
+    """A freshly initialised resnet56 saved the way `labelopt train` saves its checkpoints."""
+    from labelopt.models import create_model
+    from labelopt.pipeline.checkpoints import save_checkpoint
+    from labelopt.pipeline.datasets import open_dataset
+    from labelopt.pipeline.runtime import seed_everything
+    from labelopt.pipeline.training import TrainOptions, checkpoint_payload
+
+    data = open_dataset(folder)
+    seed_everything(0)
+    model = create_model(TEACHER, data.num_classes)
+    options = TrainOptions(data=str(folder), arch=TEACHER, out=str(out.parent))
+    save_checkpoint(out, checkpoint_payload(options, data, model, epoch=0, record={}))
+    return out
+
+
+def epochs_of(run: Path) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def timing(run: Path, setup: str) -> dict:
+    records = epochs_of(run)
+    seconds = [r["train_seconds"] for r in records]
+    steady = seconds[1:] or seconds  # epoch 1 holds numba's compile of the FFCV Loader
+    return {"setup": setup, "run": str(run), "epoch_seconds": seconds,
+            "img_per_s": [r["train_img_per_s"] for r in records],
+            "first_epoch_seconds": seconds[0], "median_epoch_seconds": statistics.median(steady),
+            "min_epoch_seconds": min(steady),
+            "epochs_in_median": len(steady) if len(seconds) > 1 else 0,
+            "median_img_per_s": statistics.median(r["train_img_per_s"] for r in (records[1:] or records))}
+
+
+def run_setups(root: Path, args, device: str) -> dict:
+    from labelopt.pipeline.labeling import GenerateOptions, generate_labels
+    from labelopt.pipeline.student import StudentOptions, train_student
+    from labelopt.pipeline.training import TrainOptions, train
+    from labelopt.store import LabelStore
+
+    log(f"stage_two: writing {args.images} CIFAR-shaped images under {root}")
+    folder, _, _ = make_dataset(root, args.images)
+    teacher = save_teacher(folder, root / f"teacher-{TEACHER}.pt")
+    common = dict(data=str(folder), arch=STUDENT, epochs=args.epochs, batch_size=args.batch_size, seed=0,
+                  device=device, bf16=args.bf16, num_workers=args.workers)
+    runs = root / "runs"
+
+    log("stage_two: (a) vanilla")
+    vanilla = train(TrainOptions(out=str(runs / "vanilla"), **common), log=log)
+    log("stage_two: (a') vanilla through train_student (the same loop with a distiller, no teacher)")
+    vanilla_student = train_student(StudentOptions(out=str(runs / "vanilla-student"), method="vanilla", **common),
+                                    log=log)
+
+    log(f"stage_two: generate-labels sl, {VIEWS} (162 views), T {TEMPERATURE:g}, teacher {TEACHER}")
+    store_path = root / "labels" / f"sl-{TEACHER}-t{TEMPERATURE:g}.h5"
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    generate_labels(GenerateOptions(data=str(folder), out=str(store_path), teachers=(str(teacher),), method="sl",
+                                    views=VIEWS, temperature=TEMPERATURE, device=device, bf16=args.bf16), log=log)
+    gen_seconds = time.perf_counter() - started
+    store = LabelStore.open(store_path)
+    generation = {"seconds": gen_seconds, "method": "sl", "teacher": TEACHER, "views": VIEWS,
+                  "num_views": store.num_views, "temperature": TEMPERATURE,
+                  "teacher_passes": args.images * store.num_views,
+                  "teacher_passes_per_s": args.images * store.num_views / gen_seconds,
+                  "seconds_per_image": gen_seconds / args.images,
+                  "store_bytes": store.size_bytes(), "path": str(store_path)}
+
+    log("stage_two: (b) sl from the label store")
+    from_store = train_student(StudentOptions(out=str(runs / "store-sl"), labels=str(store_path), method="sl",
+                                              **common), log=log)
+    log(f"stage_two: (c) sl with an online {TEACHER} teacher")
+    online = train_student(StudentOptions(out=str(runs / "online-sl"), teachers=(str(teacher),), method="sl",
+                                          temperature=TEMPERATURE, **common), log=log)
+    return {"vanilla": timing(vanilla, "vanilla (labelopt train, CE)"),
+            "vanilla_student": timing(vanilla_student, "vanilla (train_student --method vanilla)"),
+            "store": timing(from_store, f"sl from store ({VIEWS}, {store.num_views} views)"),
+            "online": timing(online, f"sl, online {TEACHER} teacher"),
+            "generation": generation}
+
+
+def summarize(result: dict) -> dict:
+    vanilla, store, online = (result["setups"][k]["median_epoch_seconds"] for k in ("vanilla", "store", "online"))
+    gen = result["generation"]["seconds"]
+    saved = online - store
+    fastest = {k: result["setups"][k]["min_epoch_seconds"] for k in ("vanilla", "store", "online")}
+    return {
+        "ratio_store_over_vanilla": store / vanilla,
+        "goal_store_over_vanilla": GOAL_STORE_OVER_VANILLA,
+        "goal_met": store / vanilla <= GOAL_STORE_OVER_VANILLA,
+        "ratio_store_over_online": store / online,
+        "ratio_store_over_vanilla_student": store / result["setups"]["vanilla_student"]["median_epoch_seconds"],
+        "seconds_saved_per_epoch_vs_online": saved,
+        "break_even_epochs_vs_online": gen / saved if saved > 0 else None,
+        # The fastest timed epoch of each setup: less sensitive to other processes on a shared machine.
+        "ratio_store_over_vanilla_fastest": fastest["store"] / fastest["vanilla"],
+        "ratio_store_over_online_fastest": fastest["store"] / fastest["online"],
+        "break_even_epochs_vs_online_fastest": gen / (fastest["online"] - fastest["store"])
+        if fastest["online"] > fastest["store"] else None,
+    }
+
+
+def print_table(result: dict) -> None:
+    from labelopt.pipeline.reports import format_table
+
+    s, facts = result["summary"], result["machine"]
+    rows = []
+    for key in ("vanilla", "vanilla_student", "store", "online"):
+        row = result["setups"][key]
+        rows.append({"setup": row["setup"], "median": row["median_epoch_seconds"], "min": row["min_epoch_seconds"],
+                     "img_s": row["median_img_per_s"], "first": row["first_epoch_seconds"],
+                     "vs_vanilla": row["median_epoch_seconds"] / result["setups"]["vanilla"]["median_epoch_seconds"],
+                     "all": ", ".join(f"{x:.2f}" for x in row["epoch_seconds"])})
+    print(format_table(rows, [("setup", f"{STUDENT}, {result['images']} images, batch {result['batch_size']}"),
+                              ("median", "s/epoch (median 2..N)"), ("min", "fastest"), ("img_s", "img/s"),
+                              ("first", "epoch 1 s"), ("vs_vanilla", "x vanilla"), ("all", "every epoch s")]))
+    gen = result["generation"]
+    print(f"\nstage one (one-off): generate-labels sl, {gen['num_views']} views x {result['images']} images with "
+          f"{TEACHER}: {gen['seconds']:.1f} s ({gen['teacher_passes_per_s']:.0f} teacher passes/s), "
+          f"store {gen['store_bytes'] / 2**20:.1f} MiB")
+    goal = "meets" if s["goal_met"] else "misses"
+    print(f"store / vanilla: {s['ratio_store_over_vanilla']:.3f}x ({goal} the goal <= {GOAL_STORE_OVER_VANILLA})")
+    print(f"store / online:  {s['ratio_store_over_online']:.3f}x")
+    fastest_even = s["break_even_epochs_vs_online_fastest"]
+    print(f"fastest epochs: store / vanilla {s['ratio_store_over_vanilla_fastest']:.3f}x, "
+          f"store / online {s['ratio_store_over_online_fastest']:.3f}x, break-even vs online "
+          + ("never" if fastest_even is None else f"{fastest_even:.1f} student epochs"))
+    if s["break_even_epochs_vs_online"] is None:
+        print("break-even vs online: never (the store saves no time per epoch here)")
+    else:
+        print(f"break-even vs online: {s['break_even_epochs_vs_online']:.1f} student epochs "
+              f"(generation {gen['seconds']:.1f} s / {s['seconds_saved_per_epoch_vs_online']:.2f} s saved per epoch)")
+    device = facts.get("gpu") or facts["cpu_model"]
+    print(f"device {facts['device']} ({device}), {facts['cpu_affinity']} cores, torch {facts['torch']}, "
+          f"load average {facts['loadavg_before'][0]:.2f} before / {facts['loadavg_after'][0]:.2f} after; "
+          f"whole script {result['script_seconds']:.0f} s")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=None,
+                        help=f"CIFAR-shaped training images [{GPU_IMAGES} on a GPU, {CPU_IMAGES} on a CPU]")
+    parser.add_argument("--epochs", type=int, default=5, help="Student epochs per setup; epochs 2..N are timed [5].")
+    parser.add_argument("--batch-size", type=int, default=64, help="Student batch (the recipe's) [64].")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto].")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for students and stage one (GPU).")
+    parser.add_argument("--workers", type=int, default=None, help="FFCV decoding threads [all cores].")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="Write data, teacher, store and run folders here (must be empty) and keep them.")
+    parser.add_argument("--json-only", action="store_true", help="Print the JSON only, no table.")
+    args = parser.parse_args(argv)
+
+    from labelopt.pipeline.errors import UserError
+    from labelopt.pipeline.runtime import check_precision, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        check_precision(device, args.bf16)
+    except UserError as exc:
+        parser.error(str(exc))
+    if args.images is None:
+        args.images = GPU_IMAGES if device.type == "cuda" else CPU_IMAGES
+    if args.epochs < 2:
+        log("stage_two: with --epochs 1 the only epoch includes numba's compile; use --epochs 3 or more")
+    if args.images < args.batch_size:
+        parser.error(f"--images {args.images} is smaller than --batch-size {args.batch_size} (batches drop the rest)")
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep} is not empty; pass a new or empty folder")
+
+    loadavg_before = os.getloadavg()
+    started = time.perf_counter()
+    try:
+        if args.keep is not None:
+            args.keep.mkdir(parents=True, exist_ok=True)
+            measured = run_setups(args.keep, args, str(device))
+        else:
+            with tempfile.TemporaryDirectory(prefix="labelopt-stage-two-") as tmp:
+                measured = run_setups(Path(tmp), args, str(device))
+    except UserError as exc:
+        log(f"stage_two: {exc}")
+        return 1
+    script_seconds = time.perf_counter() - started
+    machine = {**device_facts(device), "loadavg_before": list(loadavg_before), "loadavg_after": list(os.getloadavg())}
+    from labelopt.pipeline.beton import worker_count
+    result = {
+        "benchmark": "stage_two",
+        "images": args.images, "epochs": args.epochs, "batch_size": args.batch_size, "bf16": args.bf16,
+        "workers": args.workers or worker_count(), "teacher": TEACHER, "student": STUDENT, "method": "sl",
+        "temperature": TEMPERATURE, "timed": "median train_seconds of epochs 2..N (metrics.jsonl)",
+        "machine": machine,
+        "setups": {k: measured[k] for k in ("vanilla", "vanilla_student", "store", "online")},
+        "generation": measured["generation"],
+        "script_seconds": script_seconds,
+        "kept": str(args.keep) if args.keep is not None else None,
+    }
+    result["summary"] = summarize(result)
+    print(json.dumps(result, indent=2))
+    if not args.json_only:
+        print()
+        print_table(result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -147,7 +147,9 @@ def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str
                 student = dict(tapped.features)
         else:
             logits, student = model(inputs), {}
-        return method(logits, student, teacher, batch)["loss"], logits[:rows]
+        parts = method(logits, student, teacher, batch)
+        logged = {k: v for k, v in parts.items() if k != "loss" and isinstance(v, torch.Tensor) and v.dim() == 0}
+        return parts["loss"], logits[:rows], logged
 
     return objective
 

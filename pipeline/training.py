@@ -78,7 +78,7 @@ def resolve_options(options: TrainOptions, data: PreparedDataset) -> TrainOption
 def cross_entropy_objective(label_smoothing: float):
     def objective(model, inputs, batch: ViewedBatch, extra=None):
         logits = model(inputs)
-        return F.cross_entropy(logits, batch.labels, label_smoothing=label_smoothing), logits
+        return F.cross_entropy(logits, batch.labels, label_smoothing=label_smoothing), logits, {}
     return objective
 
 
@@ -131,7 +131,8 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         on_epoch_end=None, log=print) -> Path:
     """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume.
 
-    `objective(model, inputs, batch, extra)` returns (loss, logits); `sampler` draws each step's views
+    `objective(model, inputs, batch, extra)` returns (loss, logits, parts), parts the named terms of the loss
+    (averaged per epoch into metrics.jsonl's train_loss_parts); `sampler` draws each step's views
     (default: fresh views of options.augment); `extra_modules` (a method's trainable parts) join the
     optimizer and last.pt, and reach the objective as `extra` (wrapped for DDP when they have parameters,
     so their gradients are averaged across ranks like the model's).
@@ -206,6 +207,7 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         if train_extra is not None:
             train_extra.train()
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        part_sums: dict[str, torch.Tensor] = {}
         bar = tqdm(train_loader.epoch(epoch), total=len(train_loader), desc=f"epoch {epoch + 1}/{total_epochs}",
                    unit="batch", leave=False, disable=None if dist_info.is_main else True)
         for step, (images, labels, indices) in enumerate(bar):
@@ -215,11 +217,13 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
             viewed, views = sampler.draw(images, indices, views_rng)
             batch = ViewedBatch(viewed, labels, indices, views)
             with autocast(device, options.bf16):
-                loss, logits = objective(train_model, normalize(viewed), batch, train_extra)
+                loss, logits, parts = objective(train_model, normalize(viewed), batch, train_extra)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             loss_sum += loss.detach().float() * labels.shape[0]
+            for name, value in parts.items():
+                part_sums[name] = part_sums.get(name, 0.0) + value.detach().float() * labels.shape[0]
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += labels.shape[0]
             if step % 20 == 0:
@@ -230,6 +234,8 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
                   "lr": schedule.lr(epoch, 0), "train_loss": (loss_sum / seen).item(),
                   "train_top1": 100.0 * correct.item() / seen, "train_seconds": round(train_seconds, 3),
                   "train_img_per_s": round(seen * dist_info.world_size / train_seconds, 1)}
+        if part_sums:
+            record["train_loss_parts"] = {name: (total / seen).item() for name, total in part_sums.items()}
         if dist_info.is_main:
             if test_loader is not None:
                 logits, labels = predict(model, test_loader, normalize, bf16=options.bf16)
@@ -266,7 +272,9 @@ def checkpoint_payload(options: TrainOptions, data: PreparedDataset, model: torc
 
 
 def epoch_line(record: dict, epochs: int) -> str:
-    text = (f"epoch {record['epoch'] + 1}/{epochs}  loss {record['train_loss']:.4f}  "
+    parts = record.get("train_loss_parts") or {}
+    terms = f" ({' '.join(f'{k} {v:.4g}' for k, v in parts.items())})" if len(parts) > 1 else ""
+    text = (f"epoch {record['epoch'] + 1}/{epochs}  loss {record['train_loss']:.4f}{terms}  "
             f"train {record['train_top1']:.2f}%")
     if "test_top1" in record:
         text += f"  test {record['test_top1']:.2f}%  nll {record['test_nll']:.4f}  ece {record['test_ece']:.4f}"

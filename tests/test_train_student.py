@@ -232,7 +232,7 @@ def test_a_methods_warmup_phase_and_expanded_batches(tiny_cifar_dir, tmp_path, m
         def forward(self, logits, student, teacher, batch):
             seen.append((self.epoch, self.in_warmup, logits.shape[0], batch.labels.shape[0]))
             ce = F.cross_entropy(logits * self.scale, batch.labels)
-            return {"loss": ce}
+            return {"loss": 2 * ce, "ce": ce, "not_a_scalar": logits}
 
     monkeypatch.setitem(distillers.DISTILLERS, "probe", Probe)
     out = train_student(student(tiny_cifar_dir, tmp_path / "probe", method="probe", epochs=1, lr=0.07), log=quiet)
@@ -240,5 +240,8 @@ def test_a_methods_warmup_phase_and_expanded_batches(tiny_cifar_dir, tmp_path, m
     assert all(n_logits == n_labels == 64 for _, _, n_logits, n_labels in seen)  # 32 images + 32 flipped
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert [l["phase"] for l in lines] == ["warmup", "train"] and lines[0]["lr"] == 0.07
+    for line in lines:  # each scalar loss term, averaged over the epoch like the loss
+        assert set(line["train_loss_parts"]) == {"ce"}
+        assert line["train_loss"] == pytest.approx(2 * line["train_loss_parts"]["ce"], rel=1e-5)
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["epoch"] == 1 and last["training"]["extra"]["scale"] != 1.0  # trained, and saved for resume

@@ -131,6 +131,16 @@ def distill_context(options: StudentOptions, data: PreparedDataset, method: type
                           student_shapes, teacher_shapes)
 
 
+def student_outputs(model, inputs, arch: str, taps):
+    """The student's logits and the features of its taps (forward hooks)."""
+    if not taps:
+        return model(inputs), {}
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    with FeatureTaps(inner, arch, taps) as tapped:
+        logits = model(inputs)
+        return logits, dict(tapped.features)
+
+
 def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str):
     signals = distiller.teacher_signals
     taps = distiller.student_taps
@@ -140,13 +150,12 @@ def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str
         rows = batch.labels.shape[0]
         inputs, batch = distiller.expand(inputs, batch)
         teacher = source.signals(batch, signals) if signals else {}
-        if taps:
-            inner = model.module if isinstance(model, DistributedDataParallel) else model
-            with FeatureTaps(inner, arch, taps) as tapped:
-                logits = model(inputs)
-                student = dict(tapped.features)
+        if distiller.in_warmup and not distiller.student_learns_in_warmup:
+            model.eval()  # fit sets train mode again at the next epoch
+            with torch.no_grad():
+                logits, student = student_outputs(model, inputs, arch, taps)
         else:
-            logits, student = model(inputs), {}
+            logits, student = student_outputs(model, inputs, arch, taps)
         parts = method(logits, student, teacher, batch)
         logged = {k: v for k, v in parts.items() if k != "loss" and isinstance(v, torch.Tensor) and v.dim() == 0}
         return parts["loss"], logits[:rows], logged

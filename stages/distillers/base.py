@@ -39,6 +39,9 @@ class Distiller(nn.Module, ABC):
     defaults: ClassVar[dict[str, float]] = {}
     # Whether a label store can provide every teacher signal (an online teacher always can).
     store_servable: ClassVar[bool] = True
+    # False where the warm-up loss does not involve the student (a teacher-side module learns): the student
+    # then runs in eval mode without gradient, so its BatchNorm statistics stay as initialised.
+    student_learns_in_warmup: ClassVar[bool] = True
 
     def __init__(self, context: DistillContext, **options: float):
         super().__init__()

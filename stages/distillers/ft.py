@@ -70,6 +70,7 @@ class FactorTransfer(Distiller):
     student_taps = (TAP,)
     defaults = {"warmup_epochs": 30.0, "ce_weight": 1.0, "ft_weight": 200.0, "rate": 0.5}
     store_servable = False  # stores hold 1-D features only
+    student_learns_in_warmup = False  # the warm-up trains a teacher-side module only
 
     def __init__(self, context, **options):
         super().__init__(context, **options)

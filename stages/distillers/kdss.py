@@ -112,6 +112,7 @@ class SelfSupervisedKD(Distiller):
                 "kd_temperature": 4.0, "tf_temperature": 4.0, "ss_temperature": 0.5, "head_temperature": 0.5,
                 "tf_keep_wrong": 1.0, "ss_keep_wrong": 0.75, "warmup_epochs": 60.0}
     store_servable = False  # a store holds no rotated views
+    student_learns_in_warmup = False  # the warm-up trains a teacher-side module only
 
     def __init__(self, context, **options):
         super().__init__(context, **options)

@@ -66,6 +66,17 @@ class PreparedDataset:
     def num_samples(self, split: str) -> int:
         return int(self.split_meta(split)["num_samples"])
 
+    def labels(self, split: str):
+        """int64 numpy [N]: the class of every sample, by index, read from the .beton's metadata (no decoding)."""
+        import numpy as np
+        from ffcv.reader import Reader
+
+        reader = Reader(str(self.beton(split)))
+        column = {name: f"f{i}" for i, name in enumerate(reader.handlers)}
+        labels = np.full(self.num_samples(split), -1, dtype=np.int64)
+        labels[reader.metadata[column["index"]]] = reader.metadata[column["label"]]
+        return labels
+
     def fingerprint(self, split: str) -> str:
         return self.split_meta(split)["fingerprint"]
 

@@ -127,8 +127,9 @@ def distill_context(options: StudentOptions, data: PreparedDataset, method: type
         teacher_shapes = {tap: (source.store.feature_dims[tap],) for tap in teacher_taps}
     student_shapes = feature_shapes(options.arch, data.num_classes, method.student_taps, data.input_size) \
         if method.student_taps else {}
+    train_labels = torch.from_numpy(data.labels("train")) if method.needs_train_labels else None
     return DistillContext(data.num_classes, data.num_samples("train"), source.target_temperature if source else None,
-                          student_shapes, teacher_shapes)
+                          student_shapes, teacher_shapes, train_labels)
 
 
 def student_outputs(model, inputs, arch: str, taps):

@@ -20,7 +20,7 @@ from labelopt.stages.sources import ViewedBatch
 
 N, B, K, D, S_DIM, T_DIM, CLASSES = 12, 4, 5, 3, 4, 5, 3
 CONTEXT = DistillContext(num_classes=CLASSES, num_samples=N, student_shapes={"pool": (S_DIM,)},
-                         teacher_shapes={"pool": (T_DIM,)})
+                         teacher_shapes={"pool": (T_DIM,)}, train_labels=torch.arange(N) % CLASSES)
 
 
 def quiet(_):
@@ -113,6 +113,36 @@ def test_loss_z_and_memory_update_match_numpy():
     assert not np.allclose(np.linalg.norm(memory[0][[2, 4]], axis=1), 1.0)  # never written: still the random init
     capped = ContrastiveRepresentation(CONTEXT, feat_dim=D)  # nce_k 16384 > N - 1
     assert capped.memory.contrast_indices(torch.tensor([0, 11])).shape == (2, N)
+
+
+def test_negatives_come_from_other_classes_uniformly_or_from_all_other_samples():
+    labels = torch.tensor([2, 0, 1, 2, 2, 0, 1, 1, 2, 0, 2, 1])  # classes of sizes 3, 4, 5, unsorted
+    context = DistillContext(**{**vars(CONTEXT), "train_labels": labels})
+    torch.manual_seed(0)
+    crd = ContrastiveRepresentation(context, feat_dim=D, nce_k=4000)
+    anchors = torch.tensor([0, 1, 2, 11])
+    contrast = crd.memory.contrast_indices(anchors)
+    assert torch.equal(contrast[:, 0], anchors) and contrast.shape == (4, 1 + N - 1)  # K capped at N - 1 = 11
+    crd.memory.num_negatives = 4000  # many draws: the empirical distribution
+    negatives = crd.memory.contrast_indices(anchors)[:, 1:]
+    for row, anchor in enumerate(anchors.tolist()):
+        others = [j for j in range(N) if labels[j] != labels[anchor]]
+        counts = torch.bincount(negatives[row], minlength=N).double()
+        assert set(torch.nonzero(counts).flatten().tolist()) == set(others)  # every other-class sample, only those
+        assert counts[others].div(4000).sub(1 / len(others)).abs().max() < 0.03  # uniform among them
+    uniform = ContrastiveRepresentation(context, feat_dim=D, nce_k=K, negatives_other_class=0)
+    uniform.memory.num_negatives = 4000
+    drawn = uniform.memory.contrast_indices(torch.tensor([4]))[0, 1:]
+    assert set(drawn.tolist()) == set(range(N)) - {4}  # same-class samples too, never the anchor
+    assert "memory.labels" not in crd.state_dict()  # derived from the data, not saved
+    for bad, message in ((dict(negatives_other_class=0.5), "is 0 or 1"),):
+        with pytest.raises(ValueError, match=message):
+            ContrastiveRepresentation(context, feat_dim=D, **bad)
+    with pytest.raises(ValueError, match="needs the training labels"):
+        ContrastiveRepresentation(DistillContext(**{**vars(CONTEXT), "train_labels": None}), feat_dim=D)
+    with pytest.raises(ValueError, match="two or more classes"):
+        ContrastiveRepresentation(DistillContext(**{**vars(CONTEXT), "train_labels": torch.zeros(N, dtype=torch.long)}),
+                                  feat_dim=D)
 
 
 def test_gradients_reach_student_and_heads_but_not_teacher():

@@ -64,6 +64,7 @@ def test_cifar10_roundtrip_exact(tiny_cifar_dir):
     images, labels, indices = read_split(data, "train")
     assert np.array_equal(images, expected_images) and np.array_equal(labels, expected_labels)
     assert data.class_names[0] == "airplane" and data.num_samples("test") == 40
+    assert np.array_equal(data.labels("train"), expected_labels)  # read from the metadata, no decoding
 
 
 def test_stl10_with_unlabeled_split(tmp_path):

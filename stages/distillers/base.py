@@ -29,6 +29,8 @@ class DistillContext:
     target_temperature: float | None = None  # the temperature of the source's soft targets
     student_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # tap -> per-sample shape
     teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # The class of every training index, for methods that set `needs_train_labels` (CRD's negatives).
+    train_labels: torch.Tensor | None = None
 
 
 class Distiller(nn.Module, ABC):
@@ -42,6 +44,7 @@ class Distiller(nn.Module, ABC):
     # False where the warm-up loss does not involve the student (a teacher-side module learns): the student
     # then runs in eval mode without gradient, so its BatchNorm statistics stay as initialised.
     student_learns_in_warmup: ClassVar[bool] = True
+    needs_train_labels: ClassVar[bool] = False  # context.train_labels filled in
 
     def __init__(self, context: DistillContext, **options: float):
         super().__init__()

@@ -3,8 +3,9 @@
 The student's and the teacher's pooled embeddings go through a trainable linear head each to `feat_dim`
 dimensions and are L2-normalised: s_i, t_i. Two memory banks of N rows (one per side) hold a momentum
 average of every training sample's normalised embedding. For a sample i of the batch, j_0 = i is the
-positive and j_1..j_K are K negatives drawn uniformly, with replacement, from the other N - 1 indices
-(K = min(nce_k, N - 1)). With tau = nce_t, each anchor side is scored against the other side's memory:
+positive and j_1..j_K are K negatives drawn uniformly, with replacement, from the samples of the other
+classes (the benchmark's default; `negatives_other_class=0` draws from all other N - 1 indices instead),
+K = min(nce_k, N - 1). With tau = nce_t, each anchor side is scored against the other side's memory:
 
     student anchor   P_s(i, j) = exp(<s_i, M_teacher[j]> / tau) / Z_s
     teacher anchor   P_t(i, j) = exp(<t_i, M_student[j]> / tau) / Z_t
@@ -89,11 +90,15 @@ def first_occurrences(indices: torch.Tensor) -> torch.Tensor:
 class ContrastMemory(nn.Module):
     """The two memory banks, the fixed normalisation constants and the state the negative draws depend on."""
 
-    def __init__(self, num_samples: int, feat_dim: int, num_negatives: int, momentum: float):
+    def __init__(self, num_samples: int, feat_dim: int, num_negatives: int, momentum: float,
+                 labels: torch.Tensor | None = None):
         super().__init__()
         if num_samples < 2:
             raise ValueError(f"CRD needs at least 2 training samples to draw negatives, got {num_samples}")
         self.num_negatives = min(num_negatives, num_samples - 1)
+        self.by_class = labels is not None
+        if self.by_class:
+            self.register_class_layout(labels, num_samples)
         self.momentum = momentum
         bound = math.sqrt(3.0 / feat_dim)
         self.register_buffer("student", torch.empty(num_samples, feat_dim).uniform_(-bound, bound))
@@ -102,21 +107,48 @@ class ContrastMemory(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self.register_buffer("draw_seed", torch.randint(0, 2 ** 62, (), dtype=torch.int64))
 
+    def register_class_layout(self, labels: torch.Tensor, num_samples: int) -> None:
+        """Indices sorted by class and each class's [start, start + count) in that order; derived from the
+        data, so not saved in checkpoints."""
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        if labels.shape != (num_samples,) or bool((labels < 0).any()):
+            raise ValueError("CRD's other-class negatives need a class for every training sample "
+                             "(set negatives_other_class=0 to draw among all samples)")
+        counts = torch.bincount(labels)
+        if int(counts.max()) == num_samples:
+            raise ValueError("CRD's other-class negatives need two or more classes in the training split")
+        self.register_buffer("labels", labels, persistent=False)
+        self.register_buffer("by_class_order", torch.argsort(labels, stable=True), persistent=False)
+        self.register_buffer("class_count", counts, persistent=False)
+        self.register_buffer("class_start", torch.cumsum(counts, 0) - counts, persistent=False)
+
     @property
     def num_samples(self) -> int:
         return self.student.shape[0]
 
+    def draw_negatives(self, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """[B, K] negative indices: uniform among the samples of other classes (the benchmark's default), or
+        among all other samples."""
+        shape, device = (indices.shape[0], self.num_negatives), indices.device
+        if not self.by_class:
+            draws = torch.randint(0, self.num_samples - 1, shape, generator=generator, device=device)
+            return draws + (draws >= indices[:, None]).long()  # skip the row's own index
+        classes = self.labels[indices]
+        start, count = self.class_start[classes][:, None], self.class_count[classes][:, None]
+        others = self.num_samples - count  # the other-class samples: sorted positions outside [start, start+count)
+        u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+        position = torch.minimum((u * others).long(), others - 1)
+        position = position + (position >= start).long() * count
+        return self.by_class_order[position]
+
     def contrast_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """[B, 1 + K]: each row's own index (the positive), then K uniform draws among the other indices."""
+        """[B, 1 + K]: each row's own index (the positive), then its K negatives."""
         rank = dist.get_rank() if distributed_world() > 1 else 0
         seed = (int(self.draw_seed) + int(self.steps) * 1_000_003 + rank * 7919) % 2 ** 63
         device = self.student.device
         generator = torch.Generator(device=device).manual_seed(seed)
         indices = indices.to(device)
-        draws = torch.randint(0, self.num_samples - 1, (indices.shape[0], self.num_negatives),
-                              generator=generator, device=device)
-        negatives = draws + (draws >= indices[:, None]).long()  # skip the row's own index
-        return torch.cat([indices[:, None], negatives], dim=1)
+        return torch.cat([indices[:, None], self.draw_negatives(indices, generator)], dim=1)
 
     def fix_normalisers(self, student_scores: torch.Tensor, teacher_scores: torch.Tensor, tau: float) -> None:
         """Set Z once, from the first batch: N * mean exp(score / tau), averaged over ranks."""
@@ -159,8 +191,9 @@ class ContrastiveRepresentation(Distiller):
     teacher_signals = (TEACHER_POOL,)
     student_taps = (TAP,)
     defaults = {"ce_weight": 1.0, "crd_weight": 0.8, "feat_dim": 128.0, "nce_k": 16384.0, "nce_t": 0.07,
-                "nce_momentum": 0.5}
+                "nce_momentum": 0.5, "negatives_other_class": 1.0}
     store_servable = True  # a store made with --features pool holds the teacher's pooled embedding per view
+    needs_train_labels = True
 
     def __init__(self, context: DistillContext, **options: float):
         super().__init__(context, **options)
@@ -169,8 +202,14 @@ class ContrastiveRepresentation(Distiller):
         feat_dim = int(self.options["feat_dim"])
         self.embed_student = nn.Linear(math.prod(context.student_shapes[TAP]), feat_dim)
         self.embed_teacher = nn.Linear(math.prod(context.teacher_shapes[TAP]), feat_dim)
+        other_class = self.options["negatives_other_class"]
+        if other_class not in (0.0, 1.0):
+            raise ValueError(f"negatives_other_class is 0 or 1, got {other_class:g}")
+        if other_class and context.train_labels is None:
+            raise ValueError(f"--method {self.name} draws negatives from other classes and needs the training "
+                             f"labels (or negatives_other_class=0)")
         self.memory = ContrastMemory(context.num_samples, feat_dim, int(self.options["nce_k"]),
-                                     self.options["nce_momentum"])
+                                     self.options["nce_momentum"], context.train_labels if other_class else None)
 
     def crd_terms(self, student_pool: torch.Tensor, teacher_pool: torch.Tensor, indices: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -142,6 +142,8 @@ def test_refusals(stores, teacher, tiny_cifar_dir, tmp_path):
         (["--labels", test_split_store], "split is 'test' in the store but 'train' for the data"),
         (["--labels", crop_flip, "--method", "kd"], "has no logits"),
         (["--labels", crop_flip, "--method", "kd"], "generate-labels ... --logits"),
+        (["--labels", crop_flip, "--method", "crd"], "generate-labels ... --features pool"),
+        (["--labels", crop_flip, "--method", "at"], "run its teacher online with --teacher CKPT"),
         (["--teacher", c100], "trained for 100 classes but the data has 10"),
         (["--labels", crop_flip, "--teacher", teacher], "either --labels STORE or --teacher CKPT"),
         (["--method", "sl"], "pass --labels STORE"),

@@ -19,10 +19,11 @@ class Schedule:
     milestones: tuple[int, ...]
     gamma: float
     hold_epochs: int = 0  # a method's warm-up phase: base lr, then the schedule starts from its epoch 0
+    hold_milestones: tuple[int, ...] = ()  # warm-up epochs at which its lr is multiplied by gamma
 
     def lr(self, epoch: int, step: int) -> float:
         if epoch < self.hold_epochs:
-            return self.base_lr
+            return self.base_lr * self.gamma ** sum(epoch >= m for m in self.hold_milestones)
         return SCHEDULES[self.name](self, epoch - self.hold_epochs, step)
 
 

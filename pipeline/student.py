@@ -192,7 +192,8 @@ def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> P
     except ValueError as exc:  # a method's own check of its options or of the tap shapes
         raise UserError(f"--method {method.name}: {exc}") from None
     options = dataclasses.replace(options, label_smoothing=distiller.options.get("label_smoothing", 0.0),
-                                  warmup_epochs=distiller.warmup_epochs)
+                                  warmup_epochs=distiller.warmup_epochs,
+                                  warmup_milestones=distiller.warmup_milestones)
     config = {"method_resolved": {"name": method.name, "options": distiller.options,
                                   "teacher_signals": list(method.teacher_signals)},
               "teacher_source": source.describe() if source else None}

@@ -55,6 +55,7 @@ class TrainOptions:
     resume: bool = False
     overwrite: bool = False
     warmup_epochs: int = 0  # set by a method with a warm-up phase (AB, FT): run before the `epochs` of the recipe
+    warmup_milestones: tuple[int, ...] = ()  # set by such a method: lr x gamma at these warm-up epochs (KDSS)
 
 
 def default_augment(data: PreparedDataset) -> str:
@@ -186,7 +187,8 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
     test_loader = eval_loader(data, "test", device) if dist_info.is_main and "test" in data.splits else None
     normalize = Normalizer(data.mean, data.std, device, channels_last=options.channels_last)
     schedule = Schedule(options.schedule, options.lr, options.epochs, len(train_loader), options.milestones,
-                        options.gamma, hold_epochs=options.warmup_epochs)
+                        options.gamma, hold_epochs=options.warmup_epochs,
+                        hold_milestones=tuple(options.warmup_milestones))
     total_epochs = options.warmup_epochs + options.epochs
 
     metrics_log = None

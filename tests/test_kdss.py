@@ -169,6 +169,12 @@ def test_warmup_phase_is_the_teacher_heads_contrastive_loss():
     assert parts["loss"].item() == pytest.approx(want, rel=1e-4)
 
 
+def test_warmup_lr_follows_the_authors_head_schedule():
+    assert make().warmup_milestones == (30, 45)  # 60 epochs: x gamma at 30 and 45
+    assert make(warmup_epochs=8).warmup_milestones == (4, 6)
+    assert make(warmup_epochs=1).warmup_milestones == () and make(warmup_epochs=0).warmup_milestones == ()
+
+
 def test_refuses_bad_options_and_missing_shapes():
     for bad in ({"ss_keep_wrong": 1.5}, {"tf_temperature": 0.0}, {"warmup_epochs": 1.5}, {"warmup_epochs": -1}):
         with pytest.raises(ValueError):

@@ -171,3 +171,6 @@ def test_schedule_holds_the_base_lr_through_a_warmup_phase():
     assert [held.lr(e + 3, s) for e in range(10) for s in range(5)] == [plain.lr(e, s) for e in range(10) for s in range(5)]
     cosine = Schedule("cosine", 0.1, 10, 5, (), 0.1, hold_epochs=2)
     assert cosine.lr(1, 4) == 0.1 and cosine.lr(2, 0) == pytest.approx(0.1)
+    decayed = Schedule("step", 0.1, 10, 5, (5, 8), 0.1, hold_epochs=4, hold_milestones=(2, 3))
+    assert [decayed.lr(e, 0) for e in range(4)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert [decayed.lr(e + 4, 0) for e in range(10)] == [plain.lr(e, 0) for e in range(10)]  # then from the top

@@ -45,6 +45,7 @@ class Distiller(nn.Module, ABC):
     # then runs in eval mode without gradient, so its BatchNorm statistics stay as initialised.
     student_learns_in_warmup: ClassVar[bool] = True
     needs_train_labels: ClassVar[bool] = False  # context.train_labels filled in
+    warmup_lr_decay_at: ClassVar[tuple[float, ...]] = ()  # fractions of the warm-up (default: a constant lr)
 
     def __init__(self, context: DistillContext, **options: float):
         super().__init__()
@@ -60,6 +61,12 @@ class Distiller(nn.Module, ABC):
     def warmup_epochs(self) -> int:
         """Epochs of a warm-up phase that runs before the recipe's epochs (option `warmup_epochs`)."""
         return int(self.options.get("warmup_epochs", 0))
+
+    @property
+    def warmup_milestones(self) -> tuple[int, ...]:
+        """Warm-up epochs where its lr drops by the recipe's gamma: `warmup_lr_decay_at` fractions of it."""
+        n = self.warmup_epochs
+        return tuple(sorted({m for f in self.warmup_lr_decay_at if 1 <= (m := round(n * f)) < n}))
 
     @property
     def in_warmup(self) -> bool:

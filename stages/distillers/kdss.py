@@ -37,8 +37,8 @@ Readings of ours:
   the losses do not depend on the row order except for which wrong rows tie at the selection's cut.
 - The four rotations are of one viewed image (one crop, one flip); the authors' loader crops each rotation
   separately after a shared flip.
-- The warm-up runs at the recipe's base lr throughout (our training loop's rule); the authors' code trains the
-  head at lr 0.05 with x0.1 at epochs 30 and 45 of 60.
+- The warm-up starts at the recipe's base lr and multiplies it by the recipe's gamma at 1/2 and 3/4 of its
+  epochs: with the defaults, the authors' 0.05 with x0.1 at epochs 30 and 45 of 60.
 - The head's warm-up objective divides the cosines by `head_temperature` (0.5, the paper's tau in its contrastive
   loss); the authors' code uses the plain cosines (a temperature of 1): set head_temperature 1 for that.
 - Rank ties count in the teacher's favour (the authors' descending argsort breaks them arbitrarily); ranks are
@@ -113,6 +113,7 @@ class SelfSupervisedKD(Distiller):
                 "tf_keep_wrong": 1.0, "ss_keep_wrong": 0.75, "warmup_epochs": 60.0}
     store_servable = False  # a store holds no rotated views
     student_learns_in_warmup = False  # the warm-up trains a teacher-side module only
+    warmup_lr_decay_at = (0.5, 0.75)  # the authors' head training: x0.1 at epochs 30 and 45 of 60
 
     def __init__(self, context, **options):
         super().__init__(context, **options)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +28,12 @@ class LabeloptGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def echo_once(text: str) -> None:
+    """Print the result line once under torchrun (rank 0), not once per process."""
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(text)
 
 
 def int_list(text: str | None) -> tuple[int, ...] | None:
@@ -153,7 +160,7 @@ def train(milestones, **kwargs):
 
     options = TrainOptions(milestones=int_list(milestones), **as_plain(kwargs))
     out = run_train(options, log=lambda m: click.echo(m, err=True))
-    click.echo(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
+    echo_once(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
 
 
 @main.command("train-student")
@@ -188,7 +195,7 @@ def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, e
     options = StudentOptions(milestones=int_list(milestones), teachers=tuple(teachers), method_options=chosen,
                              **as_plain(kwargs))
     out = run_student(options, log=lambda m: click.echo(m, err=True))
-    click.echo(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
+    echo_once(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
 
 
 @main.command()
@@ -252,7 +259,7 @@ def generate_labels(teachers, features, **kwargs):
 
     out = run_generate(GenerateOptions(teachers=tuple(teachers), features=tuple(features), **as_plain(kwargs)),
                        log=lambda m: click.echo(m, err=True))
-    click.echo(f"label store: {out}")
+    echo_once(f"label store: {out}")
 
 
 @main.group(cls=LabeloptGroup)

@@ -177,6 +177,7 @@ def test_torchrun_two_processes_train_one_student(stores, tiny_cifar_dir, tmp_pa
     assert config["world_size"] == 2 and config["global_batch_size"] == 32
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # rank 0 alone writes
+    assert run.stdout.count("run folder:") == 1  # and alone prints the result line
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
     result = evaluate_checkpoints([str(out / "last.pt")], str(tiny_cifar_dir), device="cpu")
     assert result["runs"][0]["top1"] >= 0

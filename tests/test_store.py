@@ -73,6 +73,16 @@ def test_dense_round_trip_with_logits_features_and_shared_params(tmp_path):
     assert store.size_bytes() > 0
 
 
+def test_float16_widening_is_exact_for_every_bit_pattern():
+    from labelopt.store.reader import as_float32
+
+    every = np.arange(2 ** 16, dtype=np.uint16).view(np.float16).reshape(256, 256)[:, ::3]  # strided too
+    widened = as_float32(every)
+    assert widened.dtype == np.float32
+    assert np.array_equal(widened, every.astype(np.float32), equal_nan=True)  # subnormals, infinities, NaNs
+    assert as_float32(np.ones(3, np.float32)).dtype == np.float32
+
+
 def test_topk_round_trip_with_per_sample_params(tmp_path):
     layout = make_layout(topk=3, per_sample_params=True, param_size=4)
     path, data = build(tmp_path / "k.h5", layout)

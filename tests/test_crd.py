@@ -181,13 +181,15 @@ import os, sys, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from labelopt.stages.distillers.base import DistillContext
 from labelopt.stages.distillers.crd import ContrastiveRepresentation
+from labelopt.stages.sources import ViewedBatch
 dist.init_process_group("gloo")
 rank = dist.get_rank()
-given = torch.load(sys.argv[1], weights_only=False)
+given = torch.load(sys.argv[1], weights_only=True)
 crd = ContrastiveRepresentation(DistillContext(**given["context"]), **given["options"])
 crd.load_state_dict(given["state"])
 crd = DistributedDataParallel(crd, broadcast_buffers=False)
-crd(*given["inputs"][rank])["loss"].backward()
+logits, student, teacher, batch = given["inputs"][rank]
+crd(logits, student, teacher, ViewedBatch(*batch))["loss"].backward()
 torch.save({k: v for k, v in crd.module.state_dict().items() if k.startswith("memory.")}, sys.argv[2] + str(rank))
 dist.barrier()
 dist.destroy_process_group()
@@ -208,8 +210,9 @@ def test_ranks_keep_identical_memories(tmp_path):
     crd = small_crd()
     inputs = [step_inputs([0, 3, 6, 9], 6), step_inputs([1, 4, 7, 10], 7)]
     given = tmp_path / "given.pt"
+    plain = [(logits, student, teacher, (b.images, b.labels, b.indices)) for logits, student, teacher, b in inputs]
     torch.save({"context": vars(CONTEXT), "options": {"feat_dim": D, "nce_k": K}, "state": crd.state_dict(),
-                "inputs": inputs}, given)
+                "inputs": plain}, given)  # plain tensors and containers: the ranks load it with weights_only
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
     env = {**os.environ, "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),

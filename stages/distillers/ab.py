@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FEATURE_PREFIX, Distiller
+from .fitnet import map_shapes
 
 TAPS = ("stage1.pre", "stage2.pre", "stage3.pre")
 LAYER_WEIGHTS = (0.25, 0.5, 1.0)  # 2^(i - n + 1): the deepest layer counts most
@@ -43,16 +44,11 @@ def connector(in_channels: int, out_channels: int) -> nn.Module:
 
 def layer_shapes(context, method: str):
     """(student, teacher) [C, H, W] per tap; refuses missing shapes and different spatial sizes."""
-    pairs = []
-    for tap in TAPS:
-        s, t = context.student_shapes.get(tap), context.teacher_shapes.get(tap)
-        if s is None or t is None or len(s) != 3 or len(t) != 3:
-            raise ValueError(f"--method {method} needs the [C, H, W] shapes of the student's and the teacher's "
-                             f"{tap} (got {s} and {t})")
-        if tuple(s[1:]) != tuple(t[1:]):
+    pairs = map_shapes(context, method, TAPS)
+    for tap, (s, t) in zip(TAPS, pairs):
+        if s[1:] != t[1:]:
             raise ValueError(f"--method {method} compares the student's and the teacher's {tap} neuron by neuron, "
-                             f"but their spatial sizes differ ({tuple(s[1:])} vs {tuple(t[1:])})")
-        pairs.append((tuple(s), tuple(t)))
+                             f"but their spatial sizes differ ({s[1:]} vs {t[1:]})")
     return pairs
 
 

@@ -34,6 +34,4 @@ class AttentionTransfer(Distiller):
         for tap in TAPS:
             f_s, f_t = match_spatial(student[tap], teacher[FEATURE_PREFIX + tap].detach())
             at = at + (attention(f_s) - attention(f_t)).pow(2).mean()
-        ce = F.cross_entropy(logits.float(), batch.labels)
-        loss = self.options["ce_weight"] * ce + self.options["at_weight"] * at
-        return {"loss": loss, "ce": ce, "at": at}
+        return self.ce_plus(logits, batch.labels, "at", at)

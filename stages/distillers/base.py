@@ -81,6 +81,11 @@ class Distiller(nn.Module, ABC):
         the images (e.g. rotations) returns them here, the original B rows first. Default: unchanged."""
         return inputs, batch
 
+    def ce_plus(self, logits: torch.Tensor, labels: torch.Tensor, name: str, term: torch.Tensor) -> dict:
+        """Most methods' form: ce_weight * CE(logits, labels) + <name>_weight * term, with both parts logged."""
+        ce = F.cross_entropy(logits.float(), labels)
+        return {"loss": self.options["ce_weight"] * ce + self.options[f"{name}_weight"] * term, "ce": ce, name: term}
+
     @abstractmethod
     def forward(self, logits: torch.Tensor, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],
                 batch) -> dict[str, torch.Tensor]:

@@ -234,11 +234,8 @@ class ContrastiveRepresentation(Distiller):
     def forward(self, logits, student, teacher, batch):
         with torch.autocast(device_type=logits.device.type, enabled=False):  # the NCE terms need float32
             student_loss, teacher_loss = self.crd_terms(student[TAP], teacher[TEACHER_POOL], batch.indices)
-            ce = F.cross_entropy(logits.float(), batch.labels)
-        crd = student_loss + teacher_loss
-        loss = self.options["ce_weight"] * ce + self.options["crd_weight"] * crd
-        return {"loss": loss, "ce": ce, "crd": crd, "crd_student_anchor": student_loss,
-                "crd_teacher_anchor": teacher_loss}
+            parts = self.ce_plus(logits, batch.labels, "crd", student_loss + teacher_loss)
+        return {**parts, "crd_student_anchor": student_loss, "crd_teacher_anchor": teacher_loss}
 
 
 class CRDWithKD(ContrastiveRepresentation):

@@ -56,6 +56,4 @@ class FitNet(Distiller):
     def forward(self, logits, student, teacher, batch):
         f_s, f_t = match_spatial(student[TAP], teacher[FEATURE_PREFIX + TAP].detach())
         hint = F.mse_loss(self.regressor(f_s).float(), f_t.float())
-        ce = F.cross_entropy(logits.float(), batch.labels)
-        loss = self.options["ce_weight"] * ce + self.options["fitnet_weight"] * hint
-        return {"loss": loss, "ce": ce, "fitnet": hint}
+        return self.ce_plus(logits, batch.labels, "fitnet", hint)

@@ -101,6 +101,4 @@ class FactorTransfer(Distiller):
         with torch.no_grad():
             factor_t = self.paraphraser.encoder(f_t)
         ft = factor_distance(self.translator(student[TAP]), factor_t)
-        ce = F.cross_entropy(logits.float(), batch.labels)
-        loss = self.options["ce_weight"] * ce + self.options["ft_weight"] * ft
-        return {"loss": loss, "ce": ce, "ft": ft}
+        return self.ce_plus(logits, batch.labels, "ft", ft)

@@ -1,6 +1,5 @@
 """`kd`: Hinton et al.'s knowledge distillation from teacher logits at a chosen temperature."""
 import torch
-import torch.nn.functional as F
 
 from .base import SIGNAL_LOGITS, Distiller, kd_divergence
 
@@ -14,6 +13,4 @@ class KnowledgeDistillation(Distiller):
     def forward(self, logits, student, teacher, batch):
         t = self.options["temperature"]
         targets = torch.softmax(teacher[SIGNAL_LOGITS].float() / t, dim=1)
-        ce = F.cross_entropy(logits.float(), batch.labels)
-        kd = kd_divergence(logits, targets, t)
-        return {"loss": self.options["ce_weight"] * ce + self.options["kd_weight"] * kd, "ce": ce, "kd": kd}
+        return self.ce_plus(logits, batch.labels, "kd", kd_divergence(logits, targets, t))

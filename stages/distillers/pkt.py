@@ -10,7 +10,6 @@ Reading of ours: embeddings are divided by (norm + eps) as in the benchmark, so 
 similarities instead of NaN.
 """
 import torch
-import torch.nn.functional as F
 
 from .base import FEATURE_PREFIX, Distiller
 
@@ -40,6 +39,4 @@ class ProbabilisticKT(Distiller):
         with torch.no_grad():
             q = conditional_probabilities(teacher[FEATURE_PREFIX + TAP])
         pkt = (q * torch.log((q + EPS) / (p + EPS))).mean()
-        ce = F.cross_entropy(logits.float(), batch.labels)
-        loss = self.options["ce_weight"] * ce + self.options["pkt_weight"] * pkt
-        return {"loss": loss, "ce": ce, "pkt": pkt}
+        return self.ce_plus(logits, batch.labels, "pkt", pkt)

@@ -2,7 +2,6 @@
 
 With a multi-teacher store this is the seed's SL-KD row (KD-SL in its follow-up).
 """
-import torch.nn.functional as F
 
 from .base import SIGNAL_TARGETS, Distiller, kd_divergence
 
@@ -14,6 +13,5 @@ class SoftLabelsKD(Distiller):
     defaults = {"ce_weight": 0.1, "kd_weight": 0.9}
 
     def forward(self, logits, student, teacher, batch):
-        ce = F.cross_entropy(logits.float(), batch.labels)
         kd = kd_divergence(logits, teacher[SIGNAL_TARGETS], self.context.target_temperature)
-        return {"loss": self.options["ce_weight"] * ce + self.options["kd_weight"] * kd, "ce": ce, "kd": kd}
+        return self.ce_plus(logits, batch.labels, "kd", kd)

@@ -31,6 +31,4 @@ class SimilarityPreserving(Distiller):
     def forward(self, logits, student, teacher, batch):
         g_s, g_t = similarity(student[TAP]), similarity(teacher[FEATURE_PREFIX + TAP].detach())
         sp = (g_s - g_t).pow(2).sum() / g_s.shape[0] ** 2
-        ce = F.cross_entropy(logits.float(), batch.labels)
-        loss = self.options["ce_weight"] * ce + self.options["sp_weight"] * sp
-        return {"loss": loss, "ce": ce, "sp": sp}
+        return self.ce_plus(logits, batch.labels, "sp", sp)

@@ -64,6 +64,4 @@ class VariationalInformation(Distiller):
         vid = 0.0
         for tap, head in zip(TAPS, self.heads):
             vid = vid + head(*match_spatial(student[tap], teacher[FEATURE_PREFIX + tap].detach()))
-        ce = F.cross_entropy(logits.float(), batch.labels)
-        loss = self.options["ce_weight"] * ce + self.options["vid_weight"] * vid
-        return {"loss": loss, "ce": ce, "vid": vid}
+        return self.ce_plus(logits, batch.labels, "vid", vid)

@@ -43,17 +43,18 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-NUM_CLASSES, SIDE = 100, 32
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (NUM_CLASSES, add_run_arguments, checked_device, machine_facts, random_images,  # noqa: E402
+                    work_folder, write_prepared)
+
 FULL_IMAGES, FULL_VIEWS = 50000, 162  # a full CIFAR-100 train store with every cifar-crop-flip view
 TEMPERATURE = 4.0
 BLOCK_ROWS = 256  # generate-labels' default block: its loader batch
@@ -69,29 +70,6 @@ def log(message: str) -> None:
 
 
 # -- setup ------------------------------------------------------------------------------------------
-
-def write_dataset(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    """A prepared CIFAR-shaped dataset of these images through labelopt's own writers (cf. benchmarks/loader.py).
-
-    Our own small version rather than loader.make_dataset: the cifar-crop-flip dataset must hold exactly the
-    first M images of the big one, so that a teacher trained on the big one has seen them.
-    """
-    from labelopt.pipeline.atomic import write_json_atomic
-    from labelopt.pipeline.beton import write_beton
-    from labelopt.pipeline.datasets import DATASET_FORMAT
-    from labelopt.pipeline.sources import SplitSource
-
-    n = len(images)
-    split = SplitSource(n, labels, (SIDE, SIDE, 3), lambda i: images[i], lambda i: images[i].tobytes())
-    folder.mkdir(parents=True)
-    write_beton(split, folder / "train.beton", "raw", None, 90)
-    write_json_atomic(folder / "meta.json", {
-        "format": DATASET_FORMAT, "name": "bench", "num_classes": NUM_CLASSES,
-        "class_names": [str(i) for i in range(NUM_CLASSES)], "image_shape": [SIDE, SIDE, 3], "storage": "raw",
-        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
-        "splits": {"train": {"file": "train.beton", "num_samples": n, "fingerprint": f"bench-{n}"}}})
-    return folder
-
 
 def make_teacher(root: Path, data_folder: Path, arch: str, epochs: int, device: str, bf16: bool) -> Path:
     """A teacher checkpoint as `labelopt train` writes it: fresh (seeded) weights, or E epochs of training."""
@@ -206,7 +184,7 @@ def warm_up(root: Path, images: np.ndarray, labels: np.ndarray, teacher: Path, a
     from labelopt.pipeline.labeling import load_teachers, store_views
 
     n = min(WARMUP_IMAGES, len(images))
-    folder = write_dataset(root / "warmup", images[:n], labels[:n])
+    folder = write_prepared(root / "warmup", images[:n], labels[:n])
     time_generate(folder, teacher, "identity", root / "warmup-identity.h5", args, device)
     data = open_dataset(folder)
     views = store_views("cifar-crop-flip", data, seed=0)
@@ -301,12 +279,10 @@ def time_open_gather(path: Path) -> dict:
 def run(root: Path, args, device: torch.device) -> dict:
     from labelopt.pipeline.beton import worker_count
 
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(args.images, SIDE, SIDE, 3), dtype=np.uint8)
-    labels = rng.integers(0, NUM_CLASSES, size=args.images).astype(np.int64)
+    images, labels = random_images(args.images)
     log(f"writing {args.images} and {args.crop_flip_images} CIFAR-shaped images under {root}")
-    folders = {"identity": write_dataset(root / "data-identity", images, labels),
-               "cifar-crop-flip": write_dataset(root / "data-crop-flip", images[:args.crop_flip_images],
+    folders = {"identity": write_prepared(root / "data-identity", images, labels),
+               "cifar-crop-flip": write_prepared(root / "data-crop-flip", images[:args.crop_flip_images],
                                                 labels[:args.crop_flip_images])}
     # FFCV's writer leaves torch at one thread; a `labelopt generate-labels` process starts with all cores.
     torch.set_num_threads(worker_count())
@@ -352,19 +328,6 @@ def ratios(gen: dict, bare: dict) -> dict:
     """
     return {"ratio_generate_over_bare": gen["img_per_s"] / bare["img_per_s"],
             "ratio_generate_over_bare_cpu_time": gen["img_per_cpu_s"] / bare["img_per_cpu_s"]}
-
-
-def machine_facts(device: torch.device) -> dict:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    facts = {"device": str(device), "device_name": cpu, "cpu_model": cpu, "cpu_count": os.cpu_count(),
-             "cpu_affinity": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
-             "torch": torch.__version__, "python": platform.python_version()}
-    if device.type == "cuda":
-        facts.update({"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda})
-    return facts
 
 
 def summarize(result: dict) -> dict:
@@ -461,43 +424,28 @@ def main(argv=None) -> int:
                              f"{CPU_CROP_FLIP_IMAGES} on a CPU].")
     parser.add_argument("--teacher-arch", default="resnet20", help="Teacher architecture [resnet20].")
     parser.add_argument("--batch-size", type=int, default=512, help="Teacher forward batch [512].")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto].")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only).")
     parser.add_argument("--topk", type=int, default=10, help="K of the top-k cifar-crop-flip store [10].")
     parser.add_argument("--train-teacher-epochs", type=int, default=0,
                         help="Train the teacher this many epochs first (labelopt train defaults) [0: fresh weights].")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="Write data, teacher and stores here (new or empty folder) and keep them.")
-    parser.add_argument("--json-only", action="store_true", help="Print the JSON only, no tables.")
+    add_run_arguments(parser, keeps="data, teacher and stores")
     args = parser.parse_args(argv)
+    device = checked_device(parser, args)
 
     from labelopt.pipeline.errors import UserError
-    from labelopt.pipeline.runtime import check_precision, resolve_device
 
-    try:
-        device = resolve_device(args.device)
-        check_precision(device, args.bf16)
-    except UserError as exc:
-        parser.error(str(exc))
     if args.crop_flip_images is None:
         args.crop_flip_images = args.images if device.type == "cuda" else min(CPU_CROP_FLIP_IMAGES, args.images)
     if args.images < 1 or not 1 <= args.crop_flip_images <= args.images:
         parser.error("need --images >= 1 and 1 <= --crop-flip-images <= --images")
     if not 1 <= args.topk < NUM_CLASSES or args.batch_size < 1 or args.train_teacher_epochs < 0:
         parser.error(f"need 1 <= --topk < {NUM_CLASSES}, --batch-size >= 1 and --train-teacher-epochs >= 0")
-    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
-        parser.error(f"--keep {args.keep} is not empty; pass a new or empty folder")
 
     torch.manual_seed(0)
     loadavg_before = os.getloadavg()
     started = time.perf_counter()
     try:
-        if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            measured = run(args.keep, args, device)
-        else:
-            with tempfile.TemporaryDirectory(prefix="labelopt-bench-generate-") as tmp:
-                measured = run(Path(tmp), args, device)
+        with work_folder(args.keep, "labelopt-bench-generate-") as root:
+            measured = run(root, args, device)
     except UserError as exc:
         log(str(exc))
         return 1
@@ -510,8 +458,7 @@ def main(argv=None) -> int:
         "method": "sl", "temperature": TEMPERATURE, "batch_size": args.batch_size, "block_rows": BLOCK_ROWS,
         "bf16": args.bf16, "topk": args.topk,
         "img_per_s_counts": "teacher passes, i.e. (image, view) pairs",
-        "machine": {**machine_facts(device), "loadavg_before": list(loadavg_before),
-                    "loadavg_after": list(os.getloadavg())},
+        "machine": machine_facts(device, loadavg_before),
         **measured,
         "script_seconds": time.perf_counter() - started,
         "kept": str(args.keep) if args.keep is not None else None,

@@ -18,26 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import random_images, write_prepared  # noqa: E402
+
 
 def make_dataset(root: Path, n: int):
-    """A prepared CIFAR-shaped dataset of random images, written through labelopt's own prepare path."""
-    from labelopt.pipeline.atomic import write_json_atomic
-    from labelopt.pipeline.beton import write_beton
-    from labelopt.pipeline.datasets import DATASET_FORMAT
-    from labelopt.pipeline.sources import SplitSource
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(n, 32, 32, 3), dtype=np.uint8)
-    labels = rng.integers(0, 100, size=n).astype(np.int64)
-    split = SplitSource(n, labels, (32, 32, 3), lambda i: images[i], lambda i: images[i].tobytes())
-    folder = root / "bench"
-    folder.mkdir()
-    write_beton(split, folder / "train.beton", "raw", None, 90)
-    write_json_atomic(folder / "meta.json", {
-        "format": DATASET_FORMAT, "name": "bench", "num_classes": 100, "class_names": [str(i) for i in range(100)],
-        "image_shape": [32, 32, 3], "storage": "raw", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
-        "splits": {"train": {"file": "train.beton", "num_samples": n, "fingerprint": "bench"}}})
-    return folder, images, labels
+    """A prepared CIFAR-shaped dataset of n random images under root/bench; returns (folder, images, labels)."""
+    images, labels = random_images(n)
+    return write_prepared(root / "bench", images, labels), images, labels
 
 
 def time_labelopt(folder: Path, batch_size: int, workers: int) -> dict:

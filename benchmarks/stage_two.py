@@ -30,16 +30,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import add_run_arguments, checked_device, machine_facts, work_folder  # noqa: E402
 from loader import make_dataset  # noqa: E402  (benchmarks/loader.py: random CIFAR-shaped prepared dataset)
 
 TEACHER, STUDENT = "resnet56", "resnet20"
@@ -51,26 +49,6 @@ GOAL_STORE_OVER_VANILLA = 1.05
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def device_facts(device: torch.device) -> dict:
-    facts = {"device": str(device), "cpu_count": os.cpu_count(), "cpu_affinity": len(os.sched_getaffinity(0)),
-             "cpu_model": cpu_model(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-             "python": platform.python_version()}
-    if device.type == "cuda":
-        facts["gpu"] = torch.cuda.get_device_name(device)
-        facts["cuda"] = torch.version.cuda
-    return facts
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def save_teacher(folder: Path, out: Path) -> Path:
@@ -204,8 +182,7 @@ def print_table(result: dict) -> None:
     else:
         print(f"break-even vs online: {s['break_even_epochs_vs_online']:.1f} student epochs "
               f"(generation {gen['seconds']:.1f} s / {s['seconds_saved_per_epoch_vs_online']:.2f} s saved per epoch)")
-    device = facts.get("gpu") or facts["cpu_model"]
-    print(f"device {facts['device']} ({device}), {facts['cpu_affinity']} cores, torch {facts['torch']}, "
+    print(f"device {facts['device']} ({facts['device_name']}), {facts['cpu_affinity']} cores, torch {facts['torch']}, "
           f"load average {facts['loadavg_before'][0]:.2f} before / {facts['loadavg_after'][0]:.2f} after; "
           f"whole script {result['script_seconds']:.0f} s")
 
@@ -216,45 +193,30 @@ def main(argv=None) -> int:
                         help=f"CIFAR-shaped training images [{GPU_IMAGES} on a GPU, {CPU_IMAGES} on a CPU]")
     parser.add_argument("--epochs", type=int, default=5, help="Student epochs per setup; epochs 2..N are timed [5].")
     parser.add_argument("--batch-size", type=int, default=64, help="Student batch (the recipe's) [64].")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto].")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for students and stage one (GPU).")
     parser.add_argument("--workers", type=int, default=None, help="FFCV decoding threads [all cores].")
-    parser.add_argument("--keep", type=Path, default=None,
-                        help="Write data, teacher, store and run folders here (must be empty) and keep them.")
-    parser.add_argument("--json-only", action="store_true", help="Print the JSON only, no table.")
+    add_run_arguments(parser, keeps="data, teacher, store and run folders")
     args = parser.parse_args(argv)
+    device = checked_device(parser, args)
 
     from labelopt.pipeline.errors import UserError
-    from labelopt.pipeline.runtime import check_precision, resolve_device
 
-    try:
-        device = resolve_device(args.device)
-        check_precision(device, args.bf16)
-    except UserError as exc:
-        parser.error(str(exc))
     if args.images is None:
         args.images = GPU_IMAGES if device.type == "cuda" else CPU_IMAGES
     if args.epochs < 2:
         log("stage_two: with --epochs 1 the only epoch includes numba's compile; use --epochs 3 or more")
     if args.images < args.batch_size:
         parser.error(f"--images {args.images} is smaller than --batch-size {args.batch_size} (batches drop the rest)")
-    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
-        parser.error(f"--keep {args.keep} is not empty; pass a new or empty folder")
 
     loadavg_before = os.getloadavg()
     started = time.perf_counter()
     try:
-        if args.keep is not None:
-            args.keep.mkdir(parents=True, exist_ok=True)
-            measured = run_setups(args.keep, args, str(device))
-        else:
-            with tempfile.TemporaryDirectory(prefix="labelopt-stage-two-") as tmp:
-                measured = run_setups(Path(tmp), args, str(device))
+        with work_folder(args.keep, "labelopt-stage-two-") as root:
+            measured = run_setups(root, args, str(device))
     except UserError as exc:
         log(f"stage_two: {exc}")
         return 1
     script_seconds = time.perf_counter() - started
-    machine = {**device_facts(device), "loadavg_before": list(loadavg_before), "loadavg_after": list(os.getloadavg())}
+    machine = machine_facts(device, loadavg_before)
     from labelopt.pipeline.beton import worker_count
     result = {
         "benchmark": "stage_two",

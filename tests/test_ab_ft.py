@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import labelopt.stages.distillers
-from labelopt.models import FeatureTaps, create_model, feature_shapes
+from labelopt.models import create_model
 from labelopt.pipeline.runtime import seed_everything
 from labelopt.pipeline.student import StudentOptions, train_student
 from labelopt.pipeline.training import TrainOptions, train
@@ -16,6 +16,7 @@ from labelopt.stages.distillers import FEATURE_PREFIX, DistillContext
 from labelopt.stages.distillers.ab import ActivationBoundaries
 from labelopt.stages.distillers.ft import FactorTransfer
 from labelopt.stages.sources import ViewedBatch
+from labelopt.tests.distill_fakes import term_trace
 
 B = 4
 SEED = 3
@@ -267,29 +268,9 @@ FALLS_TO = {"ab": 0.6, "rec": 0.8}  # observed after 15 steps: about 0.44 and 0.
 
 def test_warmup_terms_decrease_on_a_real_network():
     """AB's boundary term (student body + connectors) and FT's reconstruction (paraphraser) fall in 15 steps."""
-    torch.manual_seed(0)
-    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    batch = ViewedBatch(torch.zeros(16, 3, 32, 32, dtype=torch.uint8), labels, torch.arange(16))
     for cls, part, options in ((ActivationBoundaries, "ab", {"always_connect": 1.0}), (FactorTransfer, "rec", {})):
-        taps = list(cls.student_taps)
         # Train-mode BatchNorm gives the untrained teacher maps of a trained network's scale (RMS about 1).
-        teacher_model = create_model("resnet20", 10).train()
-        with torch.no_grad(), FeatureTaps(teacher_model, "resnet20", taps) as tapped:
-            teacher_model(images)
-            teacher = {FEATURE_PREFIX + k: v.clone() for k, v in tapped.features.items()}
-        shapes = feature_shapes("resnet20", 10, taps)
-        distiller = cls(DistillContext(10, student_shapes=shapes, teacher_shapes=shapes), **options)
-        model = create_model("resnet20", 10).train()
-        optimizer = torch.optim.SGD([*model.parameters(), *distiller.parameters()], lr=0.05, momentum=0.9)
-        terms = []
-        for _ in range(15):
-            with FeatureTaps(model, "resnet20", taps) as tapped:
-                logits = model(images)
-            parts = distiller(logits, dict(tapped.features), teacher, batch)
-            optimizer.zero_grad()
-            parts["loss"].backward()
-            optimizer.step()
-            terms.append(parts[part].item())
+        terms = term_trace(cls, part, 15, teacher_train_mode=True, **options)
         assert all(math.isfinite(x) for x in terms)
         assert terms[-1] < FALLS_TO[part] * terms[0], (part, terms)
 

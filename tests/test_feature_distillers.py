@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from labelopt.models import FeatureTaps, create_model, feature_shapes
 from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.evaluation import evaluate_checkpoints
 from labelopt.pipeline.labeling import GenerateOptions, generate_labels
@@ -14,6 +13,7 @@ from labelopt.pipeline.student import StudentOptions, train_student
 from labelopt.pipeline.training import TrainOptions, train
 from labelopt.stages.distillers import FEATURE_PREFIX, DistillContext, get_distiller
 from labelopt.stages.sources import ViewedBatch
+from labelopt.tests.distill_fakes import term_trace
 
 METHODS = ("fitnet", "at", "sp", "vid", "rkd", "pkt")
 B = 4
@@ -313,27 +313,6 @@ FALLS_TO = {"fitnet": 0.5, "at": 0.5, "sp": 0.5, "vid": 0.97, "rkd": 0.5, "pkt":
 
 @pytest.mark.parametrize("method", METHODS)
 def test_the_methods_term_decreases(method):
-    torch.manual_seed(0)
-    cls = get_distiller(method)
-    taps = list(cls.student_taps)
-    images, labels = torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,))
-    teacher_model = create_model("resnet20", 10).eval()
-    with torch.no_grad(), FeatureTaps(teacher_model, "resnet20", taps) as tapped:
-        teacher_model(images)
-        teacher = {FEATURE_PREFIX + k: v.clone() for k, v in tapped.features.items()}
-    shapes = feature_shapes("resnet20", 10, taps)
-    distiller = cls(DistillContext(10, student_shapes=shapes, teacher_shapes=shapes), ce_weight=0.0)
-    model = create_model("resnet20", 10).train()
-    optimizer = torch.optim.SGD([*model.parameters(), *distiller.parameters()], lr=0.05, momentum=0.9)
-    batch = ViewedBatch(torch.zeros(16, 3, 32, 32, dtype=torch.uint8), labels, torch.arange(16))
-    terms = []
-    for _ in range(20):
-        with FeatureTaps(model, "resnet20", taps) as tapped:
-            logits = model(images)
-        parts = distiller(logits, dict(tapped.features), teacher, batch)
-        optimizer.zero_grad()
-        parts["loss"].backward()
-        optimizer.step()
-        terms.append(parts[method].item())
+    terms = term_trace(get_distiller(method), method, 20, ce_weight=0.0)
     assert all(math.isfinite(x) for x in terms)
     assert terms[-1] < FALLS_TO[method] * terms[0], terms

@@ -1,0 +1,90 @@
+"""What the benchmark scripts share: a CIFAR-shaped prepared dataset, the device, the work folder, machine facts."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SIDE, NUM_CLASSES = 32, 100
+
+
+def write_prepared(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """A prepared dataset (train split only) of these uint8 [N, 32, 32, 3] images, through labelopt's own writers."""
+    from labelopt.pipeline.atomic import write_json_atomic
+    from labelopt.pipeline.beton import write_beton
+    from labelopt.pipeline.datasets import DATASET_FORMAT
+    from labelopt.pipeline.sources import SplitSource
+
+    n = len(images)
+    split = SplitSource(n, labels, (SIDE, SIDE, 3), lambda i: images[i], lambda i: images[i].tobytes())
+    folder.mkdir(parents=True)
+    write_beton(split, folder / "train.beton", "raw", None, 90)
+    write_json_atomic(folder / "meta.json", {
+        "format": DATASET_FORMAT, "name": "bench", "num_classes": NUM_CLASSES,
+        "class_names": [str(i) for i in range(NUM_CLASSES)], "image_shape": [SIDE, SIDE, 3], "storage": "raw",
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
+        "splits": {"train": {"file": "train.beton", "num_samples": n, "fingerprint": f"bench-{n}"}}})
+    return folder
+
+
+def random_images(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """n random CIFAR-shaped uint8 images and labels: speed does not depend on content."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, SIDE, SIDE, 3), dtype=np.uint8)
+    return images, rng.integers(0, NUM_CLASSES, size=n).astype(np.int64)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, keeps: str) -> None:
+    """--device, --bf16, --keep and --json-only."""
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto].")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only).")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help=f"Write {keeps} here (a new or empty folder) and keep them.")
+    parser.add_argument("--json-only", action="store_true", help="Print the JSON only, no tables.")
+
+
+def checked_device(parser: argparse.ArgumentParser, args) -> torch.device:
+    """The device of --device and --bf16, or a parser error; also refuses a --keep folder that is not empty."""
+    from labelopt.pipeline.errors import UserError
+    from labelopt.pipeline.runtime import check_precision, resolve_device
+
+    try:
+        device = resolve_device(args.device)
+        check_precision(device, args.bf16)
+    except UserError as exc:
+        parser.error(str(exc))
+    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep} is not empty; pass a new or empty folder")
+    return device
+
+
+@contextlib.contextmanager
+def work_folder(keep: Path | None, prefix: str):
+    """--keep's folder, or a temporary one removed afterwards."""
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep
+    else:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
+
+
+def machine_facts(device: torch.device, loadavg_before: tuple[float, ...]) -> dict:
+    """What the absolute figures depend on, with the load average before and after the run."""
+    cpu = platform.processor() or "unknown"
+    with contextlib.suppress(OSError):
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    facts = {"device": str(device), "device_name": cpu, "cpu_model": cpu, "cpu_count": os.cpu_count(),
+             "cpu_affinity": len(os.sched_getaffinity(0)), "torch_threads": torch.get_num_threads(),
+             "torch": torch.__version__, "python": platform.python_version(),
+             "loadavg_before": list(loadavg_before), "loadavg_after": list(os.getloadavg())}
+    if device.type == "cuda":
+        facts.update({"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda})
+    return facts

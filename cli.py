@@ -1,6 +1,7 @@
 """The `labelopt` command line: each command parses options and calls one function of `pipeline/`."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -18,7 +19,11 @@ from .pipeline.errors import user_errors
 
 
 class LabeloptGroup(click.Group):
-    """Bad input ends as one line on stderr and a non-zero exit, never a traceback."""
+    """Bad input ends as one line on stderr and a non-zero exit, never a traceback.
+
+    A user's mistake (UserError, StoreError, a refused option) prints what is wrong and what to do; an internal
+    error prints one line naming a log file that holds the traceback.
+    """
 
     def invoke(self, ctx):
         try:
@@ -28,6 +33,89 @@ class LabeloptGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except OSError as exc:
+            raise click.ClickException(system_error_line(exc)) from None
+        except Exception as exc:  # a bug of ours: the user gets one line, the traceback goes to a file
+            raise click.ClickException(internal_error_line(exc)) from None
+
+    def main(self, *args, **kwargs):
+        if kwargs.get("standalone_mode", True) is False:
+            return super().main(*args, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as exc:
+            hint = ""
+            if isinstance(exc, click.UsageError) and exc.ctx is not None:
+                hint = f" (see {exc.ctx.command_path} --help)"
+            click.echo(f"Error: {' '.join(exc.format_message().split())}{hint}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+class Number(click.ParamType):
+    """A numeric option checked against its range in pipeline/limits.py: nan, inf and absurd values never pass."""
+
+    def __init__(self, bound_name: str):
+        from .pipeline.limits import BOUNDS
+
+        self.bound_name = bound_name
+        self.bound = BOUNDS[bound_name]
+        self.name = "integer" if self.bound.kind is int else "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(str(value).strip()) if self.bound.kind is int else float(value)
+            except (TypeError, ValueError, OverflowError):
+                self.fail(f"{value!r} is not {'an integer' if self.bound.kind is int else 'a number'}", param, ctx)
+        if not self.bound.accepts(number):
+            self.fail(f"{value!r} is out of range: pass {self.bound.describe()}", param, ctx)
+        return int(number) if self.bound.kind is int else float(number)
+
+
+def number(bound_name: str) -> Number:
+    return Number(bound_name)
+
+
+def system_error_line(exc: OSError) -> str:
+    """A failed read or write (disk full, permission, read-only mount): what failed, where, what to do."""
+    where = f" {exc.filename}" if exc.filename else ""
+    advice = {errno.ENOSPC: "free space there or choose another --out", errno.EDQUOT: "free space or raise the quota",
+              errno.EROFS: "the file system is read-only: choose another --out",
+              errno.EACCES: "permission denied: choose a path you can write",
+              errno.EPERM: "operation not permitted: choose a path you can write"}.get(exc.errno, "check the path")
+    return f"cannot access{where}: {exc.strerror or exc}; {advice}"
+
+
+def internal_error_line(exc: BaseException) -> str:
+    log = write_traceback_log(exc)
+    where = f"; the traceback is in {log}" if log else ""
+    return (f"internal error ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}){where}; "
+            f"please report it with that file")
+
+
+def write_traceback_log(exc: BaseException) -> str | None:
+    """The traceback in LABELOPT_LOG_DIR (default: the system temp folder); None when nothing can be written."""
+    import tempfile
+    import time
+    import traceback
+
+    folder = Path(os.environ.get("LABELOPT_LOG_DIR") or Path(tempfile.gettempdir()) / "labelopt-errors")
+    path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"labelopt {' '.join(sys.argv[1:])}\n\n"
+                        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    except OSError:
+        return None
+    return str(path)
 
 
 def echo_once(text: str) -> None:
@@ -37,12 +125,31 @@ def echo_once(text: str) -> None:
 
 
 def int_list(text: str | None) -> tuple[int, ...] | None:
+    """--milestones: comma-separated epochs, each in range, strictly increasing."""
     if not text:
         return None
     try:
-        return tuple(int(x) for x in text.split(","))
+        values = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers") from None
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers", param_hint="--milestones") from None
+    bound = number("milestone").bound
+    if not all(bound.accepts(v) for v in values) or any(b <= a for a, b in zip(values, values[1:])):
+        raise click.BadParameter(f"'{text}' must be strictly increasing epochs, each {bound.describe()}",
+                                 param_hint="--milestones")
+    return values
+
+
+def float_list(text: str | None, bound_name: str, flag: str) -> list[float] | None:
+    if not text:
+        return None
+    bound = number(bound_name).bound
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of numbers", param_hint=flag) from None
+    if not all(bound.accepts(v) for v in values):
+        raise click.BadParameter(f"'{text}': each value must be {bound.describe()}", param_hint=flag)
+    return values
 
 
 @click.group(cls=LabeloptGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,8 +167,8 @@ def main():
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Writes OUT/<dataset>/.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing prepared dataset.")
 @click.option("--unlabeled", is_flag=True, help="STL-10: also write the 100,000-image unlabeled split.")
-@click.option("--max-side", default=256, show_default=True, help="JPEG datasets: longest side stored.")
-@click.option("--jpeg-quality", default=90, show_default=True, help="JPEG datasets: encoder quality.")
+@click.option("--max-side", type=number("max_side"), default=256, show_default=True, help="JPEG datasets: longest side stored.")
+@click.option("--jpeg-quality", type=number("jpeg_quality"), default=90, show_default=True, help="JPEG datasets: encoder quality.")
 def prepare(dataset, root, out, overwrite, unlabeled, max_side, jpeg_quality):
     """Convert a dataset's official files to FFCV .beton splits plus meta.json."""
     from .pipeline.prepare import prepare as run_prepare
@@ -75,7 +182,7 @@ def prepare(dataset, root, out, overwrite, unlabeled, max_side, jpeg_quality):
 
 
 @main.command()
-@click.option("--classes", default=100, show_default=True, help="Class count for the parameter counts.")
+@click.option("--classes", type=number("classes"), default=100, show_default=True, help="Class count for the parameter counts.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
 def models(classes, as_json):
     """List the model architectures and their parameter counts."""
@@ -121,20 +228,20 @@ def training_options(command):
         click.option("--data", required=True, type=click.Path(path_type=Path),
                      help="A prepared dataset folder (has meta.json)."),
         click.option("--out", required=True, type=click.Path(path_type=Path), help="Run folder."),
-        click.option("--epochs", default=240, show_default=True),
-        click.option("--batch-size", default=64, show_default=True, help="Per process; config.json records the global batch."),
-        click.option("--lr", default=0.05, show_default=True),
-        click.option("--momentum", default=0.9, show_default=True),
-        click.option("--weight-decay", default=5e-4, show_default=True),
+        click.option("--epochs", type=number("epochs"), default=240, show_default=True),
+        click.option("--batch-size", type=number("batch_size"), default=64, show_default=True, help="Per process; config.json records the global batch."),
+        click.option("--lr", type=number("lr"), default=0.05, show_default=True),
+        click.option("--momentum", type=number("momentum"), default=0.9, show_default=True),
+        click.option("--weight-decay", type=number("weight_decay"), default=5e-4, show_default=True),
         click.option("--schedule", default="step", show_default=True, help="step or cosine."),
         click.option("--milestones", default=None,
                      help="Step epochs, e.g. 150,180,210 [default: 62.5/75/87.5% of --epochs]."),
-        click.option("--gamma", default=0.1, show_default=True, help="Step decay factor."),
-        click.option("--seed", default=0, show_default=True),
+        click.option("--gamma", type=number("gamma"), default=0.1, show_default=True, help="Step decay factor."),
+        click.option("--seed", type=number("seed"), default=0, show_default=True),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
         click.option("--bf16", is_flag=True, help="bf16 autocast (GPU)."),
         click.option("--channels-last", is_flag=True, help="channels_last memory format."),
-        click.option("--workers", "num_workers", type=int, default=None,
+        click.option("--workers", "num_workers", type=number("num_workers"), default=None,
                      help="FFCV decoding threads [default: all cores]."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
         click.option("--overwrite", is_flag=True, help="Replace an existing run folder."),
@@ -151,7 +258,7 @@ def as_plain(kwargs: dict) -> dict:
 @main.command()
 @click.option("--arch", required=True, help="Model name (labelopt models).")
 @training_options
-@click.option("--label-smoothing", default=0.0, show_default=True)
+@click.option("--label-smoothing", type=number("label_smoothing"), default=0.0, show_default=True)
 @click.option("--augment", default="auto", show_default=True,
               help="View policy: cifar-crop-flip, rrc-flip, identity; auto picks by image size.")
 def train(milestones, **kwargs):
@@ -170,11 +277,11 @@ def train(milestones, **kwargs):
 @click.option("--teacher", "teachers", multiple=True,
               help="Online teacher checkpoint instead of a store (repeat for an ensemble).")
 @training_options
-@click.option("--temperature", type=float, default=None,
+@click.option("--temperature", type=number("temperature"), default=None,
               help="kd: its temperature [4]; online sl/sl-kd: the labels' [4]; stores fix their own.")
-@click.option("--ce-weight", type=float, default=None, help="sl-kd, kd: weight of hard-label CE [0.1].")
-@click.option("--kd-weight", type=float, default=None, help="sl-kd, kd: weight of the soft term [0.9].")
-@click.option("--label-smoothing", type=float, default=None, help="ls: epsilon [0.1].")
+@click.option("--ce-weight", type=number("ce_weight"), default=None, help="sl-kd, kd: weight of hard-label CE [0.1].")
+@click.option("--kd-weight", type=number("kd_weight"), default=None, help="sl-kd, kd: weight of the soft term [0.9].")
+@click.option("--label-smoothing", type=number("label_smoothing"), default=None, help="ls: epsilon [0.1].")
 @click.option("--method-option", "extra_options", multiple=True, metavar="NAME=VALUE",
               help="Any other option of the method (labelopt methods lists them), e.g. fitnet_weight=100.")
 @click.option("--augment", default="auto", show_default=True,
@@ -188,10 +295,10 @@ def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, e
                                 ("label_smoothing", label_smoothing)) if v is not None}
     for item in extra_options:
         name, _, value = item.partition("=")
-        try:
-            chosen[name.strip().replace("-", "_")] = float(value)
-        except ValueError:
-            raise click.BadParameter(f"'{item}' is not NAME=NUMBER", param_hint="--method-option") from None
+        parsed = float_list(value.strip(), "method_option", "--method-option") if value.strip() else None
+        if not name.strip() or not parsed or len(parsed) != 1:
+            raise click.BadParameter(f"'{item}' is not NAME=NUMBER", param_hint="--method-option")
+        chosen[name.strip().replace("-", "_")] = parsed[0]
     options = StudentOptions(milestones=int_list(milestones), teachers=tuple(teachers), method_options=chosen,
                              **as_plain(kwargs))
     out = run_student(options, log=lambda m: click.echo(m, err=True))
@@ -203,7 +310,7 @@ def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, e
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="A prepared dataset folder.")
 @click.option("--split", default="test", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for metrics.json and reliability PNGs.")
-@click.option("--bins", default=15, show_default=True, help="ECE confidence bins.")
+@click.option("--bins", type=number("bins"), default=15, show_default=True, help="ECE confidence bins.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--bf16", is_flag=True)
 @click.option("--compare", is_flag=True, help="Different models side by side: rows named by run folder, no mean ± std.")
@@ -239,16 +346,17 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json
 @click.option("--teacher", "teachers", multiple=True, help="Teacher checkpoint (repeat for sl-ens).")
 @click.option("--method", default="sl", show_default=True, help="sl, sl-ens, sl-enc or random.")
 @click.option("--views", default="identity", show_default=True, help="identity, cifar-crop-flip (162) or sampled:K.")
-@click.option("--temperature", default=1.0, show_default=True)
-@click.option("--mix-gt", default=0.0, show_default=True, help="Weight of the one-hot ground truth mixed in.")
+@click.option("--temperature", type=number("temperature"), default=4.0, show_default=True,
+              help="Label temperature (the same default as online teachers in train-student).")
+@click.option("--mix-gt", type=number("mix_gt"), default=0.0, show_default=True, help="Weight of the one-hot ground truth mixed in.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The label store (.h5).")
 @click.option("--logits", is_flag=True, help="Also store the teacher logits.")
 @click.option("--features", multiple=True, help="Also store a teacher tap per view (pool).")
-@click.option("--topk", type=int, default=None, help="Store only the k largest probabilities per view.")
-@click.option("--seed", default=0, show_default=True, help="For sampled views and random labels.")
-@click.option("--batch-size", type=int, default=None,
+@click.option("--topk", type=number("topk"), default=None, help="Store only the k largest probabilities per view.")
+@click.option("--seed", type=number("seed"), default=0, show_default=True, help="For sampled views and random labels.")
+@click.option("--batch-size", type=number("batch_size"), default=None,
               help="Teacher batch (images, all views)  [default: 512 on a GPU, 64 on a CPU]")
-@click.option("--block-rows", default=256, show_default=True,
+@click.option("--block-rows", type=number("block_rows"), default=256, show_default=True,
               help="Samples per block: the unit of resume and of the work split between torchrun ranks.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--bf16", is_flag=True, help="bf16 autocast (GPU).")
@@ -269,7 +377,7 @@ def labels():
 
 @labels.command("inspect")
 @click.argument("store", type=click.Path(path_type=Path))
-@click.option("--bins", default=15, show_default=True, help="ECE confidence bins.")
+@click.option("--bins", type=number("bins"), default=15, show_default=True, help="ECE confidence bins.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
 def labels_inspect(store, bins, as_json):
     """Provenance, shapes, size on disk and the quality of the stored labels."""
@@ -309,11 +417,7 @@ def labels_combine(stores, out, weights, overwrite):
     """A new ensemble store: the weighted mean of stores made from the same data and views."""
     from .pipeline.store_report import combine_stores
 
-    try:
-        parsed = [float(w) for w in weights.split(",")] if weights else None
-    except ValueError:
-        raise click.BadParameter(f"'{weights}' is not a comma-separated list of numbers",
-                                 param_hint="--weights") from None
+    parsed = float_list(weights, "combine_weight", "--weights")
     click.echo(f"label store: {combine_stores(list(stores), out, parsed, overwrite=overwrite)}")
 
 

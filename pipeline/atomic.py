@@ -25,6 +25,14 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
         raise UserError(f"{path} already exists; pass --overwrite to replace it")
 
 
+def check_output_file(path: Path, overwrite: bool, what: str) -> None:
+    """An output file's path: not a folder, not there unless --overwrite, in a folder we can write."""
+    if path.is_dir():
+        raise UserError(f"--out {path} is a folder; a {what} is one file: pass a file path such as {path / 'labels.h5'}")
+    refuse_existing(path, overwrite)
+    ensure_writable_dir(path.parent if str(path.parent) else Path("."), "output folder")
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path, overwrite: bool):
     """Yield a temporary sibling folder; on success it replaces `final`, on failure it is removed."""

@@ -6,8 +6,6 @@ plain containers, and a file that is not ours is refused with one line.
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
@@ -32,8 +30,8 @@ def load_checkpoint(path: str | Path) -> dict:
         raise UserError(f"checkpoint {path} does not exist; pass the path of a .pt file written by labelopt train")
     try:
         body = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # a file that is not a torch zip of plain tensors fails in many ways (KeyError, ...)
+        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}" if str(exc).strip() else type(exc).__name__
         raise UserError(f"{path} is not a labelopt checkpoint (it does not load as plain tensors: {reason})") from None
     if not isinstance(body, dict) or body.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a labelopt checkpoint (no '{CHECKPOINT_FORMAT}' header); "
@@ -41,7 +39,27 @@ def load_checkpoint(path: str | Path) -> dict:
     if body.get("version") != CHECKPOINT_VERSION:
         raise UserError(f"{path} has checkpoint version {body.get('version')}; this labelopt reads version "
                         f"{CHECKPOINT_VERSION}: upgrade labelopt")
+    check_header(body, path)
     return body
+
+
+def check_header(body: dict, path: Path) -> None:
+    """The fields every reader relies on, with their types: a damaged or hand-made header is refused here."""
+    problems = []
+    if not isinstance(body.get("arch"), str) or not body.get("arch"):
+        problems.append("arch (the model name)")
+    classes = body.get("num_classes")
+    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
+        problems.append("num_classes")
+    model = body.get("model")
+    if not isinstance(model, dict) or not model or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        problems.append("model (the weights)")
+    epoch = body.get("epoch")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        problems.append("epoch")
+    if problems:
+        raise UserError(f"{path} is a damaged labelopt checkpoint: its header lacks a valid "
+                        f"{', '.join(problems)}; use a last.pt or best.pt written by labelopt train")
 
 
 def build_model_from_checkpoint(body: dict, path: str | Path, *, num_classes: int | None = None,

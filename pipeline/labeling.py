@@ -16,13 +16,15 @@ from tqdm import tqdm
 
 from .. import __version__
 from ..models import tap_names
-from ..stages.labelers import LABELERS, LabelRequest
+from ..stages.labelers import DEFAULT_TEMPERATURE, LABELERS, LabelRequest
 from ..stages.teachers import Teacher
 from ..store import StoreError, StoreLayout, StoreWriter, file_sha256
 from .beton import worker_count
 from .checkpoints import build_model_from_checkpoint, load_checkpoint
 from .datasets import PreparedDataset, open_dataset
+from .atomic import check_output_file
 from .errors import UserError
+from .limits import check_all
 from .loading import decode_plan, field_pipelines
 from .runtime import autocast, barrier, check_precision, device_for, init_distributed
 from .views import IdentityView, PadCropFlipView, ResizedCropFlipView, Normalizer, ViewPolicy
@@ -39,7 +41,7 @@ class GenerateOptions:
     method: str = "sl"
     split: str = "train"
     views: str = "identity"
-    temperature: float = 1.0
+    temperature: float = DEFAULT_TEMPERATURE
     logits: bool = False
     features: tuple[str, ...] = ()
     topk: int | None = None
@@ -118,10 +120,11 @@ def check_method(options: GenerateOptions, labeler_cls) -> None:
     if n < low or (high is not None and n > high):
         want = {(0, 0): "no --teacher", (1, 1): "exactly one --teacher", (2, None): "two or more --teacher"}[(low, high)]
         raise UserError(f"--method {options.method} takes {want} (got {n})")
-    if options.temperature <= 0:
-        raise UserError("--temperature must be positive")
-    if not 0.0 <= options.mix_gt <= 1.0:
-        raise UserError("--mix-gt must be in [0, 1]")
+    check_all(options, ("temperature", "mix_gt", "topk", "seed", "batch_size", "block_rows"))
+    if options.logits and n > 1:
+        raise UserError("--logits with an ensemble: the mean of the members' logits is not the ensemble's label, so "
+                        "ensemble stores hold soft labels only; drop --logits (distil from the store with sl or "
+                        "sl-kd, or run kd online with one --teacher)")
     if options.method == "random" and (options.logits or options.features):
         raise UserError("--method random has no teacher: drop --logits and --features")
     if options.features and n != 1:
@@ -159,8 +162,7 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
     check_precision(device, options.bf16)
     if options.batch_size is None:
         options = replace(options, batch_size=default_batch_size(device))
-    if options.batch_size < 1:
-        raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
+    check_output_file(Path(options.out), options.overwrite, "label store")
     data = open_dataset(options.data)
     n, num_classes = data.num_samples(options.split), data.num_classes
     if options.topk is not None and not 1 <= options.topk < num_classes:

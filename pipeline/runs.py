@@ -43,6 +43,10 @@ def provenance() -> dict:
 
 def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
     """A new run needs an empty or absent folder; --resume needs a run folder with last.pt."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a run folder; pass a folder path (it is created)")
+    if resume and overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
     if resume:
         if not (out / "last.pt").is_file():
             raise UserError(f"nothing to resume in {out} (no last.pt); drop --resume to start a new run")

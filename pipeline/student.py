@@ -16,7 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ..models import FeatureTaps, UnknownModelError, create_model, feature_shapes
 from ..stages.distillers import (FEATURE_PREFIX, SIGNAL_TARGETS, DistillContext, Distiller, UnknownMethodError,
                                  get_distiller)
-from ..stages.labelers import EnsembleLabeler, SoftLabeler
+from ..stages.labelers import DEFAULT_TEMPERATURE, EnsembleLabeler, SoftLabeler
 from ..stages.sources import OnlineSource, StoreSource, TeacherSource, ViewedBatch
 from ..store import LabelStore, StoreError
 from .datasets import PreparedDataset, open_dataset
@@ -27,7 +27,6 @@ from .training import TrainOptions, default_augment, fit, resolve_options
 from .view_sampling import AugmentViews, ViewSampler, sampler_for_store
 from .views import get_view_policy
 
-ONLINE_DEFAULT_TEMPERATURE = 4.0
 NAMED_FLAGS = ("ce_weight", "kd_weight", "label_smoothing", "temperature")  # options with a flag of their own
 
 
@@ -90,7 +89,7 @@ def open_store_source(options: StudentOptions, method: type[Distiller], data: Pr
 def online_source(options: StudentOptions, method: type[Distiller], data: PreparedDataset, device
                   ) -> tuple[OnlineSource, ViewSampler]:
     teachers = load_teachers(options.teachers, data, device)
-    temperature = options.temperature if options.temperature is not None else ONLINE_DEFAULT_TEMPERATURE
+    temperature = options.temperature if options.temperature is not None else DEFAULT_TEMPERATURE
     labeler = (SoftLabeler if len(teachers) == 1 else EnsembleLabeler)(teachers, temperature)
     source = OnlineSource(labeler, temperature)
     for signal in method.teacher_signals:

@@ -19,6 +19,7 @@ from ..stages.sources import ViewedBatch
 from .checkpoints import load_checkpoint, save_checkpoint
 from .datasets import PreparedDataset, open_dataset
 from .errors import UserError
+from .limits import check_all
 from .evaluation import eval_loader, predict
 from .loading import make_loader
 from .runs import MetricsLog, prepare_run_dir, provenance, read_config, write_config
@@ -63,11 +64,14 @@ def default_augment(data: PreparedDataset) -> str:
     return "cifar-crop-flip" if data.fixed_size and data.input_size <= 64 else "rrc-flip"
 
 
+NUMERIC_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "gamma", "seed", "num_workers",
+                   "label_smoothing")
+
+
 def resolve_options(options: TrainOptions, data: PreparedDataset) -> TrainOptions:
-    if options.epochs < 1 or options.batch_size < 1:
-        raise UserError("--epochs and --batch-size must be at least 1")
-    if not 0.0 <= options.label_smoothing < 1.0:
-        raise UserError("--label-smoothing must be in [0, 1)")
+    check_all(options, NUMERIC_OPTIONS)
+    if options.resume and options.overwrite:
+        raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
     check_schedule_name(options.schedule)
     augment = default_augment(data) if options.augment == "auto" else options.augment
     if augment not in view_policy_names():
@@ -209,6 +213,7 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         if train_extra is not None:
             train_extra.train()
         loss_sum, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        watch = DivergenceWatch(device)
         part_sums: dict[str, torch.Tensor] = {}
         bar = tqdm(train_loader.epoch(epoch), total=len(train_loader), desc=f"epoch {epoch + 1}/{total_epochs}",
                    unit="batch", leave=False, disable=None if dist_info.is_main else True)
@@ -220,6 +225,7 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
             batch = ViewedBatch(viewed, labels, indices, views)
             with autocast(device, options.bf16):
                 loss, logits, parts = objective(train_model, normalize(viewed), batch, train_extra)
+            watch.observe(loss, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -229,8 +235,10 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
             correct += (logits.detach().argmax(1) == labels).sum()
             seen += labels.shape[0]
             if step % 20 == 0:
+                watch.check(epoch, total_epochs, len(train_loader), out, dist_info)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.4g}")
         bar.close()
+        watch.check(epoch, total_epochs, len(train_loader), out, dist_info)  # before anything of the epoch is saved
         train_seconds = time.perf_counter() - started
         record = {"epoch": epoch, "phase": "warmup" if epoch < options.warmup_epochs else "train",
                   "lr": schedule.lr(epoch, 0), "train_loss": (loss_sum / seen).item(),
@@ -259,6 +267,43 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     return out
+
+
+class TrainingDiverged(UserError):
+    """The loss became nan or inf: the run stops, keeping the last checkpoint of a finished epoch."""
+
+
+class DivergenceWatch:
+    """Remembers the first step of an epoch whose loss was not finite, without a device sync per step.
+
+    `check` (called where the loop syncs anyway) stops the run on every rank at once under DDP.
+    """
+
+    def __init__(self, device: torch.device):
+        self.never = torch.iinfo(torch.long).max
+        self.first_bad = torch.full((), self.never, dtype=torch.long, device=device)
+        self.bad_value = torch.zeros((), device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        value = loss.detach().float()
+        new = ~torch.isfinite(value) & (self.first_bad == self.never)
+        self.bad_value = torch.where(new, value, self.bad_value)
+        self.first_bad = torch.where(new, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def check(self, epoch: int, epochs: int, steps: int, out: Path, dist_info: DistInfo) -> None:
+        first_bad = self.first_bad.clone()
+        if dist_info.enabled:
+            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+        step = int(first_bad.item())
+        if step == self.never:
+            return
+        value = float(self.bad_value.item()) if int(self.first_bad.item()) == step else float("nan")
+        last = out / "last.pt"
+        kept = (f"the last good checkpoint is {last} ({epoch} epochs done)" if epoch > 0 and last.is_file()
+                else "no epoch had finished, so there is no checkpoint")
+        raise TrainingDiverged(f"the loss became {value} at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps}; "
+                               f"training stopped and {kept}; lower --lr (or the method's loss weights) and start "
+                               f"a new run")
 
 
 def checkpoint_payload(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, epoch: int,

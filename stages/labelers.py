@@ -14,6 +14,10 @@ import torch.nn.functional as F
 
 from .teachers import Teacher
 
+# The one default label temperature, for stores (generate-labels) and online teachers (train-student) alike: the
+# CIFAR distillation benchmark's KD temperature, so a default store and a default online run give the same labels.
+DEFAULT_TEMPERATURE = 4.0
+
 
 @dataclass
 class LabelBatch:
@@ -53,14 +57,18 @@ class SoftLabeler:
 
 
 class EnsembleLabeler(SoftLabeler):
-    """`sl-ens`: the members' softmax outputs at temperature T, averaged; logits averaged too."""
+    """`sl-ens`: the members' softmax outputs at temperature T, averaged.
+
+    No logits: the mean of the members' logits is not the ensemble's label (softmax(mean z / T) differs from the
+    mean of the softmaxes), so a method that needs logits must run one teacher.
+    """
 
     min_teachers, max_teachers = 2, None
 
     def __call__(self, req: LabelRequest) -> LabelBatch:
         all_logits = [t.outputs(req.images)[0] for t in self.teachers]
         probs = torch.stack([torch.softmax(l / self.temperature, 1) for l in all_logits]).mean(0)
-        return LabelBatch(mix_ground_truth(probs, req.labels, self.mix_gt), torch.stack(all_logits).mean(0))
+        return LabelBatch(mix_ground_truth(probs, req.labels, self.mix_gt), None)
 
 
 class EncoderLabeler(SoftLabeler):

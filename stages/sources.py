@@ -86,7 +86,12 @@ class OnlineSource(TeacherSource):
         return self.labeler.teachers
 
     def missing(self, signal):
-        if signal in (SIGNAL_TARGETS, SIGNAL_LOGITS):
+        if signal == SIGNAL_TARGETS:
+            return None
+        if signal == SIGNAL_LOGITS:
+            if len(self.teachers) > 1:
+                return ("logits need a single --teacher (the mean of an ensemble's logits is not its label); "
+                        "distil from an ensemble with sl or sl-kd")
             return None
         if signal.startswith(FEATURE_PREFIX):
             if len(self.teachers) > 1:
@@ -100,7 +105,9 @@ class OnlineSource(TeacherSource):
         out: dict[str, torch.Tensor] = {}
         if want_labels:
             result = self.labeler(LabelRequest(batch.images, batch.indices, batch.labels, taps))
-            out[SIGNAL_TARGETS], out[SIGNAL_LOGITS] = result.probs.float(), result.logits.float()
+            out[SIGNAL_TARGETS] = result.probs.float()
+            if result.logits is not None:
+                out[SIGNAL_LOGITS] = result.logits.float()
             features = result.features
         else:
             _, features = self.teachers[0].outputs(batch.images, taps)

@@ -160,7 +160,7 @@ def test_refusals(teacher, tiny_cifar_dir, tmp_path):
         (["--teacher", teacher, "--features", "stage2", "--out", tmp_path / "c.h5"], "only 1-D embeddings"),
         (["--teacher", teacher, "--method", "distill", "--out", tmp_path / "d.h5"], "unknown --method 'distill'"),
         (["--teacher", teacher, "--views", "sampled:x", "--out", tmp_path / "e.h5"], "K must be a positive"),
-        (["--teacher", teacher, "--batch-size", "0", "--out", tmp_path / "f.h5"], "--batch-size must be at least 1"),
+        (["--teacher", teacher, "--batch-size", "0", "--out", tmp_path / "f.h5"], "'--batch-size': '0' is out of range"),
     ]
     for args, message in cases:
         code, out = run_cli(*base, *args)

@@ -101,7 +101,7 @@ def run_cli(*args):
     (["--arch", "resnet21"], "unknown model 'resnet21'; known models: resnet20"),
     (["--arch", "resnet20", "--bf16", "--device", "cpu"], "--bf16 autocast runs on a GPU only"),
     (["--arch", "resnet20", "--schedule", "linear"], "unknown schedule 'linear'"),
-    (["--arch", "resnet20", "--milestones", "5,2"], "must be increasing"),
+    (["--arch", "resnet20", "--milestones", "5,2"], "must be strictly increasing"),
     (["--arch", "resnet20", "--batch-size", "1000", "--epochs", "1"], "larger than the training split"),
 ])
 def test_cli_train_bad_input(tiny_cifar_dir, tmp_path, extra, message):

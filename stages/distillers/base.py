@@ -7,6 +7,7 @@ submodules: their parameters join the optimizer and the checkpoints.
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -33,6 +34,32 @@ class DistillContext:
     train_labels: torch.Tensor | None = None
 
 
+# Ranges shared by the options of every method, matched by name: (does it apply, low, high, low_open, whole number).
+# A method checks anything more specific itself.
+OPTION_RULES = (
+    (lambda k: k.endswith("_weight") or k == "margin", 0.0, 1e9, False, False),
+    (lambda k: "temperature" in k or k == "nce_t", 0.0, 1e3, True, False),
+    (lambda k: k == "label_smoothing", 0.0, 1.0, False, False),
+    (lambda k: k.endswith("_momentum") or k.endswith("_keep_wrong"), 0.0, 1.0, False, False),
+    (lambda k: k == "warmup_epochs", 0.0, 1e5, False, True),
+    (lambda k: k in ("feat_dim", "nce_k"), 1.0, 1e6, False, True),
+)
+
+
+def check_option(key: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise ValueError(f"{key} must be a finite number, got {value}")
+    for applies, low, high, low_open, whole in OPTION_RULES:
+        if not applies(key):
+            continue
+        inside = (value > low if low_open else value >= low) and value <= high
+        if not inside or (whole and not float(value).is_integer()):
+            kind = "a whole number" if whole else "a number"
+            raise ValueError(f"{key} must be {kind} in {'(' if low_open else '['}{low:g}, {high:g}], got {value:g}")
+        if key == "label_smoothing" and value >= 1.0:
+            raise ValueError(f"label_smoothing must be below 1, got {value:g}")
+
+
 class Distiller(nn.Module, ABC):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
@@ -55,6 +82,8 @@ class Distiller(nn.Module, ABC):
                              f"(its options: {', '.join(sorted(self.defaults)) or 'none'})")
         self.context = context
         self.options = {**self.defaults, **{k: float(v) for k, v in options.items()}}
+        for key, value in self.options.items():
+            check_option(key, value)
         self.epoch = 0
 
     @property

@@ -20,8 +20,12 @@ CHECKPOINT_VERSION = 1
 def save_checkpoint(path: Path, payload: dict) -> None:
     body = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(body, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(body, tmp)
+        os.replace(tmp, path)
+    except BaseException:  # a full disk or a kill mid-write: no half-written temporary left beside the run
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -256,12 +256,13 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
             if improved:
                 best = {"top1": record.get("test_top1", record["train_top1"]), "epoch": epoch}
             payload = checkpoint_payload(options, data, model, epoch, record)
-            if improved:
-                save_checkpoint(out / "best.pt", payload)
             training_state = {"optimizer": optimizer.state_dict(), "best": best, "torch_rng": torch.get_rng_state()}
             if extra_modules is not None:
                 training_state["extra"] = {k: v.detach().cpu() for k, v in extra_modules.state_dict().items()}
+            # last.pt first: if the disk fills while best.pt is written, the run can still be resumed.
             save_checkpoint(out / "last.pt", {**payload, "training": training_state})
+            if improved:
+                save_checkpoint(out / "best.pt", payload)
             log(epoch_line(record, total_epochs))
         barrier(dist_info)
         if on_epoch_end is not None:

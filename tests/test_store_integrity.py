@@ -13,7 +13,8 @@ from labelopt.pipeline.datasets import open_dataset
 from labelopt.store import LabelStore, StoreError, combine, verify
 from labelopt.store.schema import generator_temperature
 from labelopt.store.values import densify_topk
-from labelopt.tests.store_fakes import C, N, V, build, make_data, make_header, make_layout
+from labelopt.tests.store_fakes import (C, N, V, build, forge, independent_digest, make_data, make_header,
+                                        make_layout)
 
 
 def one_line(exc_info):
@@ -26,32 +27,6 @@ def failed_checks(path):
     return [c["name"] for c in verify(path)["checks"] if not c["ok"]]
 
 
-# -- the definitions, computed independently ----------------------------------------------------
-
-def independent_digest(f: h5py.File) -> str:
-    """docs/label-store.md's recipe, written out: names in UTF-8 byte order, everything length-prefixed."""
-    out = b""
-    for name in sorted((k for k in f.attrs if k != "digest"), key=lambda k: k.encode()):
-        value = f.attrs[name]
-        out += len(name.encode()).to_bytes(8, "little") + name.encode()
-        if isinstance(value, str):
-            out += b"s" + len(value.encode()).to_bytes(8, "little") + value.encode()
-        else:
-            out += b"i" + int(value).to_bytes(8, "little", signed=True)
-    return hashlib.sha256(out).hexdigest()
-
-
-def forge(path, edit):
-    """Edit a store the way a careful forger would: checksums and digest recomputed to match."""
-    with h5py.File(path, "r+") as f:
-        edit(f)
-        sums = {}
-        f.visititems(lambda name, obj: sums.__setitem__(name, hashlib.sha256(obj[()].tobytes()).hexdigest())
-                     if isinstance(obj, h5py.Dataset) else None)
-        f.attrs["checksums"] = json.dumps(sums)
-        f.attrs["digest"] = independent_digest(f)
-
-
 def set_generator(f, **changes):
     f.attrs["generator"] = json.dumps({**json.loads(f.attrs["generator"]), **changes})
 
@@ -61,6 +36,8 @@ def t4_header():
     header["generator"]["temperature"] = 4.0
     return header
 
+
+# -- the definitions, computed independently (store_fakes.independent_digest) -----------------------
 
 def test_checksums_and_digest_match_their_documented_definitions(tmp_path):
     path, _ = build(tmp_path / "s.h5", make_layout(logits=True, features={"pool": 2}, per_sample_params=True,

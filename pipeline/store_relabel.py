@@ -64,9 +64,8 @@ def ordered_teachers(store: LabelStore, paths: tuple[str, ...]) -> list[str]:
             raise UserError(f"teacher checkpoint {path} (sha256 {sha[:12]}) is not the one store {store.path} was "
                             f"labelled with (it names {names}); pass that checkpoint")
         by_sha.setdefault(sha, []).append(path)
-    missing = [t for t in recorded if not by_sha.get(t.get("checkpoint_sha256"))]
     ordered = [by_sha[t["checkpoint_sha256"]].pop() for t in recorded if by_sha.get(t.get("checkpoint_sha256"))]
-    if missing or len(ordered) != len(paths):
+    if len(ordered) != len(recorded) or len(paths) != len(recorded):
         raise UserError(f"store {store.path} was labelled by {len(recorded)} teacher checkpoint(s) and "
                         f"{len(paths)} were given; pass each of them once with --teacher")
     return ordered

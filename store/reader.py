@@ -94,11 +94,12 @@ def check_temperature(f: h5py.File, meta: dict) -> float:
 def check_listing(f: h5py.File, meta: dict) -> None:
     """The checksums attribute names exactly the datasets in the file (none added, none deleted)."""
     listed, present = set(meta[S.ATTR_CHECKSUMS]), set(all_datasets(f))
-    for path in sorted(present - listed):
-        raise StoreError(f"{f.filename}: dataset /{path} has no entry in the checksums attribute; "
+    unlisted, gone = sorted(present - listed), sorted(listed - present)
+    if unlisted:
+        raise StoreError(f"{f.filename}: dataset /{unlisted[0]} has no entry in the checksums attribute; "
                          f"re-fetch the store or regenerate it")
-    for path in sorted(listed - present):
-        raise StoreError(f"{f.filename}: checksums list /{path} but the file has no such dataset (deleted?); "
+    if gone:
+        raise StoreError(f"{f.filename}: checksums list /{gone[0]} but the file has no such dataset (deleted?); "
                          f"re-fetch the store or regenerate it")
 
 

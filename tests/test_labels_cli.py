@@ -233,3 +233,24 @@ def test_verify_relabels_an_honest_store_and_catches_a_forged_one(tmp_path, tiny
     line = one_line_error(forged)
     assert "relabel" in line
     assert "FAILED" in forged.output and "largest differences" in forged.output
+
+
+def test_ensemble_teachers_are_matched_by_sha256_in_the_stores_order(tmp_path):
+    import hashlib
+
+    from labelopt.pipeline.errors import UserError
+    from labelopt.pipeline.store_relabel import ordered_teachers
+
+    a, b, c = (tmp_path / f"{n}.pt" for n in "abc")
+    for i, path in enumerate((a, b, c)):
+        path.write_bytes(bytes([i]) * 10)
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+    header = make_header()
+    header["generator"]["teachers"] = [{"arch": "resnet", "checkpoint_sha256": sha(p)} for p in (a, b)]
+    store = LabelStore.open(build(tmp_path / "ens.h5", header=header)[0])
+    assert ordered_teachers(store, (str(b), str(a))) == [str(a), str(b)]
+    for given, words in (((str(a),), "2 teacher checkpoint(s) and 1 were given"),
+                         ((str(a), str(b), str(a)), "and 3 were given"),
+                         ((str(a), str(c)), f"{c} (sha256 {sha(c)[:12]}) is not the one")):
+        with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            ordered_teachers(store, given)

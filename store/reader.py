@@ -16,7 +16,7 @@ import torch
 from . import integrity
 from . import schema as S
 from .schema import StoreError
-from .values import as_float32, densify_topk  # noqa: F401  (as_float32: part of this module's API)
+from .values import as_float32, densify_topk
 
 
 # -- validation steps (also run one by one by tools.verify) ------------------------------------

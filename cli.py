@@ -391,18 +391,25 @@ def labels_inspect(store, bins, as_json):
 @click.argument("store", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="A prepared dataset folder: also check the store was made from it (fingerprint, N, classes).")
+@click.option("--teacher", "teachers", multiple=True,
+              help="Re-label random rows with this checkpoint (the store's own; repeat for an ensemble); needs --data.")
+@click.option("--sample", type=int, default=None, help="How many random (index, view) rows to re-label [64].")
+@click.option("--device", default="auto", show_default=True, help="Where to re-label: auto, cpu, cuda, cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
-def labels_verify(store, data, as_json):
-    """Schema, completeness, every chunk's checksum and, with --data, the fingerprint; exit 0 only when all hold."""
-    from .pipeline.store_report import verify_store
+def labels_verify(store, data, teachers, sample, device, as_json):
+    """Schema, digest, every dataset's checksum, with --data the fingerprint, and with --teacher a re-label of
+    --sample random rows compared within float16 tolerance; exit 0 only when all hold."""
+    from .pipeline.store_report import format_relabel, verify_store
     from .pipeline.reports import format_table
 
-    result = verify_store(store, data)
+    result = verify_store(store, data, teachers=teachers, sample=sample, device=device)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
         rows = [{**c, "ok": "ok" if c["ok"] else "FAILED"} for c in result["checks"]]
         click.echo(format_table(rows, [("name", "check"), ("ok", "result"), ("detail", "detail")]))
+        if "relabel" in result:
+            click.echo(format_relabel(result["relabel"]))
     if not result["ok"]:
         failed = [c["name"] for c in result["checks"] if not c["ok"]]
         raise click.ClickException(f"{store}: verification failed ({', '.join(failed)})")

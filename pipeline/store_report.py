@@ -2,8 +2,8 @@
 
 The quality figures treat each stored (sample, view) row as a prediction of the
 ground truth recorded in the store: teacher top-1, mean confidence, mean entropy
-and ECE of the stored soft labels. Top-k stores are read densified, so their
-entropy counts only the k stored classes.
+and ECE of the stored soft labels. Top-k stores are read densified as training
+sees them: the stored values, and the missing mass spread uniformly over the other classes.
 """
 from __future__ import annotations
 
@@ -102,6 +102,7 @@ def inspect_store(path, n_bins: int = 15) -> dict:
         "labelopt_version": store.labelopt_version,
         "dataset": store.dataset,
         "generator": store.generator,
+        "temperature": store.temperature,
         "views": store.views,
         "storage": f"top-{store.topk}" if store.is_topk else "dense",
         "shapes": shapes(store),
@@ -126,7 +127,7 @@ def format_inspection(report: dict) -> str:
         f"created      {report['created_utc']} by labelopt {report['labelopt_version']}",
         f"dataset      {ds.get('name')}/{ds.get('split')}  N={ds.get('num_samples')}  classes={ds.get('num_classes')}"
         f"  fingerprint {str(ds.get('fingerprint'))[:16]}",
-        f"generator    method {gen.get('method')}  temperature {gen.get('temperature', 'n/a')}"
+        f"generator    method {gen.get('method')}  temperature {report['temperature']:g}"
         f"  options {gen.get('options', {})}",
         f"teachers     {_teachers(gen)}",
         f"views        {report['views'].get('spec', report['views'].get('policy'))}"
@@ -149,8 +150,9 @@ def _store_split(path) -> str | None:
         return None
 
 
-def verify_store(path, data_dir=None) -> dict:
-    """store.verify, plus the dataset identity of the store's split when a prepared dataset is given."""
+def verify_store(path, data_dir=None, teachers=(), sample: int | None = None, device: str = "auto") -> dict:
+    """store.verify, plus the dataset identity of the store's split when a prepared dataset is given, plus a
+    re-label of `sample` random rows with the teacher checkpoints when they (or a sample size) are given."""
     identity = None
     if data_dir is not None:
         data = open_dataset(data_dir)
@@ -164,7 +166,39 @@ def verify_store(path, data_dir=None) -> dict:
     if data_dir is not None and identity is None:
         result["checks"].append({"name": "identity", "ok": False, "detail": "the store's dataset is unreadable"})
         result["ok"] = False
+    if teachers or sample is not None:
+        _add_relabel(result, path, data_dir, tuple(teachers), sample, device)
     return result
+
+
+def _add_relabel(result: dict, path, data_dir, teachers: tuple, sample: int | None, device: str) -> None:
+    from .store_relabel import RelabelOptions, relabel_check
+
+    if data_dir is None:
+        raise UserError("--teacher/--sample re-label stored rows from their images: pass --data, the prepared "
+                        "dataset the store was made from")
+    if not result["ok"]:
+        result["checks"].append({"name": "relabel", "ok": False, "detail": "skipped: the store failed the checks above"})
+        return
+    relabel = relabel_check(RelabelOptions(str(path), str(data_dir), teachers, sample, device), log=lambda m: None)
+    result["checks"] += relabel["checks"]
+    result["relabel"] = relabel["relabel"]
+    result["ok"] = all(c["ok"] for c in result["checks"])
+
+
+def format_relabel(relabel: dict, worst: int = 10) -> str:
+    """The rows furthest from a fresh teacher answer, for the table output (--json has every row)."""
+    from .reports import format_table
+
+    rows = sorted(relabel["rows"], key=lambda r: -r["max_abs_diff"])[:worst]
+    shown = [{"index": r["index"], "view": r["view"], "diff": f"{r['max_abs_diff']:.2e}",
+              "logits": f"{r['logits_max_abs_diff']:.2e}" if "logits_max_abs_diff" in r else None,
+              "ok": "ok" if r["ok"] else "FAILED"} for r in rows]
+    head = (f"re-labelled {relabel['sample']} random rows on {relabel['device']} (seed {relabel['seed']}); "
+            f"tolerance |stored - fresh| <= {relabel['atol']:.2e} + {relabel['rtol']:.2e} |fresh|; "
+            f"the {len(rows)} largest differences:")
+    return head + "\n" + format_table(shown, [("index", "index"), ("view", "view"), ("diff", "max |diff|"),
+                                              ("logits", "logits max |diff|"), ("ok", "result")])
 
 
 def combine_stores(paths, out, weights, *, overwrite: bool = False):

@@ -39,15 +39,6 @@ class StudentOptions(TrainOptions):
     method_options: dict = field(default_factory=dict)  # only what the user set; defaults come from the method
 
 
-def store_temperature(store: LabelStore) -> float | None:
-    """The temperature of a store's soft labels (a combined store's, when its members agree)."""
-    gen = store.generator
-    if "temperature" in gen:
-        return float(gen["temperature"])
-    temps = {m.get("generator", {}).get("temperature") for m in gen.get("members", [])}
-    return float(temps.pop()) if len(temps) == 1 and None not in temps else None
-
-
 def check_source_choice(options: StudentOptions, method: type[Distiller]) -> None:
     if options.labels and options.teachers:
         raise UserError("pass either --labels STORE or --teacher CKPT, not both")
@@ -68,7 +59,7 @@ def open_store_source(options: StudentOptions, method: type[Distiller], data: Pr
         store.check_dataset(data.identity("train"))
     except StoreError as exc:
         raise UserError(str(exc)) from None
-    temperature = store_temperature(store)
+    temperature = store.temperature  # validated on open: finite, > 0, a combined store's common one
     if SIGNAL_TARGETS in method.teacher_signals and options.temperature is not None \
             and temperature is not None and abs(options.temperature - temperature) > 1e-9:
         raise UserError(f"store {store.path} holds labels at temperature {temperature:g}, fixed when it was made; "

@@ -13,8 +13,10 @@ import h5py
 import numpy as np
 import torch
 
+from . import integrity
 from . import schema as S
 from .schema import StoreError
+from .values import as_float32, densify_topk
 
 
 # -- validation steps (also run one by one by tools.verify) ------------------------------------
@@ -46,9 +48,25 @@ def check_format(f: h5py.File) -> None:
     if f.attrs.get(S.ATTR_FORMAT) != S.FORMAT:
         raise StoreError(f"{name} is not a labelopt label store (format attribute is not {S.FORMAT!r})")
     version = _attr_int(f, S.ATTR_SCHEMA_VERSION)
+    if version is not None and version < S.SCHEMA_VERSION:
+        raise StoreError(f"{name} is a schema {version} label store, older than this labelopt reads "
+                         f"({S.SCHEMA_VERSION}: its attributes carry a digest); regenerate it with labelopt "
+                         f"generate-labels")
     if version != S.SCHEMA_VERSION:
         raise StoreError(f"{name}: schema version {version} is not supported by this labelopt "
                          f"(reads {S.SCHEMA_VERSION}): upgrade labelopt")
+
+
+def root_attrs(f: h5py.File) -> dict:
+    """Every root attribute as h5py returns it; one that cannot be read at all makes the file unusable."""
+    try:
+        return {name: f.attrs[name] for name in f.attrs.keys()}
+    except (OSError, TypeError, ValueError) as exc:
+        raise StoreError(f"{f.filename}: a root attribute cannot be read ({exc}); regenerate the store")
+
+
+def check_digest(f: h5py.File) -> str:
+    return integrity.check_root_digest(f.filename, root_attrs(f))
 
 
 def check_complete(f: h5py.File) -> None:
@@ -58,10 +76,31 @@ def check_complete(f: h5py.File) -> None:
 
 
 def check_attrs(f: h5py.File) -> dict:
-    """Format, version, completeness and the JSON attributes; returns them parsed."""
+    """Format, version, completeness, the digest and the JSON attributes; returns them parsed."""
     check_format(f)
     check_complete(f)
+    check_digest(f)
     return parse_attrs(f)
+
+
+def check_temperature(f: h5py.File, meta: dict) -> float:
+    try:
+        return S.generator_temperature(meta[S.ATTR_GENERATOR])
+    except ValueError as exc:
+        raise StoreError(f"{f.filename}: {exc}; soft labels need the temperature they were made at: "
+                         f"regenerate the store")
+
+
+def check_listing(f: h5py.File, meta: dict) -> None:
+    """The checksums attribute names exactly the datasets in the file (none added, none deleted)."""
+    listed, present = set(meta[S.ATTR_CHECKSUMS]), set(all_datasets(f))
+    unlisted, gone = sorted(present - listed), sorted(listed - present)
+    if unlisted:
+        raise StoreError(f"{f.filename}: dataset /{unlisted[0]} has no entry in the checksums attribute; "
+                         f"re-fetch the store or regenerate it")
+    if gone:
+        raise StoreError(f"{f.filename}: checksums list /{gone[0]} but the file has no such dataset (deleted?); "
+                         f"re-fetch the store or regenerate it")
 
 
 def parse_attrs(f: h5py.File) -> dict:
@@ -175,16 +214,30 @@ def validate(f: h5py.File) -> tuple[dict, dict]:
     meta = check_attrs(f)
     check_links(f)
     check_storage(f)
-    return meta, check_shapes(f, meta)
+    check_listing(f, meta)
+    facts = check_shapes(f, meta)
+    facts["temperature"] = check_temperature(f, meta)
+    return meta, facts
 
 
-def read_dataset(f: h5py.File, path: str) -> np.ndarray:
-    """Whole dataset as numpy; a fletcher32 failure becomes a StoreError naming it."""
+def read_dataset(f: h5py.File, path: str, checksums: dict) -> np.ndarray:
+    """Whole dataset as numpy, its sha256 checked against `checksums`; a failure is a StoreError naming it."""
     try:
-        return f[path][()]
+        array = f[path][()]
     except OSError as exc:
         raise StoreError(f"{f.filename}: dataset /{path} failed to read ({exc}); the file is corrupt: "
-                         f"run labelopt verify and regenerate it")
+                         f"run labelopt labels verify and regenerate it")
+    return integrity.check_array(f.filename, path, array, checksums)
+
+
+def stream_check(f: h5py.File, path: str, checksums: dict) -> None:
+    """Check a dataset's sha256 chunk by chunk, keeping none of it (for readers of slices)."""
+    try:
+        digest = integrity.dataset_sha256(f[path])
+    except OSError as exc:
+        raise StoreError(f"{f.filename}: dataset /{path} failed to read ({exc}); the file is corrupt: "
+                         f"run labelopt labels verify and regenerate it")
+    integrity.check_digest_of(f.filename, path, digest, checksums)
 
 
 def identity_mismatches(dataset: dict, identity: dict) -> list[tuple[str, object, object]]:
@@ -195,20 +248,12 @@ def identity_mismatches(dataset: dict, identity: dict) -> list[tuple[str, object
 
 # -- the reader -----------------------------------------------------------------------------
 
-# float16 -> float32 by table lookup: exact, single-threaded, and as fast for subnormals as for normal numbers.
-# Soft labels are full of subnormals (a third of a 100-class softmax's entries), and numpy's astype runs about
-# three times slower on them.
-_FLOAT16_TO_32 = np.arange(2 ** 16, dtype=np.uint16).view(np.float16).astype(np.float32)
-
-
-def as_float32(values: np.ndarray) -> np.ndarray:
-    if values.dtype == np.float16:
-        return _FLOAT16_TO_32.take(values.view(np.uint16))
-    return values.astype(np.float32, copy=False)
-
-
 class LabelStore:
-    """A validated, read-only label store; `load` then `gather` for training."""
+    """A validated, read-only label store; `load` then `gather` for training.
+
+    Every dataset is checked against its recorded sha256 as it is read (load, rows, labels, view_params),
+    so a store edited after it was written is refused before anything trains on it.
+    """
 
     def __init__(self, path: Path, meta: dict, facts: dict, shared_params: np.ndarray | None):
         self.path = path
@@ -227,8 +272,10 @@ class LabelStore:
         self.feature_dims: dict[str, int] = facts["features"]
         self.feature_taps: list[str] = list(self.feature_dims)
         self.per_sample_params: bool = facts["per_sample_params"]
+        self._temperature: float = facts["temperature"]
         self._shared_params = shared_params
         self._mem: dict[str, tuple] = {}
+        self._streamed: set[str] = set()  # datasets whose sha256 rows() has checked
 
     @classmethod
     def open(cls, path) -> "LabelStore":
@@ -236,13 +283,18 @@ class LabelStore:
         check_file(path)
         with open_h5(path) as f:
             meta, facts = validate(f)
-            shared = None if facts["per_sample_params"] else read_dataset(f, S.VIEW_PARAMS)
+            shared = None if facts["per_sample_params"] else read_dataset(f, S.VIEW_PARAMS, meta[S.ATTR_CHECKSUMS])
         return cls(path, meta, facts, shared)
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the soft labels were made at (finite, > 0; checked on open)."""
+        return self._temperature
 
     def __repr__(self) -> str:
         kind = f"top-{self.topk}" if self.is_topk else "dense"
         return (f"LabelStore({str(self.path)!r}, {self.dataset.get('name')}/{self.dataset.get('split')}, "
-                f"N={self.num_samples}, V={self.num_views}, C={self.num_classes}, {kind})")
+                f"N={self.num_samples}, V={self.num_views}, C={self.num_classes}, {kind}, T={self.temperature:g})")
 
     # -- checks ---------------------------------------------------------------------------
 
@@ -276,8 +328,12 @@ class LabelStore:
 
     # -- data -----------------------------------------------------------------------------
 
+    def _read(self, f: h5py.File, path: str) -> np.ndarray:
+        return read_dataset(f, path, self.checksums)
+
     def load(self, signals=(S.SIGNAL_TARGETS,)) -> None:
-        """Read the signals a student needs into memory once; the HDF5 file is closed afterwards."""
+        """Read the signals a student needs into memory once (each checked against its sha256); the file is
+        closed afterwards."""
         if isinstance(signals, str):
             signals = (signals,)
         todo = [s for s in signals if s not in self._mem]
@@ -288,16 +344,18 @@ class LabelStore:
         with open_h5(self.path) as f:
             for signal in todo:
                 if signal == S.SIGNAL_TARGETS and self.is_topk:
-                    idx = read_dataset(f, S.TOPK_INDICES)
-                    vals = read_dataset(f, S.TOPK_VALUES)
-                    # int64 once here so scatter_ needs no conversion per batch.
+                    idx = self._read(f, S.TOPK_INDICES)
+                    vals = self._read(f, S.TOPK_VALUES)
+                    # int64 once here so a gather needs no conversion per batch.
                     self._mem[signal] = ("topk", torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(vals))
                 else:
-                    self._mem[signal] = ("dense", torch.from_numpy(read_dataset(f, S.signal_path(signal))))
+                    self._mem[signal] = ("dense", torch.from_numpy(self._read(f, S.signal_path(signal))))
 
     def gather(self, indices: torch.Tensor, views: torch.Tensor | None = None,
                signal: str = S.SIGNAL_TARGETS) -> torch.Tensor:
-        """float32 [B, C] (targets/logits) or [B, D] (features) for rows (indices[i], views[i])."""
+        """float32 [B, C] (targets/logits) or [B, D] (features) for rows (indices[i], views[i]).
+
+        Top-k targets come back dense: the stored values, and the missing mass spread over the other classes."""
         if signal not in self._mem:
             self.load((signal,))
         # numpy indexing, single-threaded: torch splits a gather this small across threads, and on a machine
@@ -308,32 +366,42 @@ class LabelStore:
         if entry[0] == "dense":
             return torch.from_numpy(as_float32(entry[1].numpy()[rows, cols]))
         _, idx, vals = entry
-        out = np.zeros((rows.shape[0], self.num_classes), dtype=np.float32)
-        np.put_along_axis(out, idx.numpy()[rows, cols], as_float32(vals.numpy()[rows, cols]), axis=1)
-        return torch.from_numpy(out)
+        return torch.from_numpy(densify_topk(idx.numpy()[rows, cols], vals.numpy()[rows, cols], self.num_classes))
+
+    def topk_entries(self, indices, views) -> tuple[np.ndarray, np.ndarray]:
+        """A top-k store's stored (class ids int64 [B, k], values float32 [B, k]) for rows (indices, views)."""
+        if not self.is_topk:
+            raise StoreError(f"store {self.path} is dense; it has no top-k entries")
+        self.load((S.SIGNAL_TARGETS,))
+        _, idx, vals = self._mem[S.SIGNAL_TARGETS]
+        rows, cols = np.asarray(indices, dtype=np.int64), np.asarray(views, dtype=np.int64)
+        return idx.numpy()[rows, cols], as_float32(vals.numpy()[rows, cols])
 
     def rows(self, signal: str, start: int, stop: int) -> np.ndarray:
-        """Dense float32 [stop-start, V, C or D] straight from the file (top-k densified): for tools."""
+        """Dense float32 [stop-start, V, C or D] straight from the file (top-k densified as in gather): for tools.
+
+        The first read of a dataset streams all of it once through sha256 (constant memory, one extra pass)."""
         self.require(signal)
+        paths = (S.TOPK_INDICES, S.TOPK_VALUES) if signal == S.SIGNAL_TARGETS and self.is_topk \
+            else (S.signal_path(signal),)
         with open_h5(self.path) as f:
-            if signal == S.SIGNAL_TARGETS and self.is_topk:
-                try:
-                    idx = f[S.TOPK_INDICES][start:stop].astype(np.int64)
-                    vals = f[S.TOPK_VALUES][start:stop].astype(np.float32)
-                except OSError as exc:
-                    raise StoreError(f"{self.path}: top-k datasets failed to read ({exc}); regenerate the store")
-                dense = np.zeros((stop - start, self.num_views, self.num_classes), dtype=np.float32)
-                np.put_along_axis(dense, idx, vals, axis=-1)
-                return dense
+            for path in paths:
+                if path not in self._streamed:
+                    stream_check(f, path, self.checksums)
+                    self._streamed.add(path)
             try:
-                return f[S.signal_path(signal)][start:stop].astype(np.float32)
+                parts = [f[path][start:stop] for path in paths]
             except OSError as exc:
-                raise StoreError(f"{self.path}: {signal} failed to read ({exc}); regenerate the store")
+                raise StoreError(f"{self.path}: {signal} failed to read ({exc}); the file is corrupt: "
+                                 f"run labelopt labels verify and regenerate it")
+        if len(parts) == 2:
+            return densify_topk(parts[0], parts[1], self.num_classes)
+        return as_float32(parts[0])
 
     def labels(self) -> np.ndarray:
         """Ground-truth labels seen at generation, int64 [N]."""
         with open_h5(self.path) as f:
-            return read_dataset(f, S.LABELS)
+            return self._read(f, S.LABELS)
 
     def view_params(self, indices=None) -> np.ndarray:
         """Shared stores: the [V, P] table (same for every sample, `indices` ignored).
@@ -341,7 +409,7 @@ class LabelStore:
         if self._shared_params is not None:
             return self._shared_params
         with open_h5(self.path) as f:
-            params = read_dataset(f, S.VIEW_PARAMS)
+            params = self._read(f, S.VIEW_PARAMS)
         if indices is None:
             return params
         return params[np.asarray(indices, dtype=np.int64)]

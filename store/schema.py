@@ -1,13 +1,15 @@
-"""Label store schema v1: names, dtypes and the one error type every store module raises.
+"""Label store schema v2: names, dtypes and the one error type every store module raises.
 
 Kept free of h5py so that anything (docs tooling, the CLI) can import the constants cheaply.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 FORMAT = "labelopt.labels"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: the root `digest` attribute; v1 stores are refused (regenerate them)
 
 # Root attributes. JSON ones hold dicts; the others are plain scalars/strings.
 ATTR_FORMAT = "format"
@@ -19,6 +21,7 @@ ATTR_GENERATOR = "generator"
 ATTR_VIEWS = "views"
 ATTR_COMPLETE = "complete"
 ATTR_CHECKSUMS = "checksums"
+ATTR_DIGEST = "digest"  # sha256 over every other root attribute (store/integrity.py)
 JSON_ATTRS = (ATTR_DATASET, ATTR_GENERATOR, ATTR_VIEWS)
 
 # Dataset paths (relative to the root, no leading slash: the same spelling is used as
@@ -83,3 +86,30 @@ def signal_path(signal: str) -> str:
     if signal.startswith(FEATURE_PREFIX):
         return feature_path(check_tap_name(signal[len(FEATURE_PREFIX):]))
     raise ValueError(f"unknown signal {signal!r}: use 'targets', 'logits' or 'features:<tap>'")
+
+
+def generator_temperature(generator: dict) -> float:
+    """The temperature of a store's soft labels: the generator's own, or its members' common one (combined stores).
+
+    ValueError (the reason) when it is missing, not a finite number > 0, or the members disagree.
+    """
+    if not isinstance(generator, dict):
+        raise ValueError("the generator record is missing")
+    own = generator.get("temperature")
+    found = [] if own is None and "temperature" not in generator else [_positive(own)]
+    members = generator.get("members")
+    if members is not None:
+        if not isinstance(members, list) or not members:
+            raise ValueError("the generator's members are not a non-empty list")
+        found += [generator_temperature(m.get("generator") if isinstance(m, dict) else None) for m in members]
+    if not found:
+        raise ValueError("the generator record has no temperature")
+    if len(set(found)) > 1:
+        raise ValueError(f"the generator record mixes temperatures {sorted(set(found))}")
+    return found[0]
+
+
+def _positive(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"the generator's temperature {value!r} is not a finite number > 0")
+    return float(value)

@@ -9,6 +9,7 @@ import numpy as np
 from . import reader as R
 from . import schema as S
 from .reader import LabelStore
+from .integrity import dataset_sha256
 from .schema import StoreError
 from .writer import StoreLayout, StoreWriter
 
@@ -22,20 +23,6 @@ def file_sha256(path) -> str:
 
 
 # -- verify -----------------------------------------------------------------------------------
-
-def _read_and_hash(dset) -> str:
-    """Read every chunk (fletcher32 is checked by HDF5 on each) and sha256 the C-order bytes."""
-    digest = hashlib.sha256()
-    if dset.ndim == 0:
-        digest.update(np.ascontiguousarray(dset[()]).tobytes())
-        return digest.hexdigest()
-    step = dset.chunks[0] if dset.chunks else max(1, dset.shape[0])
-    little = dset.dtype.newbyteorder("<")  # checksums are defined over little-endian bytes
-    for start in range(0, dset.shape[0], step):
-        block = dset[start:start + step]
-        digest.update(np.ascontiguousarray(block, dtype=little).tobytes())
-    return digest.hexdigest()
-
 
 def verify(path, identity: dict | None = None) -> dict:
     """Every check as {"name", "ok", "detail"}; never raises on a bad file, it reports."""
@@ -59,7 +46,10 @@ def verify(path, identity: dict | None = None) -> dict:
     with f:
         run("format", lambda: R.check_format(f))
         run("complete", lambda: R.check_complete(f))
+        run("digest", lambda: R.check_digest(f))
         attrs_ok, meta = run("attributes", lambda: R.parse_attrs(f))
+        if attrs_ok:
+            run("temperature", lambda: f"{R.check_temperature(f, meta):g}")
         links_ok, _ = run("links", lambda: R.check_links(f))
         storage_ok, _ = run("storage", lambda: R.check_storage(f))
         if attrs_ok:
@@ -75,7 +65,7 @@ def verify(path, identity: dict | None = None) -> dict:
 def _check_contents(f, meta, run) -> None:
     expected = dict(meta[S.ATTR_CHECKSUMS]) if meta else {}
     for name, dset in sorted(R.all_datasets(f).items()):
-        ok, digest = run(f"chunks:{name}", lambda d=dset: _read_and_hash(d))
+        ok, digest = run(f"chunks:{name}", lambda d=dset: dataset_sha256(d))
         if not ok or meta is None:
             continue
         want = expected.pop(name, None)
@@ -118,6 +108,10 @@ def _same_source(stores: list[LabelStore]) -> None:
                 raise StoreError(f"cannot combine {first.path} and {other.path}: views {key} differs "
                                  f"({first.views.get(key)!r} vs {other.views.get(key)!r}); "
                                  f"combine only stores generated with the same views")
+        if other.temperature != first.temperature:
+            raise StoreError(f"cannot combine {first.path} (temperature {first.temperature:g}) and {other.path} "
+                             f"(temperature {other.temperature:g}): labels made at different temperatures do not "
+                             f"average into one store; regenerate one of them at the other's --temperature")
         a, b = first.view_params(), other.view_params()
         if first.per_sample_params != other.per_sample_params or a.shape != b.shape or not np.array_equal(a, b):
             raise StoreError(f"cannot combine {first.path} and {other.path}: their view parameters differ; "
@@ -128,7 +122,11 @@ def _same_source(stores: list[LabelStore]) -> None:
 
 def combine(paths: list[Path], out: Path, weights: list[float] | None = None, *, overwrite: bool = False,
             labelopt_version: str = "") -> Path:
-    """A new store whose soft labels are the weighted mean of the members'."""
+    """A new store whose soft labels are the weighted mean of the members' (made at one temperature).
+
+    It holds no logits: the mean of the members' logits is not the ensemble's label (softmax of a mean is
+    not the mean of softmaxes), so a kd student would learn from a distribution no member nor the mean gave.
+    Top-k members are read densified (values.densify_topk) before averaging."""
     if len(paths) < 2:
         raise StoreError("combine needs at least two label stores")
     weights = [1.0] * len(paths) if weights is None else [float(w) for w in weights]
@@ -141,17 +139,17 @@ def combine(paths: list[Path], out: Path, weights: list[float] | None = None, *,
 
     ks = {s.topk for s in stores}
     topk = ks.pop() if len(ks) == 1 else None  # all top-k with one k: stay top-k; otherwise dense
-    logits = all(s.has_logits for s in stores)
     per_sample = first.per_sample_params
     params = first.view_params()
     layout = StoreLayout(num_samples=first.num_samples, num_views=first.num_views, num_classes=first.num_classes,
-                         topk=topk, logits=logits, param_size=params.shape[-1], per_sample_params=per_sample)
+                         topk=topk, logits=False, param_size=params.shape[-1], per_sample_params=per_sample)
     header = {
         "labelopt_version": labelopt_version,
         "dataset": first.dataset,
         "views": first.views,
         "generator": {
             "method": "combine",
+            "temperature": first.temperature,
             "members": [{"path": str(s.path), "file_sha256": file_sha256(s.path), "generator": s.generator}
                         for s in stores],
             "weights": weights,
@@ -163,8 +161,6 @@ def combine(paths: list[Path], out: Path, weights: list[float] | None = None, *,
     for b in writer.pending_blocks():
         start, stop = layout.block_range(b)
         targets = sum(w * s.rows(S.SIGNAL_TARGETS, start, stop) for w, s in zip(weights, stores))
-        mean_logits = (sum(w * s.rows(S.SIGNAL_LOGITS, start, stop) for w, s in zip(weights, stores))
-                       if logits else None)
-        writer.write_block(b, targets=targets, labels=labels[start:stop], logits=mean_logits,
+        writer.write_block(b, targets=targets, labels=labels[start:stop],
                            view_params=params[start:stop] if per_sample else None)
     return writer.finish()

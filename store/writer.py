@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from . import schema as S
+from .integrity import root_digest
 from .schema import StoreError
 
 JOB_FILE = "job.json"
@@ -144,6 +145,10 @@ def _normalise_header(header: dict, layout: StoreLayout) -> dict:
             raise ValueError(f"store header dataset needs {key!r}")
     if "policy" not in views:
         raise ValueError("store header views needs 'policy'")
+    try:  # readers refuse a store without a usable temperature: refuse to write one
+        S.generator_temperature(header[S.ATTR_GENERATOR])
+    except ValueError as exc:
+        raise ValueError(f"store header: {exc}") from None
     dataset.setdefault("class_names", None)
     # The header repeats the layout's sizes so a plain-h5py reader finds them in the attrs.
     for holder, key, value in ((dataset, "num_samples", layout.num_samples),
@@ -345,8 +350,10 @@ class StoreWriter:
                 f.create_dataset(S.VIEW_PARAMS, data=params, chunks=params.shape, **filters)
                 hashes[S.VIEW_PARAMS] = hashlib.sha256(params.tobytes())
             f.attrs[S.ATTR_CHECKSUMS] = json.dumps({k: h.hexdigest() for k, h in sorted(hashes.items())})
-            # Last: a file that has this flag was written to the end.
+            # Last: a file that has this flag was written to the end ...
             f.attrs[S.ATTR_COMPLETE] = np.int64(1)
+            # ... and the digest of every attribute, computed from what the file now holds.
+            f.attrs[S.ATTR_DIGEST] = root_digest({name: f.attrs[name] for name in f.attrs.keys()})
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
 

@@ -1,4 +1,8 @@
 """Tiny label stores written straight through the store writer, for tests of the store and its tools."""
+import hashlib
+import json
+
+import h5py
 import numpy as np
 
 from labelopt.store import StoreLayout, StoreWriter
@@ -52,3 +56,27 @@ def build(path, layout=None, data=None, header=None, **kw):
     writer = StoreWriter(path, header or make_header(), layout, **kw)
     write_blocks(writer, data, writer.pending_blocks())
     return writer.finish(), data
+
+
+def independent_digest(f: h5py.File) -> str:
+    """docs/label-store.md's recipe, written out: names in UTF-8 byte order, everything length-prefixed."""
+    out = b""
+    for name in sorted((k for k in f.attrs if k != "digest"), key=lambda k: k.encode()):
+        value = f.attrs[name]
+        out += len(name.encode()).to_bytes(8, "little") + name.encode()
+        if isinstance(value, str):
+            out += b"s" + len(value.encode()).to_bytes(8, "little") + value.encode()
+        else:
+            out += b"i" + int(value).to_bytes(8, "little", signed=True)
+    return hashlib.sha256(out).hexdigest()
+
+
+def forge(path, edit):
+    """Edit a store the way a careful forger would: checksums and digest recomputed to match."""
+    with h5py.File(path, "r+") as f:
+        edit(f)
+        sums = {}
+        f.visititems(lambda name, obj: sums.__setitem__(name, hashlib.sha256(obj[()].tobytes()).hexdigest())
+                     if isinstance(obj, h5py.Dataset) else None)
+        f.attrs["checksums"] = json.dumps(sums)
+        f.attrs["digest"] = independent_digest(f)

@@ -4,12 +4,13 @@ import json
 import h5py
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from labelopt.cli import main
 from labelopt.pipeline.datasets import open_dataset
-from labelopt.store import LabelStore
-from labelopt.tests.store_fakes import build, make_data, make_header, make_layout
+from labelopt.store import LabelStore, verify
+from labelopt.tests.store_fakes import build, forge, make_data, make_header, make_layout
 
 
 def run(*args):
@@ -140,3 +141,116 @@ def test_combine_refuses_stores_of_other_data_and_writes_nothing(tmp_path):
     assert not (tmp_path / "ens.h5").exists() and not any(p.name.startswith(".ens") for p in tmp_path.iterdir())
     bad_weights = run("labels", "combine", a, b, "--out", tmp_path / "ens.h5", "--weights", "1,x")
     assert bad_weights.exit_code == 2 and "--weights" in bad_weights.output
+
+
+# -- verify --teacher --sample: re-label random rows -------------------------------------------------
+
+def untrained_teacher(path):
+    from labelopt.models import create_model
+    from labelopt.pipeline.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(path, {"arch": "resnet20", "num_classes": 10, "model": create_model("resnet20", 10).state_dict()})
+    return path
+
+
+def test_verify_refuses_a_teacher_the_store_does_not_name(tmp_path, tiny_cifar_dir):
+    path = matching_store(tmp_path, tiny_cifar_dir)  # its record names a checkpoint with sha256 "00"
+    teacher = untrained_teacher(tmp_path / "t.pt")
+    line = one_line_error(run("labels", "verify", path, "--data", tiny_cifar_dir, "--teacher", teacher))
+    assert "is not the one store" in line and str(teacher) in line and "pass that checkpoint" in line
+    no_data = one_line_error(run("labels", "verify", path, "--teacher", teacher))
+    assert "pass --data" in no_data
+    bad_sample = one_line_error(run("labels", "verify", path, "--data", tiny_cifar_dir, "--sample", "0"))
+    assert "--sample must be at least 1" in bad_sample
+
+
+@pytest.mark.parametrize("topk", [None, 3])
+def test_relabel_comparison_passes_the_truth_and_catches_other_values(tmp_path, topk):
+    from labelopt.pipeline.store_relabel import ATOL, RTOL, compare_rows
+
+    layout = make_layout(topk=topk, logits=topk is None)
+    path, data = build(tmp_path / "s.h5", layout)
+    store = LabelStore.open(path)
+    rows = np.array([0, 3, 3, 9])
+    views = np.array([2, 0, 1, 2])
+    probs, logits = data["targets"][rows, views], None if topk else data["logits"][rows, views]
+    honest = compare_rows(store, rows, views, probs, logits)
+    assert all(r["ok"] for r in honest), honest
+    stored = data["targets"].astype(np.float16).astype(np.float64)[rows, views]
+    if topk:  # only the kept classes are compared
+        kept = -np.sort(-stored, axis=1)[:, :topk]
+        want = np.abs(kept - -np.sort(-probs.astype(np.float64), axis=1)[:, :topk]).max(1)
+    else:
+        want = np.abs(stored - probs).max(1)
+    np.testing.assert_allclose([r["max_abs_diff"] for r in honest], want, rtol=1e-5, atol=1e-9)
+    assert max(want) <= ATOL + RTOL  # float16 rounding of a probability stays inside the tolerance
+
+    shifted = probs.copy()
+    shifted[1] = np.roll(shifted[1], 1)  # row 1 is another distribution
+    result = compare_rows(store, rows, views, shifted, logits)
+    assert [r["ok"] for r in result] == [True, False, True, True]
+    if topk:
+        boosted = probs.copy()
+        left_out = np.argsort(probs[2])[0]  # the smallest class, never stored
+        boosted[2, left_out] = probs[2].max() * 2  # the teacher would have kept it
+        result = compare_rows(store, rows, views, boosted, None)
+        assert [r["topk_classes_ok"] for r in result] == [True, True, False, True]
+    else:
+        result = compare_rows(store, rows, views, probs, logits + np.array([0, 0, 0.1, 0])[:, None])
+        assert [r["ok"] for r in result] == [True, True, False, True]
+        assert result[2]["logits_max_abs_diff"] == pytest.approx(0.1, abs=0.01)
+
+
+@pytest.mark.slow
+def test_verify_relabels_an_honest_store_and_catches_a_forged_one(tmp_path, tiny_cifar_dir):
+    from labelopt.pipeline.labeling import GenerateOptions, generate_labels
+
+    teacher = untrained_teacher(tmp_path / "t.pt")
+    path = tmp_path / "s.h5"
+    # Sampled views: per-sample parameters that re-labelling must regenerate exactly as stage one drew them.
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(path), teachers=(str(teacher),), split="test",
+                                    views="sampled:2", temperature=4.0, logits=True, seed=3, device="cpu",
+                                    block_rows=16), log=lambda m: None)
+    args = ("labels", "verify", path, "--data", tiny_cifar_dir, "--teacher", teacher, "--sample", 30, "--device", "cpu")
+    honest = run(*args, "--json")
+    assert honest.exit_code == 0, honest.output
+    report = json.loads(honest.output)
+    assert {c["name"]: c["ok"] for c in report["checks"]}.items() >= {
+        "teacher": True, "views": True, "ground truth": True, "relabel": True}.items()
+    rows = report["relabel"]["rows"]
+    assert len(rows) == 30 == len({(r["index"], r["view"]) for r in rows}) and all(r["ok"] for r in rows)
+    assert report["relabel"]["max_abs_diff"] < 2 ** -10
+
+    def other_values(f):
+        rng = np.random.default_rng(0)
+        z = rng.normal(size=f["targets"].shape) * 2
+        f["targets"][...] = (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).astype(np.float16)
+
+    forge(path, other_values)  # a consistent store: checksums and digest recomputed
+    assert verify(path)["ok"]
+    forged = run(*args)
+    line = one_line_error(forged)
+    assert "relabel" in line
+    assert "FAILED" in forged.output and "largest differences" in forged.output
+
+
+def test_ensemble_teachers_are_matched_by_sha256_in_the_stores_order(tmp_path):
+    import hashlib
+
+    from labelopt.pipeline.errors import UserError
+    from labelopt.pipeline.store_relabel import ordered_teachers
+
+    a, b, c = (tmp_path / f"{n}.pt" for n in "abc")
+    for i, path in enumerate((a, b, c)):
+        path.write_bytes(bytes([i]) * 10)
+    sha = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()
+    header = make_header()
+    header["generator"]["teachers"] = [{"arch": "resnet", "checkpoint_sha256": sha(p)} for p in (a, b)]
+    store = LabelStore.open(build(tmp_path / "ens.h5", header=header)[0])
+    assert ordered_teachers(store, (str(b), str(a))) == [str(a), str(b)]
+    for given, words in (((str(a),), "2 teacher checkpoint(s) and 1 were given"),
+                         ((str(a), str(b), str(a)), "and 3 were given"),
+                         ((str(a), str(c)), f"{c} (sha256 {sha(c)[:12]}) is not the one")):
+        with pytest.raises(UserError, match=words.replace("(", r"\(").replace(")", r"\)")):
+            ordered_teachers(store, given)

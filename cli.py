@@ -393,7 +393,7 @@ def labels_inspect(store, bins, as_json):
               help="A prepared dataset folder: also check the store was made from it (fingerprint, N, classes).")
 @click.option("--teacher", "teachers", multiple=True,
               help="Re-label random rows with this checkpoint (the store's own; repeat for an ensemble); needs --data.")
-@click.option("--sample", type=int, default=None, help="How many random (index, view) rows to re-label [64].")
+@click.option("--sample", type=number("sample"), default=None, help="How many random (index, view) rows to re-label [64].")
 @click.option("--device", default="auto", show_default=True, help="Where to re-label: auto, cpu, cuda, cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
 def labels_verify(store, data, teachers, sample, device, as_json):

@@ -162,7 +162,7 @@ def test_verify_refuses_a_teacher_the_store_does_not_name(tmp_path, tiny_cifar_d
     no_data = one_line_error(run("labels", "verify", path, "--teacher", teacher))
     assert "pass --data" in no_data
     bad_sample = one_line_error(run("labels", "verify", path, "--data", tiny_cifar_dir, "--sample", "0"))
-    assert "--sample must be at least 1" in bad_sample
+    assert "'--sample': '0' is out of range" in bad_sample
 
 
 @pytest.mark.parametrize("topk", [None, 3])

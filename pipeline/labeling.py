@@ -185,7 +185,8 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
         "labelopt_version": __version__,
         "dataset": {**data.identity(options.split), "class_names": data.class_names},
         "generator": {"method": options.method, "temperature": options.temperature,
-                      "options": {"mix_gt": options.mix_gt, "seed": options.seed, "topk": options.topk},
+                      "options": {"mix_gt": options.mix_gt, "seed": options.seed, "topk": options.topk,
+                                  "bf16": options.bf16, "device_type": device.type},
                       "teachers": [t.identity for t in teachers]},
         "views": views.description,
     }

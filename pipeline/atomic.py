@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -38,6 +39,8 @@ def atomic_directory(final: Path, overwrite: bool):
     """Yield a temporary sibling folder; on success it replaces `final`, on failure it is removed."""
     refuse_existing(final, overwrite)
     ensure_writable_dir(final.parent, "output folder")
+    for stale in final.parent.glob(f".{final.name}.tmp-*"):  # a killed run's (the caller holds the lock)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     umask = os.umask(0)
     os.umask(umask)
@@ -56,10 +59,29 @@ def atomic_directory(final: Path, overwrite: bool):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
+def write_bytes_atomic(path: Path, data, *, then: str = "run the command again") -> None:
+    """`data` under `path` only once wholly written. A full disk is one line with the figures and what to do next;
+    no temporary file survives a failure. (store/writer.py has the store's own twin: store imports nothing of
+    pipeline, and `labelopt train` should not import the store.)"""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free / 2 ** 20
+            raise UserError(f"disk full writing {path} ({len(data) / 2**20:.1f} MiB, {free:.1f} MiB free there); "
+                            f"free space and {then}") from None
+        raise
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode())
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -5,12 +5,13 @@ plain containers, and a file that is not ours is refused with one line.
 """
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
 
 import torch
 
 from ..models import UnknownModelError, create_model
+from .atomic import write_bytes_atomic
 from .errors import UserError
 
 CHECKPOINT_FORMAT = "labelopt.checkpoint"
@@ -19,13 +20,10 @@ CHECKPOINT_VERSION = 1
 
 def save_checkpoint(path: Path, payload: dict) -> None:
     body = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **payload}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(body, tmp)
-        os.replace(tmp, path)
-    except BaseException:  # a full disk or a kill mid-write: no half-written temporary left beside the run
-        tmp.unlink(missing_ok=True)
-        raise
+    # Serialised in memory first: torch.save reports a full disk as an opaque RuntimeError, a plain write as ENOSPC.
+    buffer = io.BytesIO()
+    torch.save(body, buffer)
+    write_bytes_atomic(path, buffer.getbuffer(), then="rerun with --resume (it continues from last.pt)")
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -25,6 +25,7 @@ from .datasets import PreparedDataset, open_dataset
 from .atomic import check_output_file
 from .errors import UserError
 from .limits import check_all
+from .locks import output_lock
 from .loading import decode_plan, field_pipelines
 from .runtime import autocast, barrier, check_precision, device_for, init_distributed
 from .views import IdentityView, PadCropFlipView, ResizedCropFlipView, Normalizer, ViewPolicy
@@ -190,13 +191,20 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
                       "teachers": [t.identity for t in teachers]},
         "views": views.description,
     }
-    # Rank 0 creates (or replaces) the partial store first; the other ranks then join it.
+    # Rank 0 holds the store's lock for every rank, and creates (or replaces) the partial store first.
+    with output_lock(Path(options.out), "label store", enabled=dist_info.is_main):
+        return write_store(options, header, layout, views, labeler, data, device, dist_info, log)
+
+
+def write_store(options: GenerateOptions, header: dict, layout: StoreLayout, views: StoreViews, labeler,
+                data: PreparedDataset, device, dist_info, log) -> Path:
+    num_classes = data.num_classes
     writer = None
     if dist_info.is_main:
-        writer = open_writer(options, header, layout, views, overwrite=options.overwrite)
+        writer = open_writer(options, header, layout, views, overwrite=options.overwrite, main=True)
     barrier(dist_info)
     if writer is None:
-        writer = open_writer(options, header, layout, views, overwrite=options.overwrite)
+        writer = open_writer(options, header, layout, views, overwrite=options.overwrite, main=False)
 
     if getattr(labeler, "needs_prototypes", False):
         build_prototypes(labeler, data, device, options, log)
@@ -232,10 +240,10 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
 
 
 def open_writer(options: GenerateOptions, header: dict, layout: StoreLayout, views: StoreViews, *,
-                overwrite: bool) -> StoreWriter:
+                overwrite: bool, main: bool) -> StoreWriter:
     try:
         return StoreWriter(Path(options.out), header, layout, overwrite=overwrite,
-                           shared_view_params=views.shared_params)
+                           shared_view_params=views.shared_params, clean_stale=main)
     except StoreError as exc:
         raise UserError(str(exc)) from None
 

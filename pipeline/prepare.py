@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime
+import math
+import shutil
 from pathlib import Path
 
 from tqdm import tqdm
@@ -10,7 +12,9 @@ from .. import __version__
 from .atomic import atomic_directory, write_json_atomic
 from .beton import write_beton
 from .datasets import DATASET_FORMAT
+from .errors import UserError
 from .fingerprint import channel_stats, split_fingerprint
+from .locks import output_lock
 from .sources import load_source
 
 
@@ -19,6 +23,23 @@ def prepare(dataset: str, root: Path | None, out: Path, *, overwrite: bool = Fal
             log=print) -> Path:
     source = load_source(dataset, root, include_unlabeled=include_unlabeled)
     final = Path(out) / source.name
+    with output_lock(final, "prepared dataset"):
+        check_space(source, final.parent)
+        return write_prepared(source, final, overwrite, max_side, jpeg_quality, log)
+
+
+def check_space(source, folder: Path) -> None:
+    """Raw-pixel datasets have a known size: refuse early, with the figure, where the disk cannot hold it."""
+    if source.storage == "jpg" or not folder.exists():
+        return  # JPEG sizes are known only once encoded
+    need = sum(len(split) * math.prod(split.image_shape) for split in source.splits.values() if split.image_shape)
+    free = shutil.disk_usage(folder).free
+    if free < need * 1.05 + 2 ** 20:
+        raise UserError(f"not enough space to prepare {source.name} in {folder}: needs about "
+                        f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free; free space or choose another --out")
+
+
+def write_prepared(source, final: Path, overwrite: bool, max_side: int, jpeg_quality: int, log) -> Path:
     with atomic_directory(final, overwrite) as tmp:
         splits = {}
         for split_name, split in source.splits.items():

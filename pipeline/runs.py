@@ -47,6 +47,8 @@ def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
         raise UserError(f"--out {out} is a file, not a run folder; pass a folder path (it is created)")
     if resume and overwrite:
         raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
+    if out.is_dir():
+        remove_stale_temporaries(out)
     if resume:
         if not (out / "last.pt").is_file():
             raise UserError(f"nothing to resume in {out} (no last.pt); drop --resume to start a new run")
@@ -57,6 +59,13 @@ def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
         for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "reliability.png"):
             (out / name).unlink(missing_ok=True)
     ensure_writable_dir(out, "run folder")
+
+
+def remove_stale_temporaries(out: Path) -> None:
+    """`.<name>.tmp-<pid>` files of a killed or failed run (the caller holds the folder's lock)."""
+    for stale in out.glob(".*.tmp-*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
 
 
 def write_config(out: Path, config: dict) -> None:
@@ -85,7 +94,13 @@ class MetricsLog:
     def read(path: Path) -> list[dict]:
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = []
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # a line cut short by a full disk or a kill: that epoch has no checkpoint either
+                continue
+        return records
 
     def append(self, record: dict) -> None:
         with self.path.open("a") as fh:

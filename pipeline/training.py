@@ -20,6 +20,7 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from .datasets import PreparedDataset, open_dataset
 from .errors import UserError
 from .limits import check_all
+from .locks import output_lock
 from .evaluation import eval_loader, predict
 from .loading import make_loader
 from .runs import MetricsLog, prepare_run_dir, provenance, read_config, write_config
@@ -131,9 +132,16 @@ def check_resume_matches(out: Path, config: dict) -> None:
 
 
 def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, objective, dist_info: DistInfo,
-        device: torch.device, *, command: str, sampler: ViewSampler | None = None,
-        extra_modules: torch.nn.Module | None = None, config_extra: dict | None = None, on_epoch_start=None,
-        on_epoch_end=None, log=print) -> Path:
+        device: torch.device, **kwargs) -> Path:
+    """`run_fit` holding the run folder's lock (rank 0 holds it for every rank under torchrun)."""
+    with output_lock(Path(options.out), "run folder", enabled=dist_info.is_main):
+        return run_fit(options, data, model, objective, dist_info, device, **kwargs)
+
+
+def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, objective, dist_info: DistInfo,
+           device: torch.device, *, command: str, sampler: ViewSampler | None = None,
+           extra_modules: torch.nn.Module | None = None, config_extra: dict | None = None, on_epoch_start=None,
+           on_epoch_end=None, log=print) -> Path:
     """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume.
 
     `objective(model, inputs, batch, extra)` returns (loss, logits, parts), parts the named terms of the loss
@@ -154,6 +162,8 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
     state = load_checkpoint(out / "last.pt") if options.resume else None
     if state is not None:
         model.load_state_dict(state["model"])
+        if dist_info.is_main:
+            restore_best(out, state)
     memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
     model = model.to(device, memory_format=memory_format)
     if extra_modules is not None:  # on the device, with resumed state, before DDP takes hold of it
@@ -268,6 +278,18 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
         if on_epoch_end is not None:
             on_epoch_end(epoch)
     return out
+
+
+def restore_best(out: Path, state: dict) -> None:
+    """last.pt is saved before best.pt, so a save that failed (a full disk) can leave best.pt behind last.pt: when
+    last.pt's own epoch is the recorded best, best.pt is last.pt's weights."""
+    best_epoch = state["training"]["best"]["epoch"]
+    if best_epoch != state["epoch"]:
+        return
+    best_path = out / "best.pt"
+    if best_path.is_file() and load_checkpoint(best_path).get("epoch") == best_epoch:
+        return
+    save_checkpoint(best_path, {k: v for k, v in state.items() if k not in ("training", "format", "version")})
 
 
 class TrainingDiverged(UserError):

@@ -7,6 +7,8 @@ processes may fill different blocks of the same folder.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -67,6 +69,17 @@ class StoreLayout:
     def num_blocks(self) -> int:
         return -(-self.num_samples // self.block_rows)
 
+    def row_bytes(self) -> int:
+        """Uncompressed bytes of one sample's row over every dataset (an upper bound for gzip's output)."""
+        per_view = (self.topk * 6 if self.topk else self.num_classes * 2) + (self.num_classes * 2 if self.logits
+                                                                               else 0)
+        per_view += sum(self.features.values()) * 2 + (self.param_size * 8 if self.per_sample_params else 0)
+        return self.num_views * per_view + 8
+
+    def block_bytes(self, b: int) -> int:
+        start, stop = self.block_range(b)
+        return (stop - start) * self.row_bytes()
+
     def block_range(self, b: int) -> tuple[int, int]:
         if not 0 <= b < self.num_blocks():
             raise ValueError(f"block {b} is out of range 0..{self.num_blocks() - 1}")
@@ -89,14 +102,41 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             np.take_along_axis(vals, order, axis=-1))
 
 
-def _atomic_write_bytes(target: Path, data: bytes) -> None:
+def write_bytes_atomic(target: Path, data, *, then: str = "rerun the same command: finished blocks are kept") -> None:
+    """`data` under `target`'s name only when wholly written; a disk-full failure is one line ending in `then`."""
     # Unique temp name per process: two ranks writing the same file never share a temp.
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:  # a full disk or a kill: no half-written temporary stays behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+            raise StoreError(f"disk full writing {target} ({len(data) / 2**20:.1f} MiB; "
+                             f"{free_mib(target.parent):.1f} MiB free there); free space and {then}") from None
+        raise
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def free_mib(folder: Path) -> float:
+    try:
+        return shutil.disk_usage(folder).free / 2 ** 20
+    except OSError:
+        return float("nan")
+
+
+def check_free_space(folder: Path, need: int, what: str) -> None:
+    """Refuse early, with the figures, when `folder` cannot hold `need` bytes (+1 % and 1 MiB of slack)."""
+    free = shutil.disk_usage(folder).free
+    if free < need * 1.01 + 2 ** 20:
+        raise StoreError(f"not enough space for {what} in {folder}: needs about {need / 2**20:.1f} MiB, "
+                         f"{free / 2**20:.1f} MiB free; free space or choose another --out")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -164,7 +204,10 @@ class StoreWriter:
     """Fill a store block by block (from one or several processes), then `finish` it once."""
 
     def __init__(self, path: Path, header: dict, layout: StoreLayout, *, overwrite: bool = False,
-                 shared_view_params: np.ndarray | None = None, compression: str = "gzip"):
+                 shared_view_params: np.ndarray | None = None, compression: str = "gzip",
+                 clean_stale: bool = True):
+        """clean_stale: the one writer of a job (rank 0 under torchrun) removes a killed run's temporary files and
+        checks the free space; other ranks' writers must not, since the first may already be writing."""
         self.path = Path(path)
         self.layout = layout
         self.overwrite = overwrite
@@ -176,7 +219,22 @@ class StoreWriter:
         if self.path.exists() and not overwrite:
             raise StoreError(f"label store {self.path} already exists; pass --overwrite to replace it")
         self.partial = partial_dir(self.path)
+        if clean_stale:
+            self._remove_stale_temporaries()
+            # Before the partial folder exists: a store that cannot fit leaves nothing behind.
+            pending = sum(self.layout.block_bytes(b) for b in self.pending_blocks())
+            check_free_space(self.path.parent, pending + self.layout.num_samples * self.layout.row_bytes(),
+                             f"label store {self.path.name} (its blocks, then the assembled file)")
         self._open_partial()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of a killed run: the lock on the output says no live writer owns them."""
+        for stale in self.path.parent.glob(f".{self.path.name}.tmp-*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        for stale in self.partial.glob(".*.tmp-*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
 
     # -- setup -------------------------------------------------------------------------------
 
@@ -221,9 +279,9 @@ class StoreWriter:
         self.partial.mkdir(parents=True, exist_ok=True)
         if existing != job:
             # Every rank writes identical bytes atomically, so the race is harmless.
-            _atomic_write_bytes(job_path, json.dumps(job, sort_keys=True, indent=1).encode())
+            write_bytes_atomic(job_path, json.dumps(job, sort_keys=True, indent=1).encode())
             if self.shared_view_params is not None:
-                _atomic_write_bytes(self.partial / SHARED_PARAMS_FILE, _npy_bytes(self.shared_view_params))
+                write_bytes_atomic(self.partial / SHARED_PARAMS_FILE, _npy_bytes(self.shared_view_params))
 
     @staticmethod
     def _read_job(job_path: Path) -> dict | None:
@@ -279,7 +337,7 @@ class StoreWriter:
 
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        _atomic_write_bytes(self.block_file(b), buf.getvalue())
+        write_bytes_atomic(self.block_file(b), buf.getvalue())
 
     def _load_block(self, b: int) -> dict[str, np.ndarray]:
         start, stop = self.layout.block_range(b)
@@ -304,10 +362,20 @@ class StoreWriter:
                              f"are missing (first: {missing[0]}); rerun generation to fill them")
         if self.path.exists() and not self.overwrite:
             raise StoreError(f"label store {self.path} already exists; pass --overwrite to replace it")
+        need = self.layout.num_samples * self.layout.row_bytes()
+        check_free_space(self.path.parent, need, f"assembling {self.path.name}")
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}.h5")
         try:
             self._assemble(tmp)
             os.replace(tmp, self.path)
+        except (OSError, RuntimeError) as exc:
+            # h5py reports a failed write as OSError or RuntimeError with the errno in its text.
+            if not (getattr(exc, "errno", None) in NO_SPACE or "errno = 28" in str(exc)
+                    or "No space left" in str(exc)):
+                raise
+            raise StoreError(f"disk full while assembling {self.path} (needs about {need / 2**20:.1f} MiB, "
+                             f"{free_mib(self.path.parent):.1f} MiB free after cleaning up); free space and rerun "
+                             f"the same command: the finished blocks in {self.partial} are kept") from None
         finally:
             if tmp.exists():
                 tmp.unlink()

@@ -1,0 +1,19 @@
+"""Shared by tests that train a run: `evaluate` of its last.pt reproduces what the run logged for its last epoch."""
+import json
+from pathlib import Path
+
+import pytest
+
+from labelopt.pipeline.evaluation import evaluate_checkpoints
+
+
+def assert_last_checkpoint_matches_log(run: Path, data: Path) -> dict:
+    """last.pt, evaluated afresh, is the model the run scored after its last epoch: the same epochs done and the
+    same test top-1, top-5, NLL and ECE as metrics.jsonl's last line (one model, one loader order, one CPU)."""
+    logged = json.loads((Path(run) / "metrics.jsonl").read_text().splitlines()[-1])
+    evaluated = evaluate_checkpoints([str(Path(run) / "last.pt")], str(data), device="cpu")["runs"][0]
+    assert evaluated["epoch"] == logged["epoch"] + 1
+    assert evaluated["top1"] == logged["test_top1"] and evaluated["top5"] == logged["test_top5"]
+    assert evaluated["nll"] == pytest.approx(logged["test_nll"], rel=1e-6)
+    assert evaluated["ece"] == pytest.approx(logged["test_ece"], rel=1e-6, abs=1e-9)
+    return evaluated

@@ -321,23 +321,23 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json
     from .pipeline.reports import format_table
 
     result = evaluate_checkpoints(list(checkpoints), str(data), split=split, device=device, bf16=bf16,
-                                  out=str(out) if out else None, n_bins=bins)
+                                  out=str(out) if out else None, n_bins=bins, compare=compare)
     if as_json:
         click.echo(result_json(result))
         return
     metrics = [("top1", "top-1 %"), ("top5", "top-5 %"), ("nll", "NLL"), ("ece", "ECE")]
     rows = list(result["runs"])
-    if compare:
-        rows = [{**r, "run": Path(r["checkpoint"]).parent.name,
-                 "epoch": None if r["epoch"] is None else r["epoch"] + 1} for r in rows]
+    if compare:  # rows named by run; "epoch" is epochs done, as in metrics.json and train's epoch lines
         click.echo(format_table(rows, [("run", "run"), ("arch", "model"), ("epoch", "epoch"), *metrics]))
-        return
-    columns = [("checkpoint", "checkpoint"), *metrics]
-    if len(rows) > 1:
-        rows.append({"checkpoint": f"mean ± std ({len(rows)})", **result["summary"]})
-    click.echo(format_table(rows, columns))
+    else:
+        if len(rows) > 1:
+            rows.append({"checkpoint": f"mean ± std ({len(rows)})", **result["summary"]})
+        click.echo(format_table(rows, [("checkpoint", "checkpoint"), *metrics]))
     if out:
-        click.echo(f"written: {Path(out) / 'metrics.json'} and reliability diagram(s) in {out}")
+        plots = [Path(r["reliability_png"]).name for r in result["runs"]]
+        if "comparison_png" in result:
+            plots.append(Path(result["comparison_png"]).name)
+        click.echo(f"written in {out}: metrics.json, {', '.join(plots)}")
 
 
 @main.command("generate-labels")

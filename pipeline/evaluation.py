@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -39,10 +40,66 @@ def eval_loader(data: PreparedDataset, split: str, device: torch.device) -> Spli
                        device=device)
 
 
+COMPARISON_PNG = "reliability-comparison.png"
+
+
+def checkpoint_names(paths: list[str]) -> list[str]:
+    """A short name per checkpoint that tells them apart: its run folder's name, widened only where two share it.
+
+    Candidates grow one step at a time: folder, folder/stem, parent/folder/stem, ... (each level has one more
+    '/', so levels cannot collide); the same file given twice is numbered: "run (2)".
+    """
+    def candidates(path: str) -> list[str]:
+        *folders, stem = Path(path).resolve().with_suffix("").parts[1:]  # parts[0] is the root
+        if not folders:
+            return [stem]
+        return [folders[-1]] + ["/".join([*folders[len(folders) - k:], stem]) for k in range(1, len(folders) + 1)]
+
+    options = [candidates(p) for p in paths]
+    level = [0] * len(paths)
+    while True:
+        names = [opts[lv] for opts, lv in zip(options, level)]
+        # Widen a name only where another *file* shares it; the same file twice cannot be told apart that way.
+        clashing = [i for i, n in enumerate(names) if level[i] + 1 < len(options[i])
+                    and any(m == n and options[j] != options[i] for j, m in enumerate(names))]
+        if not clashing:
+            break
+        for i in clashing:
+            level[i] += 1
+    return [n if n not in names[:i] else f"{n} ({names[:i].count(n) + 1})" for i, n in enumerate(names)]
+
+
+def _slug(text: str) -> str:
+    """A file-name-safe form: letters, digits, '.', '_' and '-' kept, any other run of characters -> '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")[:120] or "run"
+
+
+def plot_file_names(names: list[str], paths: list[str]) -> list[str]:
+    """reliability-<name>[-<stem>].png per checkpoint, always naming the checkpoint file, never one name twice."""
+    taken = {COMPARISON_PNG.casefold()}
+    files = []
+    for name, path in zip(names, paths):
+        stem = Path(path).stem
+        base = _slug(name.replace("/", "-") if "/" in name else f"{name}-{stem}")
+        file, n = f"reliability-{base}.png", 1
+        while file.casefold() in taken:  # casefold: one folder on a case-insensitive filesystem
+            n += 1
+            file = f"reliability-{base}-{n}.png"
+        taken.add(file.casefold())
+        files.append(file)
+    return files
+
+
+def epochs_done(body: dict) -> int | None:
+    """Finished epochs of the run when the checkpoint was saved (its "epoch" is the 0-based index of the last)."""
+    return None if body.get("epoch") is None else int(body["epoch"]) + 1
+
+
 def evaluate_checkpoints(checkpoints: list[str], data_path: str, *, split: str = "test", device: str = "auto",
-                         bf16: bool = False, out: str | None = None, n_bins: int = 15) -> dict:
-    """Metrics per checkpoint, mean ± std across them, reliability diagrams and metrics.json under `out`."""
-    from .reports import plot_reliability  # matplotlib only when plotting
+                         bf16: bool = False, out: str | None = None, n_bins: int = 15, compare: bool = False) -> dict:
+    """Metrics per checkpoint and mean ± std across them; under `out` metrics.json and a reliability diagram per
+    checkpoint, and with `compare` one figure with every checkpoint's calibration curve."""
+    from .reports import plot_comparison, plot_reliability  # matplotlib only when plotting
 
     data = open_dataset(data_path)
     dev = resolve_device(device)
@@ -54,27 +111,39 @@ def evaluate_checkpoints(checkpoints: list[str], data_path: str, *, split: str =
     out_dir = Path(out) if out else None
     if out_dir is not None:
         ensure_writable_dir(out_dir, "output folder")
+    names = checkpoint_names([str(p) for p in checkpoints])
+    files = plot_file_names(names, [str(p) for p in checkpoints])
     loader = eval_loader(data, split, dev)
     normalize = Normalizer(data.mean, data.std, dev)
-    per_run = []
-    for i, (path, body, model) in enumerate(models):
+    per_run, curves = [], []
+    for (path, body, model), name, file in zip(models, names, files):
         logits, labels = predict(model.to(dev), loader, normalize, bf16=bf16)
         metrics = classification_metrics(logits, labels, n_bins=n_bins)
-        record = {"checkpoint": str(path), "arch": body["arch"], "epoch": body.get("epoch"), **metrics}
+        record = {"checkpoint": str(path), "run": name, "arch": body["arch"], "epoch": epochs_done(body), **metrics}
         if out_dir is not None:
-            png = out_dir / (f"reliability-{i}.png" if len(models) > 1 else "reliability.png")
             bins = calibration_bins(torch.softmax(logits.double(), 1), labels, n_bins=n_bins)
-            plot_reliability(bins, png, title=f"{body['arch']} on {data.name}/{split}")
-            record["reliability_png"] = str(png)
+            plot_reliability(bins, out_dir / file, title=run_title(record, f"{data.name}/{split}"))
+            record["reliability_png"] = str(out_dir / file)
+            curves.append((name, bins))
         per_run.append(record)
     result = {
         "dataset": data.identity(split),
         "runs": per_run,
         "summary": summarize_runs(per_run, keys=METRIC_KEYS),
     }
+    if out_dir is not None and compare:
+        plot_comparison(curves, out_dir / COMPARISON_PNG, title=f"calibration on {data.name}/{split}")
+        result["comparison_png"] = str(out_dir / COMPARISON_PNG)
     if out_dir is not None:
         write_json_atomic(out_dir / "metrics.json", result)
     return result
+
+
+def run_title(record: dict, where: str) -> str:
+    """A diagram's title: which run and checkpoint, the model and its epochs, the data."""
+    n = record["epoch"]
+    epochs = "" if n is None else f", {n} epoch{'' if n == 1 else 's'}"
+    return f"{record['run']} ({Path(record['checkpoint']).name}): {record['arch']}{epochs}\non {where}"
 
 
 def result_json(result: dict) -> str:

@@ -1,6 +1,6 @@
-"""Presentation of metrics for people: reliability diagrams and text tables.
+"""Presentation of metrics for people: reliability diagrams, their comparison across runs, and text tables.
 
-matplotlib is imported inside plot_reliability only, so importing this module
+matplotlib is imported only when a figure is made, so importing this module
 (e.g. by the CLI just to format a table) stays cheap.
 """
 from __future__ import annotations
@@ -15,63 +15,22 @@ import numpy as np
 
 from ..stages.metrics import CalibrationBins
 
+PERFECT = "perfect calibration"  # the diagonal's legend label
 
-def plot_reliability(bins: CalibrationBins, path: Path, title: str) -> None:
-    """Save a reliability diagram as a PNG at `path`.
 
-    Top panel: per-bin accuracy bars against the diagonal, with the gap to the
-    bin's mean confidence shaded; ECE in the legend.  Bottom panel: the share
-    of samples per bin, so sparsely populated bins can be discounted by eye.
-    The PNG is written to a temporary sibling and renamed into place, so a
-    reader never sees a half-written file.
-    """
-    # Object-oriented API with an explicit Agg canvas: no pyplot global state
-    # and no change to whatever backend the caller has selected.
+def _figure(size: tuple[float, float]):
+    """A Figure on an explicit Agg canvas: no pyplot global state, the caller's backend left alone."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    path = Path(path)
-    edges = np.asarray(bins.edges, dtype=np.float64)
-    counts = np.asarray(bins.counts)
-    left = edges[:-1]
-    width = np.diff(edges)
-    filled = counts > 0
-    total = int(counts.sum())
-
-    fig = Figure(figsize=(5.0, 6.0), dpi=120)
+    fig = Figure(figsize=size, dpi=120)
     FigureCanvasAgg(fig)
-    gs = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
-    ax = fig.add_subplot(gs[0])
-    ax_n = fig.add_subplot(gs[1], sharex=ax)
+    return fig
 
-    acc = np.where(filled, bins.accuracy, 0.0)
-    conf = np.where(filled, bins.confidence, 0.0)
-    ax.bar(left, acc, width=width, align="edge", color="#4C72B0", edgecolor="white",
-           linewidth=0.8, label="accuracy")
-    # Gap between accuracy and confidence, drawn only where the bin has samples;
-    # hatch without fill so it stays readable where it overlaps the accuracy bar.
-    lo = np.minimum(acc, conf)
-    gap = np.abs(conf - acc)
-    ax.bar(left[filled], gap[filled], bottom=lo[filled], width=width[filled], align="edge",
-           facecolor="none", edgecolor="#C44E52", hatch="///", linewidth=1.0, zorder=3,
-           label=f"gap (ECE = {bins.ece():.4f})")
-    ax.plot([0.0, 1.0], [0.0, 1.0], linestyle="--", color="0.3", linewidth=1.0, label="perfect calibration")
-    ax.set_xlim(0.0, 1.0)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_ylabel("accuracy")
-    ax.set_title(title)
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
-    ax.tick_params(labelbottom=False)
-    ax.grid(alpha=0.25, linewidth=0.5)
 
-    share = counts / total if total else np.zeros_like(counts, dtype=np.float64)
-    ax_n.bar(left, share, width=width, align="edge", color="0.55", edgecolor="white", linewidth=0.8)
-    ax_n.set_xlabel("confidence (max probability)")
-    ax_n.set_ylabel("share of samples")
-    ax_n.set_ylim(0.0, max(float(share.max(initial=0.0)) * 1.15, 0.05))
-    ax_n.text(0.01, 0.95, f"N = {total}", transform=ax_n.transAxes, ha="left", va="top", fontsize=8)
-    ax_n.grid(alpha=0.25, linewidth=0.5)
-
+def save_png(fig, path: Path) -> None:
+    """Write `fig` as a PNG at `path` through a temporary sibling, so a reader never sees a half-written file."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # Unique hidden sibling (same filesystem, so os.replace is atomic); opened with
     # "xb" rather than mkstemp so the final file gets normal umask permissions.
@@ -87,6 +46,99 @@ def plot_reliability(bins: CalibrationBins, path: Path, title: str) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def reliability_figure(bins: CalibrationBins, title: str):
+    """A reliability diagram.
+
+    Top panel: per-bin accuracy bars against the diagonal, with the gap to the
+    bin's mean confidence shaded; ECE in the legend.  Bottom panel: the share
+    of samples per bin, so sparsely populated bins can be discounted by eye.
+    """
+    edges = np.asarray(bins.edges, dtype=np.float64)
+    counts = np.asarray(bins.counts)
+    left = edges[:-1]
+    width = np.diff(edges)
+    filled = counts > 0
+    total = int(counts.sum())
+
+    fig = _figure((5.0, 6.0))
+    gs = fig.add_gridspec(2, 1, height_ratios=(3, 1), hspace=0.08)
+    ax = fig.add_subplot(gs[0])
+    ax_n = fig.add_subplot(gs[1], sharex=ax)
+
+    acc = np.where(filled, bins.accuracy, 0.0)
+    conf = np.where(filled, bins.confidence, 0.0)
+    ax.bar(left, acc, width=width, align="edge", color="#4C72B0", edgecolor="white",
+           linewidth=0.8, label="accuracy")
+    # Gap between accuracy and confidence, drawn only where the bin has samples;
+    # hatch without fill so it stays readable where it overlaps the accuracy bar.
+    lo = np.minimum(acc, conf)
+    gap = np.abs(conf - acc)
+    ax.bar(left[filled], gap[filled], bottom=lo[filled], width=width[filled], align="edge",
+           facecolor="none", edgecolor="#C44E52", hatch="///", linewidth=1.0, zorder=3,
+           label=f"gap (ECE = {bins.ece():.4f})")
+    _calibration_axes(ax, title)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    ax.tick_params(labelbottom=False)
+
+    share = counts / total if total else np.zeros_like(counts, dtype=np.float64)
+    ax_n.bar(left, share, width=width, align="edge", color="0.55", edgecolor="white", linewidth=0.8)
+    ax_n.set_xlabel("confidence (max probability)")
+    ax_n.set_ylabel("share of samples")
+    ax_n.set_ylim(0.0, max(float(share.max(initial=0.0)) * 1.15, 0.05))
+    ax_n.text(0.01, 0.95, f"N = {total}", transform=ax_n.transAxes, ha="left", va="top", fontsize=8)
+    ax_n.grid(alpha=0.25, linewidth=0.5)
+    return fig
+
+
+def _calibration_axes(ax, title: str) -> None:
+    """The unit square with the diagonal of perfect calibration."""
+    ax.plot([0.0, 1.0], [0.0, 1.0], linestyle="--", color="0.3", linewidth=1.0, label=PERFECT)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_ylabel("accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.25, linewidth=0.5)
+
+
+def plot_reliability(bins: CalibrationBins, path: Path, title: str) -> None:
+    """Save one run's reliability diagram as a PNG at `path`."""
+    save_png(reliability_figure(bins, title), path)
+
+
+def reliability_curve(bins: CalibrationBins) -> tuple[np.ndarray, np.ndarray]:
+    """(mean confidence, accuracy) of the bins that hold samples: the points a run's calibration curve joins."""
+    filled = np.asarray(bins.counts) > 0
+    return np.asarray(bins.confidence)[filled], np.asarray(bins.accuracy)[filled]
+
+
+def comparison_figure(curves: list[tuple[str, CalibrationBins]], title: str):
+    """Every run's calibration curve on one diagonal, one coloured line per run (legend: name and ECE).
+
+    A point's area grows with its bin's share of the run's samples, so sparse bins read as such.
+    """
+    fig = _figure((6.0, 5.6))
+    ax = fig.add_subplot(1, 1, 1)
+    _calibration_axes(ax, title)
+    ax.set_xlabel("confidence (max probability)")
+    for i, (name, bins) in enumerate(curves):
+        x, y = reliability_curve(bins)
+        # tab10 has ten colours; past them the line style changes, so no two runs look alike.
+        (line,) = ax.plot(x, y, color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[i // 10 % 4],
+                          linewidth=1.4, label=f"{name} (ECE {bins.ece():.4f})", clip_on=False)
+        counts = np.asarray(bins.counts)
+        share = counts[counts > 0] / max(int(counts.sum()), 1)
+        # Unclipped: a confident run's points sit on the frame (confidence or accuracy 1.0).
+        ax.scatter(x, y, s=8 + 160 * share, color=line.get_color(), alpha=0.6, linewidths=0, zorder=3,
+                   clip_on=False)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    return fig
+
+
+def plot_comparison(curves: list[tuple[str, CalibrationBins]], path: Path, title: str) -> None:
+    """Save the runs' calibration curves, drawn together, as a PNG at `path`."""
+    save_png(comparison_figure(curves, title), path)
 
 
 MISSING = "-"

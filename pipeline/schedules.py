@@ -40,7 +40,10 @@ SCHEDULES = {"step": _step, "cosine": _cosine}
 
 
 def default_milestones(epochs: int) -> tuple[int, ...]:
-    return tuple(max(1, round(epochs * f)) for f in DEFAULT_MILESTONE_FRACTIONS)
+    """The recipe's decay points scaled to `epochs`: rounded, kept inside the run (1 .. epochs-1), repeats merged,
+    so the result is what --milestones accepts (a 3-epoch run decays once, at 2; a 1-epoch run never)."""
+    scaled = {min(max(1, round(epochs * f)), epochs - 1) for f in DEFAULT_MILESTONE_FRACTIONS}
+    return tuple(sorted(m for m in scaled if m >= 1))
 
 
 def resolve_milestones(epochs: int, milestones: tuple[int, ...] | None) -> tuple[int, ...]:

@@ -51,6 +51,11 @@ def step_inputs(indices, seed):
 
 # --- the independent numpy reference -------------------------------------------------------------------------------
 
+def np_softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
 def unit_rows(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
@@ -154,7 +159,10 @@ def test_gradients_reach_student_and_heads_but_not_teacher():
     assert set(parts) >= {"loss", "ce", "crd", "kd", "crd_student_anchor", "crd_teacher_anchor"}
     parts["loss"].backward()
     assert student["pool"].grad is not None and student["pool"].grad.abs().sum() > 0
-    assert logits.grad is not None
+    # Only CE and KD reach the logits: (softmax(z) - onehot) / B + kd_weight * T * (softmax(z/T) - softmax(t/T)) / B.
+    z, t_logits, T = logits.detach().double().numpy(), teacher["logits"].detach().double().numpy(), 4.0
+    want = np_softmax(z) - np.eye(CLASSES)[batch.labels.numpy()] + T * (np_softmax(z / T) - np_softmax(t_logits / T))
+    np.testing.assert_allclose(logits.grad.numpy(), want / len(z), rtol=1e-5, atol=1e-7)
     for head in (crd.embed_student, crd.embed_teacher):
         assert head.weight.grad is not None and head.weight.grad.abs().sum() > 0
     assert all(t.grad is None for t in teacher.values())

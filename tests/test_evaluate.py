@@ -1,7 +1,10 @@
 """labelopt evaluate: metrics from checkpoints, mean ± std over seeds, reliability PNGs, refusals."""
 import json
 import pickle
+import re
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -10,10 +13,11 @@ from labelopt.cli import main
 from labelopt.models import create_model
 from labelopt.pipeline.checkpoints import save_checkpoint
 from labelopt.pipeline.datasets import open_dataset
-from labelopt.pipeline.evaluation import eval_loader, predict
+from labelopt.pipeline import reports
+from labelopt.pipeline.evaluation import COMPARISON_PNG, checkpoint_names, eval_loader, plot_file_names, predict
 from labelopt.pipeline.training import TrainOptions, train
 from labelopt.pipeline.views import Normalizer
-from labelopt.stages.metrics import classification_metrics
+from labelopt.stages.metrics import CalibrationBins, classification_metrics
 
 
 def run_cli(*args):
@@ -44,6 +48,10 @@ def test_json_metrics_match_a_direct_computation(two_seeds, tiny_cifar_dir, tmp_
     for key in ("top1", "top5", "nll", "ece"):
         assert run[key] == pytest.approx(expected[key], rel=1e-6)
     assert run["num_samples"] == 40 and result["dataset"]["fingerprint"] == data.fingerprint("test")
+    # "epoch" counts the epochs done, like train's "epoch 1/1" line; metrics.jsonl numbers its lines from 0.
+    history = [json.loads(line) for line in (two_seeds[0].parent / "metrics.jsonl").read_text().splitlines()]
+    assert run["epoch"] == len(history) == history[-1]["epoch"] + 1 == 1
+    assert run["run"] == "s0" and "reliability_png" not in run  # no --out, no plot
 
 
 def test_several_checkpoints_give_mean_std_table_and_pngs(two_seeds, tiny_cifar_dir, tmp_path):
@@ -53,8 +61,118 @@ def test_several_checkpoints_give_mean_std_table_and_pngs(two_seeds, tiny_cifar_
     saved = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     values = [r["top1"] for r in saved["runs"]]
     assert saved["summary"]["top1"]["mean"] == pytest.approx(sum(values) / 2)
-    for i in range(2):
-        assert (tmp_path / "ev" / f"reliability-{i}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "comparison_png" not in saved and not (tmp_path / "ev" / COMPARISON_PNG).exists()  # only with --compare
+    for seed, run in zip((0, 1), saved["runs"]):
+        png = tmp_path / "ev" / f"reliability-s{seed}-last.png"
+        assert run["run"] == f"s{seed}" and run["reliability_png"] == str(png)
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert png.name in out
+
+
+def table_rows(out: str) -> list[dict]:
+    """The printed table as dicts keyed by header (cells are separated by two or more spaces)."""
+    lines = [line for line in out.splitlines() if line.strip()]
+    top = next(i for i, line in enumerate(lines) if line.startswith("run "))
+    header = re.split(r"\s{2,}", lines[top].strip())
+    rows = []
+    for line in lines[top + 2:]:
+        if line.startswith("written in"):
+            break
+        rows.append(dict(zip(header, re.split(r"\s{2,}", line.strip()))))
+    return rows
+
+
+def test_compare_names_plots_after_runs_and_draws_one_curve_per_run(two_seeds, tiny_cifar_dir, tmp_path,
+                                                                    monkeypatch):
+    s0, s1 = two_seeds
+    best = s0.with_name("best.pt")
+    drawn, titles = {}, {}
+    real_compare, real_plot = reports.plot_comparison, reports.plot_reliability
+
+    def plot_comparison(curves, path, title):
+        drawn.update(curves=curves, path=path, figure=reports.comparison_figure(curves, title))
+        real_compare(curves, path, title)
+
+    def plot_reliability(bins, path, title):
+        titles[path.name] = title
+        real_plot(bins, path, title)
+
+    monkeypatch.setattr(reports, "plot_comparison", plot_comparison)
+    monkeypatch.setattr(reports, "plot_reliability", plot_reliability)
+    ev = tmp_path / "ev"
+    code, out = run_cli("evaluate", s0, best, s1, "--data", tiny_cifar_dir, "--out", ev, "--compare",
+                        "--device", "cpu")
+    assert code == 0, out
+    saved = json.loads((ev / "metrics.json").read_text())
+    runs = saved["runs"]
+    # Two checkpoints of run s0 keep their stem; s1 is alone in its folder and keeps the folder's name.
+    assert [r["run"] for r in runs] == ["s0/last", "s0/best", "s1"]
+    files = ["reliability-s0-last.png", "reliability-s0-best.png", "reliability-s1-last.png"]
+    assert [r["reliability_png"] for r in runs] == [str(ev / f) for f in files]
+    assert [r["checkpoint"] for r in runs] == [str(s0), str(best), str(s1)]
+    assert sorted(titles) == sorted(files)
+    for run, file in zip(runs, files):
+        assert titles[file].startswith(f"{run['run']} ({Path(run['checkpoint']).name}): resnet20, 1 epoch\n")
+        assert (ev / file).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The comparison: its file is recorded, and its figure holds one curve per run, the run's own bins.
+    assert saved["comparison_png"] == str(ev / COMPARISON_PNG) == str(drawn["path"])
+    assert (ev / COMPARISON_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    lines = [line for line in drawn["figure"].axes[0].get_lines() if line.get_label() != reports.PERFECT]
+    assert len(lines) == len(runs) == len(drawn["curves"])
+    for line, run, (name, bins) in zip(lines, runs, drawn["curves"]):
+        assert name == run["run"] and line.get_label() == f"{run['run']} (ECE {run['ece']:.4f})"
+        assert bins.num_samples == 40 and bins.ece() == pytest.approx(run["ece"], abs=1e-9)
+        x, y = reports.reliability_curve(bins)
+        np.testing.assert_array_equal(line.get_xdata(), x)
+        np.testing.assert_array_equal(line.get_ydata(), y)
+    # The table prints each run under the same name and the same epoch count as metrics.json.
+    rows = table_rows(out)
+    assert [r["run"] for r in rows] == [r["run"] for r in runs]
+    assert [int(r["epoch"]) for r in rows] == [r["epoch"] for r in runs] == [1, 1, 1]
+
+
+def bins_of(conf, correct, n_bins=5) -> CalibrationBins:
+    """Bins from (confidence, correct) pairs, written out: right-closed equal-width bins."""
+    conf, correct = np.asarray(conf, float), np.asarray(correct, float)
+    idx = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    counts = np.bincount(idx, minlength=n_bins)
+    with np.errstate(invalid="ignore"):
+        return CalibrationBins(np.linspace(0, 1, n_bins + 1), counts,
+                               np.bincount(idx, conf, n_bins) / counts, np.bincount(idx, correct, n_bins) / counts)
+
+
+def test_comparison_figure_draws_each_runs_filled_bins_in_order():
+    a = bins_of([0.95, 0.9, 0.5, 0.45], [1, 1, 0, 1])  # bins 3 and 5 filled
+    b = bins_of([0.1, 0.3, 0.7], [0, 1, 1])  # bins 1, 2 and 4
+    fig = reports.comparison_figure([("teacher", a), ("student", b)], "t")
+    ax = fig.axes[0]
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert labels == [reports.PERFECT, f"teacher (ECE {a.ece():.4f})", f"student (ECE {b.ece():.4f})"]
+    teacher, student = ax.get_lines()[1:]
+    np.testing.assert_allclose(teacher.get_xdata(), [0.475, 0.925])
+    np.testing.assert_allclose(teacher.get_ydata(), [0.5, 1.0])
+    np.testing.assert_allclose(student.get_xdata(), [0.1, 0.3, 0.7])
+    np.testing.assert_allclose(student.get_ydata(), [0.0, 1.0, 1.0])
+    assert teacher.get_color() != student.get_color()
+
+
+@pytest.mark.parametrize("paths, names, files", [
+    (["r/a/last.pt"], ["a"], ["reliability-a-last.png"]),
+    (["r/a/last.pt", "r/a/best.pt", "r/b/last.pt"], ["a/last", "a/best", "b"],
+     ["reliability-a-last.png", "reliability-a-best.png", "reliability-b-last.png"]),
+    (["x/seed0/last.pt", "y/seed0/last.pt"], ["x/seed0/last", "y/seed0/last"],
+     ["reliability-x-seed0-last.png", "reliability-y-seed0-last.png"]),
+    (["r/a/last.pt", "r/a/last.pt"], ["a", "a (2)"], ["reliability-a-last.png", "reliability-a_2_-last.png"]),
+    (["p/Run 1/last.pt", "q/Run:1/last.pt"], ["Run 1", "Run:1"],
+     ["reliability-Run_1-last.png", "reliability-Run_1-last-2.png"]),
+    (["p/run/last.pt", "q/RUN/last.pt"], ["run", "RUN"], ["reliability-run-last.png", "reliability-RUN-last-2.png"]),
+    (["r/reliability/comparison.pt"], ["reliability"], ["reliability-reliability-comparison.png"]),
+])
+def test_names_tell_checkpoints_apart_and_no_plot_overwrites_another(tmp_path, paths, names, files):
+    paths = [str(tmp_path / p) for p in paths]
+    assert checkpoint_names(paths) == names
+    assert plot_file_names(names, paths) == files
+    assert COMPARISON_PNG not in files
 
 
 def bad_checkpoint_cases(tmp_path, two_seeds):

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from labelopt.cli import main
 from labelopt.pipeline.errors import UserError
-from labelopt.pipeline.schedules import Schedule, default_milestones
+from labelopt.pipeline.schedules import Schedule, default_milestones, resolve_milestones
 from labelopt.pipeline.training import TrainOptions, train
 
 
@@ -36,13 +36,14 @@ def finished_run(tiny_cifar_dir, tmp_path_factory):
 def test_run_folder_contents(finished_run, tiny_cifar_dir):
     config = json.loads((finished_run / "config.json").read_text())
     assert config["arch"] == "resnet20" and config["epochs"] == 3 and config["augment"] == "cifar-crop-flip"
-    assert config["milestones"] == [2, 2, 3] or config["milestones"] == list(default_milestones(3))
+    assert config["milestones"] == [2]  # 62.5/75/87.5 % of 3 epochs, rounded into the run (1..2), merged
     meta = json.loads((tiny_cifar_dir / "meta.json").read_text())
     assert config["dataset"]["fingerprint"] == meta["splits"]["train"]["fingerprint"]
     assert config["provenance"]["versions"]["torch"] and "git_commit" in config["provenance"]
     assert config["global_batch_size"] == 32 and config["world_size"] == 1
     lines = [json.loads(l) for l in (finished_run / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [0, 1, 2]
+    assert [l["lr"] for l in lines] == pytest.approx([0.05, 0.05, 0.005])  # one decay, at epoch index 2
     assert {"train_loss", "train_top1", "test_top1", "test_top5", "test_nll", "test_ece", "lr"} <= set(lines[0])
     for name in ("last.pt", "best.pt"):
         body = torch.load(finished_run / name, weights_only=True)
@@ -90,6 +91,17 @@ def test_schedules():
     cosine = Schedule("cosine", 0.1, 10, 4, (), 0.1)
     assert cosine.lr(0, 0) == 0.1 and math.isclose(cosine.lr(5, 0), 0.05) and cosine.lr(9, 3) < 0.001
     assert default_milestones(240) == (150, 180, 210)
+
+
+@pytest.mark.parametrize("epochs, expected", [(240, (150, 180, 210)), (200, (125, 150, 175)), (15, (9, 11, 13)),
+                                              (10, (6, 8, 9)), (4, (2, 3)), (3, (2,)), (2, (1,)), (1, ())])
+def test_default_milestones_are_increasing_epochs_inside_the_run(epochs, expected):
+    got = default_milestones(epochs)
+    assert got == expected
+    assert all(0 < m < epochs for m in got) and all(a < b for a, b in zip(got, got[1:]))
+    assert resolve_milestones(epochs, None) == got
+    if got:  # what config.json records can be passed back as --milestones
+        assert resolve_milestones(epochs, got) == got
 
 
 def run_cli(*args):

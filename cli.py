@@ -313,7 +313,8 @@ def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, e
 @click.option("--bins", type=number("bins"), default=15, show_default=True, help="ECE confidence bins.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--bf16", is_flag=True)
-@click.option("--compare", is_flag=True, help="Different models side by side: rows named by run folder, no mean ± std.")
+@click.option("--compare", is_flag=True, help="Different models side by side: rows named by run folder, no mean ± std; with --out also one "
+                   "figure with every run's calibration curve.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
 def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json):
     """Top-1, top-5, NLL, ECE and reliability diagrams; mean ± std over several checkpoints."""
@@ -322,6 +323,9 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json
 
     result = evaluate_checkpoints(list(checkpoints), str(data), split=split, device=device, bf16=bf16,
                                   out=str(out) if out else None, n_bins=bins, compare=compare)
+    for run in result["runs"]:
+        if run.get("note"):
+            click.echo(f"note: {run['checkpoint']} was {run['note']}", err=True)
     if as_json:
         click.echo(result_json(result))
         return

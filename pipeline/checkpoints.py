@@ -95,3 +95,21 @@ def _state_mismatch(model: torch.nn.Module, state: dict) -> tuple[list[str], lis
     expected = set(model.state_dict())
     given = set(state)
     return sorted(expected - given), sorted(given - expected)
+
+
+def training_stats(body: dict, fallback_mean, fallback_std) -> tuple[list[float], list[float]]:
+    """The per-channel mean/std a checkpoint's model was trained with: a model is fed the inputs it learned on,
+    whatever data it is run over (older checkpoints without them use the fallback)."""
+    stats = body.get("dataset") or {}
+    return stats.get("mean", fallback_mean), stats.get("std", fallback_std)
+
+
+def trained_elsewhere(body: dict, data) -> str | None:
+    """A note when the checkpoint was trained on other data than `data`'s training split, else None."""
+    stats = body.get("dataset") or {}
+    if "train" not in data.splits or not stats.get("fingerprint"):
+        return None
+    if stats["fingerprint"] == data.fingerprint("train"):
+        return None
+    return (f"trained on {stats.get('name', '?')} (train fingerprint {str(stats['fingerprint'])[:12]}), not on the "
+            f"evaluated {data.name} (train fingerprint {data.fingerprint('train')[:12]})")

@@ -9,9 +9,10 @@ import torch
 
 from ..stages.metrics import calibration_bins, classification_metrics, summarize_runs
 from .atomic import ensure_writable_dir, write_json_atomic
-from .checkpoints import build_model_from_checkpoint, load_checkpoint
+from .checkpoints import build_model_from_checkpoint, load_checkpoint, trained_elsewhere, training_stats
 from .datasets import PreparedDataset, open_dataset
 from .loading import SplitLoader, make_loader
+from .locks import output_lock
 from .runtime import autocast, check_precision, resolve_device
 from .views import Normalizer
 
@@ -99,7 +100,6 @@ def evaluate_checkpoints(checkpoints: list[str], data_path: str, *, split: str =
                          bf16: bool = False, out: str | None = None, n_bins: int = 15, compare: bool = False) -> dict:
     """Metrics per checkpoint and mean ± std across them; under `out` metrics.json and a reliability diagram per
     checkpoint, and with `compare` one figure with every checkpoint's calibration curve."""
-    from .reports import plot_comparison, plot_reliability  # matplotlib only when plotting
 
     data = open_dataset(data_path)
     dev = resolve_device(device)
@@ -109,17 +109,30 @@ def evaluate_checkpoints(checkpoints: list[str], data_path: str, *, split: str =
         body = load_checkpoint(path)
         models.append((path, body, build_model_from_checkpoint(body, path, num_classes=data.num_classes)))
     out_dir = Path(out) if out else None
-    if out_dir is not None:
-        ensure_writable_dir(out_dir, "output folder")
+    if out_dir is None:
+        return measure(models, data, split, dev, bf16, n_bins, None, compare)
+    ensure_writable_dir(out_dir, "output folder")
+    with output_lock(out_dir, "evaluation folder"):
+        return measure(models, data, split, dev, bf16, n_bins, out_dir, compare)
+
+
+def measure(models: list, data: PreparedDataset, split: str, dev: torch.device, bf16: bool, n_bins: int,
+            out_dir: Path | None, compare: bool) -> dict:
+    from .reports import plot_comparison, plot_reliability  # matplotlib only when plotting
+
+    checkpoints = [path for path, _, _ in models]
     names = checkpoint_names([str(p) for p in checkpoints])
     files = plot_file_names(names, [str(p) for p in checkpoints])
     loader = eval_loader(data, split, dev)
-    normalize = Normalizer(data.mean, data.std, dev)
     per_run, curves = [], []
     for (path, body, model), name, file in zip(models, names, files):
+        normalize = Normalizer(*training_stats(body, data.mean, data.std), dev)  # the model's own preprocessing
         logits, labels = predict(model.to(dev), loader, normalize, bf16=bf16)
         metrics = classification_metrics(logits, labels, n_bins=n_bins)
         record = {"checkpoint": str(path), "run": name, "arch": body["arch"], "epoch": epochs_done(body), **metrics}
+        note = trained_elsewhere(body, data)
+        if note:
+            record["note"] = note
         if out_dir is not None:
             bins = calibration_bins(torch.softmax(logits.double(), 1), labels, n_bins=n_bins)
             plot_reliability(bins, out_dir / file, title=run_title(record, f"{data.name}/{split}"))

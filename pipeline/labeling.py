@@ -20,7 +20,7 @@ from ..stages.labelers import DEFAULT_TEMPERATURE, LABELERS, LabelRequest
 from ..stages.teachers import Teacher
 from ..store import StoreError, StoreLayout, StoreWriter, file_sha256
 from .beton import worker_count
-from .checkpoints import build_model_from_checkpoint, load_checkpoint
+from .checkpoints import build_model_from_checkpoint, load_checkpoint, training_stats
 from .datasets import PreparedDataset, open_dataset
 from .atomic import check_output_file
 from .errors import UserError
@@ -107,7 +107,7 @@ def load_teachers(paths, data: PreparedDataset, device: torch.device) -> list[Te
         model = build_model_from_checkpoint(body, path, num_classes=data.num_classes).to(device)
         stats = body.get("dataset", {})
         # A teacher sees images normalised as in its own training.
-        normalize = Normalizer(stats.get("mean", data.mean), stats.get("std", data.std), device)
+        normalize = Normalizer(*training_stats(body, data.mean, data.std), device)
         teachers.append(Teacher(model, body["arch"], normalize,
                                 {"arch": body["arch"], "checkpoint": Path(path).name,
                                  "checkpoint_sha256": file_sha256(Path(path)),

@@ -231,3 +231,31 @@ def test_missing_checkpoint_and_unprepared_data(two_seeds, tiny_cifar_dir, tmp_p
     assert code != 0 and "not a prepared dataset" in out
     code, out = run_cli("evaluate", two_seeds[0], "--data", tmp_path)
     assert code != 0 and "not a prepared dataset" in out
+
+
+def test_a_checkpoint_is_fed_its_own_preprocessing_and_other_data_are_named(two_seeds, tiny_cifar_dir, digits_dir,
+                                                                            tmp_path):
+    """On other data (digits) the model still sees inputs normalised as in its training, and the user is told the
+    data differ; a checkpoint whose recorded mean/std were changed gives the metrics of those statistics."""
+    body = torch.load(two_seeds[0], weights_only=True)
+    shifted = tmp_path / "shifted" / "last.pt"
+    shifted.parent.mkdir()
+    stats = {"mean": [0.1, 0.2, 0.3], "std": [0.5, 0.6, 0.7]}
+    save_checkpoint(shifted, {k: v for k, v in body.items() if k not in ("format", "version")}
+                    | {"dataset": {**body["dataset"], **stats}})
+    result = CliRunner().invoke(main, ["evaluate", str(shifted), "--data", str(digits_dir), "--json",
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.stderr
+    run = json.loads(result.stdout)["runs"][0]
+    data = open_dataset(digits_dir)
+    model = create_model("resnet20", 10)
+    model.load_state_dict(body["model"])
+    loader = eval_loader(data, "test", torch.device("cpu"))
+    expected = classification_metrics(*predict(model, loader, Normalizer(stats["mean"], stats["std"], "cpu")))
+    with_data_stats = classification_metrics(*predict(model, loader, Normalizer(data.mean, data.std, "cpu")))
+    assert run["nll"] == pytest.approx(expected["nll"], rel=1e-6) and run["nll"] != with_data_stats["nll"]
+    assert "trained on cifar10" in run["note"] and "not on the evaluated digits" in run["note"]
+    assert f"note: {shifted} was trained on cifar10" in result.stderr
+    same = CliRunner().invoke(main, ["evaluate", str(two_seeds[0]), "--data", str(tiny_cifar_dir), "--json",
+                                     "--device", "cpu"])
+    assert "note" not in json.loads(same.stdout)["runs"][0] and "note:" not in same.stderr

@@ -25,3 +25,15 @@ def tiny_cifar_dir(tmp_path_factory) -> Path:
     write_fake_cifar10(raw, n_train=96, n_test=40, seed=1)
     out = tmp_path_factory.mktemp("prepared-cifar10")
     return prepare("cifar10", raw, out, log=_quiet)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tiny_cifar_dir, tmp_path_factory) -> Path:
+    """A resnet20 trained one epoch on tiny_cifar_dir (its last.pt): the teacher of every module that needs one
+    and does not care how good it is. Tests must not write into its run folder."""
+    from labelopt.pipeline.training import TrainOptions, train
+
+    out = tmp_path_factory.mktemp("tiny-teacher") / "run"
+    train(TrainOptions(data=str(tiny_cifar_dir), arch="resnet20", out=str(out), epochs=1, batch_size=32,
+                       device="cpu"), log=_quiet)
+    return out / "last.pt"

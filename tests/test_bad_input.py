@@ -25,11 +25,8 @@ def quiet(_):
 
 
 @pytest.fixture(scope="module")
-def teacher(tiny_cifar_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    train(TrainOptions(data=str(tiny_cifar_dir), arch="resnet20", out=str(out), epochs=1, batch_size=32,
-                       device="cpu"), log=quiet)
-    return out / "last.pt"
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 @pytest.fixture(scope="module")

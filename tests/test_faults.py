@@ -20,20 +20,12 @@ import torch
 from click.testing import CliRunner
 
 from labelopt.cli import main
-from labelopt.pipeline.training import TrainOptions, train
 from labelopt.store import writer as store_writer
 
 
-def quiet(_):
-    pass
-
-
 @pytest.fixture(scope="module")
-def teacher(tiny_cifar_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    train(TrainOptions(data=str(tiny_cifar_dir), arch="resnet20", out=str(out), epochs=1, batch_size=32,
-                       device="cpu"), log=quiet)
-    return out / "last.pt"
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 def generate_args(data, teacher, out):

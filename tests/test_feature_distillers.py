@@ -9,7 +9,6 @@ import torch
 from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.student import StudentOptions, train_student
-from labelopt.pipeline.training import TrainOptions, train
 from labelopt.stages.distillers import FEATURE_PREFIX, DistillContext, get_distiller
 from labelopt.stages.sources import ViewedBatch
 from labelopt.tests.distill_fakes import term_trace
@@ -265,11 +264,8 @@ def test_gradients_reach_student_and_modules_not_teacher(method):
 # ---- 3. end to end ------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def teacher_ckpt(tiny_cifar_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("feature-teacher") / "run"
-    train(TrainOptions(data=str(tiny_cifar_dir), arch="resnet20", out=str(out), epochs=1, batch_size=32,
-                       device="cpu"), log=quiet)
-    return out / "last.pt"
+def teacher_ckpt(tiny_teacher):
+    return tiny_teacher
 
 
 def student_options(data, out, **kw):

@@ -17,7 +17,6 @@ from labelopt.pipeline.datasets import open_dataset
 from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.loading import make_loader
-from labelopt.pipeline.training import TrainOptions, train
 from labelopt.pipeline.views import Normalizer, PadCropFlipView
 from labelopt.store import LabelStore
 
@@ -27,11 +26,8 @@ def quiet(_):
 
 
 @pytest.fixture(scope="module")
-def teacher(tiny_cifar_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("teacher") / "run"
-    train(TrainOptions(data=str(tiny_cifar_dir), arch="resnet20", out=str(out), epochs=1, batch_size=32,
-                       device="cpu"), log=quiet)
-    return out / "last.pt"
+def teacher(tiny_teacher):
+    return tiny_teacher
 
 
 def direct_probs(teacher, data, images, temperature):

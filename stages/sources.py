@@ -26,6 +26,9 @@ class ViewedBatch:
     views: torch.Tensor | None = None  # int64 [B]: position on a store's view axis (store-drawn views only)
 
 
+ENSEMBLE_METHODS = ("sl-ens", "combine")  # generator methods whose stores hold an ensemble's labels
+
+
 class TeacherSource(ABC):
     kind: str
     target_temperature: float | None  # the temperature of the `targets` signal
@@ -51,6 +54,10 @@ class StoreSource(TeacherSource):
         self.target_temperature = temperature
 
     def missing(self, signal):
+        if signal == SIGNAL_LOGITS and self.store.generator.get("method") in ENSEMBLE_METHODS:
+            return (f"store {self.store.path} is an ensemble's ({self.store.generator['method']}): it holds soft "
+                    f"labels only, since the mean of its members' logits is not its label; distil from it with sl "
+                    f"or sl-kd, or run kd from one member's store or --teacher")
         try:
             self.store.require(signal)
         except (ValueError, KeyError) as exc:

@@ -38,6 +38,13 @@ def store(teacher, tiny_cifar_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def ensemble_store(store, tmp_path_factory):
+    path = tmp_path_factory.mktemp("ensemble") / "ens.h5"
+    assert CliRunner().invoke(main, ["labels", "combine", str(store), str(store), "--out", str(path)]).exit_code == 0
+    return path
+
+
+@pytest.fixture(scope="module")
 def odd_files(teacher, tmp_path_factory):
     """A text file named .pt, a checkpoint whose header lacks the architecture, a file, a folder."""
     root = tmp_path_factory.mktemp("odd")
@@ -124,6 +131,8 @@ CASES = {
                             "1,nan"], 2, "--weights"),
     "ensemble logits": (["generate-labels", "--data", "{data}", "--method", "sl-ens", "--teacher", "{teacher}",
                          "--teacher", "{teacher}", "--logits", "--out", "{out}/s.h5"], 1, "--logits"),
+    "kd from an ensemble store": (["train-student", "--student", "resnet20", "--data", "{data}", "--method", "kd",
+                                   "--labels", "{ensemble}", "--out", "{out}/r"], 1, "holds soft labels only"),
     "kd from an online ensemble": (["train-student", "--student", "resnet20", "--data", "{data}", "--method", "kd",
                                     "--teacher", "{teacher}", "--teacher", "{teacher}", "--out", "{out}/r"], 1,
                                    "single --teacher"),
@@ -131,11 +140,11 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_each_reported_case_is_one_line_and_writes_nothing(case, tiny_cifar_dir, teacher, store, odd_files,
-                                                            tmp_path):
+def test_each_reported_case_is_one_line_and_writes_nothing(case, tiny_cifar_dir, teacher, store, ensemble_store,
+                                                            odd_files, tmp_path):
     args, code, mentions = CASES[case]
     places = {"data": tiny_cifar_dir, "teacher": teacher, "teacher_run": teacher.parent, "store": store,
-              "odd": odd_files, "out": tmp_path}
+              "ensemble": ensemble_store, "odd": odd_files, "out": tmp_path}
     watched = [odd_files, tmp_path, teacher.parent, store.parent]
     before = [listing(p) for p in watched]
     result = invoke([a.format(**places) for a in args])

@@ -4,10 +4,12 @@ The student's and the teacher's pooled embeddings go through a trainable linear 
 dimensions and are L2-normalised: s_i, t_i. Two memory banks of N rows (one per side) hold a momentum
 average of every training sample's normalised embedding. For a sample i of the batch, j_0 = i is the
 positive and j_1..j_K are K negatives drawn uniformly and without replacement (K distinct indices per row)
-from the samples of the other classes, K = min(nce_k, N - 1): the benchmark's default, its dataset's
-`np.random.choice(other-class indices, k, replace=False)`, which draws with replacement only for a row whose
-pool is smaller than K, as we do. Options: `negatives_other_class=0` draws from all other N - 1 indices;
-`negatives_replace=1` draws with replacement (about 15 % repeats per row of 16,384 among 49,500). With
+from the samples of the other classes, K = min(nce_k, N - 1): the benchmark's default (its dataset samples
+the other classes' indices without replacement, and with replacement only where that pool is smaller than K,
+as we do). Options: `negatives_other_class=0` draws from all other N - 1 indices;
+`negatives_replace=1` draws with replacement (about 15 % repeats per row of 16,384 among 49,500). A row's
+distinct negatives are the head of a random permutation of its pool: for 50,000 samples in 100 classes, B 64
+and K 16,384, about 22 ms per step on one CPU thread, as much as the draw with replacement (18 to 26 ms). With
 tau = nce_t, each anchor side is scored against the other side's memory:
 
     student anchor   P_s(i, j) = exp(<s_i, M_teacher[j]> / tau) / Z_s

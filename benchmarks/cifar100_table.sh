@@ -53,12 +53,15 @@ else
   [ -f "$DATA/meta.json" ] || run labelopt prepare --dataset cifar100 --root "$ROOT" --out "$OUT/data"
 fi
 
-METHODS=$(labelopt methods --json | python -c '
-import json, sys
-print(" ".join(r["method"] for r in json.load(sys.stdin) if r["teacher_signals"] and r["method"] not in ("sl", "sl-kd")))')
-WARMUP_METHODS=$(labelopt methods --json | python -c '
-import json, sys
-print(" ".join(r["method"] for r in json.load(sys.stdin) if "warmup_epochs" in r["defaults"]))')
+METHODS_JSON=$(labelopt methods --json)
+export METHODS_JSON  # the table below shows each row's options against these defaults
+METHODS=$(python -c '
+import json, os
+rows = json.loads(os.environ["METHODS_JSON"])
+print(" ".join(r["method"] for r in rows if r["teacher_signals"] and r["method"] not in ("sl", "sl-kd")))')
+WARMUP_METHODS=$(python -c '
+import json, os
+print(" ".join(r["method"] for r in json.loads(os.environ["METHODS_JSON"]) if "warmup_epochs" in r["defaults"]))')
 
 train_once() {  # train_once RUN_DIR COMMAND...: skip a finished run, resume an interrupted one
   local dir="$1"; shift
@@ -98,9 +101,10 @@ done
 [ "$DRY" = 1 ] && exit 0
 
 # The table: last epoch and best epoch of each run (top-1 on the test split, from metrics.jsonl), published
-# numbers beside them.
+# numbers beside them; then the options each row ran with (its config.json), marked where they differ from
+# the method's defaults.
 python - "$OUT" "$SMOKE" <<'PY'
-import json, pathlib, sys
+import json, os, pathlib, sys
 
 out, smoke = pathlib.Path(sys.argv[1]), sys.argv[2] == "1"
 # Published top-1 %: CRD paper (ICLR 2020), last epoch of one run; kdss: the SSKD paper (ECCV 2020).
@@ -126,7 +130,16 @@ def cell(x):
     return "-" if x is None else f"{x:.2f}"
 
 
-rows = []
+DEFAULTS = {r["method"]: r["defaults"] for r in json.loads(os.environ["METHODS_JSON"])}
+
+
+def options_text(method, options):
+    """name=value for every option the run used; * where it is not the method's default."""
+    defaults = DEFAULTS.get(method, {})
+    return " ".join(f"{k}={v:g}" + ("" if defaults.get(k) == v else "*") for k, v in options.items()) or "(none)"
+
+
+rows, options = [], []
 for run in sorted((out / "runs").iterdir()):
     config = json.loads((run / "config.json").read_text())
     if run.name.startswith("teacher-"):
@@ -149,6 +162,8 @@ for run in sorted((out / "runs").iterdir()):
     else:
         published, pair = PUBLISHED.get((teacher, student), {}).get(method), f"{teacher} -> {student}"
     rows.append((pair, method, cell(last), cell(best), cell(published)))
+    resolved = (config.get("method_resolved") or {}).get("options", {})
+    options.append((pair, method, options_text(method, resolved)))
 
 header = ("pair", "method", "top-1 last epoch", "top-1 best epoch", "published (last epoch)")
 widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
@@ -156,6 +171,11 @@ print("\n" + "  ".join(h.ljust(w) for h, w in zip(header, widths)))
 print("  ".join("-" * w for w in widths))
 for r in rows:
     print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+print("\noptions of each row (from its config.json; * marks a value other than the method's default in "
+      "`labelopt methods`):")
+widths = [max(len(r[i]) for r in options) for i in range(2)]
+for pair, method, text in options:
+    print(f"  {pair.ljust(widths[0])}  {method.ljust(widths[1])}  {text}")
 if smoke:
     print("\nsmoke run: one epoch per method on digits (CPU); the published column is CIFAR-100 and not comparable.")
 PY

@@ -20,10 +20,12 @@ class Schedule:
     gamma: float
     hold_epochs: int = 0  # a method's warm-up phase: base lr, then the schedule starts from its epoch 0
     hold_milestones: tuple[int, ...] = ()  # warm-up epochs at which its lr is multiplied by gamma
+    hold_lr: float | None = None  # the warm-up's own base lr (FT: the benchmark's 0.01); None: base_lr
 
     def lr(self, epoch: int, step: int) -> float:
         if epoch < self.hold_epochs:
-            return self.base_lr * self.gamma ** sum(epoch >= m for m in self.hold_milestones)
+            base = self.base_lr if self.hold_lr is None else self.hold_lr
+            return base * self.gamma ** sum(epoch >= m for m in self.hold_milestones)
         return SCHEDULES[self.name](self, epoch - self.hold_epochs, step)
 
 

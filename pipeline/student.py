@@ -24,7 +24,7 @@ from .errors import UserError
 from .labeling import load_teachers
 from .runtime import check_precision, device_for, init_distributed, seed_everything
 from .training import TrainOptions, default_augment, fit, resolve_options
-from .view_sampling import AugmentViews, ViewSampler, sampler_for_store
+from .view_sampling import AugmentViews, ViewSampler, sampler_for_store, with_copies
 from .views import get_view_policy
 
 NAMED_FLAGS = ("ce_weight", "kd_weight", "label_smoothing", "temperature")  # options with a flag of their own
@@ -181,9 +181,11 @@ def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> P
         distiller = method(distill_context(options, data, method, source), **chosen)
     except ValueError as exc:  # a method's own check of its options or of the tap shapes
         raise UserError(f"--method {method.name}: {exc}") from None
+    if sampler is not None:
+        sampler = with_copies(sampler, distiller.views_per_sample)
     options = dataclasses.replace(options, label_smoothing=distiller.options.get("label_smoothing", 0.0),
                                   warmup_epochs=distiller.warmup_epochs,
-                                  warmup_milestones=distiller.warmup_milestones)
+                                  warmup_milestones=distiller.warmup_milestones, warmup_lr=distiller.warmup_lr)
     config = {"method_resolved": {"name": method.name, "options": distiller.options,
                                   "teacher_signals": list(method.teacher_signals)},
               "teacher_source": source.describe() if source else None}

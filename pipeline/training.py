@@ -58,6 +58,7 @@ class TrainOptions:
     overwrite: bool = False
     warmup_epochs: int = 0  # set by a method with a warm-up phase (AB, FT): run before the `epochs` of the recipe
     warmup_milestones: tuple[int, ...] = ()  # set by such a method: lr x gamma at these warm-up epochs (KDSS)
+    warmup_lr: float | None = None  # set by such a method: the warm-up's base lr (FT: 0.01); None: --lr
 
 
 def default_augment(data: PreparedDataset) -> str:
@@ -202,7 +203,7 @@ def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module
     normalize = Normalizer(data.mean, data.std, device, channels_last=options.channels_last)
     schedule = Schedule(options.schedule, options.lr, options.epochs, len(train_loader), options.milestones,
                         options.gamma, hold_epochs=options.warmup_epochs,
-                        hold_milestones=tuple(options.warmup_milestones))
+                        hold_milestones=tuple(options.warmup_milestones), hold_lr=options.warmup_lr)
     total_epochs = options.warmup_epochs + options.epochs
 
     metrics_log = None

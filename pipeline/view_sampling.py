@@ -45,6 +45,47 @@ class AugmentViews(ViewSampler):
         return {"draw": "augment", "policy": self.policy.name, "pairing": pairing}
 
 
+def same_flip_pad_crop(params: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    return params - params % 2 + first % 2  # a cifar-crop-flip view id's flip is its lowest bit
+
+
+def same_flip_resized_crop(params: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+    return torch.cat([params[:, :4], first[:, 4:]], dim=1)  # (top, left, height, width, flip)
+
+
+# How a policy's parameters take another view's flip (identity: nothing to flip).
+SAME_FLIP = {"cifar-crop-flip": same_flip_pad_crop, "rrc-flip": same_flip_resized_crop,
+             "identity": lambda params, first: params}
+
+
+class CopiedViews(ViewSampler):
+    """`copies` views of every image per step, in blocks: rows [kB, (k+1)B) hold copy k of the B images. Each copy
+    has its own crop and all copies of an image the flip of copy 0, as SSKD's loader draws its rotated copies
+    (one flip per image, then a crop per copy)."""
+
+    def __init__(self, policy: ViewPolicy, copies: int):
+        self.policy, self.copies = policy, copies
+
+    def draw(self, images, indices, generator):
+        n = images.shape[0]
+        params = self.policy.sample(n * self.copies, images.shape[2], images.shape[3], generator)
+        params = SAME_FLIP[self.policy.name](params, params[:n].repeat(self.copies, 1))
+        return self.policy.apply(images.repeat(self.copies, 1, 1, 1), params), None
+
+    def describe(self):
+        return {"draw": "augment", "policy": self.policy.name, "copies": self.copies,
+                "pairing": "drawn: a crop per copy, one flip per image"}
+
+
+def with_copies(sampler: ViewSampler, copies: int) -> ViewSampler:
+    """The sampler a method that sees `copies` views of every image per step draws from."""
+    if copies == 1:
+        return sampler
+    if not isinstance(sampler, AugmentViews) or sampler.store_view is not None:
+        raise UserError(f"{copies} views of every image per step need freshly drawn views (an online --teacher)")
+    return CopiedViews(sampler.policy, copies)
+
+
 class StoredViews(ViewSampler):
     """One of the store's views per sample, uniformly: for cifar-crop-flip, the standard augmentation."""
 

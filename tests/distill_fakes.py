@@ -6,8 +6,9 @@ from labelopt.stages.distillers import FEATURE_PREFIX, DistillContext
 from labelopt.stages.sources import ViewedBatch
 
 
-def term_trace(cls, part: str, steps: int, *, teacher_train_mode: bool = False, **options) -> list[float]:
-    """parts[part] at each of `steps` SGD steps (lr 0.05, momentum 0.9) of a student resnet20 and the method's
+def term_trace(cls, part: str, steps: int, *, teacher_train_mode: bool = False, lr: float = 0.05,
+               **options) -> list[float]:
+    """parts[part] at each of `steps` SGD steps (lr `lr`, momentum 0.9) of a student resnet20 and the method's
     modules against a fixed teacher resnet20's taps, on 16 fixed random images."""
     torch.manual_seed(0)
     taps = list(cls.student_taps)
@@ -19,7 +20,7 @@ def term_trace(cls, part: str, steps: int, *, teacher_train_mode: bool = False, 
     shapes = feature_shapes("resnet20", 10, taps)
     distiller = cls(DistillContext(10, student_shapes=shapes, teacher_shapes=shapes), **options)
     model = create_model("resnet20", 10).train()
-    optimizer = torch.optim.SGD([*model.parameters(), *distiller.parameters()], lr=0.05, momentum=0.9)
+    optimizer = torch.optim.SGD([*model.parameters(), *distiller.parameters()], lr=lr, momentum=0.9)
     batch = ViewedBatch(torch.zeros(16, 3, 32, 32, dtype=torch.uint8), labels, torch.arange(16))
     terms = []
     for _ in range(steps):

@@ -1,6 +1,7 @@
 """The benchmark scripts CI can run: the CIFAR-100 method table in --smoke mode (every method, one epoch, digits)
 and the seed table's command list (--dry-run)."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +13,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.mark.slow
 def test_cifar100_table_smoke_runs_every_method(tmp_path):
-    env_path = f"{Path(sys.executable).parent}:/usr/bin:/bin"
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+           **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}  # the labelopt under test
     run = subprocess.run(["bash", str(REPO / "benchmarks" / "cifar100_table.sh"), "--smoke", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=1500, env={"PATH": env_path, "HOME": str(tmp_path)})
+                         capture_output=True, text=True, timeout=1500, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     methods = json.loads(subprocess.run([str(Path(sys.executable).with_name("labelopt")), "methods", "--json"],
                                         capture_output=True, text=True, check=True).stdout)
@@ -24,6 +26,12 @@ def test_cifar100_table_smoke_runs_every_method(tmp_path):
         assert any(method in row for row in rows), method
     for method in distillers:
         assert (tmp_path / "runs" / f"resnet20-{method}-from-resnet20" / "last.pt").is_file(), method
+    # Each row's options follow the table, marked where the run changed a default.
+    start = next(i for i, row in enumerate(rows) if row[:4] == ["options", "of", "each", "row"])
+    options = {row[3]: row[4:] for row in rows[start + 1:] if len(row) > 4 and row[1] == "->"}
+    assert set(distillers) <= set(options)
+    assert "ft_weight=200" in options["ft"] and "warmup_epochs=1*" in options["ft"]
+    assert "negatives_replace=0" in options["crd"] and "head_temperature=1" in options["kdss"]
 
 
 def test_seed_table_dry_run_lists_every_row_seed_and_store(tmp_path):

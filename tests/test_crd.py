@@ -150,6 +150,41 @@ def test_negatives_come_from_other_classes_uniformly_or_from_all_other_samples()
                                   feat_dim=D)
 
 
+
+def test_negatives_are_distinct_per_row_by_default_as_the_benchmark_draws_them():
+    """K = 40 of a pool of 50 other-class samples: no repeats in a row, never the own class; each pool member is
+    in a row with probability K / pool (a draw without replacement), which repeats would lower."""
+    labels = torch.arange(60) % 6  # six classes of 10: a pool of 50 per row
+    context = DistillContext(num_classes=6, num_samples=60, student_shapes={"pool": (S_DIM,)},
+                             teacher_shapes={"pool": (T_DIM,)}, train_labels=labels)
+    torch.manual_seed(0)
+    crd = ContrastiveRepresentation(context, feat_dim=D, nce_k=40)
+    anchors = torch.tensor([7] * 300 + [12] * 300)
+    negatives = crd.memory.contrast_indices(anchors)[:, 1:].numpy()
+    for row, anchor in zip(negatives, anchors.tolist()):
+        assert len(set(row.tolist())) == 40
+        assert not (labels.numpy()[row] == labels[anchor].item()).any()
+    for anchor in (7, 12):
+        rows = negatives[anchors.numpy() == anchor]
+        pool = np.flatnonzero(labels.numpy() != labels[anchor].item())
+        share = np.array([(rows == j).any(1).mean() for j in pool])
+        assert np.abs(share - 40 / 50).max() < 0.08  # binomial sd over 300 rows: 0.023
+        assert (np.bincount(rows.ravel(), minlength=60)[labels.numpy() == labels[anchor].item()] == 0).all()
+
+    everyone = ContrastiveRepresentation(context, feat_dim=D, nce_k=59, negatives_other_class=0)
+    drawn = everyone.memory.contrast_indices(torch.tensor([4, 33]))[:, 1:]
+    for row, anchor in zip(drawn.tolist(), (4, 33)):
+        assert sorted(row) == [j for j in range(60) if j != anchor]  # all 59 others, each once
+
+    with_replacement = ContrastiveRepresentation(context, feat_dim=D, nce_k=40, negatives_replace=1)
+    rows = with_replacement.memory.contrast_indices(torch.tensor([7] * 50))[:, 1:]
+    assert (labels[rows] != labels[7]).all()
+    repeats = 1 - np.mean([len(set(r)) for r in rows.tolist()]) / 40
+    expected = 1 - 50 * (1 - (1 - 1 / 50) ** 40) / 40  # 1 - E[distinct] / K for 40 draws from 50
+    assert abs(repeats - expected) < 0.05 and expected > 0.25
+    with pytest.raises(ValueError, match="negatives_replace is 0 or 1"):
+        ContrastiveRepresentation(context, feat_dim=D, negatives_replace=2)
+
 def test_gradients_reach_student_and_heads_but_not_teacher():
     crd = small_crd(CRDWithKD)
     logits, student, teacher, batch = step_inputs([2, 9, 4, 6], 3)

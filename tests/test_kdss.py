@@ -98,6 +98,72 @@ def test_expand_appends_the_three_rotations_in_blocks():
     assert make().expand(inputs, ViewedBatch(images, batch.labels, batch.indices))[1].views is None
 
 
+def test_expand_turns_block_k_of_four_views_by_k_quarter_turns():
+    views = torch.arange(8 * 3 * 4 * 4, dtype=torch.uint8).reshape(8, 3, 4, 4)  # 4 copies of 2 images, in blocks
+    batch = ViewedBatch(views, torch.tensor([5, 2]), torch.tensor([10, 11]))
+    out_inputs, out = make().expand(views.float(), batch)
+    for k in range(4):
+        assert torch.equal(out.images[2 * k:2 * k + 2], torch.rot90(views[2 * k:2 * k + 2], k, dims=(2, 3)))
+    assert torch.equal(out_inputs, out.images.float())
+    assert out.labels.tolist() == [5, 2] * 4 and out.indices.tolist() == [10, 11] * 4
+    with pytest.raises(ValueError, match="expects 2 or 8 views"):
+        make().expand(views[:6].float(), ViewedBatch(views[:6], batch.labels, batch.indices))
+
+
+def copies_of(sampler, images, seed):
+    """The sampler's viewed rows for `images`, as [copy, image, ...]."""
+    viewed, _ = sampler.draw(images, torch.arange(len(images)), torch.Generator().manual_seed(seed))
+    return viewed.reshape(-1, *images.shape)
+
+
+def np_pad_crop(image, dy, dx, flip):
+    """A CHW image zero-padded by 4, the 8 x 8 window at (dy, dx), mirrored left-right when `flip`."""
+    window = np.pad(image, ((0, 0), (4, 4), (4, 4)))[:, dy:dy + 8, dx:dx + 8]
+    return window[:, :, ::-1] if flip else window
+
+
+def test_each_rotated_copy_gets_its_own_crop_and_the_image_s_one_flip():
+    """crop_each_rotation 1 (default): the sampler draws four views per image, each a pad-4 crop of its own and
+    all with one flip (the authors' loader); 0: one view, the same crop in all four blocks."""
+    from labelopt.pipeline.view_sampling import AugmentViews, CopiedViews, with_copies
+    from labelopt.pipeline.views import PadCropFlipView
+
+    images = torch.tensor(np.random.default_rng(0).integers(1, 255, (16, 3, 8, 8)), dtype=torch.uint8)
+    plain = AugmentViews(PadCropFlipView(pad=4))
+    assert make().views_per_sample == 4 and make(crop_each_rotation=0).views_per_sample == 1
+    per_copy = with_copies(plain, make().views_per_sample)
+    assert isinstance(per_copy, CopiedViews)
+    assert with_copies(plain, make(crop_each_rotation=0).views_per_sample) is plain
+    viewed = copies_of(per_copy, images, seed=4).numpy()
+    windows = {(dy, dx, f) for dy in range(9) for dx in range(9) for f in (0, 1)}
+    differ, flips = 0, set()
+    for i, image in enumerate(images.numpy()):
+        found = [{w for w in windows if np.array_equal(np_pad_crop(image, *w), viewed[k, i])} for k in range(4)]
+        assert all(len(f) == 1 for f in found), i  # every copy is one pad-4 crop (+ flip) of its own image
+        first, *rest = [f.pop() for f in found]
+        assert all(w[2] == first[2] for w in rest)  # one flip for all copies of an image
+        differ += sum(w[:2] != first[:2] for w in rest)
+        flips.add(first[2])
+    assert differ >= 40  # of 48 copies after the first: independent offsets, 1 in 81 equal by chance
+    assert flips == {0, 1}  # the flip itself is drawn per image
+    assert np.array_equal(copies_of(per_copy, images, seed=4), viewed)  # a pure function of the view generator
+
+    one_view, _ = plain.draw(images, torch.arange(16), torch.Generator().manual_seed(4))
+    out_inputs, out = make(crop_each_rotation=0).expand(one_view.float(), ViewedBatch(one_view, torch.zeros(16),
+                                                                                       torch.arange(16)))
+    for k in range(4):  # the old option: the one view, turned
+        assert torch.equal(out.images[16 * k:16 * (k + 1)], torch.rot90(one_view, k, dims=(2, 3)))
+
+
+def test_copies_need_freshly_drawn_views():
+    from labelopt.pipeline.errors import UserError
+    from labelopt.pipeline.view_sampling import AugmentViews, with_copies
+    from labelopt.pipeline.views import IdentityView
+
+    with pytest.raises(UserError, match="freshly drawn views"):
+        with_copies(AugmentViews(IdentityView(), store_view=0), 4)
+
+
 def test_expand_refuses_images_that_are_not_square():
     images = torch.zeros(1, 3, 4, 6, dtype=torch.uint8)
     with pytest.raises(ValueError, match="square"):
@@ -157,13 +223,15 @@ def test_options_reweight_the_terms():
     assert parts["loss"].item() == pytest.approx(parts["ce"].item() + 0.5 * tf + 2.0 * ss, rel=1e-4)
 
 
-def test_warmup_phase_is_the_teacher_heads_contrastive_loss():
+@pytest.mark.parametrize("options, temperature", [({}, 1.0), ({"head_temperature": 0.5}, 0.5)])
+def test_warmup_phase_is_the_teacher_heads_contrastive_loss(options, temperature):
+    """Default: CE over the plain cosines (the authors' code); head_temperature 0.5 divides them (the paper's)."""
     arrays, labels = fixed_inputs()
-    distiller = make(warmup_epochs=2)
+    distiller = make(warmup_epochs=2, **options)
     distiller.set_epoch(1)
     t, batch = torch_inputs(arrays, labels)
     parts = run(distiller, t, batch)
-    sim = np_similarity(np_head(arrays["t_pool"], distiller.teacher_head)) / 0.5
+    sim = np_similarity(np_head(arrays["t_pool"], distiller.teacher_head)) / temperature
     want = -np_log_softmax(sim)[np.arange(3 * B), np.arange(3 * B) % B].mean()
     assert set(parts) == {"loss", "head"}  # no student term
     assert parts["loss"].item() == pytest.approx(want, rel=1e-4)
@@ -176,7 +244,8 @@ def test_warmup_lr_follows_the_authors_head_schedule():
 
 
 def test_refuses_bad_options_and_missing_shapes():
-    for bad in ({"ss_keep_wrong": 1.5}, {"tf_temperature": 0.0}, {"warmup_epochs": 1.5}, {"warmup_epochs": -1}):
+    for bad in ({"ss_keep_wrong": 1.5}, {"tf_temperature": 0.0}, {"warmup_epochs": 1.5}, {"warmup_epochs": -1},
+                {"crop_each_rotation": 0.5}):
         with pytest.raises(ValueError):
             make(**bad)
     with pytest.raises(ValueError, match="pool"):
@@ -247,6 +316,7 @@ def test_train_student_runs_the_warmup_then_the_student(teacher, tiny_cifar_dir,
 
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["phase"] for line in lines] == ["warmup", "train"]
+    assert json.loads((out / "config.json").read_text())["views"]["copies"] == 4  # a crop per rotated copy
     last = torch.load(out / "last.pt", weights_only=True)
     extra = last["training"]["extra"]
     assert any(k.startswith("teacher_head.") for k in extra) and any(k.startswith("student_head.") for k in extra)

@@ -98,6 +98,18 @@ class Distiller(nn.Module, ABC):
         return tuple(sorted({m for f in self.warmup_lr_decay_at if 1 <= (m := round(n * f)) < n}))
 
     @property
+    def warmup_lr(self) -> float | None:
+        """The warm-up's base learning rate (option `warmup_lr`); None: the recipe's."""
+        lr = self.options.get("warmup_lr")
+        return None if lr is None else float(lr)
+
+    @property
+    def views_per_sample(self) -> int:
+        """Views the sampler draws of each image per step, in blocks (copy k of all B images in rows [kB, (k+1)B),
+        each copy its own crop, all copies of an image one flip); `expand` receives them. Default 1."""
+        return 1
+
+    @property
     def in_warmup(self) -> bool:
         return self.epoch < self.warmup_epochs
 

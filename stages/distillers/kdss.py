@@ -1,10 +1,13 @@
 """`kdss`: self-supervised knowledge distillation, our reading of SSKD (Xu et al., "Knowledge Distillation Meets
 Self-Supervision", ECCV 2020).
 
-Every step shows the student and the (online) teacher each image in four rotations. `expand` lays the 4B rows out
-in blocks: rows [kB, (k+1)B) hold the B images rotated by k * 90 degrees, k = 0..3 (block 0 is the batch as drawn),
-each rotation `torch.rot90(x, k, dims=(H, W))` (from the H axis towards the W axis, which is numpy's `np.rot90` on
-an HWC image, as the public code does). Labels, sample indices and views repeat in the same blocks. Below,
+Every step shows the student and the (online) teacher each image in four rotations. With `crop_each_rotation` 1
+(the default, the authors' loader) the view sampler draws four views of every image, each with its own crop and
+all with the image's one flip (`pipeline.view_sampling.CopiedViews`, from the run's view generator, so a resumed
+run draws the same ones), in blocks: rows [kB, (k+1)B) hold copy k. With 0, one view per image is drawn and
+copied four times (one crop for all rotations). `expand` rotates block k by k * 90 degrees, k = 0..3 (block 0 is
+not turned), `torch.rot90(x, k, dims=(H, W))` (from the H axis towards the W axis, which is numpy's `np.rot90`
+on an HWC image, as the public code does). Labels, sample indices and views repeat in the same blocks. Below,
 "original" means block 0 and "rotated" the 3B rows after it; rotated row r belongs to sample r mod B.
 
 Self-supervision heads (trainable submodules): the teacher's and the student's, each Linear(D, D) -> ReLU ->
@@ -15,6 +18,7 @@ of row r is column r mod B (its own original).
 Phase 1, the `warmup_epochs` warm-up epochs (default 60: the authors' code fine-tunes the teacher's SS head for 60
 epochs before the student starts): only the teacher head trains, on the teacher's detached pooled features:
     loss = mean over the 3B rotated rows r of CE(S_t[r] / head_temperature, r mod B)
+with head_temperature 1 (the authors' code: plain cosines).
 The student gets no loss term (its parameters and its head receive no gradient).
 
 Phase 2, the recipe's epochs: the teacher head is frozen (run without autograd, so SGD skips it: no decay, no
@@ -35,12 +39,13 @@ similarities S_t[r] (`ss_keep_wrong`, default 0.75). With nothing kept a term is
 Readings of ours:
 - Block layout instead of the authors' per-sample interleaving (the original rows come first, as `expand` must);
   the losses do not depend on the row order except for which wrong rows tie at the selection's cut.
-- The four rotations are of one viewed image (one crop, one flip); the authors' loader crops each rotation
-  separately after a shared flip.
+- Crops: the authors' loader flips an image (p 0.5), turns it, then pad-4-crops each turned copy on its own; we
+  crop and flip, then turn. A pad-crop of a turned image is the turn of a pad-crop of the image at a permuted
+  offset, and uniform offsets stay uniform under that permutation, so each copy has the authors' distribution.
 - The warm-up starts at the recipe's base lr and multiplies it by the recipe's gamma at 1/2 and 3/4 of its
   epochs: with the defaults, the authors' 0.05 with x0.1 at epochs 30 and 45 of 60.
-- The head's warm-up objective divides the cosines by `head_temperature` (0.5, the paper's tau in its contrastive
-  loss); the authors' code uses the plain cosines (a temperature of 1): set head_temperature 1 for that.
+- The paper writes the head's contrastive loss with a temperature tau (0.5); its authors' code has none:
+  head_temperature=0.5 gives the paper's form (our default before), 1 the code's.
 - Rank ties count in the teacher's favour (the authors' descending argsort breaks them arbitrarily); ranks are
   taken on the logits rather than on softmax(logits / T_tf), which orders them the same.
 - With warmup_epochs 0 the teacher head is never trained: the SS term then distils a random projection.
@@ -60,11 +65,14 @@ ROTATIONS = 4
 TEACHER_POOL = FEATURE_PREFIX + TAP
 
 
-def rotate_blocks(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] -> [4B, C, H, W]: block k is every image rotated by k * 90 degrees."""
+def rotate_blocks(x: torch.Tensor, originals: int) -> torch.Tensor:
+    """[B or 4B, C, H, W] -> [4B, C, H, W]: block k is block k of x (B rows: x itself) rotated by k * 90 degrees."""
     if x.shape[-1] != x.shape[-2]:
         raise ValueError(f"--method kdss rotates its images, which must be square (got {tuple(x.shape[-2:])})")
-    return torch.cat([torch.rot90(x, k, dims=(-2, -1)) for k in range(ROTATIONS)])
+    if x.shape[0] not in (originals, ROTATIONS * originals):
+        raise ValueError(f"--method kdss expects {originals} or {ROTATIONS * originals} views, got {x.shape[0]}")
+    blocks = x.split(originals) if x.shape[0] > originals else (x,) * ROTATIONS
+    return torch.cat([torch.rot90(block, k, dims=(-2, -1)) for k, block in enumerate(blocks)])
 
 
 def projection_head(dim: int) -> nn.Sequential:
@@ -104,13 +112,14 @@ def kd_on_rows(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
 
 class SelfSupervisedKD(Distiller):
     name = "kdss"
-    summary = ("SSKD: each image in 4 rotations; teacher SS head fine-tuned in warm-up, then ce 0.1 * CE + 0.9 * KD "
-               "+ 2.7 * KD on rotations + 10 * KL of rotation-similarity matrices (selected rows)")
+    summary = ("SSKD: each image in 4 rotations, a crop each; teacher SS head fine-tuned in warm-up, then "
+               "ce 0.1 * CE + 0.9 * KD + 2.7 * KD on rotations + 10 * KL of rotation-similarity matrices "
+               "(selected rows)")
     teacher_signals = (SIGNAL_LOGITS, TEACHER_POOL)
     student_taps = (TAP,)
     defaults = {"ce_weight": 0.1, "kd_weight": 0.9, "tf_weight": 2.7, "ss_weight": 10.0,
-                "kd_temperature": 4.0, "tf_temperature": 4.0, "ss_temperature": 0.5, "head_temperature": 0.5,
-                "tf_keep_wrong": 1.0, "ss_keep_wrong": 0.75, "warmup_epochs": 60.0}
+                "kd_temperature": 4.0, "tf_temperature": 4.0, "ss_temperature": 0.5, "head_temperature": 1.0,
+                "tf_keep_wrong": 1.0, "ss_keep_wrong": 0.75, "warmup_epochs": 60.0, "crop_each_rotation": 1.0}
     store_servable = False  # a store holds no rotated views
     student_learns_in_warmup = False  # the warm-up trains a teacher-side module only
     warmup_lr_decay_at = (0.5, 0.75)  # the authors' head training: x0.1 at epochs 30 and 45 of 60
@@ -133,15 +142,23 @@ class SelfSupervisedKD(Distiller):
         for key in ("tf_keep_wrong", "ss_keep_wrong"):
             if not 0.0 <= o[key] <= 1.0:
                 raise ValueError(f"--method {self.name}: {key} must be in [0, 1]")
+        if o["crop_each_rotation"] not in (0.0, 1.0):
+            raise ValueError(f"--method {self.name}: crop_each_rotation is 0 or 1, got {o['crop_each_rotation']:g}")
         if o["warmup_epochs"] < 0 or o["warmup_epochs"] != int(o["warmup_epochs"]):
             raise ValueError(f"--method {self.name}: warmup_epochs must be a whole number >= 0")
 
+    @property
+    def views_per_sample(self) -> int:
+        """A crop per rotated copy (the authors' loader) or one view rotated four times."""
+        return ROTATIONS if self.options["crop_each_rotation"] == 1.0 else 1
+
     def expand(self, inputs, batch):
-        views = batch.views.repeat(ROTATIONS) if batch.views is not None else None
-        rotated = dataclasses.replace(batch, images=rotate_blocks(batch.images),
+        b = batch.labels.shape[0]
+        views = batch.views if batch.views is None or batch.views.shape[0] > b else batch.views.repeat(ROTATIONS)
+        rotated = dataclasses.replace(batch, images=rotate_blocks(batch.images, b),
                                       labels=batch.labels.repeat(ROTATIONS),
                                       indices=batch.indices.repeat(ROTATIONS), views=views)
-        return rotate_blocks(inputs), rotated
+        return rotate_blocks(inputs, b), rotated
 
     def forward(self, logits, student, teacher, batch):
         if logits.shape[0] % ROTATIONS:

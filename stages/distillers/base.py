@@ -42,6 +42,7 @@ OPTION_RULES = (
     (lambda k: k == "label_smoothing", 0.0, 1.0, False, False),
     (lambda k: k.endswith("_momentum") or k.endswith("_keep_wrong"), 0.0, 1.0, False, False),
     (lambda k: k == "warmup_epochs", 0.0, 1e5, False, True),
+    (lambda k: k.endswith("_lr"), 0.0, 10.0, True, False),
     (lambda k: k in ("feat_dim", "nce_k"), 1.0, 1e6, False, True),
 )
 

@@ -141,6 +141,21 @@ def check_taps(options: GenerateOptions, teachers: list[Teacher]) -> None:
             raise UserError(f"--features {tap}: {teachers[0].arch} has no such tap")
 
 
+BLOCK_MEMORY_LIMIT = 8 * 2 ** 30  # bytes of float32 teacher outputs held for one block before it is written
+
+
+def check_block_memory(options: GenerateOptions, layout: StoreLayout) -> None:
+    """A block's outputs (every view of --block-rows samples) are held in memory: refuse a size that cannot fit."""
+    rows = min(options.block_rows, layout.num_samples)
+    width = layout.num_classes * (2 if layout.logits else 1) + sum(layout.features.values())
+    need = rows * layout.num_views * width * 4
+    if need > BLOCK_MEMORY_LIMIT:
+        fit = max(1, BLOCK_MEMORY_LIMIT // (layout.num_views * width * 4))
+        raise UserError(f"--block-rows {options.block_rows} would hold {need / 2**30:.1f} GiB of teacher outputs in "
+                        f"memory ({layout.num_views} views x {width} values per sample); use --block-rows {fit} "
+                        f"or less")
+
+
 def default_batch_size(device: torch.device) -> int:
     """512 images per teacher batch on a GPU; 64 on a CPU, where a CIFAR resnet56 runs 1.8x faster per image at
     64 than at 512 (the activations of a large batch spill out of the caches)."""
@@ -182,6 +197,7 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
                          logits=options.logits, features=feature_dims,
                          param_size=len(views.policy.param_names), per_sample_params=views.shared_params is None,
                          block_rows=options.block_rows)
+    check_block_memory(options, layout)
     header = {
         "labelopt_version": __version__,
         "dataset": {**data.identity(options.split), "class_names": data.class_names},

@@ -303,3 +303,14 @@ def test_every_command_refuses_bad_numbers_and_runs_with_the_in_range_ones(tiny_
             assert result.exit_code == 0, (path, extra, result.stderr)
             assert "Traceback" not in result.stderr
     assert checked > 60
+
+
+def test_a_block_too_large_for_memory_is_refused_with_a_size_that_fits():
+    from labelopt.pipeline.errors import UserError
+    from labelopt.pipeline.labeling import check_block_memory
+    from labelopt.store import StoreLayout
+
+    imagenet = StoreLayout(num_samples=1_281_167, num_views=10, num_classes=1000, logits=True)
+    with pytest.raises(UserError, match=r"--block-rows 1000000 would hold 74\.5 GiB .* use --block-rows 107374 or"):
+        check_block_memory(GenerateOptions(data="d", out="o", block_rows=1_000_000), imagenet)
+    check_block_memory(GenerateOptions(data="d", out="o", block_rows=107_374), imagenet)

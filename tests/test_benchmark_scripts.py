@@ -1,6 +1,7 @@
 """The benchmark scripts CI can run: the CIFAR-100 method table in --smoke mode (every method, one epoch, digits)
 and the seed table's command list (--dry-run)."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -25,13 +26,17 @@ def test_cifar100_table_smoke_runs_every_method(tmp_path):
     for method in distillers + ["vanilla", "teacher"]:
         assert any(method in row for row in rows), method
     for method in distillers:
-        assert (tmp_path / "runs" / f"resnet20-{method}-from-resnet20" / "last.pt").is_file(), method
+        run_dir = tmp_path / "runs" / f"resnet20-{method}-from-resnet20"
+        assert (run_dir / "last.pt").is_file(), method
+        lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert all(math.isfinite(line["train_loss"]) for line in lines), method
     # Each row's options follow the table, marked where the run changed a default.
     start = next(i for i, row in enumerate(rows) if row[:4] == ["options", "of", "each", "row"])
     options = {row[3]: row[4:] for row in rows[start + 1:] if len(row) > 4 and row[1] == "->"}
     assert set(distillers) <= set(options)
-    assert "ft_weight=200" in options["ft"] and "warmup_epochs=1*" in options["ft"]
+    assert {"ft_weight=200", "warmup_epochs=1*", "paraphraser_bn=1*"} <= set(options["ft"])
     assert "negatives_replace=0" in options["crd"] and "head_temperature=1" in options["kdss"]
+    assert "crop_each_rotation=1" in options["kdss"]
 
 
 def test_seed_table_dry_run_lists_every_row_seed_and_store(tmp_path):

@@ -30,9 +30,9 @@ statistics of the warm-up.
 Readings of ours: factors of different spatial sizes are average-pooled to the smaller one (as the benchmark
 does). The earlier default of this file (paper factor, BatchNorm paraphraser, warm-up at the recipe's 0.05,
 weight 200) is `paper_factor=1 paraphraser_bn=1 warmup_lr=0.05 ft_weight=200`; in our trials a paraphraser
-without BatchNorm diverged at lr 0.05 once the teacher map's RMS was about 2, and at 0.01 on an untrained
-resnet56's maps (RMS 2.7), while it learned at 0.01 on RMS 1.6; `paraphraser_bn=1` is the remedy if `rec` turns
-NaN on a teacher whose last-stage maps are that large.
+without BatchNorm diverged at lr 0.05 once the teacher map's RMS was about 2, at 0.01 on an untrained
+resnet56's maps (RMS 2.7) and at any lr down to 0.001 on a one-epoch digits teacher's (RMS 13), while it
+learned at 0.01 on RMS 1.6; `paraphraser_bn=1` is the remedy if `rec` turns NaN on such a teacher.
 """
 import torch
 import torch.nn.functional as F

@@ -20,7 +20,7 @@ from .labelers import LabelRequest
 
 @dataclass
 class ViewedBatch:
-    images: torch.Tensor  # uint8 [copies x B, 3, H, W]: the viewed pixels (copies: a method's views per sample, 1 by default)
+    images: torch.Tensor  # uint8 [copies x B, 3, H, W], copies = a method's views per sample (1 by default)
     labels: torch.Tensor  # int64 [B]
     indices: torch.Tensor  # int64 [B]: sample index in the split
     views: torch.Tensor | None = None  # int64 [B]: position on a store's view axis (store-drawn views only)

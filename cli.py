@@ -131,7 +131,8 @@ def int_list(text: str | None) -> tuple[int, ...] | None:
     try:
         values = tuple(int(x) for x in text.split(","))
     except ValueError:
-        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers", param_hint="--milestones") from None
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of integers",
+                                 param_hint="--milestones") from None
     bound = number("milestone").bound
     if not all(bound.accepts(v) for v in values) or any(b <= a for a, b in zip(values, values[1:])):
         raise click.BadParameter(f"'{text}' must be strictly increasing epochs, each {bound.describe()}",

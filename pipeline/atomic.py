@@ -29,7 +29,8 @@ def refuse_existing(path: Path, overwrite: bool) -> None:
 def check_output_file(path: Path, overwrite: bool, what: str) -> None:
     """An output file's path: not a folder, not there unless --overwrite, in a folder we can write."""
     if path.is_dir():
-        raise UserError(f"--out {path} is a folder; a {what} is one file: pass a file path such as {path / 'labels.h5'}")
+        raise UserError(f"--out {path} is a folder; a {what} is one file: pass a file path such as "
+                        f"{path / 'labels.h5'}")
     refuse_existing(path, overwrite)
     ensure_writable_dir(path.parent if str(path.parent) else Path("."), "output folder")
 

@@ -33,7 +33,8 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         body = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a file that is not a torch zip of plain tensors fails in many ways (KeyError, ...)
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:160]}" if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        reason = f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
         raise UserError(f"{path} is not a labelopt checkpoint (it does not load as plain tensors: {reason})") from None
     if not isinstance(body, dict) or body.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a labelopt checkpoint (no '{CHECKPOINT_FORMAT}' header); "

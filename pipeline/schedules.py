@@ -52,7 +52,8 @@ def resolve_milestones(epochs: int, milestones: tuple[int, ...] | None) -> tuple
     if not milestones:
         return default_milestones(epochs)
     if any(m < 1 or m >= epochs for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
-        raise UserError(f"--milestones {','.join(map(str, milestones))} must be strictly increasing epochs between 1 and "
+        raise UserError(f"--milestones {','.join(map(str, milestones))} must be strictly increasing epochs "
+                        f"between 1 and "
                         f"{epochs - 1}")
     return tuple(milestones)
 

@@ -55,7 +55,8 @@ def store_content(path: Path) -> dict:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if ".tmp-" in p.name or p.name.endswith(".lock"))
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if ".tmp-" in p.name or p.name.endswith(".lock"))
 
 
 def one_line(result, *, mentions: str):

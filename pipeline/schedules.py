@@ -53,8 +53,7 @@ def resolve_milestones(epochs: int, milestones: tuple[int, ...] | None) -> tuple
         return default_milestones(epochs)
     if any(m < 1 or m >= epochs for m in milestones) or any(b <= a for a, b in zip(milestones, milestones[1:])):
         raise UserError(f"--milestones {','.join(map(str, milestones))} must be strictly increasing epochs "
-                        f"between 1 and "
-                        f"{epochs - 1}")
+                        f"between 1 and {epochs - 1}")
     return tuple(milestones)
 
 

@@ -27,6 +27,9 @@
 #   TEACHER [resnet56]   ENS_TEACHERS [resnet32 resnet44 resnet56]   MIX_GT [0.5] the sl+gt store's --mix-gt
 #   TEMPERATURE [generate-labels' default] of the stores   VIEWS [identity]   WARMUP_EPOCHS [scaled] all warm-ups
 #   ROWS [all] a subset, e.g. "vanilla sl"   DEVICE [auto]   TRAIN_FLAGS / GEN_FLAGS extra flags
+#   JOBS [2] students trained at once, each with nproc / JOBS torch threads (their logs in OUT/logs/): a command's
+#        ~10 s start (numba compiling FFCV's pipeline) is single-threaded, and small convolutions scale poorly
+#        over threads, so two one-thread lanes beat one two-thread run on 2 cores
 #
 # Time on 2 idle CPU cores, estimated from single-thread CPU seconds measured here (a shared machine; see
 # the README): a resnet20 epoch ~4 s, with the online resnet56 teacher ~7.5 s, kdss ~28 s (four rotations;
@@ -80,11 +83,15 @@ TEMPERATURE=${TEMPERATURE:-}
 VIEWS=${VIEWS:-identity}
 WARMUP_EPOCHS=${WARMUP_EPOCHS:-}
 DEVICE=${DEVICE:-auto}
-for name in EPOCHS TEACHER_EPOCHS TEACHER_SEED; do
+JOBS=${JOBS:-2}
+for name in EPOCHS TEACHER_EPOCHS TEACHER_SEED JOBS; do
   [[ ${!name} =~ ^[0-9]+$ ]] || { echo "$name must be a whole number (got '${!name}')" >&2; exit 2; }
 done
 [[ $WARMUP_EPOCHS =~ ^[0-9]*$ ]] || { echo "WARMUP_EPOCHS must be a whole number" >&2; exit 2; }
-[ "$EPOCHS" -ge 1 ] && [ "$TEACHER_EPOCHS" -ge 1 ] || { echo "EPOCHS and TEACHER_EPOCHS must be >= 1" >&2; exit 2; }
+[ "$EPOCHS" -ge 1 ] && [ "$TEACHER_EPOCHS" -ge 1 ] && [ "$JOBS" -ge 1 ] || {
+  echo "EPOCHS, TEACHER_EPOCHS and JOBS must be >= 1" >&2; exit 2; }
+# Each lane gets its share of the cores for torch's threads (unless OMP_NUM_THREADS says otherwise).
+LANE_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))}
 [ "${#SEEDS[@]}" -ge 1 ] || { echo "SEEDS is empty" >&2; exit 2; }
 [ "${#ENS_TEACHERS[@]}" -ge 2 ] || { echo "ENS_TEACHERS needs two or more architectures" >&2; exit 2; }
 
@@ -116,14 +123,13 @@ run() {  # print a command; run it unless --dry-run
   fi
 }
 
-train_run() {  # train_run DIR EPOCHS WARMUP labelopt-command...: skip a complete run, resume a partial one
-  local dir=$1 epochs=$2 warmup=$3 state why
-  shift 3
-  IFS=$'\t' read -r state why < <("${HELPER[@]}" state "$dir" "$epochs" "$warmup")
+how_to_run() {  # how_to_run DIR EPOCHS WARMUP: sets HOW to --overwrite, --resume or "" (complete: skip)
+  local state why
+  IFS=$'\t' read -r state why < <("${HELPER[@]}" state "$1" "$2" "$3")
   case "$state" in
-    complete) say "complete, skipped: $dir ($why)" ;;
-    partial) run "$@" --out "$dir" --resume ;;
-    absent) run "$@" --out "$dir" --overwrite ;;
+    complete) say "complete, skipped: $1 ($why)"; HOW="" ;;
+    partial) HOW=--resume ;;
+    absent) HOW=--overwrite ;;
     *) echo "$why" >&2; exit 2 ;;
   esac
 }
@@ -132,25 +138,54 @@ manifest() {  # manifest KIND ROW SEED DIR: what the evaluation and the table re
   [ "$DRY" = 1 ] || printf '%s\t%s\t%s\t%s\n' "$@" >> "$MANIFEST"
 }
 
-# -- stage one: teachers and label stores, each made the first time a row needs it ---------------------------------
+# -- lanes: up to JOBS commands at once, each logging to OUT/logs/ ------------------------------------------------
+stop_lanes() {  # on exit or interrupt: stop what still runs (a run resumes, a store finishes, on the next start)
+  local pids
+  pids=$(jobs -p)
+  [ -z "$pids" ] || kill $pids 2> /dev/null || true
+}
+
+launch() {  # launch NAME COMMAND...: run now (JOBS 1, --dry-run) or in a lane, its output in OUT/logs/NAME.log
+  local log="$OUT/logs/$1.log"
+  shift
+  if [ "$DRY" = 1 ] || [ "$JOBS" -le 1 ]; then run "$@"; return; fi
+  while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do wait -n || true; done
+  { printf '+ '; printf '%q ' "$@"; echo "> $log"; } >&2
+  (
+    OMP_NUM_THREADS=$LANE_THREADS "$@" > "$log" 2>&1 &
+    pid=$!
+    trap 'kill $pid 2> /dev/null' TERM
+    if wait "$pid"; then say "finished: $log"; else echo "$log" >> "$EVAL/failed"; fi
+  ) &
+}
+
+lanes_done() {  # wait for every lane; stop with the failed commands' last lines if any failed
+  wait
+  [ -s "$EVAL/failed" ] 2> /dev/null || return 0
+  while read -r log; do echo "failed, last lines of $log:" >&2; tail -n 5 "$log" >&2; done < "$EVAL/failed"
+  exit 1
+}
+
+# -- stage one: the teachers, then the stores made from them (PHASE says which the need_* functions make) ---------
 declare -A READY=()
 teacher_ckpt() { echo "$OUT/teachers/$1-seed$TEACHER_SEED/last.pt"; }
 short() { local IFS=-; set -- "${@//resnet/r}"; echo "$*"; }
 
-need_teacher() {  # need_teacher ARCH: train it (TEACHER_EPOCHS, the recipe otherwise) unless done
+need_teacher() {  # need_teacher ARCH: in the teachers phase, train it (TEACHER_EPOCHS, the recipe otherwise)
   local dir
   dir=$(dirname "$(teacher_ckpt "$1")")
-  [ -z "${READY[teacher-$1]:-}" ] || return 0
-  train_run "$dir" "$TEACHER_EPOCHS" 0 labelopt train --data "$DATA" --arch "$1" --epochs "$TEACHER_EPOCHS" \
-    --seed "$TEACHER_SEED" --device "$DEVICE" ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
-  manifest teacher "$1" "$TEACHER_SEED" "$dir"
+  [ "$PHASE" = teachers ] && [ -z "${READY[teacher-$1]:-}" ] || return 0
   READY[teacher-$1]=1
+  manifest teacher "$1" "$TEACHER_SEED" "$dir"
+  how_to_run "$dir" "$TEACHER_EPOCHS" 0
+  [ -z "$HOW" ] || launch "teacher-$1" labelopt train --data "$DATA" --arch "$1" --epochs "$TEACHER_EPOCHS" \
+    --seed "$TEACHER_SEED" --device "$DEVICE" ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"} --out "$dir" "$HOW"
 }
 
 TEMP_ARGS=() TEMP_TAG=""
 [ -z "$TEMPERATURE" ] || { TEMP_ARGS=(--temperature "$TEMPERATURE"); TEMP_TAG="-t$TEMPERATURE"; }
 
-need_store() {  # need_store KIND: sets STORE to the kind's label store, made unless it exists
+need_store() {  # need_store KIND: sets STORE to the kind's label store; in the stores phase, makes it
   local kind=$1 gen=()
   case "$kind" in
     sl) need_teacher "$TEACHER"; STORE="sl-$(short "$TEACHER")-$VIEWS$TEMP_TAG"
@@ -167,19 +202,18 @@ need_store() {  # need_store KIND: sets STORE to the kind's label store, made un
         gen=(--method random --views identity) ;;
   esac
   STORE="$OUT/labels/$STORE.h5"
-  [ -z "${READY[store-$kind]:-}" ] || return 0
+  [ "$PHASE" = stores ] && [ -z "${READY[store-$kind]:-}" ] || return 0
   READY[store-$kind]=1
   if [ -f "$STORE" ]; then
     say "store exists, skipped: $STORE"
   else
-    [ "$DRY" = 1 ] || mkdir -p "$OUT/labels"
-    run labelopt generate-labels --data "$DATA" "${gen[@]}" --out "$STORE" --device "$DEVICE" \
+    launch "store-$kind" labelopt generate-labels --data "$DATA" "${gen[@]}" --out "$STORE" --device "$DEVICE" \
       ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"}
   fi
 }
 
 # -- stage two: one train-student command per row and seed --------------------------------------------------------
-row_args() {  # row_args ROW: sets ARGS (train-student options) and WARMUP, making what the row needs first
+row_args() {  # row_args ROW: sets ARGS (train-student options) and WARMUP; in stage one's phases, makes its needs
   WARMUP=0
   case "$1" in
     vanilla|ls) ARGS=(--method "$1") ;;
@@ -198,15 +232,37 @@ if [ -f "$DATA/meta.json" ]; then
 else
   run labelopt prepare --dataset digits --out "$OUT/data"
 fi
-[ "$DRY" = 1 ] || { mkdir -p "$EVAL"; : > "$MANIFEST"; }
+[ "$DRY" = 1 ] || { mkdir -p "$EVAL" "$OUT/logs" "$OUT/labels"; : > "$MANIFEST"; : > "$EVAL/failed"; }
+trap stop_lanes EXIT
+trap 'exit 130' INT TERM  # exit runs stop_lanes
+for PHASE in teachers stores; do
+  for row in "${ROWS[@]}"; do row_args "$row"; done
+  lanes_done
+done
+PHASE=students
+# The costliest rows first (kdss and the other warm-up methods, then the online teachers), so no lane idles long
+# at the end.
+WARM=() ONLINE=() REST=()
 for row in "${ROWS[@]}"; do
+  row_args "$row"
+  if [ "$WARMUP" -gt 0 ]; then WARM=("$row" ${WARM[@]+"${WARM[@]}"})
+  elif [[ " ${ARGS[*]} " == *" --teacher "* ]]; then ONLINE+=("$row")
+  else REST+=("$row"); fi
+done
+for row in ${WARM[@]+"${WARM[@]}"} ${ONLINE[@]+"${ONLINE[@]}"} ${REST[@]+"${REST[@]}"}; do
   row_args "$row"
   for seed in "${SEEDS[@]}"; do
     dir="$OUT/runs/$row/seed$seed"
-    train_run "$dir" "$EPOCHS" "$WARMUP" labelopt train-student --data "$DATA" --student "$STUDENT" "${ARGS[@]}" \
-      --epochs "$EPOCHS" --seed "$seed" --device "$DEVICE" ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"}
-    manifest student "$row" "$seed" "$dir"
+    how_to_run "$dir" "$EPOCHS" "$WARMUP"
+    [ -z "$HOW" ] || launch "$row-seed$seed" labelopt train-student --data "$DATA" --student "$STUDENT" \
+      "${ARGS[@]}" --epochs "$EPOCHS" --seed "$seed" --device "$DEVICE" ${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"} \
+      --out "$dir" "$HOW"
   done
+done
+lanes_done
+trap - EXIT
+for row in "${ROWS[@]}"; do  # the table's order
+  for seed in "${SEEDS[@]}"; do manifest student "$row" "$seed" "$OUT/runs/$row/seed$seed"; done
 done
 
 # -- evaluation and the table ---------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@
 # Exact views (VIEWS=cifar-crop-flip, 162 per image) would cost ~17 min per resnet56 store on 2 CPU cores.
 #
 # Environment (defaults in brackets):
-#   SEEDS [0 1 2]   EPOCHS [5] student epochs   TEACHER_EPOCHS [15]   TEACHER_SEED [0]   STUDENT [resnet20]
+#   SEEDS [0 1 2]   EPOCHS [6] student epochs   TEACHER_EPOCHS [15]   TEACHER_SEED [0]   STUDENT [resnet20]
 #   TEACHER [resnet56]   ENS_TEACHERS [resnet32 resnet44 resnet56]   MIX_GT [0.5] the sl+gt store's --mix-gt
 #   TEMPERATURE [generate-labels' default] of the stores   VIEWS [identity]   WARMUP_EPOCHS [scaled] all warm-ups
 #   ROWS [all] a subset, e.g. "vanilla sl"   DEVICE [auto]   TRAIN_FLAGS / GEN_FLAGS extra flags
@@ -31,11 +31,12 @@
 #        ~10 s start (numba compiling FFCV's pipeline) is single-threaded, and small convolutions scale poorly
 #        over threads, so two one-thread lanes beat one two-thread run on 2 cores
 #
-# Time on 2 idle CPU cores, estimated from single-thread CPU seconds measured here (a shared machine; see
-# the README): a resnet20 epoch ~4 s, with the online resnet56 teacher ~7.5 s, kdss ~28 s (four rotations;
-# its warm-up epoch ~23 s); ~11 s per command to start (FFCV's numba compile); resnet56 / 44 / 32 teacher
-# epochs ~11 / 8.5 / 7 s. Full table: 60 runs of 5 epochs ~36 min + warm-ups ~2 min + starts ~16 min +
-# teachers of 15 epochs ~6.5 min + stores and evaluation ~3 min: about 60 min. The smoke: ~5 min.
+# Time on 2 idle CPU cores, estimated (the machine this was written on was shared, so wall-clock times were not
+# usable) from single-thread CPU seconds measured per 1,437-image epoch: resnet20 student ~6.8, with the online
+# resnet56 teacher ~12.7, kdss ~48 (four rotations; its warm-up epoch ~39); ~11 per command start (FFCV's numba
+# compile); resnet56 / 44 / 32 teacher epochs ~19 / 14.5 / 12. With JOBS 2: teachers (15 epochs) ~7 min,
+# stores ~1 min, 60 student runs of 6 epochs ~36 min + their warm-ups ~2.5 min + their starts ~5.5 min,
+# evaluation ~2 min: about 55 min. The smoke: about 5 min (30 commands, most of it their starts).
 #
 # Resumable: a run folder whose metrics.jsonl holds every epoch and whose last.pt is newer is skipped, one with
 # a last.pt short of that continues with --resume, one without last.pt starts over; a run made with other
@@ -44,7 +45,7 @@
 # retraining a teacher, delete labels/ as well.
 set -euo pipefail
 
-usage() { sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 OUT="" SMOKE=0 DRY=0
 while [ $# -gt 0 ]; do
@@ -67,7 +68,7 @@ HELPER=(python "$REPO/benchmarks/digits_table_report.py")
 if [ "$SMOKE" = 1 ]; then
   D_SEEDS="0" D_EPOCHS=1 D_TEACHER_EPOCHS=1 D_TEACHER=resnet20 D_ENS="resnet20 resnet32"
 else
-  D_SEEDS="0 1 2" D_EPOCHS=5 D_TEACHER_EPOCHS=15 D_TEACHER=resnet56 D_ENS="resnet32 resnet44 resnet56"
+  D_SEEDS="0 1 2" D_EPOCHS=6 D_TEACHER_EPOCHS=15 D_TEACHER=resnet56 D_ENS="resnet32 resnet44 resnet56"
 fi
 read -r -a SEEDS <<< "${SEEDS:-$D_SEEDS}"
 read -r -a ENS_TEACHERS <<< "${ENS_TEACHERS:-$D_ENS}"

@@ -41,8 +41,8 @@ class LabeloptGroup(click.Group):
             raise click.ClickException(internal_error_line(exc)) from None
 
     def main(self, *args, **kwargs):
-        if kwargs.get("standalone_mode", True) is False:
-            return super().main(*args, **kwargs)
+        if kwargs.pop("standalone_mode", True) is False:
+            return super().main(*args, standalone_mode=False, **kwargs)
         try:
             result = super().main(*args, standalone_mode=False, **kwargs)
         except click.ClickException as exc:

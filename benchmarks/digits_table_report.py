@@ -244,8 +244,9 @@ def report(manifest_path: Path, eval_path: Path, settings_path: Path, out: Path)
     notes = [f"{result['dataset']['name']} test split: {test_images} images, so one image is "
              f"{100 / test_images:.2f} % top-1.",
              f"Students {settings['student']}, {settings['epochs']} epochs (warm-ups {settings['warmups']}), "
-             f"seeds {settings['seeds']}; teachers {settings['teacher_epochs']} epochs; label stores: views "
-             f"{settings['views']}. Mean ± sample std over seeds; 'best' is the epoch of highest test top-1.",
+             f"seeds {settings['seeds']}; teachers {settings['teacher_epochs']} epochs (one seed); label stores: "
+             f"views {settings['views']}. Mean ± sample std over seeds; 'best' is the first epoch of highest "
+             f"test top-1.",
              "CIFAR-100 directions (seed README, R20 students) against digits, last epoch:"]
     notes += [f"- {d['question']} CIFAR-100: {d['seed']} ({'yes' if d['seed_says'] else 'no'}); digits: "
               f"{d['digits']} ({'yes' if d['digits_says'] else 'no'}) -> "

@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .atomic import ensure_writable_dir
 from .errors import UserError
 
 
@@ -70,8 +71,8 @@ def output_lock(output: Path, what: str, *, enabled: bool = True):
         return
     output = Path(output)
     path = lock_path(output)
+    ensure_writable_dir(output.parent, "output folder")
     try:
-        output.parent.mkdir(parents=True, exist_ok=True)
         fd = _acquire(path, what, output)
     except PermissionError:
         raise UserError(f"cannot write beside {output} (permission denied); choose an --out you can write") from None

@@ -19,7 +19,7 @@ gen_seconds / (online_epoch - store_epoch). Both terms grow linearly with the nu
 break-even does not depend on --images.
 
     .venv/bin/python benchmarks/stage_two.py [--images N] [--epochs 5] [--batch-size 64] [--device auto]
-                                             [--bf16] [--workers N] [--keep DIR] [--json-only]
+                                             [--bf16] [--views V] [--workers N] [--keep DIR] [--json-only]
 
 --images defaults to 50,000 (CIFAR's training split) on a GPU and to 512 on a CPU: there, stage one costs 162
 resnet56 passes per image (83k teacher passes for 512 images), which is what bounds the run to ~10 min on
@@ -42,7 +42,7 @@ from loader import make_dataset  # noqa: E402  (benchmarks/loader.py: random CIF
 
 TEACHER, STUDENT = "resnet56", "resnet20"
 TEMPERATURE = 4.0
-VIEWS = "cifar-crop-flip"
+DEFAULT_VIEWS = "cifar-crop-flip"
 GPU_IMAGES, CPU_IMAGES = 50000, 512
 GOAL_STORE_OVER_VANILLA = 1.05
 
@@ -103,15 +103,15 @@ def run_setups(root: Path, args, device: str) -> dict:
     vanilla_student = train_student(StudentOptions(out=str(runs / "vanilla-student"), method="vanilla", **common),
                                     log=log)
 
-    log(f"stage_two: generate-labels sl, {VIEWS} (162 views), T {TEMPERATURE:g}, teacher {TEACHER}")
+    log(f"stage_two: generate-labels sl, views {args.views}, T {TEMPERATURE:g}, teacher {TEACHER}")
     store_path = root / "labels" / f"sl-{TEACHER}-t{TEMPERATURE:g}.h5"
     store_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     generate_labels(GenerateOptions(data=str(folder), out=str(store_path), teachers=(str(teacher),), method="sl",
-                                    views=VIEWS, temperature=TEMPERATURE, device=device, bf16=args.bf16), log=log)
+                                    views=args.views, temperature=TEMPERATURE, device=device, bf16=args.bf16), log=log)
     gen_seconds = time.perf_counter() - started
     store = LabelStore.open(store_path)
-    generation = {"seconds": gen_seconds, "method": "sl", "teacher": TEACHER, "views": VIEWS,
+    generation = {"seconds": gen_seconds, "method": "sl", "teacher": TEACHER, "views": args.views,
                   "num_views": store.num_views, "temperature": TEMPERATURE,
                   "teacher_passes": args.images * store.num_views,
                   "teacher_passes_per_s": args.images * store.num_views / gen_seconds,
@@ -126,7 +126,7 @@ def run_setups(root: Path, args, device: str) -> dict:
                                           temperature=TEMPERATURE, **common), log=log)
     return {"vanilla": timing(vanilla, "vanilla (labelopt train, CE)"),
             "vanilla_student": timing(vanilla_student, "vanilla (train_student --method vanilla)"),
-            "store": timing(from_store, f"sl from store ({VIEWS}, {store.num_views} views)"),
+            "store": timing(from_store, f"sl from store ({args.views}, {store.num_views} views)"),
             "online": timing(online, f"sl, online {TEACHER} teacher"),
             "generation": generation}
 
@@ -193,6 +193,8 @@ def main(argv=None) -> int:
                         help=f"CIFAR-shaped training images [{GPU_IMAGES} on a GPU, {CPU_IMAGES} on a CPU]")
     parser.add_argument("--epochs", type=int, default=5, help="Student epochs per setup; epochs 2..N are timed [5].")
     parser.add_argument("--batch-size", type=int, default=64, help="Student batch (the recipe's) [64].")
+    parser.add_argument("--views", default=DEFAULT_VIEWS,
+                        help=f"The store's views [{DEFAULT_VIEWS}: 162 per image]; identity makes a quick run.")
     parser.add_argument("--workers", type=int, default=None, help="FFCV decoding threads [all cores].")
     add_run_arguments(parser, keeps="data, teacher, store and run folders")
     args = parser.parse_args(argv)

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The CIFAR-shaped GPU figures in one run on one GPU, then one table: stage one (generate-labels, bf16, 50,000
+# images) against bare teacher inference, stage two (resnet20 bf16 epochs: vanilla, from a 162-view store, with
+# an online resnet56 teacher) and one NCCL DDP process (torchrun) training from the same store.
+#
+#   benchmarks/device_check.sh OUT [--dry-run] [--smoke]
+#
+#   OUT gets generate_labels.json, stage_two.json, ddp/ (the torchrun run folder), logs/, device_check.json and
+#   device_check.md (the table). Each part runs under its own time limit, so one that hangs or fails leaves the
+#   others' figures; the table names what is missing.
+#   --dry-run  print the commands; run none.
+#   --smoke    tiny sizes on whatever device there is, fp32, an identity store: checks the plumbing only.
+#
+# Environment (defaults in brackets): GEN_IMAGES [50000] identity images for stage one; CROP_FLIP_IMAGES [1000]
+# images x 162 views for stage one's crop-flip part; STAGE2_IMAGES [10000] images of stage two; STAGE2_VIEWS
+# [cifar-crop-flip] its store's views (162 per image, so 162 x STAGE2_IMAGES teacher passes first); EPOCHS [4] student epochs per setup (epoch 1
+# holds numba's compile and is not timed); PART_LIMIT [240] seconds per part; PYTHON [python].
+#
+# Sized for under 8 minutes on one H100/H200; the three parts are benchmarks/generate_labels.py,
+# benchmarks/stage_two.py and `labelopt train-student` under torchrun, run with the sizes above.
+set -euo pipefail
+
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+OUT="" DRY=0 SMOKE=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY=1; shift ;;
+    --smoke) SMOKE=1; shift ;;
+    -h|--help) usage ;;
+    -*) echo "unknown option: $1" >&2; usage ;;
+    *) [ -z "$OUT" ] || { echo "one OUT folder only (got $OUT and $1)" >&2; usage; }; OUT=$1; shift ;;
+  esac
+done
+[ -n "$OUT" ] || { echo "OUT is required" >&2; usage; }
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+PYTHON=${PYTHON:-python}
+PART_LIMIT=${PART_LIMIT:-240}
+if [ "$SMOKE" = 1 ]; then
+  GEN_IMAGES=${GEN_IMAGES:-128} CROP_FLIP_IMAGES=${CROP_FLIP_IMAGES:-2} STAGE2_IMAGES=${STAGE2_IMAGES:-128}
+  STAGE2_VIEWS=${STAGE2_VIEWS:-identity} EPOCHS=${EPOCHS:-2} PRECISION=() DEVICE=auto
+else
+  GEN_IMAGES=${GEN_IMAGES:-50000} CROP_FLIP_IMAGES=${CROP_FLIP_IMAGES:-1000} STAGE2_IMAGES=${STAGE2_IMAGES:-10000}
+  STAGE2_VIEWS=${STAGE2_VIEWS:-cifar-crop-flip} EPOCHS=${EPOCHS:-4} PRECISION=(--bf16) DEVICE=cuda
+fi
+for name in GEN_IMAGES CROP_FLIP_IMAGES STAGE2_IMAGES EPOCHS PART_LIMIT; do
+  [[ ${!name} =~ ^[1-9][0-9]*$ ]] || { echo "$name must be a positive integer (got '${!name}')" >&2; exit 2; }
+done
+[ "$EPOCHS" -ge 2 ] || { echo "EPOCHS must be at least 2: epoch 1 holds numba's compile and is not timed" >&2; exit 2; }
+
+# One part: its command under the time limit, stdout to a file, stderr to its log. A failed part is recorded
+# and the next one runs.
+part() {
+  local name=$1 stdout=$2; shift 2
+  if [ "$DRY" = 1 ]; then echo "$*"; return 0; fi
+  echo "device_check: $name ($(date +%T))" >&2
+  local started=$SECONDS
+  if timeout "$PART_LIMIT" "$@" > "$stdout" 2> "$OUT/logs/$name.log"; then
+    echo "$name ok $((SECONDS - started))" >> "$OUT/logs/parts.txt"
+  else
+    local rc=$?
+    echo "$name failed:$rc $((SECONDS - started))" >> "$OUT/logs/parts.txt"
+    echo "device_check: $name failed (exit $rc), see $OUT/logs/$name.log" >&2
+    tail -5 "$OUT/logs/$name.log" >&2 || true
+  fi
+}
+
+if [ "$DRY" = 0 ]; then
+  [ ! -e "$OUT" ] || [ -z "$(ls -A "$OUT")" ] || { echo "OUT $OUT is not empty; pass a new folder" >&2; exit 2; }
+  mkdir -p "$OUT/logs"
+  : > "$OUT/logs/parts.txt"
+  "$PYTHON" -c "import torch; print('device_check: torch', torch.__version__, 'cuda', torch.cuda.is_available())" >&2
+fi
+
+part generate_labels "$OUT/generate_labels.json" \
+  "$PYTHON" "$HERE/generate_labels.py" --device "$DEVICE" "${PRECISION[@]}" --teacher-arch resnet56 \
+  --images "$GEN_IMAGES" --crop-flip-images "$CROP_FLIP_IMAGES" --json-only
+part stage_two "$OUT/stage_two.json" \
+  "$PYTHON" "$HERE/stage_two.py" --device "$DEVICE" "${PRECISION[@]}" --images "$STAGE2_IMAGES" \
+  --views "$STAGE2_VIEWS" --epochs "$EPOCHS" --keep "$OUT/stage_two" --json-only
+# The DDP part trains from stage two's store and data with stage two's settings, so its epochs compare with the
+# store row (one process: what DDP's wrapping and NCCL's all-reduce cost on top).
+STORE="$OUT/stage_two/labels/sl-resnet56-t4.h5"
+part ddp "$OUT/logs/ddp.stdout" \
+  "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 1 -m labelopt train-student \
+  --student resnet20 --method sl --labels "$STORE" --data "$OUT/stage_two/bench" --epochs "$EPOCHS" \
+  --batch-size 64 --seed 0 --device "$DEVICE" "${PRECISION[@]}" --out "$OUT/ddp"
+
+if [ "$DRY" = 0 ]; then
+  "$PYTHON" "$HERE/device_check_report.py" "$OUT"
+fi

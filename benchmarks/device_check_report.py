@@ -1,0 +1,119 @@
+"""benchmarks/device_check.sh's one table: reads OUT's parts and writes device_check.json and device_check.md.
+
+    python benchmarks/device_check_report.py OUT
+
+A part that failed or did not run shows as missing, with its exit status from OUT/logs/parts.txt.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def part_status(out: Path) -> dict[str, str]:
+    """{part: 'ok 123' or 'failed:124 240'} from parts.txt (name, status, seconds per line)."""
+    status = {}
+    for line in (out / "logs" / "parts.txt").read_text().splitlines() if (out / "logs" / "parts.txt").exists() else []:
+        name, rest = line.split(" ", 1)
+        status[name] = rest
+    return status
+
+
+def epoch_seconds(run: Path) -> list[float]:
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    return [json.loads(line)["train_seconds"] for line in lines if line.strip()]
+
+
+def stage_one_rows(gen: dict) -> list[dict]:
+    rows = []
+    for name, part in gen["throughput"].items():
+        bare, made = part.get("bare"), part["generate"]
+        rows.append({"what": f"generate-labels {name}: {made['images']} images x {made['views']} views",
+                     "figure": f"{made['img_per_s']:.0f} teacher passes/s",
+                     "against": f"bare {bare['img_per_s']:.0f}/s: {part['ratio_generate_over_bare']:.3f}x"
+                     if bare else f"{part['ratio_generate_over_bare']:.3f}x the dense bare run"})
+    return rows
+
+
+def stage_two_rows(two: dict) -> list[dict]:
+    vanilla = two["setups"]["vanilla"]["median_epoch_seconds"]
+    rows = []
+    for key in ("vanilla", "vanilla_student", "store", "online"):
+        setup = two["setups"][key]
+        rows.append({"what": f"train-student {setup['setup']}",
+                     "figure": f"{setup['median_epoch_seconds']:.2f} s/epoch ({setup['median_img_per_s']:.0f} img/s)",
+                     "against": f"{setup['median_epoch_seconds'] / vanilla:.3f}x vanilla"})
+    gen = two["generation"]
+    rows.append({"what": f"generate-labels sl, {gen['num_views']} views x {two['images']} images",
+                 "figure": f"{gen['seconds']:.1f} s ({gen['teacher_passes_per_s']:.0f} passes/s)",
+                 "against": "break-even vs online: " + (f"{b:.1f} student epochs"
+                                                        if (b := two["summary"]["break_even_epochs_vs_online"])
+                                                        else "never")})
+    return rows
+
+
+def ddp_row(seconds: list[float], two: dict | None, backend: str) -> dict:
+    steady = statistics.median(seconds[1:])
+    against = ""
+    if two:
+        store = two["setups"]["store"]["median_epoch_seconds"]
+        against = f"{steady / store:.3f}x the same run without DDP"
+    return {"what": f"train-student sl from store under torchrun (1 process, {backend} DDP)",
+            "figure": f"{steady:.2f} s/epoch", "against": against}
+
+
+def build(out: Path) -> dict:
+    gen, two = read_json(out / "generate_labels.json"), read_json(out / "stage_two.json")
+    ddp = epoch_seconds(out / "ddp")
+    rows = []
+    rows += stage_one_rows(gen) if gen else [{"what": "generate_labels.py", "figure": "missing", "against": ""}]
+    rows += stage_two_rows(two) if two else [{"what": "stage_two.py", "figure": "missing", "against": ""}]
+    machine = (two or gen or {}).get("machine", {})
+    backend = "NCCL" if str(machine.get("device", "")).startswith("cuda") else "gloo"
+    rows.append(ddp_row(ddp, two, backend) if len(ddp) >= 2
+                else {"what": "torchrun DDP", "figure": "missing", "against": ""})
+    return {"benchmark": "device_check", "parts": part_status(out), "rows": rows, "machine": machine,
+            "bf16": (two or gen or {}).get("bf16"), "ddp_epoch_seconds": ddp,
+            "generate_labels": gen and gen.get("summary"), "stage_two": two and two.get("summary")}
+
+
+def markdown(result: dict) -> str:
+    lines = ["| what | figure | against |", "| --- | --- | --- |"]
+    lines += [f"| {r['what']} | {r['figure']} | {r['against']} |" for r in result["rows"]]
+    m = result["machine"]
+    if m:
+        lines.append(f"\n{m.get('device_name', '?')}, torch {m.get('torch', '?')}, {m.get('cpu_affinity', '?')} "
+                     f"CPU cores, bf16 {result['bf16']}; parts: "
+                     + ", ".join(f"{k} {v}" for k, v in result["parts"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print(__doc__, file=sys.stderr)
+        return 2
+    out = Path(argv[0])
+    result = build(out)
+    (out / "device_check.json").write_text(json.dumps(result, indent=2))
+    table = markdown(result)
+    (out / "device_check.md").write_text(table)
+    print(json.dumps(result, indent=2))
+    print()
+    print(table)
+    return 0 if all(v.startswith("ok") for v in result["parts"].values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

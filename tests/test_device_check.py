@@ -1,0 +1,103 @@
+"""benchmarks/device_check.sh: the commands it would run on a GPU (--dry-run), its refusals, and its report's table
+when a part is missing. The real run needs a GPU; the README gives its figures."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "device_check.sh"
+
+
+def run_script(out: Path, *flags: str, **env) -> subprocess.CompletedProcess:
+    environment = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(out.parent),
+                   "PYTHON": sys.executable, **env}
+    return subprocess.run(["bash", str(SCRIPT), str(out), *flags], capture_output=True, text=True, timeout=60,
+                          env=environment)
+
+
+def load_report():
+    spec = importlib.util.spec_from_file_location("device_check_report",
+                                                  REPO / "benchmarks" / "device_check_report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_dry_run_lists_the_three_parts_on_the_gpu_in_bf16(tmp_path):
+    out = tmp_path / "out"
+    done = run_script(out, "--dry-run")
+    assert done.returncode == 0, done.stderr
+    commands = [line.split() for line in done.stdout.splitlines()]
+    assert len(commands) == 3 and not out.exists()
+    gen, two, ddp = commands
+    assert gen[1].endswith("generate_labels.py") and gen[gen.index("--images") + 1] == "50000"
+    assert two[1].endswith("stage_two.py") and two[two.index("--views") + 1] == "cifar-crop-flip"
+    assert ddp[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "train-student" in ddp
+    for command in commands:
+        assert "--bf16" in command and command[command.index("--device") + 1] == "cuda"
+    # The DDP run trains from stage two's store and data, with its epochs
+    assert ddp[ddp.index("--labels") + 1].startswith(str(out / "stage_two" / "labels"))
+    assert ddp[ddp.index("--epochs") + 1] == two[two.index("--epochs") + 1] == "4"
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"EPOCHS": "1"}, "EPOCHS must be at least 2"),
+    ({"STAGE2_IMAGES": "0"}, "STAGE2_IMAGES must be a positive integer"),
+    ({"GEN_IMAGES": "-5"}, "GEN_IMAGES must be a positive integer"),
+    ({"PART_LIMIT": "nan"}, "PART_LIMIT must be a positive integer"),
+])
+def test_bad_sizes_are_refused_in_one_line(tmp_path, env, message):
+    done = run_script(tmp_path / "out", "--dry-run", **env)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_folder_that_is_not_empty_is_refused(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    done = run_script(out)
+    assert done.returncode == 2 and "not empty" in done.stderr
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_report_marks_missing_parts_and_fails(tmp_path):
+    report = load_report()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "parts.txt").write_text("generate_labels ok 38\nstage_two failed:124 170\nddp failed:1 3\n")
+    gen = {"bf16": True, "machine": {"device": "cuda", "device_name": "GPU X"},
+           "throughput": {"identity": {"bare": {"img_per_s": 200.0},
+                                       "generate": {"images": 10, "views": 1, "img_per_s": 100.0},
+                                       "ratio_generate_over_bare": 0.5}},
+           "summary": {"ratio_goal_met": False}}
+    (tmp_path / "generate_labels.json").write_text(json.dumps(gen))
+    assert report.main([str(tmp_path)]) == 1
+    result = json.loads((tmp_path / "device_check.json").read_text())
+    figures = {row["what"]: row["figure"] for row in result["rows"]}
+    assert figures["generate-labels identity: 10 images x 1 views"] == "100 teacher passes/s"
+    assert figures["stage_two.py"] == figures["torchrun DDP"] == "missing"
+    table = (tmp_path / "device_check.md").read_text()
+    assert "bare 200/s: 0.500x" in table and "stage_two failed:124 170" in table
+
+
+def test_report_compares_ddp_epochs_with_the_store_run(tmp_path):
+    report = load_report()
+    (tmp_path / "ddp").mkdir()
+    (tmp_path / "ddp" / "metrics.jsonl").write_text(
+        "".join(json.dumps({"train_seconds": s}) + "\n" for s in (9.0, 2.0, 3.0, 2.5)))
+    setup = {"setup": "s", "median_epoch_seconds": 2.0, "median_img_per_s": 1.0}
+    two = {"images": 10, "machine": {"device": "cuda"},
+           "setups": {k: setup for k in ("vanilla", "vanilla_student", "store", "online")},
+           "generation": {"num_views": 162, "seconds": 1.0, "teacher_passes_per_s": 1.0},
+           "summary": {"break_even_epochs_vs_online": None}}
+    (tmp_path / "stage_two.json").write_text(json.dumps(two))
+    result = report.build(tmp_path)
+    ddp = result["rows"][-1]
+    # median of epochs 2..N (2.0, 3.0, 2.5) = 2.5 against the store's 2.0
+    assert ddp["figure"] == "2.50 s/epoch" and ddp["against"] == "1.250x the same run without DDP"
+    assert "NCCL" in ddp["what"]
+    assert any(row["against"] == "break-even vs online: never" for row in result["rows"])

@@ -9,13 +9,16 @@ exactly those pixels. Draws use a CPU generator: a seed gives the same views any
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from ..store import LabelStore
 from .errors import UserError
 from .views import IdentityView, PadCropFlipView, ResizedCropFlipView, ViewPolicy
+
+if TYPE_CHECKING:  # annotations only: `labelopt train` draws views without importing the store (h5py)
+    from ..store import LabelStore
 
 
 class ViewSampler(ABC):

@@ -8,22 +8,14 @@ source runs the teachers on the viewed images. The training loop sees only the
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 
 from ..store import LabelStore
+from .batch import ViewedBatch  # noqa: F401  (re-exported: where the teacher sources' callers find it)
 from .distillers import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS
 from .labelers import LabelRequest
-
-
-@dataclass
-class ViewedBatch:
-    images: torch.Tensor  # uint8 [copies x B, 3, H, W], copies = a method's views per sample (1 by default)
-    labels: torch.Tensor  # int64 [B]
-    indices: torch.Tensor  # int64 [B]: sample index in the split
-    views: torch.Tensor | None = None  # int64 [B]: position on a store's view axis (store-drawn views only)
 
 
 ENSEMBLE_METHODS = ("sl-ens", "combine")  # generator methods whose stores hold an ensemble's labels

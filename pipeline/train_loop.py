@@ -1,0 +1,164 @@
+"""The parts of a training run after its set-up: one epoch of steps, the epoch's test evaluation and its
+checkpoints, and the watch that stops a run whose loss is no longer finite."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..stages.batch import ViewedBatch
+from ..stages.metrics import classification_metrics
+from .checkpoints import save_checkpoint
+from .datasets import PreparedDataset
+from .errors import UserError
+from .evaluation import predict
+from .runtime import DistInfo, autocast
+from .train_setup import TrainingRun
+
+
+class TrainingDiverged(UserError):
+    """The loss became nan or inf: the run stops, keeping the last checkpoint of a finished epoch."""
+
+
+class DivergenceWatch:
+    """Remembers the first step of an epoch whose loss was not finite, without a device sync per step.
+
+    `check` (called where the loop syncs anyway) stops the run on every rank at once under DDP.
+    """
+
+    def __init__(self, device: torch.device):
+        self.never = torch.iinfo(torch.long).max
+        self.first_bad = torch.full((), self.never, dtype=torch.long, device=device)
+        self.bad_value = torch.zeros((), device=device)
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        value = loss.detach().float()
+        new = ~torch.isfinite(value) & (self.first_bad == self.never)
+        self.bad_value = torch.where(new, value, self.bad_value)
+        self.first_bad = torch.where(new, torch.full_like(self.first_bad, step), self.first_bad)
+
+    def check(self, epoch: int, epochs: int, steps: int, out: Path, dist_info: DistInfo) -> None:
+        first_bad = self.first_bad.clone()
+        if dist_info.enabled:
+            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+        step = int(first_bad.item())
+        if step == self.never:
+            return
+        value = float(self.bad_value.item()) if int(self.first_bad.item()) == step else float("nan")
+        last = out / "last.pt"
+        kept = (f"the last good checkpoint is {last} ({epoch} epochs done)" if epoch > 0 and last.is_file()
+                else "no epoch had finished, so there is no checkpoint")
+        raise TrainingDiverged(f"the loss became {value} at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps}; "
+                               f"training stopped and {kept}; lower --lr (or the method's loss weights) and start "
+                               f"a new run")
+
+
+class EpochTotals:
+    """Sums over an epoch's steps, kept on the device (no sync per step)."""
+
+    def __init__(self, device: torch.device):
+        self.loss, self.correct, self.seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+        self.parts: dict[str, torch.Tensor] = {}
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, parts: dict) -> None:
+        rows = labels.shape[0]
+        self.loss += loss.detach().float() * rows
+        for name, value in parts.items():
+            self.parts[name] = self.parts.get(name, 0.0) + value.detach().float() * rows
+        self.correct += (logits.detach().argmax(1) == labels).sum()
+        self.seen += rows
+
+
+def train_step(run: TrainingRun, epoch: int, step: int, images, labels, indices, views_rng: torch.Generator,
+               watch: DivergenceWatch):
+    """One optimizer step at the schedule's lr; returns (loss, logits, parts) for the epoch's totals."""
+    lr = run.schedule.lr(epoch, step)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    viewed, views = run.sampler.draw(images, indices, views_rng)
+    batch = ViewedBatch(viewed, labels, indices, views)
+    with autocast(run.device, run.options.bf16):
+        loss, logits, parts = run.objective(run.train_model, run.normalize(viewed), batch, run.train_extra)
+    watch.observe(loss, step)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    return loss, logits, parts
+
+
+def train_epoch(run: TrainingRun, epoch: int) -> dict:
+    """Every step of one epoch; returns the epoch's record (loss, train top-1, lr, time)."""
+    started = time.perf_counter()
+    # View draws depend only on (seed, epoch, rank): a resumed epoch sees the same views.
+    views_rng = torch.Generator().manual_seed(run.options.seed * 1_000_003 + epoch * 7919 + run.dist_info.rank)
+    run.train_model.train()
+    if run.train_extra is not None:
+        run.train_extra.train()
+    totals, watch, steps = EpochTotals(run.device), DivergenceWatch(run.device), len(run.train_loader)
+    bar = tqdm(run.train_loader.epoch(epoch), total=steps, desc=f"epoch {epoch + 1}/{run.total_epochs}",
+               unit="batch", leave=False, disable=None if run.dist_info.is_main else True)
+    for step, (images, labels, indices) in enumerate(bar):
+        loss, logits, parts = train_step(run, epoch, step, images, labels, indices, views_rng, watch)
+        totals.add(loss, logits, labels, parts)
+        if step % 20 == 0:
+            watch.check(epoch, run.total_epochs, steps, run.out, run.dist_info)
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.schedule.lr(epoch, step):.4g}")
+    bar.close()
+    watch.check(epoch, run.total_epochs, steps, run.out, run.dist_info)  # before anything of the epoch is saved
+    seconds = time.perf_counter() - started
+    record = {"epoch": epoch, "phase": "warmup" if epoch < run.options.warmup_epochs else "train",
+              "lr": run.schedule.lr(epoch, 0), "train_loss": (totals.loss / totals.seen).item(),
+              "train_top1": 100.0 * totals.correct.item() / totals.seen, "train_seconds": round(seconds, 3),
+              "train_img_per_s": round(totals.seen * run.dist_info.world_size / seconds, 1)}
+    if totals.parts:
+        record["train_loss_parts"] = {name: (total / totals.seen).item() for name, total in totals.parts.items()}
+    return record
+
+
+def evaluate_epoch(run: TrainingRun, record: dict) -> None:
+    """The test split's top-1, top-5, NLL and ECE into the record (rank 0, where there is a test split)."""
+    if run.test_loader is None:
+        return
+    logits, labels = predict(run.model, run.test_loader, run.normalize, bf16=run.options.bf16)
+    test = classification_metrics(logits, labels)
+    record.update({f"test_{k}": test[k] for k in ("top1", "top5", "nll", "ece")})
+
+
+def save_epoch(run: TrainingRun, epoch: int, record: dict) -> None:
+    """metrics.jsonl's line, last.pt (with the state to resume) and best.pt when the epoch is the best so far."""
+    run.metrics_log.append(record)
+    score = record.get("test_top1", record["train_top1"])
+    improved = score > run.best["top1"]
+    if improved:
+        run.best = {"top1": score, "epoch": epoch}
+    payload = checkpoint_payload(run.options, run.data, run.model, epoch, record)
+    training_state = {"optimizer": run.optimizer.state_dict(), "best": run.best, "torch_rng": torch.get_rng_state()}
+    if run.extra_modules is not None:
+        training_state["extra"] = {k: v.detach().cpu() for k, v in run.extra_modules.state_dict().items()}
+    # last.pt first: if the disk fills while best.pt is written, the run can still be resumed.
+    save_checkpoint(run.out / "last.pt", {**payload, "training": training_state})
+    if improved:
+        save_checkpoint(run.out / "best.pt", payload)
+
+
+def checkpoint_payload(options, data: PreparedDataset, model: torch.nn.Module, epoch: int, record: dict) -> dict:
+    return {
+        "arch": options.arch,
+        "num_classes": data.num_classes,
+        "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        "epoch": epoch,
+        "metrics": record,
+        "dataset": {**data.identity("train"), "mean": data.mean, "std": data.std, "input_size": data.input_size},
+    }
+
+
+def epoch_line(record: dict, epochs: int) -> str:
+    parts = record.get("train_loss_parts") or {}
+    terms = f" ({' '.join(f'{k} {v:.4g}' for k, v in parts.items())})" if len(parts) > 1 else ""
+    text = (f"epoch {record['epoch'] + 1}/{epochs}  loss {record['train_loss']:.4f}{terms}  "
+            f"train {record['train_top1']:.2f}%")
+    if "test_top1" in record:
+        text += f"  test {record['test_top1']:.2f}%  nll {record['test_nll']:.4f}  ece {record['test_ece']:.4f}"
+    return text + f"  {record['train_img_per_s']:.0f} img/s"

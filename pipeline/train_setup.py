@@ -1,0 +1,136 @@
+"""A training run's set-up: the resumed state, the modules on the device (DDP-wrapped under torchrun), the
+optimizer, the loaders and the schedule, gathered in one `TrainingRun` that the epoch loop reads."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from .checkpoints import load_checkpoint, save_checkpoint
+from .datasets import PreparedDataset
+from .errors import UserError
+from .evaluation import eval_loader
+from .loading import SplitLoader, make_loader
+from .runs import MetricsLog
+from .runtime import DistInfo
+from .schedules import Schedule
+from .view_sampling import ViewSampler
+from .views import Normalizer
+
+
+@dataclass
+class TrainingRun:
+    """Everything an epoch needs; `model` and `extra_modules` are the bare modules (evaluation, checkpoints),
+    `train_model` and `train_extra` the ones the steps call (DDP-wrapped when distributed)."""
+
+    options: object  # TrainOptions
+    data: PreparedDataset
+    out: Path
+    dist_info: DistInfo
+    device: torch.device
+    model: torch.nn.Module
+    train_model: torch.nn.Module
+    extra_modules: torch.nn.Module | None
+    train_extra: torch.nn.Module | None
+    objective: Callable
+    sampler: ViewSampler
+    optimizer: torch.optim.Optimizer
+    schedule: Schedule
+    train_loader: SplitLoader
+    test_loader: SplitLoader | None
+    normalize: Normalizer
+    metrics_log: MetricsLog | None
+    best: dict
+    start_epoch: int
+
+    @property
+    def total_epochs(self) -> int:
+        return self.options.warmup_epochs + self.options.epochs
+
+
+def restore_best(out: Path, state: dict) -> None:
+    """last.pt is saved before best.pt, so a save that failed (a full disk) can leave best.pt behind last.pt: when
+    last.pt's own epoch is the recorded best, best.pt is last.pt's weights."""
+    best_epoch = state["training"]["best"]["epoch"]
+    if best_epoch != state["epoch"]:
+        return
+    best_path = out / "best.pt"
+    if best_path.is_file() and load_checkpoint(best_path).get("epoch") == best_epoch:
+        return
+    save_checkpoint(best_path, {k: v for k, v in state.items() if k not in ("training", "format", "version")})
+
+
+def place_modules(options, model, extra_modules, state: dict | None, dist_info: DistInfo, device: torch.device):
+    """The model and a method's modules on the device with any resumed weights, then their DDP wrappers.
+
+    Returns (model, train_model, train_extra)."""
+    if state is not None:
+        model.load_state_dict(state["model"])
+    memory_format = torch.channels_last if options.channels_last else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
+    if extra_modules is not None:  # on the device, with resumed state, before DDP takes hold of it
+        extra_modules.to(device)
+        if state is not None and "extra" in state["training"]:
+            extra_modules.load_state_dict(state["training"]["extra"])
+    if not dist_info.enabled:
+        return model, model, extra_modules
+    device_ids = [device.index] if device.type == "cuda" else None
+    # A warm-up phase may train only a method's own modules: then the student's parameters get no gradient.
+    train_model = DistributedDataParallel(model, device_ids=device_ids,
+                                          find_unused_parameters=options.warmup_epochs > 0)
+    train_extra = extra_modules
+    if extra_modules is not None and any(p.requires_grad for p in extra_modules.parameters()):
+        # Buffers stay per rank (a method that keeps state across ranks synchronises it itself); a method may
+        # leave some of its parts idle in a phase (a frozen head), hence find_unused_parameters.
+        train_extra = DistributedDataParallel(extra_modules, device_ids=device_ids, broadcast_buffers=False,
+                                              find_unused_parameters=True)
+    return model, train_model, train_extra
+
+
+def make_optimizer(options, model, extra_modules) -> torch.optim.Optimizer:
+    trainable = list(model.parameters())
+    if extra_modules is not None:
+        trainable += [p for p in extra_modules.parameters() if p.requires_grad]
+    return torch.optim.SGD(trainable, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
+
+
+def make_loaders(options, data: PreparedDataset, dist_info: DistInfo, device: torch.device):
+    """(train loader, test loader or None: only rank 0 evaluates, and only where the data has a test split)."""
+    train_loader = make_loader(data, "train", options.batch_size, shuffle=True, seed=options.seed, drop_last=True,
+                               distributed=dist_info.enabled, device=device, num_workers=options.num_workers)
+    if len(train_loader) == 0:
+        raise UserError(f"--batch-size {options.batch_size} is larger than the training split "
+                        f"({data.num_samples('train')} images); use a smaller batch")
+    test_loader = eval_loader(data, "test", device) if dist_info.is_main and "test" in data.splits else None
+    return train_loader, test_loader
+
+
+def set_up_run(options, data: PreparedDataset, model, objective, sampler: ViewSampler, extra_modules,
+               dist_info: DistInfo, device: torch.device) -> TrainingRun:
+    """A TrainingRun from a prepared run folder (a new one, or one to resume from its last.pt)."""
+    out = Path(options.out)
+    state = load_checkpoint(out / "last.pt") if options.resume else None
+    if state is not None and dist_info.is_main:
+        restore_best(out, state)
+    model, train_model, train_extra = place_modules(options, model, extra_modules, state, dist_info, device)
+    optimizer = make_optimizer(options, model, extra_modules)
+    start_epoch, best = 0, {"top1": -1.0, "epoch": -1}
+    if state is not None:
+        optimizer.load_state_dict(state["training"]["optimizer"])
+        start_epoch = int(state["epoch"]) + 1
+        best = dict(state["training"]["best"])
+        torch.set_rng_state(state["training"]["torch_rng"])
+    train_loader, test_loader = make_loaders(options, data, dist_info, device)
+    schedule = Schedule(options.schedule, options.lr, options.epochs, len(train_loader), options.milestones,
+                        options.gamma, hold_epochs=options.warmup_epochs,
+                        hold_milestones=tuple(options.warmup_milestones), hold_lr=options.warmup_lr)
+    metrics_log = None
+    if dist_info.is_main:
+        metrics_log = MetricsLog(out / "metrics.jsonl", keep_through_epoch=start_epoch - 1 if state else None)
+    return TrainingRun(options, data, out, dist_info, device, model, train_model, extra_modules, train_extra,
+                       objective, sampler, optimizer, schedule, train_loader, test_loader,
+                       Normalizer(data.mean, data.std, device, channels_last=options.channels_last), metrics_log,
+                       best, start_epoch)

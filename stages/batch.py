@@ -1,0 +1,18 @@
+"""One training step's batch after the view draw: what a method and a teacher source see of it.
+
+Its own module, with torch its only import, so the training loop of `labelopt train` needs no method, store or
+teacher code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ViewedBatch:
+    images: torch.Tensor  # uint8 [copies x B, 3, H, W], copies = a method's views per sample (1 by default)
+    labels: torch.Tensor  # int64 [B]
+    indices: torch.Tensor  # int64 [B]: sample index in the split
+    views: torch.Tensor | None = None  # int64 [B]: position on a store's view axis (store-drawn views only)

@@ -4,10 +4,12 @@ then the option's default. Each value goes through the option's own type, so a b
 with the same one line as the flag would be, naming the key and the file instead of the flag."""
 from __future__ import annotations
 
+import os
+
 import click
 
 from .pipeline.errors import UserError
-from .pipeline.recipes import METHOD_OPTIONS_KEY, load_recipe, shipped_names
+from .pipeline.recipes import METHOD_OPTIONS_KEY, load_recipe, rerun_notes, shipped_names
 
 REPEATED_METHOD_OPTION = "extra_options"  # cli.train_student's parameter behind --method-option NAME=VALUE
 
@@ -55,6 +57,9 @@ def apply_recipe(ctx: click.Context, spec: str, given) -> None:
             recipe.values[name] = value = [value]
         check_value(ctx, param, value, f"'{recipe.keys[name]}' in {recipe.path}")
     ctx.default_map = {**(ctx.default_map or {}), **recipe.values}
+    note = rerun_notes(recipe, dict(given))
+    if note and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        click.echo(note, err=True)
 
 
 def check_value(ctx: click.Context, param: click.Parameter, value, where: str) -> None:

@@ -188,3 +188,31 @@ def check_overrides(recipe: Recipe, given: dict) -> None:
     if epochs is not None and text and int(text.split(",")[-1]) >= epochs:
         raise UserError(f"{recipe.path} sets milestones {text}, which do not fit --epochs {epochs}; pass "
                         f"--milestones as well ('' for the default of {epochs} epochs)")
+
+
+def rerun_notes(recipe: Recipe, given: dict) -> str | None:
+    """What differs between a recorded run and its rerun (code, libraries, data), so a rerun whose weights do
+    not match the run's says why; None when nothing does (or the file is not a run's)."""
+    if recipe.run is None:
+        return None
+    from .runs import provenance  # git and package versions: asked only for a rerun
+
+    then, now = recipe.run.get("provenance") or {}, provenance()
+    changed = []
+    if then.get("git_commit") not in (None, now["git_commit"]):
+        changed.append(f"labelopt commit {then['git_commit']} -> {now['git_commit']}")
+    for name, version in (then.get("versions") or {}).items():
+        if name in now["versions"] and now["versions"][name] != version:
+            changed.append(f"{name} {version} -> {now['versions'][name]}")
+    recorded = (recipe.run.get("dataset") or {}).get("fingerprint")
+    data = given.get("data", recipe.values.get("data"))
+    try:
+        current = json.loads((Path(str(data)) / "meta.json").read_text())["splits"]["train"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        current = None  # no readable dataset: the command itself says so
+    if recorded and current and current != recorded:
+        changed.append(f"the training data (fingerprint {recorded[:12]} -> {current[:12]})")
+    if not changed:
+        return None
+    return (f"note: rerunning the run in {recipe.run.get('out')} with {'; '.join(changed)}: "
+            f"its weights may differ from the run's")

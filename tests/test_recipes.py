@@ -253,3 +253,34 @@ def test_a_student_run_reruns_bit_for_bit_from_its_config_json(tiny_cifar_dir, t
     result = invoke(["train-student", "--config", first / "config.json", "--out", second])
     assert result.exit_code == 0, result.output + result.stderr
     assert same_record(first, second) and same_weights(first, second)
+
+
+def test_a_rerun_names_what_differs_from_the_recorded_run(captured, tiny_cifar_dir, tmp_path):
+    from labelopt.pipeline.runs import provenance
+
+    now = provenance()
+    same = {"git_commit": now["git_commit"], "versions": dict(now["versions"])}
+    fingerprint = json.loads((tiny_cifar_dir / "meta.json").read_text())["splits"]["train"]["fingerprint"]
+    record = student_record(data=str(tiny_cifar_dir), provenance=same, dataset={"fingerprint": fingerprint})
+    path = write(tmp_path / "config.json", json.dumps(record))
+    quiet = invoke(["train-student", "--config", path, "--out", tmp_path / "b"])
+    assert quiet.exit_code == 0 and "note:" not in quiet.stderr
+    older = {"git_commit": "0" * 40, "versions": {**now["versions"], "torch": "0.1"}}
+    record.update(provenance=older, dataset={"fingerprint": "f" * 64})
+    path.write_text(json.dumps(record))
+    noted = invoke(["train-student", "--config", path, "--out", tmp_path / "b"])
+    assert noted.exit_code == 0
+    assert noted.stderr.startswith("note: rerunning the run in runs/a with labelopt commit 0000000000000000000000000")
+    assert f"torch 0.1 -> {now['versions']['torch']}" in noted.stderr and "fingerprint ffffffffffff ->" in noted.stderr
+
+
+def test_the_readmes_example_recipe_reads_as_it_says(captured, tmp_path):
+    text = (REPO / "README.md").read_text()
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    recipe = write(tmp_path / "my-student.toml", example)
+    student = options_of(captured, ["train-student", "--config", recipe, "--data", "d", "--out", "o", "--lr", "0.05"])
+    assert (student.epochs, student.lr, student.batch_size, student.milestones) == (200, 0.05, 128, (60, 120, 160))
+    assert (student.arch, student.method, student.method_options) == ("resnet20", "sl-kd", {"ce_weight": 0.1})
+    assert student.teachers == ("runs/r32/last.pt", "runs/r44/last.pt")
+    teacher = options_of(captured, ["train", "--config", recipe, "--data", "d", "--arch", "resnet32", "--out", "o"])
+    assert (teacher.epochs, teacher.lr) == (200, 0.1)

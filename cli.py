@@ -15,6 +15,7 @@ if __name__ == "__main__" and not __package__:
 
 import click
 
+from .cli_config import recipe_option
 from .pipeline.errors import user_errors
 
 
@@ -257,6 +258,7 @@ def as_plain(kwargs: dict) -> dict:
 
 
 @main.command()
+@recipe_option
 @click.option("--arch", required=True, help="Model name (labelopt models).")
 @training_options
 @click.option("--label-smoothing", type=number("label_smoothing"), default=0.0, show_default=True)
@@ -272,6 +274,7 @@ def train(milestones, **kwargs):
 
 
 @main.command("train-student")
+@recipe_option
 @click.option("--student", "arch", required=True, help="Student model name (labelopt models).")
 @click.option("--method", default="sl", show_default=True, help="vanilla, ls, sl, sl-kd or kd.")
 @click.option("--labels", type=click.Path(path_type=Path), default=None, help="A label store (generate-labels).")
@@ -346,6 +349,7 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json
 
 
 @main.command("generate-labels")
+@recipe_option
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="A prepared dataset folder.")
 @click.option("--split", default="train", show_default=True)
 @click.option("--teacher", "teachers", multiple=True, help="Teacher checkpoint (repeat for sl-ens).")

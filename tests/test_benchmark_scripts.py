@@ -65,6 +65,23 @@ def test_seed_table_dry_run_lists_every_row_seed_and_store(tmp_path):
     rows = {"resnet20": ["vanilla", "ls", "random", "kd", "sl", "sl-enc", "sl-ens", "sl-kd"],
             "resnet110": ["vanilla", "ls", "kd", "sl", "sl-enc", "sl-ens", "sl-kd"]}
     assert runs == {f"{s}/{r}/seed{k}" for s in rows for r in rows[s] for k in (0, 1)}
+    # Teachers and students train with the seed's recipe (its 200 epochs, lr 0.1, batch 128), not the benchmark's.
+    training = [c for c in commands if c[1] in ("train", "train-student")]
+    assert len(training) == 3 + 2 * 15
+    assert all(c[c.index("--config") + 1] == str(REPO / "recipes" / "seed.toml") for c in training)
+    assert not any("--epochs" in c or "--milestones" in c for c in training)
     evaluated = [c for c in commands if c[1] == "evaluate"]
     assert len(evaluated) == 3 + sum(len(r) for r in rows.values())
     assert all(sum(a.endswith("last.pt") for a in c) == 2 for c in evaluated if "/runs/" in " ".join(c))
+
+
+def test_seed_table_epochs_keeps_the_seed_recipes_milestone_fractions(tmp_path):
+    (tmp_path / "root" / "cifar-100-python").mkdir(parents=True)
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SEEDS": "0", "STUDENTS": "resnet20", "EPOCHS": "10"}
+    run = subprocess.run(["bash", str(REPO / "benchmarks" / "seed_table.sh"), "--dry-run", str(tmp_path / "root"),
+                          str(tmp_path / "out")], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr
+    training = [c.split() for c in run.stdout.splitlines() if c.split()[1] in ("train", "train-student")]
+    assert training and all(c[c.index("--epochs") + 1] == "10" for c in training)
+    # 60/120/160 of 200 epochs -> 3/6/8 of 10 (printed shell-quoted: 3\,6\,8)
+    assert all(c[c.index("--milestones") + 1].replace("\\", "") == "3,6,8" for c in training)

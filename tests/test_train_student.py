@@ -209,6 +209,8 @@ def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar
 
 
 def test_a_methods_warmup_phase_and_expanded_batches(tiny_cifar_dir, tmp_path, monkeypatch):
+    from dataclasses import dataclass
+
     import torch.nn.functional as F
 
     from labelopt.stages import distillers
@@ -219,7 +221,10 @@ def test_a_methods_warmup_phase_and_expanded_batches(tiny_cifar_dir, tmp_path, m
     class Probe(Distiller):
         """Warm-up for one epoch; each step also shows the student its images flipped."""
         name = "probe"
-        defaults = {"warmup_epochs": 1.0}
+
+        @dataclass(frozen=True)
+        class Options:
+            warmup_epochs: int = 1
 
         def __init__(self, context, **options):
             super().__init__(context, **options)

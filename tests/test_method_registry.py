@@ -2,6 +2,7 @@
 import dataclasses
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch.nn.functional as F
@@ -190,3 +191,11 @@ def test_a_registered_method_trains_with_typed_options_end_to_end(fake_method, t
     assert resolved["name"] == fake_method.name
     assert resolved["options"] == {"ce_weight": 1.0, "copies": 3, "sharpen": True}
     assert type(resolved["options"]["copies"]) is int
+
+
+def test_the_docs_example_is_the_real_method_file():
+    repo = Path(__file__).resolve().parents[1]
+    docs = (repo / "docs" / "methods.md").read_text()
+    section = docs[docs.index("## Adding a method"):]
+    example = section[section.index("```python\n") + len("```python\n"):section.index("```\n\nWhat a method")]
+    assert example == (repo / "stages" / "distillers" / "kd.py").read_text()

@@ -147,7 +147,7 @@ def test_refusals(stores, teacher, tiny_cifar_dir, tmp_path):
         (["--labels", crop_flip, "--teacher", teacher], "either --labels STORE or --teacher CKPT"),
         (["--method", "sl"], "pass --labels STORE"),
         (["--method", "vanilla", "--labels", crop_flip], "uses no teacher"),
-        (["--method", "fancy", "--labels", crop_flip], "unknown --method 'fancy'"),
+        (["--method", "fancy", "--labels", crop_flip], "'fancy' is not one of 'vanilla', 'ls', 'sl'"),
         (["--labels", crop_flip, "--temperature", "2"], "temperature 4, fixed when it was made"),
         (["--labels", crop_flip, "--augment", "identity"], "define the augmentation"),
         (["--labels", crop_flip, "--ce-weight", "0.5"], "--ce-weight does not apply to --method sl"),

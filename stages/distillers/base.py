@@ -62,7 +62,7 @@ class Distiller(nn.Module, ABC):
 
     @classmethod
     def why_not_store(cls) -> str:
-        """"" when a label store can serve every teacher signal of the method, else why not (one phrase)."""
+        """Why a label store cannot serve the method (one phrase); empty when it can serve every teacher signal."""
         maps = [s for s in cls.teacher_signals if not store_can_hold(s)]
         if maps:
             return (f"it needs {', '.join(maps)}, and a store holds only 1-D features "

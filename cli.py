@@ -85,6 +85,67 @@ def number(bound_name: str) -> Number:
     return Number(bound_name)
 
 
+class RegistryChoice(click.Choice):
+    """One of a registry's names, read when needed (help, parsing): --help lists what is registered now, and
+    importing the CLI stays cheap (the registries import torch). An entry "NAME:K" stands for NAME:<integer >= 1>."""
+
+    def __init__(self, names):
+        self.names = names  # () -> the registered names, in listing order
+        super().__init__((), case_sensitive=True)
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        return tuple(self.names())
+
+    @choices.setter
+    def choices(self, _):  # click.Choice.__init__ assigns it; the registry stays the source
+        pass
+
+    def convert(self, value, param, ctx):
+        prefix, colon, count = str(value).partition(":")
+        if colon and f"{prefix}:K" in self.choices:
+            if count.isdigit() and int(count) >= 1:
+                return value
+            self.fail(f"{value!r}: K must be a whole number >= 1, e.g. {prefix}:10", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def registered_methods():
+    from .stages.distillers import DISTILLERS
+
+    return list(DISTILLERS)
+
+
+def registered_labelers():
+    from .stages.labelers import LABELERS
+
+    return list(LABELERS)
+
+
+def registered_models():
+    from .models import model_names
+
+    return model_names()
+
+
+def registered_schedules():
+    from .pipeline.schedules import schedule_names
+
+    return schedule_names()
+
+
+def augment_policies():
+    from .pipeline.views import view_policy_names
+
+    return ["auto", *view_policy_names()]
+
+
+def store_view_specs():
+    from .pipeline.views import STORE_VIEW_SPECS
+
+    return list(STORE_VIEW_SPECS)
+
+
 def system_error_line(exc: OSError) -> str:
     """A failed read or write (disk full, permission, read-only mount): what failed, where, what to do."""
     where = f" {exc.filename}" if exc.filename else ""
@@ -159,7 +220,16 @@ def float_list(text: str | None, bound_name: str, flag: str) -> list[float] | No
 def main():
     """labelopt: pay the teacher once per dataset.
 
-    prepare -> train (teachers, baselines) -> evaluate.
+    \b
+    The two-stage flow:
+      prepare          dataset files -> FFCV .beton splits + meta.json
+      train            the teacher (also the vanilla and label-smoothing baselines)
+      generate-labels  stage one: run the teacher once, write its soft labels to a label store
+      train-student    stage two: students from the store (or online teachers), any method
+      evaluate         top-1/top-5, NLL, ECE, reliability diagrams; runs side by side
+
+    \b
+    Listings: models, methods (stage-two methods and their options). Stores: labels inspect/verify/combine.
     """
 
 
@@ -211,14 +281,18 @@ def methods(as_json):
     from .stages.distillers import DISTILLERS
 
     rows = [{"method": name, "teacher_signals": list(cls.teacher_signals), "student_taps": list(cls.student_taps),
-             "defaults": dict(cls.defaults),
+             "defaults": cls.option_defaults(),
+             "option_types": {k: t.__name__ for k, t in cls.option_types().items()},
              "source": ("none" if not cls.teacher_signals else "store or online" if cls.store_servable
                         else "online (--teacher)"),
+             "not_from_store": cls.why_not_store() or None,
              "summary": cls.summary} for name, cls in DISTILLERS.items()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    text = lambda v: (", ".join(f"{k}={x:g}" for k, x in v.items()) if isinstance(v, dict) else ", ".join(v)) or "-"
+    value = lambda x: f"{x:g}" if isinstance(x, float) else str(x).lower()  # ints stay 16384, bools true/false
+    text = lambda v: (", ".join(f"{k}={value(x)}" for k, x in v.items()) if isinstance(v, dict)
+                      else ", ".join(v)) or "-"
     click.echo(format_table([{k: text(v) if isinstance(v, (list, dict)) else v for k, v in r.items()} for r in rows],
                             [("method", "method"), ("teacher_signals", "teacher signals"),
                              ("source", "served by"), ("defaults", "defaults"), ("summary", "loss")]))
@@ -235,7 +309,8 @@ def training_options(command):
         click.option("--lr", type=number("lr"), default=0.05, show_default=True),
         click.option("--momentum", type=number("momentum"), default=0.9, show_default=True),
         click.option("--weight-decay", type=number("weight_decay"), default=5e-4, show_default=True),
-        click.option("--schedule", default="step", show_default=True, help="step or cosine."),
+        click.option("--schedule", type=RegistryChoice(registered_schedules), default="step", show_default=True,
+                     help="Learning-rate schedule."),
         click.option("--milestones", default=None,
                      help="Step epochs, e.g. 150,180,210 [default: 62.5/75/87.5% of --epochs]."),
         click.option("--gamma", type=number("gamma"), default=0.1, show_default=True, help="Step decay factor."),
@@ -259,11 +334,11 @@ def as_plain(kwargs: dict) -> dict:
 
 @main.command()
 @recipe_option
-@click.option("--arch", required=True, help="Model name (labelopt models).")
+@click.option("--arch", required=True, type=RegistryChoice(registered_models), help="Model (labelopt models).")
 @training_options
 @click.option("--label-smoothing", type=number("label_smoothing"), default=0.0, show_default=True)
-@click.option("--augment", default="auto", show_default=True,
-              help="View policy: cifar-crop-flip, rrc-flip, identity; auto picks by image size.")
+@click.option("--augment", type=RegistryChoice(augment_policies), default="auto", show_default=True,
+              help="View policy; auto picks by image size.")
 def train(milestones, **kwargs):
     """Train a model from scratch (teachers, vanilla and label-smoothing baselines)."""
     from .pipeline.training import TrainOptions, train as run_train
@@ -275,8 +350,10 @@ def train(milestones, **kwargs):
 
 @main.command("train-student")
 @recipe_option
-@click.option("--student", "arch", required=True, help="Student model name (labelopt models).")
-@click.option("--method", default="sl", show_default=True, help="vanilla, ls, sl, sl-kd or kd.")
+@click.option("--student", "arch", required=True, type=RegistryChoice(registered_models),
+              help="Student model (labelopt models).")
+@click.option("--method", type=RegistryChoice(registered_methods), default="sl", show_default=True,
+              help="Stage-two method (labelopt methods: teacher signals, options, store or online).")
 @click.option("--labels", type=click.Path(path_type=Path), default=None, help="A label store (generate-labels).")
 @click.option("--teacher", "teachers", multiple=True,
               help="Online teacher checkpoint instead of a store (repeat for an ensemble).")
@@ -288,25 +365,40 @@ def train(milestones, **kwargs):
 @click.option("--label-smoothing", type=number("label_smoothing"), default=None, help="ls: epsilon [0.1].")
 @click.option("--method-option", "extra_options", multiple=True, metavar="NAME=VALUE",
               help="Any other option of the method (labelopt methods lists them), e.g. fitnet_weight=100.")
-@click.option("--augment", default="auto", show_default=True,
-              help="Images of identity stores and online teachers: cifar-crop-flip, rrc-flip or identity "
-                   "(clean); stores with many views define their own.")
+@click.option("--augment", type=RegistryChoice(augment_policies), default="auto", show_default=True,
+              help="Images of identity stores and online teachers (identity: clean); stores with many views "
+                   "define their own.")
 def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, extra_options, **kwargs):
     """Stage two: train a student from a label store (or online teachers) with a distillation method."""
     from .pipeline.student import StudentOptions, train_student as run_student
 
     chosen = {k: v for k, v in (("ce_weight", ce_weight), ("kd_weight", kd_weight),
                                 ("label_smoothing", label_smoothing)) if v is not None}
-    for item in extra_options:
-        name, _, value = item.partition("=")
-        parsed = float_list(value.strip(), "method_option", "--method-option") if value.strip() else None
-        if not name.strip() or not parsed or len(parsed) != 1:
-            raise click.BadParameter(f"'{item}' is not NAME=NUMBER", param_hint="--method-option")
-        chosen[name.strip().replace("-", "_")] = parsed[0]
+    chosen.update(method_option_values(kwargs["method"], extra_options))
     options = StudentOptions(milestones=int_list(milestones), teachers=tuple(teachers), method_options=chosen,
                              **as_plain(kwargs))
     out = run_student(options, log=lambda m: click.echo(m, err=True))
     echo_once(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
+
+
+def method_option_values(method: str, items) -> dict:
+    """--method-option NAME=VALUE, each parsed by the type of the method's option (int, float, bool); a name the
+    method lacks is passed on as text, for train-student's one-line refusal that lists the method's options."""
+    from .stages.distillers import get_distiller
+    from .stages.distillers.options import parse_value
+
+    types = get_distiller(method).option_types()
+    values = {}
+    for item in items:
+        name, equals, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not name or not equals or not value.strip():
+            raise click.BadParameter(f"'{item}' is not NAME=VALUE", param_hint="--method-option")
+        try:
+            values[name] = parse_value(name, types[name], value) if name in types else value.strip()
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--method-option") from None
+    return values
 
 
 @main.command()
@@ -353,8 +445,10 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="A prepared dataset folder.")
 @click.option("--split", default="train", show_default=True)
 @click.option("--teacher", "teachers", multiple=True, help="Teacher checkpoint (repeat for sl-ens).")
-@click.option("--method", default="sl", show_default=True, help="sl, sl-ens, sl-enc or random.")
-@click.option("--views", default="identity", show_default=True, help="identity, cifar-crop-flip (162) or sampled:K.")
+@click.option("--method", type=RegistryChoice(registered_labelers), default="sl", show_default=True,
+              help="Label method (sl-ens: several --teacher).")
+@click.option("--views", type=RegistryChoice(store_view_specs), default="identity", show_default=True,
+              help="Views stored per image: identity (1), cifar-crop-flip (162), sampled:K (K drawn).")
 @click.option("--temperature", type=number("temperature"), default=4.0, show_default=True,
               help="Label temperature (the same default as online teachers in train-student).")
 @click.option("--mix-gt", type=number("mix_gt"), default=0.0, show_default=True, help="Weight of the one-hot ground truth mixed in.")

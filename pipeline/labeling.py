@@ -19,6 +19,7 @@ from ..models import tap_names
 from ..stages.labelers import DEFAULT_TEMPERATURE, LABELERS, LabelRequest
 from ..stages.teachers import Teacher
 from ..store import StoreError, StoreLayout, StoreWriter, file_sha256
+from ..store.schema import STORABLE_TAPS
 from .beton import worker_count
 from .checkpoints import build_model_from_checkpoint, load_checkpoint, training_stats
 from .datasets import PreparedDataset, open_dataset
@@ -29,9 +30,6 @@ from .locks import output_lock
 from .loading import decode_plan, field_pipelines
 from .runtime import autocast, barrier, check_precision, device_for, init_distributed
 from .views import IdentityView, PadCropFlipView, ResizedCropFlipView, Normalizer, ViewPolicy
-
-# Taps small enough to store per sample and view: 1-D embeddings.
-STORABLE_TAPS = ("pool", "logits")
 
 
 @dataclass

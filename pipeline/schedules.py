@@ -41,6 +41,10 @@ def _cosine(s: Schedule, epoch: int, step: int) -> float:
 SCHEDULES = {"step": _step, "cosine": _cosine}
 
 
+def schedule_names() -> list[str]:
+    return list(SCHEDULES)
+
+
 def default_milestones(epochs: int) -> tuple[int, ...]:
     """The recipe's decay points scaled to `epochs`: rounded, kept inside the run (1 .. epochs-1), repeats merged,
     so the result is what --milestones accepts (a 3-epoch run decays once, at 2; a 1-epoch run never)."""

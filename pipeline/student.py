@@ -48,8 +48,8 @@ def check_source_choice(options: StudentOptions, method: type[Distiller]) -> Non
     if not method.teacher_signals and (options.labels or options.teachers):
         raise UserError(f"--method {method.name} uses no teacher; drop --labels/--teacher")
     if options.labels and not method.store_servable:
-        raise UserError(f"--method {method.name} needs teacher signals a label store cannot hold "
-                        f"({', '.join(method.teacher_signals)}); run its teacher online with --teacher CKPT")
+        raise UserError(f"--method {method.name} cannot be served by a label store: {method.why_not_store()}; "
+                        f"run its teacher online with --teacher CKPT")
 
 
 def open_store_source(options: StudentOptions, method: type[Distiller], data: PreparedDataset
@@ -92,18 +92,19 @@ def online_source(options: StudentOptions, method: type[Distiller], data: Prepar
 
 
 def method_options(options: StudentOptions, method: type[Distiller]) -> dict:
+    """The options the user set, by name (values as given: the method parses them by type and checks them)."""
     chosen = dict(options.method_options)
+    known = method.option_types()
     if options.temperature is not None:
-        if "temperature" in method.defaults:
+        if "temperature" in known:
             chosen["temperature"] = options.temperature
         elif not (SIGNAL_TARGETS in method.teacher_signals):
             raise UserError(f"--temperature does not apply to --method {method.name}")
-    unknown = sorted(set(chosen) - set(method.defaults))
+    unknown = sorted(set(chosen) - set(known))
     if unknown:
         named = ", ".join(f"--{k.replace('_', '-')}" if k in NAMED_FLAGS else f"--method-option {k}" for k in unknown)
-        known = ", ".join(method.defaults) or "none"
-        raise UserError(f"{named} does not apply to --method {method.name} (its options: {known}; "
-                        f"see labelopt methods)")
+        raise UserError(f"{named} does not apply to --method {method.name} (its options: "
+                        f"{', '.join(known) or 'none'}; see labelopt methods)")
     return chosen
 
 
@@ -183,10 +184,10 @@ def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> P
         raise UserError(f"--method {method.name}: {exc}") from None
     if sampler is not None:
         sampler = with_copies(sampler, distiller.views_per_sample)
-    options = dataclasses.replace(options, label_smoothing=distiller.options.get("label_smoothing", 0.0),
+    options = dataclasses.replace(options, label_smoothing=getattr(distiller.options, "label_smoothing", 0.0),
                                   warmup_epochs=distiller.warmup_epochs,
                                   warmup_milestones=distiller.warmup_milestones, warmup_lr=distiller.warmup_lr)
-    config = {"method_resolved": {"name": method.name, "options": distiller.options,
+    config = {"method_resolved": {"name": method.name, "options": dataclasses.asdict(distiller.options),
                                   "teacher_signals": list(method.teacher_signals)},
               "teacher_source": source.describe() if source else None}
     return fit(options, data, model, make_objective(distiller, source, options.arch), dist_info, device,

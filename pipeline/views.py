@@ -161,6 +161,11 @@ def view_policy_names() -> list[str]:
     return sorted(VIEW_POLICIES)
 
 
+# What `generate-labels --views` accepts (pipeline/labeling.py builds each): fixed view sets by name, and an
+# entry ending in ":K" takes a positive integer (sampled:10 stores 10 views drawn per image).
+STORE_VIEW_SPECS = ("identity", "cifar-crop-flip", "sampled:K")
+
+
 def get_view_policy(name: str, image_size: int) -> ViewPolicy:
     """The named policy for square images of side `image_size` (the loader's output)."""
     try:

@@ -53,6 +53,15 @@ GZIP_LEVEL = 4
 SIGNAL_TARGETS = "targets"
 SIGNAL_LOGITS = "logits"
 FEATURE_PREFIX = "features:"
+# Teacher taps a store can hold per view: 1-D per sample (a stage's [C, H, W] map is not stored).
+STORABLE_TAPS = ("pool", "logits")
+
+
+def store_can_hold(signal: str) -> bool:
+    """Whether a label store can serve this signal (given a store made with the matching options)."""
+    if signal.startswith(FEATURE_PREFIX):
+        return signal[len(FEATURE_PREFIX):] in STORABLE_TAPS
+    return signal in (SIGNAL_TARGETS, SIGNAL_LOGITS)
 
 # Fields of the `dataset` attribute that tie a store to the data it was made from.
 IDENTITY_FIELDS = ("name", "split", "num_samples", "num_classes", "fingerprint")

@@ -206,7 +206,7 @@ def test_ft_losses_against_numpy(options, bn, factor, weight):
     d, student, teacher, s, t, logits, batch = build(FactorTransfer, FT_S, FT_T, **options)
     assert d.paraphraser.encoder[-2 if not bn else -3].out_channels == 2  # k = 0.5 of 4 teacher channels
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in d.paraphraser.modules()) == bn
-    assert d.options["ft_weight"] == weight and d.warmup_lr == options.get("warmup_lr", 0.01)
+    assert d.options.ft_weight == weight and d.warmup_lr == options.get("warmup_lr", 0.01)
     _, rec_t = np_paraphrase(params(d.paraphraser), t["stage3"].astype(np.float64), "train" if bn else None)
     parts = d(logits, student, teacher, batch)
     assert set(parts) == {"loss", "rec"}
@@ -259,7 +259,7 @@ def test_paper_factor_weight_gives_the_benchmark_s_gradient_scale():
         d.set_epoch(1)
         student = taps["resnet20"].clone().requires_grad_(True)
         parts = d(torch.zeros(32, 100), {"stage3": student}, {FEATURE_PREFIX + "stage3": taps["resnet56"]}, batch)
-        (d.options["ft_weight"] * parts["ft"]).backward()
+        (d.options.ft_weight * parts["ft"]).backward()
         grads.append(student.grad.flatten())
     assert 0.8 < (grads[1].norm() / grads[0].norm()).item() < 1.25
     assert abs(F.cosine_similarity(grads[0], grads[1], dim=0).item()) < 0.2
@@ -421,7 +421,8 @@ def same(a, b, prefix):
 def test_ab_end_to_end(teacher_ckpt, tiny_cifar_dir, tmp_path):
     _, warm, last = run_two_phases("ab", {"always_connect": 1.0}, teacher_ckpt, tiny_cifar_dir, tmp_path / "ab")
     config = json.loads((tmp_path / "ab" / "config.json").read_text())
-    assert config["method_resolved"]["options"]["warmup_epochs"] == 1.0
+    options = config["method_resolved"]["options"]
+    assert options["warmup_epochs"] == 1 and type(options["warmup_epochs"]) is int and options["always_connect"] is True
     extra = last["training"]["extra"]
     assert {k.split(".")[1] for k in extra if k.startswith("connectors.")} == {"0", "1", "2"}
     init = initial_student()

@@ -147,7 +147,7 @@ def test_refusals(stores, teacher, tiny_cifar_dir, tmp_path):
         (["--labels", crop_flip, "--teacher", teacher], "either --labels STORE or --teacher CKPT"),
         (["--method", "sl"], "pass --labels STORE"),
         (["--method", "vanilla", "--labels", crop_flip], "uses no teacher"),
-        (["--method", "fancy", "--labels", crop_flip], "unknown --method 'fancy'"),
+        (["--method", "fancy", "--labels", crop_flip], "'fancy' is not one of 'vanilla', 'ls', 'sl'"),
         (["--labels", crop_flip, "--temperature", "2"], "temperature 4, fixed when it was made"),
         (["--labels", crop_flip, "--augment", "identity"], "define the augmentation"),
         (["--labels", crop_flip, "--ce-weight", "0.5"], "--ce-weight does not apply to --method sl"),
@@ -209,6 +209,8 @@ def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar
 
 
 def test_a_methods_warmup_phase_and_expanded_batches(tiny_cifar_dir, tmp_path, monkeypatch):
+    from dataclasses import dataclass
+
     import torch.nn.functional as F
 
     from labelopt.stages import distillers
@@ -219,7 +221,10 @@ def test_a_methods_warmup_phase_and_expanded_batches(tiny_cifar_dir, tmp_path, m
     class Probe(Distiller):
         """Warm-up for one epoch; each step also shows the student its images flipped."""
         name = "probe"
-        defaults = {"warmup_epochs": 1.0}
+
+        @dataclass(frozen=True)
+        class Options:
+            warmup_epochs: int = 1
 
         def __init__(self, context, **options):
             super().__init__(context, **options)

@@ -1,44 +1,13 @@
-"""Stage-two methods, by name. Adding one is a file here and a line in DISTILLERS."""
+"""Stage-two methods, by name. Adding one is a file here, decorated with @register_method, and its import below.
+
+The imports register the methods in this order, which is the order `labelopt methods` and `--help` list them.
+"""
 from __future__ import annotations
 
 from .base import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS, DistillContext, Distiller
-from .ab import ActivationBoundaries
-from .at import AttentionTransfer
-from .crd import ContrastiveRepresentation, CRDWithKD
-from .fitnet import FitNet
-from .ft import FactorTransfer
-from .kd import KnowledgeDistillation
-from .kdss import SelfSupervisedKD
-from .ls import LabelSmoothing
-from .pkt import ProbabilisticKT
-from .rkd import RelationalKD
-from .sl import SoftLabels
-from .sl_kd import SoftLabelsKD
-from .sp import SimilarityPreserving
-from .vanilla import Vanilla
-from .vid import VariationalInformation
-
-DISTILLERS: dict[str, type[Distiller]] = {cls.name: cls for cls in (
-    Vanilla, LabelSmoothing, SoftLabels, SoftLabelsKD, KnowledgeDistillation,
-    FitNet, AttentionTransfer, SimilarityPreserving, VariationalInformation, RelationalKD, ProbabilisticKT,
-    ActivationBoundaries, FactorTransfer, ContrastiveRepresentation, CRDWithKD, SelfSupervisedKD,
-)}
-
-
-class UnknownMethodError(ValueError):
-    pass
-
-
-def method_names() -> list[str]:
-    return list(DISTILLERS)
-
-
-def get_distiller(name: str) -> type[Distiller]:
-    try:
-        return DISTILLERS[name]
-    except KeyError:
-        raise UnknownMethodError(f"unknown --method '{name}'; known: {', '.join(DISTILLERS)}") from None
-
+from .registry import DISTILLERS, UnknownMethodError, get_distiller, register_method
+from . import vanilla, ls, sl, sl_kd, kd  # noqa: E401,F401  (label methods)
+from . import fitnet, at, sp, vid, rkd, pkt, ab, ft, crd, kdss  # noqa: E401,F401  (distillation baselines)
 
 __all__ = ["DISTILLERS", "DistillContext", "Distiller", "FEATURE_PREFIX", "SIGNAL_LOGITS", "SIGNAL_TARGETS",
-           "UnknownMethodError", "get_distiller", "method_names"]
+           "UnknownMethodError", "get_distiller", "register_method"]

@@ -17,12 +17,15 @@ widths differ and the identity where they match, as the authors' code and the be
 the loss compares neuron by neuron, and a pooled pre-activation is not any neuron's boundary. The warm-up
 runs at the recipe's base learning rate, as the benchmark's (0.05).
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import FEATURE_PREFIX, Distiller
-from .fitnet import map_shapes
+from .maps import map_shapes
+from .registry import register_method
 
 TAPS = ("stage1.pre", "stage2.pre", "stage3.pre")
 LAYER_WEIGHTS = (0.25, 0.5, 1.0)  # 2^(i - n + 1): the deepest layer counts most
@@ -52,29 +55,27 @@ def layer_shapes(context, method: str):
     return pairs
 
 
-def check_warmup(options: dict, method: str, why: str) -> None:
-    n = options["warmup_epochs"]
-    if n < 1 or n != int(n):
-        raise ValueError(f"--method {method} needs warmup_epochs a whole number >= 1 ({why}); got {n:g}")
-
-
+@register_method
 class ActivationBoundaries(Distiller):
     name = "ab"
     summary = ("warm-up (30 epochs): ab_weight * 3/1000 * sum over stage1-3.pre (weights 1/4, 1/2, 1) of the "
                "margin-1 boundary hinge; then ce_weight 1 * CE only")
     teacher_signals = tuple(FEATURE_PREFIX + tap for tap in TAPS)
     student_taps = TAPS
-    defaults = {"warmup_epochs": 30.0, "ab_weight": 1.0, "margin": 1.0, "ce_weight": 1.0, "always_connect": 0.0}
-    store_servable = False  # stores hold 1-D features only
+
+    @dataclass(frozen=True)
+    class Options:
+        warmup_epochs: int = 30
+        ab_weight: float = 1.0
+        margin: float = 1.0
+        ce_weight: float = 1.0
+        always_connect: bool = False
 
     def __init__(self, context, **options):
         super().__init__(context, **options)
-        check_warmup(self.options, self.name, "after it, the loss is plain CE")
-        if self.options["always_connect"] not in (0.0, 1.0):
-            raise ValueError(f"always_connect is 0 or 1, got {self.options['always_connect']:g}")
-        always = self.options["always_connect"] == 1.0
+        self.require_warmup("after it, the loss is plain CE")
         self.connectors = nn.ModuleList(
-            connector(s[0], t[0]) if always or s[0] != t[0] else nn.Identity()
+            connector(s[0], t[0]) if self.options.always_connect or s[0] != t[0] else nn.Identity()
             for s, t in layer_shapes(context, self.name))
 
     def boundary_loss(self, student, teacher):
@@ -82,12 +83,12 @@ class ActivationBoundaries(Distiller):
         for tap, weight, connect in zip(TAPS, LAYER_WEIGHTS, self.connectors):
             s = connect(student[tap])
             total = total + weight * alternative_loss(s, teacher[FEATURE_PREFIX + tap].detach(),
-                                                      self.options["margin"])
+                                                      self.options.margin)
         return SCALE * total
 
     def forward(self, logits, student, teacher, batch):
         if self.in_warmup:
             ab = self.boundary_loss(student, teacher)
-            return {"loss": self.options["ab_weight"] * ab, "ab": ab}
+            return {"loss": self.options.ab_weight * ab, "ab": ab}
         ce = F.cross_entropy(logits.float(), batch.labels)
-        return {"loss": self.options["ce_weight"] * ce, "ce": ce}
+        return {"loss": self.options.ce_weight * ce, "ce": ce}

@@ -8,10 +8,13 @@ Readings of ours: this is the CRD benchmark's reduction (a mean per layer, summe
 code writes the weight as beta/2 with beta = 1000 on the same mean. When the spatial sizes differ, the larger
 map is average-pooled to the smaller's size first. Channel counts need not match.
 """
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
 from .base import FEATURE_PREFIX, Distiller
-from .fitnet import match_spatial
+from .maps import match_spatial
+from .registry import register_method
 
 TAPS = ("stage1", "stage2", "stage3")
 
@@ -21,13 +24,17 @@ def attention(f, p: float = 2.0):
     return F.normalize(f.float().pow(p).mean(1).flatten(1), dim=1)
 
 
+@register_method
 class AttentionTransfer(Distiller):
     name = "at"
     summary = "ce_weight 1 * CE + at_weight 1000 * sum over stage1-3 of mean (a_s - a_t)^2, a = L2-norm mean_c f^2"
     teacher_signals = tuple(FEATURE_PREFIX + tap for tap in TAPS)
     student_taps = TAPS
-    defaults = {"ce_weight": 1.0, "at_weight": 1000.0}
-    store_servable = False  # stores hold 1-D features only
+
+    @dataclass(frozen=True)
+    class Options:
+        ce_weight: float = 1.0
+        at_weight: float = 1000.0
 
     def forward(self, logits, student, teacher, batch):
         at = 0.0

@@ -1,13 +1,14 @@
 """What every stage-two method is: a distiller.
 
 A distiller names the teacher signals it needs (`targets`: soft labels; `logits`;
-`features:<tap>`), the student taps it reads, its options with their defaults,
-and computes its loss. Extra trainable modules (regressors, embeddings) are
+`features:<tap>`), the student taps it reads, its options (a nested frozen
+dataclass `Options` of int, float and bool fields with their defaults), and
+computes its loss. Extra trainable modules (regressors, embeddings) are
 submodules: their parameters join the optimizer and the checkpoints.
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -16,9 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SIGNAL_TARGETS = "targets"
-SIGNAL_LOGITS = "logits"
-FEATURE_PREFIX = "features:"
+from ...store.schema import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS, STORABLE_TAPS, store_can_hold
+from .options import NoOptions, build_options, check_declaration, option_types
 
 
 @dataclass(frozen=True)
@@ -34,40 +34,16 @@ class DistillContext:
     train_labels: torch.Tensor | None = None
 
 
-# Ranges shared by the options of every method, matched by name: (does it apply, low, high, low_open, whole number).
-# A method checks anything more specific itself.
-OPTION_RULES = (
-    (lambda k: k.endswith("_weight") or k == "margin", 0.0, 1e9, False, False),
-    (lambda k: "temperature" in k or k == "nce_t", 0.0, 1e3, True, False),
-    (lambda k: k == "label_smoothing", 0.0, 1.0, False, False),
-    (lambda k: k.endswith("_momentum") or k.endswith("_keep_wrong"), 0.0, 1.0, False, False),
-    (lambda k: k == "warmup_epochs", 0.0, 1e5, False, True),
-    (lambda k: k.endswith("_lr"), 0.0, 10.0, True, False),
-    (lambda k: k in ("feat_dim", "nce_k"), 1.0, 1e6, False, True),
-)
-
-
-def check_option(key: str, value: float) -> None:
-    if not math.isfinite(value):
-        raise ValueError(f"{key} must be a finite number, got {value}")
-    for applies, low, high, low_open, whole in OPTION_RULES:
-        if not applies(key):
-            continue
-        inside = (value > low if low_open else value >= low) and value <= high
-        if not inside or (whole and not float(value).is_integer()):
-            kind = "a whole number" if whole else "a number"
-            raise ValueError(f"{key} must be {kind} in {'(' if low_open else '['}{low:g}, {high:g}], got {value:g}")
-        if key == "label_smoothing" and value >= 1.0:
-            raise ValueError(f"label_smoothing must be below 1, got {value:g}")
-
-
 class Distiller(nn.Module, ABC):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     teacher_signals: ClassVar[tuple[str, ...]] = ()
     student_taps: ClassVar[tuple[str, ...]] = ()
-    defaults: ClassVar[dict[str, float]] = {}
-    # Whether a label store can provide every teacher signal (an online teacher always can).
+    Options: ClassVar[type] = NoOptions  # a subclass declares its own `@dataclass(frozen=True) class Options`
+    # Why a store cannot serve this method although it can hold each of its signals ("" when it can).
+    store_refusal: ClassVar[str] = ""
+    # Derived from teacher_signals and store_refusal for every subclass (never set by hand): whether a label
+    # store can provide every teacher signal (an online teacher always can).
     store_servable: ClassVar[bool] = True
     # False where the warm-up loss does not involve the student (a teacher-side module learns): the student
     # then runs in eval mode without gradient, so its BatchNorm statistics stay as initialised.
@@ -75,22 +51,49 @@ class Distiller(nn.Module, ABC):
     needs_train_labels: ClassVar[bool] = False  # context.train_labels filled in
     warmup_lr_decay_at: ClassVar[tuple[float, ...]] = ()  # fractions of the warm-up (default: a constant lr)
 
-    def __init__(self, context: DistillContext, **options: float):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for retired in ("defaults", "store_servable"):
+            if retired in vars(cls):
+                raise TypeError(f"{cls.__name__} sets '{retired}': declare a nested Options dataclass and "
+                                f"store_refusal instead (docs/methods.md)")
+        check_declaration(cls.Options, cls.__name__)
+        cls.store_servable = not cls.why_not_store()
+
+    @classmethod
+    def why_not_store(cls) -> str:
+        """Why a label store cannot serve the method (one phrase); empty when it can serve every teacher signal."""
+        maps = [s for s in cls.teacher_signals if not store_can_hold(s)]
+        if maps:
+            return (f"it needs {', '.join(maps)}, and a store holds only 1-D features "
+                    f"({', '.join(FEATURE_PREFIX + t for t in STORABLE_TAPS)})")
+        return cls.store_refusal
+
+    @classmethod
+    def option_defaults(cls) -> dict:
+        """Option name -> default, typed, in declaration order."""
+        return dataclasses.asdict(cls.Options())
+
+    @classmethod
+    def option_types(cls) -> dict[str, type]:
+        return option_types(cls.Options)
+
+    def __init__(self, context: DistillContext, **options):
         super().__init__()
-        unknown = sorted(set(options) - set(self.defaults))
-        if unknown:
-            raise ValueError(f"options {unknown} do not apply to --method {self.name} "
-                             f"(its options: {', '.join(sorted(self.defaults)) or 'none'})")
         self.context = context
-        self.options = {**self.defaults, **{k: float(v) for k, v in options.items()}}
-        for key, value in self.options.items():
-            check_option(key, value)
+        self.options = build_options(self.Options, options, self.name)  # ValueError: one line, what is wrong
         self.epoch = 0
+
+    def require_warmup(self, why: str) -> None:
+        """Refuse warmup_epochs 0 for a method whose warm-up is essential (`why`)."""
+        if self.options.warmup_epochs < 1:
+            raise ValueError(f"--method {self.name} needs warmup_epochs a whole number >= 1 ({why}); "
+                             f"got {self.options.warmup_epochs}")
 
     @property
     def warmup_epochs(self) -> int:
         """Epochs of a warm-up phase that runs before the recipe's epochs (option `warmup_epochs`)."""
-        return int(self.options.get("warmup_epochs", 0))
+        return getattr(self.options, "warmup_epochs", 0)
 
     @property
     def warmup_milestones(self) -> tuple[int, ...]:
@@ -101,8 +104,7 @@ class Distiller(nn.Module, ABC):
     @property
     def warmup_lr(self) -> float | None:
         """The warm-up's base learning rate (option `warmup_lr`); None: the recipe's."""
-        lr = self.options.get("warmup_lr")
-        return None if lr is None else float(lr)
+        return getattr(self.options, "warmup_lr", None)
 
     @property
     def views_per_sample(self) -> int:
@@ -126,7 +128,8 @@ class Distiller(nn.Module, ABC):
     def ce_plus(self, logits: torch.Tensor, labels: torch.Tensor, name: str, term: torch.Tensor) -> dict:
         """Most methods' form: ce_weight * CE(logits, labels) + <name>_weight * term, with both parts logged."""
         ce = F.cross_entropy(logits.float(), labels)
-        return {"loss": self.options["ce_weight"] * ce + self.options[f"{name}_weight"] * term, "ce": ce, name: term}
+        weight = getattr(self.options, f"{name}_weight")
+        return {"loss": self.options.ce_weight * ce + weight * term, "ce": ce, name: term}
 
     @abstractmethod
     def forward(self, logits: torch.Tensor, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor],

@@ -40,6 +40,7 @@ resumed run draws the same negatives and uses the same Z as an uninterrupted one
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import FEATURE_PREFIX, SIGNAL_LOGITS, DistillContext, Distiller, kd_divergence
+from .registry import register_method
 
 TAP = "pool"
 TEACHER_POOL = FEATURE_PREFIX + TAP
@@ -205,39 +207,44 @@ def nce_loss(scores: torch.Tensor, z: torch.Tensor, tau: float, num_samples: int
     return -(log_h_positive.sum() + log_not_h_negatives.sum()) / scores.shape[0]
 
 
+@register_method
 class ContrastiveRepresentation(Distiller):
     name = "crd"
     summary = ("ce_weight * CE + crd_weight * (NCE loss, student anchor + teacher anchor) on the pooled embeddings; "
                "nce_k distinct negatives per sample from the other classes")
     teacher_signals = (TEACHER_POOL,)
     student_taps = (TAP,)
-    defaults = {"ce_weight": 1.0, "crd_weight": 0.8, "feat_dim": 128.0, "nce_k": 16384.0, "nce_t": 0.07,
-                "nce_momentum": 0.5, "negatives_other_class": 1.0, "negatives_replace": 0.0}
-    store_servable = True  # a store made with --features pool holds the teacher's pooled embedding per view
     needs_train_labels = True
 
-    def __init__(self, context: DistillContext, **options: float):
+    @dataclass(frozen=True)
+    class Options:
+        ce_weight: float = 1.0
+        crd_weight: float = 0.8
+        feat_dim: int = 128
+        nce_k: int = 16384
+        nce_t: float = 0.07
+        nce_momentum: float = 0.5
+        negatives_other_class: bool = True
+        negatives_replace: bool = False
+
+    def __init__(self, context: DistillContext, **options):
         super().__init__(context, **options)
         if TAP not in context.student_shapes or TAP not in context.teacher_shapes:
             raise ValueError(f"--method {self.name} needs the student's and the teacher's '{TAP}' shapes")
-        feat_dim = int(self.options["feat_dim"])
-        self.embed_student = nn.Linear(math.prod(context.student_shapes[TAP]), feat_dim)
-        self.embed_teacher = nn.Linear(math.prod(context.teacher_shapes[TAP]), feat_dim)
-        for choice in ("negatives_other_class", "negatives_replace"):
-            if self.options[choice] not in (0.0, 1.0):
-                raise ValueError(f"{choice} is 0 or 1, got {self.options[choice]:g}")
-        other_class = self.options["negatives_other_class"]
-        if other_class and context.train_labels is None:
+        o = self.options
+        self.embed_student = nn.Linear(math.prod(context.student_shapes[TAP]), o.feat_dim)
+        self.embed_teacher = nn.Linear(math.prod(context.teacher_shapes[TAP]), o.feat_dim)
+        if o.negatives_other_class and context.train_labels is None:
             raise ValueError(f"--method {self.name} draws negatives from other classes and needs the training "
                              f"labels (or negatives_other_class=0)")
-        self.memory = ContrastMemory(context.num_samples, feat_dim, int(self.options["nce_k"]),
-                                     self.options["nce_momentum"], context.train_labels if other_class else None,
-                                     replace=self.options["negatives_replace"] == 1.0)
+        self.memory = ContrastMemory(context.num_samples, o.feat_dim, o.nce_k, o.nce_momentum,
+                                     context.train_labels if o.negatives_other_class else None,
+                                     replace=o.negatives_replace)
 
     def crd_terms(self, student_pool: torch.Tensor, teacher_pool: torch.Tensor, indices: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
         """(L_student_anchor, L_teacher_anchor); updates the memory when training."""
-        tau = self.options["nce_t"]
+        tau = self.options.nce_t
         s = F.normalize(self.embed_student(student_pool.float().flatten(1)), dim=1)
         t = F.normalize(self.embed_teacher(teacher_pool.detach().float().flatten(1)), dim=1)
         contrast = self.memory.contrast_indices(indices)  # [B, 1 + K]
@@ -261,16 +268,21 @@ class ContrastiveRepresentation(Distiller):
         return {**parts, "crd_student_anchor": student_loss, "crd_teacher_anchor": teacher_loss}
 
 
+@register_method
 class CRDWithKD(ContrastiveRepresentation):
     name = "crd+kd"
     summary = "crd plus kd_weight * T^2 KL(softmax(teacher/T) || softmax(student/T))"
     teacher_signals = (TEACHER_POOL, SIGNAL_LOGITS)
-    defaults = {**ContrastiveRepresentation.defaults, "kd_weight": 1.0, "temperature": 4.0}
+
+    @dataclass(frozen=True)
+    class Options(ContrastiveRepresentation.Options):
+        kd_weight: float = 1.0
+        temperature: float = 4.0
 
     def forward(self, logits, student, teacher, batch):
         parts = super().forward(logits, student, teacher, batch)
-        t = self.options["temperature"]
+        t = self.options.temperature
         with torch.autocast(device_type=logits.device.type, enabled=False):
             targets = torch.softmax(teacher[SIGNAL_LOGITS].detach().float() / t, dim=1)
             kd = kd_divergence(logits, targets, t)
-        return {**parts, "loss": parts["loss"] + self.options["kd_weight"] * kd, "kd": kd}
+        return {**parts, "loss": parts["loss"] + self.options.kd_weight * kd, "kd": kd}

@@ -9,43 +9,29 @@ Readings of ours: the regressor is 1x1 conv (no bias) -> BatchNorm -> ReLU. The 
 BN + ReLU too (the teacher's target is a post-ReLU map); its 1x1 conv becomes a strided or larger kernel when
 the sizes differ, where we instead average-pool the larger of the two maps to the smaller's size.
 """
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 from torch import nn
 
 from .base import FEATURE_PREFIX, Distiller
+from .maps import map_shapes, match_spatial
+from .registry import register_method
 
 TAP = "stage2"
 
 
-def match_spatial(a, b):
-    """Average-pool whichever of two [B, C, H, W] maps is larger to the other's spatial size."""
-    size = (min(a.shape[-2], b.shape[-2]), min(a.shape[-1], b.shape[-1]))
-    if tuple(a.shape[-2:]) != size:
-        a = F.adaptive_avg_pool2d(a, size)
-    if tuple(b.shape[-2:]) != size:
-        b = F.adaptive_avg_pool2d(b, size)
-    return a, b
-
-
-def map_shapes(context, method: str, taps) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(student, teacher) per-sample shapes of each tap, refusing anything but [C, H, W] maps."""
-    pairs = []
-    for tap in taps:
-        s, t = context.student_shapes.get(tap), context.teacher_shapes.get(tap)
-        if s is None or t is None or len(s) != 3 or len(t) != 3:
-            raise ValueError(f"--method {method} needs the [C, H, W] shapes of the student's and the teacher's "
-                             f"{tap} (got {s} and {t})")
-        pairs.append((tuple(s), tuple(t)))
-    return pairs
-
-
+@register_method
 class FitNet(Distiller):
     name = "fitnet"
     summary = "ce_weight 1 * CE + fitnet_weight 100 * MSE(regressor(student stage2), teacher stage2)"
     teacher_signals = (FEATURE_PREFIX + TAP,)
     student_taps = (TAP,)
-    defaults = {"ce_weight": 1.0, "fitnet_weight": 100.0}
-    store_servable = False  # stores hold 1-D features only
+
+    @dataclass(frozen=True)
+    class Options:
+        ce_weight: float = 1.0
+        fitnet_weight: float = 100.0
 
     def __init__(self, context, **options):
         super().__init__(context, **options)

@@ -34,13 +34,16 @@ without BatchNorm diverged at lr 0.05 once the teacher map's RMS was about 2, at
 resnet56's maps (RMS 2.7) and at any lr down to 0.001 on a one-epoch digits teacher's (RMS 13), while it
 learned at 0.01 on RMS 1.6; `paraphraser_bn=1` is the remedy if `rec` turns NaN on such a teacher.
 """
+import dataclasses
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ab import check_warmup
 from .base import FEATURE_PREFIX, Distiller
-from .fitnet import map_shapes, match_spatial
+from .maps import map_shapes, match_spatial
+from .registry import register_method
 
 TAP = "stage3"
 SLOPE = 0.1  # LeakyReLU negative slope
@@ -82,7 +85,7 @@ def flat_factor(f: torch.Tensor) -> torch.Tensor:
     return F.normalize(f.flatten(1), dim=1)
 
 
-FACTORS = {0.0: attention_factor, 1.0: flat_factor}  # by the value of option paper_factor
+FACTORS = {False: attention_factor, True: flat_factor}  # by the value of option paper_factor
 
 
 def factor_distance(f_s: torch.Tensor, f_t: torch.Tensor, factor=attention_factor) -> torch.Tensor:
@@ -91,20 +94,7 @@ def factor_distance(f_s: torch.Tensor, f_t: torch.Tensor, factor=attention_facto
     return (factor(f_s) - factor(f_t)).abs().mean()
 
 
-def resolve_options(options: dict, given: dict) -> dict:
-    """Checks the choices; the paper factor's own weight applies unless ft_weight was given."""
-    for key in ("paper_factor", "paraphraser_bn"):
-        if options[key] not in (0.0, 1.0):
-            raise ValueError(f"{key} is 0 or 1, got {options[key]:g}")
-    if options["rate"] <= 0:
-        raise ValueError(f"rate (the paraphrase rate k) must be positive, got {options['rate']:g}")
-    if options["warmup_lr"] <= 0:
-        raise ValueError(f"warmup_lr must be positive, got {options['warmup_lr']:g}")
-    if options["paper_factor"] == 1.0 and "ft_weight" not in given:
-        return {**options, "ft_weight": PAPER_FT_WEIGHT}
-    return options
-
-
+@register_method
 class FactorTransfer(Distiller):
     name = "ft"
     summary = ("warm-up (30 epochs, lr 0.01): the paraphraser learns to reconstruct the teacher's stage3 (MSE), "
@@ -112,20 +102,30 @@ class FactorTransfer(Distiller):
                "squared factors (paper_factor=1: whole factors, weight 4400)")
     teacher_signals = (FEATURE_PREFIX + TAP,)
     student_taps = (TAP,)
-    defaults = {"warmup_epochs": 30.0, "warmup_lr": 0.01, "ce_weight": 1.0, "ft_weight": 200.0, "rate": 0.5,
-                "paper_factor": 0.0, "paraphraser_bn": 0.0}
-    store_servable = False  # stores hold 1-D features only
     student_learns_in_warmup = False  # the warm-up trains a teacher-side module only
+
+    @dataclass(frozen=True)
+    class Options:
+        warmup_epochs: int = 30
+        warmup_lr: float = 0.01
+        ce_weight: float = 1.0
+        ft_weight: float = 200.0
+        rate: float = 0.5
+        paper_factor: bool = False
+        paraphraser_bn: bool = False
 
     def __init__(self, context, **options):
         super().__init__(context, **options)
-        check_warmup(self.options, self.name, "the paraphraser is trained in it")
-        self.options = resolve_options(self.options, options)
+        self.require_warmup("the paraphraser is trained in it")
+        if self.options.rate <= 0:
+            raise ValueError(f"rate (the paraphrase rate k) must be positive, got {self.options.rate:g}")
+        if self.options.paper_factor and "ft_weight" not in options:  # the paper factor's own weight
+            self.options = dataclasses.replace(self.options, ft_weight=PAPER_FT_WEIGHT)
         [(s, t)] = map_shapes(context, self.name, (TAP,))
-        factor_channels = max(1, int(self.options["rate"] * t[0]))
-        self.paraphraser = Paraphraser(t[0], factor_channels, batchnorm=self.options["paraphraser_bn"] == 1.0)
+        factor_channels = max(1, int(self.options.rate * t[0]))
+        self.paraphraser = Paraphraser(t[0], factor_channels, batchnorm=self.options.paraphraser_bn)
         self.translator = conv_stack((s[0], s[0], factor_channels, factor_channels))
-        self.factor = FACTORS[self.options["paper_factor"]]
+        self.factor = FACTORS[self.options.paper_factor]
 
     def train(self, mode: bool = True):
         super().train(mode)

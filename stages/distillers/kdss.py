@@ -53,12 +53,14 @@ Readings of ours:
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import FEATURE_PREFIX, SIGNAL_LOGITS, Distiller, kd_divergence
+from .registry import register_method
 
 TAP = "pool"
 ROTATIONS = 4
@@ -110,6 +112,7 @@ def kd_on_rows(student: torch.Tensor, teacher: torch.Tensor, temperature: float,
     return kd_divergence(student[rows], targets, temperature)
 
 
+@register_method
 class SelfSupervisedKD(Distiller):
     name = "kdss"
     summary = ("SSKD: each image in 4 rotations, a crop each; teacher SS head fine-tuned in warm-up, then "
@@ -117,16 +120,28 @@ class SelfSupervisedKD(Distiller):
                "(selected rows)")
     teacher_signals = (SIGNAL_LOGITS, TEACHER_POOL)
     student_taps = (TAP,)
-    defaults = {"ce_weight": 0.1, "kd_weight": 0.9, "tf_weight": 2.7, "ss_weight": 10.0,
-                "kd_temperature": 4.0, "tf_temperature": 4.0, "ss_temperature": 0.5, "head_temperature": 1.0,
-                "tf_keep_wrong": 1.0, "ss_keep_wrong": 0.75, "warmup_epochs": 60.0, "crop_each_rotation": 1.0}
-    store_servable = False  # a store holds no rotated views
+    store_refusal = "a label store holds no rotated views"
     student_learns_in_warmup = False  # the warm-up trains a teacher-side module only
     warmup_lr_decay_at = (0.5, 0.75)  # the authors' head training: x0.1 at epochs 30 and 45 of 60
 
+
+    @dataclass(frozen=True)
+    class Options:  # temperatures > 0, keep_wrong in [0, 1], warmup_epochs >= 0: OPTION_RULES check them
+        ce_weight: float = 0.1
+        kd_weight: float = 0.9
+        tf_weight: float = 2.7
+        ss_weight: float = 10.0
+        kd_temperature: float = 4.0
+        tf_temperature: float = 4.0
+        ss_temperature: float = 0.5
+        head_temperature: float = 1.0
+        tf_keep_wrong: float = 1.0
+        ss_keep_wrong: float = 0.75
+        warmup_epochs: int = 60
+        crop_each_rotation: bool = True
+
     def __init__(self, context, **options):
         super().__init__(context, **options)
-        self.check_options()
         s, t = context.student_shapes.get(TAP), context.teacher_shapes.get(TAP)
         if s is None or t is None or len(s) != 1 or len(t) != 1:
             raise ValueError(f"--method {self.name} needs the [D] shapes of the student's and the teacher's "
@@ -134,23 +149,10 @@ class SelfSupervisedKD(Distiller):
         self.teacher_head = projection_head(t[0])
         self.student_head = projection_head(s[0])
 
-    def check_options(self) -> None:
-        o = self.options
-        for key in ("kd_temperature", "tf_temperature", "ss_temperature", "head_temperature"):
-            if o[key] <= 0:
-                raise ValueError(f"--method {self.name}: {key} must be positive")
-        for key in ("tf_keep_wrong", "ss_keep_wrong"):
-            if not 0.0 <= o[key] <= 1.0:
-                raise ValueError(f"--method {self.name}: {key} must be in [0, 1]")
-        if o["crop_each_rotation"] not in (0.0, 1.0):
-            raise ValueError(f"--method {self.name}: crop_each_rotation is 0 or 1, got {o['crop_each_rotation']:g}")
-        if o["warmup_epochs"] < 0 or o["warmup_epochs"] != int(o["warmup_epochs"]):
-            raise ValueError(f"--method {self.name}: warmup_epochs must be a whole number >= 0")
-
     @property
     def views_per_sample(self) -> int:
         """A crop per rotated copy (the authors' loader) or one view rotated four times."""
-        return ROTATIONS if self.options["crop_each_rotation"] == 1.0 else 1
+        return ROTATIONS if self.options.crop_each_rotation else 1
 
     def expand(self, inputs, batch):
         b = batch.labels.shape[0]
@@ -173,19 +175,19 @@ class SelfSupervisedKD(Distiller):
     def head_phase(self, t_pool, originals):
         """The teacher head learns which original each rotated copy comes from."""
         similarity = rotation_similarity(self.teacher_head(t_pool), originals)
-        head = F.cross_entropy(similarity / self.options["head_temperature"], own_original(originals, t_pool.device))
+        head = F.cross_entropy(similarity / self.options.head_temperature, own_original(originals, t_pool.device))
         return {"loss": head, "head": head.detach()}
 
     def student_phase(self, s_logits, s_pool, t_logits, t_pool, labels, originals):
         o, b = self.options, originals
         ce = F.cross_entropy(s_logits[:b], labels[:b])
-        kd = kd_divergence(s_logits[:b], torch.softmax(t_logits[:b] / o["kd_temperature"], dim=1), o["kd_temperature"])
-        tf_rows = kept_rows(t_logits[b:], labels[b:], o["tf_keep_wrong"])
-        tf = kd_on_rows(s_logits[b:], t_logits[b:], o["tf_temperature"], tf_rows)
+        kd = kd_divergence(s_logits[:b], torch.softmax(t_logits[:b] / o.kd_temperature, dim=1), o.kd_temperature)
+        tf_rows = kept_rows(t_logits[b:], labels[b:], o.tf_keep_wrong)
+        tf = kd_on_rows(s_logits[b:], t_logits[b:], o.tf_temperature, tf_rows)
         with torch.no_grad():  # the teacher head is frozen once the student trains
             t_similarity = rotation_similarity(self.teacher_head(t_pool), b)
         s_similarity = rotation_similarity(self.student_head(s_pool), b)
-        ss_rows = kept_rows(t_similarity, own_original(b, t_similarity.device), o["ss_keep_wrong"])
-        ss = kd_on_rows(s_similarity, t_similarity, o["ss_temperature"], ss_rows)
-        loss = o["ce_weight"] * ce + o["kd_weight"] * kd + o["tf_weight"] * tf + o["ss_weight"] * ss
+        ss_rows = kept_rows(t_similarity, own_original(b, t_similarity.device), o.ss_keep_wrong)
+        ss = kd_on_rows(s_similarity, t_similarity, o.ss_temperature, ss_rows)
+        loss = o.ce_weight * ce + o.kd_weight * kd + o.tf_weight * tf + o.ss_weight * ss
         return {"loss": loss, "ce": ce, "kd": kd, "tf": tf, "ss": ss}

@@ -1,14 +1,21 @@
 """`ls`: label smoothing, the one-hot target mixed with the uniform distribution."""
+from dataclasses import dataclass
+
 import torch.nn.functional as F
 
 from .base import Distiller
+from .registry import register_method
 
 
+@register_method
 class LabelSmoothing(Distiller):
     name = "ls"
     summary = "cross-entropy on the ground truth smoothed by epsilon; no teacher"
-    defaults = {"label_smoothing": 0.1}
+
+    @dataclass(frozen=True)
+    class Options:
+        label_smoothing: float = 0.1
 
     def forward(self, logits, student, teacher, batch):
-        ce = F.cross_entropy(logits.float(), batch.labels, label_smoothing=self.options["label_smoothing"])
+        ce = F.cross_entropy(logits.float(), batch.labels, label_smoothing=self.options.label_smoothing)
         return {"loss": ce, "ce": ce}

@@ -9,9 +9,12 @@ the rows' KL(q || p) summed and divided by B^2. Total = ce_weight * CE + pkt_wei
 Reading of ours: embeddings are divided by (norm + eps) as in the benchmark, so an all-zero one gives zero
 similarities instead of NaN.
 """
+from dataclasses import dataclass
+
 import torch
 
 from .base import FEATURE_PREFIX, Distiller
+from .registry import register_method
 
 TAP = "pool"
 EPS = 1e-7
@@ -26,13 +29,17 @@ def conditional_probabilities(e):
         return kernel / kernel.sum(1, keepdim=True)
 
 
+@register_method
 class ProbabilisticKT(Distiller):
     name = "pkt"
     summary = "ce_weight 1 * CE + pkt_weight 30000 * KL(teacher || student) of cosine-kernel pool probabilities"
     teacher_signals = (FEATURE_PREFIX + TAP,)
     student_taps = (TAP,)
-    defaults = {"ce_weight": 1.0, "pkt_weight": 30000.0}
-    store_servable = True  # `generate-labels --features pool` stores the embedding
+
+    @dataclass(frozen=True)
+    class Options:
+        ce_weight: float = 1.0
+        pkt_weight: float = 30000.0
 
     def forward(self, logits, student, teacher, batch):
         p = conditional_probabilities(student[TAP])

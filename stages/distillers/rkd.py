@@ -12,10 +12,13 @@ and the degenerate triplets (a repeated point) included; they are 0 for both net
 The distance normaliser is the mean over i != j (the benchmark averages the positive distances: the same
 unless two embeddings coincide).
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from .base import FEATURE_PREFIX, Distiller
+from .registry import register_method
 
 TAP = "pool"
 
@@ -34,19 +37,25 @@ def relations(e):
         return dist, unit @ unit.transpose(1, 2)
 
 
+@register_method
 class RelationalKD(Distiller):
     name = "rkd"
     summary = ("ce_weight 1 * CE + rkd_weight 1 * (distance_weight 25 * distance + angle_weight 50 * angle), "
                "smooth L1 on pooled-embedding relations")
     teacher_signals = (FEATURE_PREFIX + TAP,)
     student_taps = (TAP,)
-    defaults = {"ce_weight": 1.0, "rkd_weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0}
-    store_servable = True  # `generate-labels --features pool` stores the embedding
+
+    @dataclass(frozen=True)
+    class Options:
+        ce_weight: float = 1.0
+        rkd_weight: float = 1.0
+        distance_weight: float = 25.0
+        angle_weight: float = 50.0
 
     def forward(self, logits, student, teacher, batch):
         d_s, a_s = relations(student[TAP])
         with torch.no_grad():
             d_t, a_t = relations(teacher[FEATURE_PREFIX + TAP])
         dist, angle = F.smooth_l1_loss(d_s, d_t), F.smooth_l1_loss(a_s, a_t)
-        rkd = self.options["distance_weight"] * dist + self.options["angle_weight"] * angle
+        rkd = self.options.distance_weight * dist + self.options.angle_weight * angle
         return {**self.ce_plus(logits, batch.labels, "rkd", rkd), "distance": dist, "angle": angle}

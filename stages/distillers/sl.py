@@ -4,8 +4,10 @@ The loss is the seed's: soft cross-entropy between the labels and the student's
 softmax at the labels' temperature, scaled by T^2.
 """
 from .base import SIGNAL_TARGETS, Distiller, soft_cross_entropy
+from .registry import register_method
 
 
+@register_method
 class SoftLabels(Distiller):
     name = "sl"
     summary = "soft-target cross-entropy at the labels' temperature, x T^2"

@@ -2,15 +2,22 @@
 
 With a multi-teacher store this is the seed's SL-KD row (KD-SL in its follow-up).
 """
+from dataclasses import dataclass
 
 from .base import SIGNAL_TARGETS, Distiller, kd_divergence
+from .registry import register_method
 
 
+@register_method
 class SoftLabelsKD(Distiller):
     name = "sl-kd"
     summary = "ce_weight * CE + kd_weight * T^2 KL(labels || student at T), T = the labels' temperature"
     teacher_signals = (SIGNAL_TARGETS,)
-    defaults = {"ce_weight": 0.1, "kd_weight": 0.9}
+
+    @dataclass(frozen=True)
+    class Options:
+        ce_weight: float = 0.1
+        kd_weight: float = 0.9
 
     def forward(self, logits, student, teacher, batch):
         kd = kd_divergence(logits, teacher[SIGNAL_TARGETS], self.context.target_temperature)

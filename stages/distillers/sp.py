@@ -5,10 +5,13 @@ and the teacher; sp = ||G_s - G_t||_F^2 / B^2. Total = ce_weight * CE + sp_weigh
 the CRD benchmark's, which also applies it to the last stage output only).
 Only the batch-by-batch similarities are compared, so the two maps' shapes need not match.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from .base import FEATURE_PREFIX, Distiller
+from .registry import register_method
 
 TAP = "stage3"
 
@@ -20,13 +23,17 @@ def similarity(f):
         return F.normalize(q @ q.t(), dim=1)
 
 
+@register_method
 class SimilarityPreserving(Distiller):
     name = "sp"
     summary = "ce_weight 1 * CE + sp_weight 3000 * ||G_s - G_t||_F^2 / B^2, G = row-normalised stage3 Gram (B x B)"
     teacher_signals = (FEATURE_PREFIX + TAP,)
     student_taps = (TAP,)
-    defaults = {"ce_weight": 1.0, "sp_weight": 3000.0}
-    store_servable = False  # stores hold 1-D features only
+
+    @dataclass(frozen=True)
+    class Options:
+        ce_weight: float = 1.0
+        sp_weight: float = 3000.0
 
     def forward(self, logits, student, teacher, batch):
         g_s, g_t = similarity(student[TAP]), similarity(teacher[FEATURE_PREFIX + TAP].detach())

@@ -2,8 +2,10 @@
 import torch.nn.functional as F
 
 from .base import Distiller
+from .registry import register_method
 
 
+@register_method
 class Vanilla(Distiller):
     name = "vanilla"
     summary = "cross-entropy on the ground truth; no teacher"

@@ -11,13 +11,15 @@ Reading of ours: when the spatial sizes differ, the larger map is average-pooled
 (what the benchmark does too).
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .base import FEATURE_PREFIX, Distiller
-from .fitnet import map_shapes, match_spatial
+from .maps import map_shapes, match_spatial
+from .registry import register_method
 
 TAPS = ("stage1", "stage2", "stage3")
 INIT_VARIANCE = 5.0
@@ -47,14 +49,18 @@ class GaussianHead(nn.Module):
         return (0.5 * ((mean - f_t.float()).pow(2) / var + var.log())).mean()
 
 
+@register_method
 class VariationalInformation(Distiller):
     name = "vid"
     summary = ("ce_weight 1 * CE + vid_weight 1 * sum over stage1-3 of Gaussian NLL of the teacher map "
                "(regressed mean, per-channel variance, init 5)")
     teacher_signals = tuple(FEATURE_PREFIX + tap for tap in TAPS)
     student_taps = TAPS
-    defaults = {"ce_weight": 1.0, "vid_weight": 1.0}
-    store_servable = False  # stores hold 1-D features only
+
+    @dataclass(frozen=True)
+    class Options:
+        ce_weight: float = 1.0
+        vid_weight: float = 1.0
 
     def __init__(self, context, **options):
         super().__init__(context, **options)

@@ -129,21 +129,21 @@ def registered_models():
 
 
 def registered_schedules():
-    from .pipeline.schedules import schedule_names
+    from .pipeline.run.schedules import schedule_names
 
     return schedule_names()
 
 
 def augment_policies():
-    from .pipeline.views import view_policy_names
+    from .pipeline.data.views import view_policy_names
 
     return ["auto", *view_policy_names()]
 
 
 def store_view_specs():
-    from .pipeline.views import STORE_VIEW_SPECS
+    from .pipeline.data.store_views import store_view_specs as specs
 
-    return list(STORE_VIEW_SPECS)
+    return specs()
 
 
 def system_error_line(exc: OSError) -> str:
@@ -243,7 +243,7 @@ def main():
 @click.option("--jpeg-quality", type=number("jpeg_quality"), default=90, show_default=True, help="JPEG datasets: encoder quality.")
 def prepare(dataset, root, out, overwrite, unlabeled, max_side, jpeg_quality):
     """Convert a dataset's official files to FFCV .beton splits plus meta.json."""
-    from .pipeline.prepare import prepare as run_prepare
+    from .pipeline.data.prepare import prepare as run_prepare
 
     final = run_prepare(dataset, root, out, overwrite=overwrite, include_unlabeled=unlabeled, max_side=max_side,
                         jpeg_quality=jpeg_quality, log=lambda m: click.echo(m, err=True))
@@ -259,7 +259,7 @@ def prepare(dataset, root, out, overwrite, unlabeled, max_side, jpeg_quality):
 def models(classes, as_json):
     """List the model architectures and their parameter counts."""
     from .models import create_model, get_spec, model_names, parameter_count, tap_names
-    from .pipeline.reports import format_table
+    from .pipeline.jobs.reports import format_table
 
     rows = []
     for name in model_names():
@@ -277,7 +277,7 @@ def models(classes, as_json):
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
 def methods(as_json):
     """List the stage-two methods: teacher signals, student taps, default options, store or online."""
-    from .pipeline.reports import format_table
+    from .pipeline.jobs.reports import format_table
     from .stages.distillers import DISTILLERS
 
     rows = [{"method": name, "teacher_signals": list(cls.teacher_signals), "student_taps": list(cls.student_taps),
@@ -341,7 +341,7 @@ def as_plain(kwargs: dict) -> dict:
               help="View policy; auto picks by image size.")
 def train(milestones, **kwargs):
     """Train a model from scratch (teachers, vanilla and label-smoothing baselines)."""
-    from .pipeline.training import TrainOptions, train as run_train
+    from .pipeline.run.training import TrainOptions, train as run_train
 
     options = TrainOptions(milestones=int_list(milestones), **as_plain(kwargs))
     out = run_train(options, log=lambda m: click.echo(m, err=True))
@@ -370,7 +370,7 @@ def train(milestones, **kwargs):
                    "define their own.")
 def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, extra_options, **kwargs):
     """Stage two: train a student from a label store (or online teachers) with a distillation method."""
-    from .pipeline.student import StudentOptions, train_student as run_student
+    from .pipeline.jobs.student import StudentOptions, train_student as run_student
 
     chosen = {k: v for k, v in (("ce_weight", ce_weight), ("kd_weight", kd_weight),
                                 ("label_smoothing", label_smoothing)) if v is not None}
@@ -414,8 +414,8 @@ def method_option_values(method: str, items) -> dict:
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
 def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json):
     """Top-1, top-5, NLL, ECE and reliability diagrams; mean ± std over several checkpoints."""
-    from .pipeline.evaluation import evaluate_checkpoints, result_json
-    from .pipeline.reports import format_table
+    from .pipeline.jobs.evaluation import evaluate_checkpoints, result_json
+    from .pipeline.jobs.reports import format_table
 
     result = evaluate_checkpoints(list(checkpoints), str(data), split=split, device=device, bf16=bf16,
                                   out=str(out) if out else None, n_bins=bins, compare=compare)
@@ -466,7 +466,7 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 def generate_labels(teachers, features, **kwargs):
     """Stage one: run teachers over every stored view of a split and write a label store."""
-    from .pipeline.labeling import GenerateOptions, generate_labels as run_generate
+    from .pipeline.jobs.labeling import GenerateOptions, generate_labels as run_generate
 
     out = run_generate(GenerateOptions(teachers=tuple(teachers), features=tuple(features), **as_plain(kwargs)),
                        log=lambda m: click.echo(m, err=True))
@@ -484,7 +484,7 @@ def labels():
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
 def labels_inspect(store, bins, as_json):
     """Provenance, shapes, size on disk and the quality of the stored labels."""
-    from .pipeline.store_report import format_inspection, inspect_store
+    from .pipeline.jobs.store_report import format_inspection, inspect_store
 
     report = inspect_store(store, n_bins=bins)
     click.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
@@ -502,8 +502,8 @@ def labels_inspect(store, bins, as_json):
 def labels_verify(store, data, teachers, sample, device, as_json):
     """Schema, digest, every dataset's checksum, with --data the fingerprint, and with --teacher a re-label of
     --sample random rows compared within float16 tolerance; exit 0 only when all hold."""
-    from .pipeline.store_report import format_relabel, verify_store
-    from .pipeline.reports import format_table
+    from .pipeline.jobs.store_report import format_relabel, verify_store
+    from .pipeline.jobs.reports import format_table
 
     result = verify_store(store, data, teachers=teachers, sample=sample, device=device)
     if as_json:
@@ -525,7 +525,7 @@ def labels_verify(store, data, teachers, sample, device, as_json):
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 def labels_combine(stores, out, weights, overwrite):
     """A new ensemble store: the weighted mean of stores made from the same data and views."""
-    from .pipeline.store_report import combine_stores
+    from .pipeline.jobs.store_report import combine_stores
 
     parsed = float_list(weights, "combine_weight", "--weights")
     click.echo(f"label store: {combine_stores(list(stores), out, parsed, overwrite=overwrite)}")

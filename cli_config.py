@@ -9,7 +9,7 @@ import os
 import click
 
 from .pipeline.errors import UserError
-from .pipeline.recipes import METHOD_OPTIONS_KEY, load_recipe, rerun_notes, shipped_names
+from .pipeline.run.recipes import METHOD_OPTIONS_KEY, load_recipe, rerun_notes, shipped_names
 
 REPEATED_METHOD_OPTION = "extra_options"  # cli.train_student's parameter behind --method-option NAME=VALUE
 

@@ -17,9 +17,9 @@ SIDE, NUM_CLASSES = 32, 100
 def write_prepared(folder: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     """A prepared dataset (train split only) of these uint8 [N, 32, 32, 3] images, through labelopt's own writers."""
     from labelopt.pipeline.atomic import write_json_atomic
-    from labelopt.pipeline.beton import write_beton
-    from labelopt.pipeline.datasets import DATASET_FORMAT
-    from labelopt.pipeline.sources import SplitSource
+    from labelopt.pipeline.data.beton import write_beton
+    from labelopt.pipeline.data.datasets import DATASET_FORMAT
+    from labelopt.pipeline.data.sources import SplitSource
 
     n = len(images)
     split = SplitSource(n, labels, (SIDE, SIDE, 3), lambda i: images[i], lambda i: images[i].tobytes())
@@ -52,7 +52,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, keeps: str) -> None:
 def checked_device(parser: argparse.ArgumentParser, args) -> torch.device:
     """The device of --device and --bf16, or a parser error; also refuses a --keep folder that is not empty."""
     from labelopt.pipeline.errors import UserError
-    from labelopt.pipeline.runtime import check_precision, resolve_device
+    from labelopt.pipeline.run.runtime import check_precision, resolve_device
 
     try:
         device = resolve_device(args.device)

@@ -74,10 +74,10 @@ def log(message: str) -> None:
 def make_teacher(root: Path, data_folder: Path, arch: str, epochs: int, device: str, bf16: bool) -> Path:
     """A teacher checkpoint as `labelopt train` writes it: fresh (seeded) weights, or E epochs of training."""
     from labelopt.models import create_model
-    from labelopt.pipeline.checkpoints import save_checkpoint
-    from labelopt.pipeline.datasets import open_dataset
-    from labelopt.pipeline.runtime import seed_everything
-    from labelopt.pipeline.training import TrainOptions, checkpoint_payload, train
+    from labelopt.pipeline.run.checkpoints import save_checkpoint
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.run.runtime import seed_everything
+    from labelopt.pipeline.run.training import TrainOptions, checkpoint_payload, train
 
     if epochs > 0:
         log(f"training the {arch} teacher {epochs} epoch(s) on {open_dataset(data_folder).num_samples('train')} "
@@ -105,10 +105,10 @@ def sync(device: torch.device) -> None:
 def time_bare(folder: Path, teacher_path: Path, spec: str, batch_size: int, device: torch.device,
               bf16: bool) -> dict:
     """The ceiling: generate-labels' loader, views and forward slices, with nothing kept or written."""
-    from labelopt.pipeline.datasets import open_dataset
-    from labelopt.pipeline.labeling import block_loader, load_teachers, store_views
-    from labelopt.pipeline.runtime import autocast
-    from labelopt.pipeline.views import IdentityView
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.jobs.labeling import block_loader, load_teachers, store_views
+    from labelopt.pipeline.run.runtime import autocast
+    from labelopt.pipeline.data.views import IdentityView
 
     data = open_dataset(folder)
     teacher = load_teachers([teacher_path], data, device)[0]
@@ -161,7 +161,7 @@ def finish_timer():
 
 def time_generate(folder: Path, teacher_path: Path, spec: str, out: Path, args, device: torch.device,
                   topk: int | None = None) -> dict:
-    from labelopt.pipeline.labeling import GenerateOptions, generate_labels
+    from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 
     options = GenerateOptions(data=str(folder), out=str(out), teachers=(str(teacher_path),), method="sl",
                               views=spec, temperature=TEMPERATURE, topk=topk, device=str(device), bf16=args.bf16,
@@ -180,8 +180,8 @@ def time_generate(folder: Path, teacher_path: Path, spec: str, out: Path, args, 
 
 
 def warm_up(root: Path, images: np.ndarray, labels: np.ndarray, teacher: Path, args, device: torch.device) -> str:
-    from labelopt.pipeline.datasets import open_dataset
-    from labelopt.pipeline.labeling import load_teachers, store_views
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.jobs.labeling import load_teachers, store_views
 
     n = min(WARMUP_IMAGES, len(images))
     folder = write_prepared(root / "warmup", images[:n], labels[:n])
@@ -190,7 +190,7 @@ def warm_up(root: Path, images: np.ndarray, labels: np.ndarray, teacher: Path, a
     views = store_views("cifar-crop-flip", data, seed=0)
     batch = torch.from_numpy(images[:1]).permute(0, 3, 1, 2).to(device).expand(args.batch_size, -1, -1, -1)
     params = torch.arange(args.batch_size)[:, None] % views.num_views
-    from labelopt.pipeline.runtime import autocast
+    from labelopt.pipeline.run.runtime import autocast
     with torch.no_grad(), autocast(device, args.bf16):
         load_teachers([teacher], data, device)[0].outputs(views.policy.apply(batch, params))
     sync(device)
@@ -277,7 +277,7 @@ def time_open_gather(path: Path) -> dict:
 # -- the run ----------------------------------------------------------------------------------------
 
 def run(root: Path, args, device: torch.device) -> dict:
-    from labelopt.pipeline.beton import worker_count
+    from labelopt.pipeline.data.beton import worker_count
 
     images, labels = random_images(args.images)
     log(f"writing {args.images} and {args.crop_flip_images} CIFAR-shaped images under {root}")
@@ -349,7 +349,7 @@ def mib(n: float) -> float:
 
 
 def print_tables(result: dict) -> None:
-    from labelopt.pipeline.reports import format_table
+    from labelopt.pipeline.jobs.reports import format_table
 
     facts, parts = result["machine"], result["throughput"]
     print(f"generate-labels sl, T {TEMPERATURE:g}, teacher {result['teacher_arch']} "

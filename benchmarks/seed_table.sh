@@ -237,7 +237,7 @@ import json
 import sys
 from pathlib import Path
 
-from labelopt.pipeline.reports import format_table
+from labelopt.pipeline.jobs.reports import format_table
 
 manifest, table_path, temperature, kd_source, ens = sys.argv[1:6]
 # The seed README's table "Performance change according to label generation method with CIFAR100":

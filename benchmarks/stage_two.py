@@ -2,7 +2,7 @@
 
 The same student (resnet20), data, seed, batch and device in three setups, one after the other in one process:
 
-  vanilla  labelopt.pipeline.training.train: cross-entropy, fresh crop + flip views (no teacher); also
+  vanilla  labelopt.pipeline.run.training.train: cross-entropy, fresh crop + flip views (no teacher); also
            train_student --method vanilla (the same loop through the distiller machinery), for reference
   store    train_student --method sl from a label store with all 162 cifar-crop-flip views (stage one
            ran the teacher once per (image, view); each step gathers the stored label of the view it draws)
@@ -54,10 +54,10 @@ def log(message: str) -> None:
 def save_teacher(folder: Path, out: Path) -> Path:
     """A freshly initialised resnet56 saved the way `labelopt train` saves its checkpoints."""
     from labelopt.models import create_model
-    from labelopt.pipeline.checkpoints import save_checkpoint
-    from labelopt.pipeline.datasets import open_dataset
-    from labelopt.pipeline.runtime import seed_everything
-    from labelopt.pipeline.training import TrainOptions, checkpoint_payload
+    from labelopt.pipeline.run.checkpoints import save_checkpoint
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.run.runtime import seed_everything
+    from labelopt.pipeline.run.training import TrainOptions, checkpoint_payload
 
     data = open_dataset(folder)
     seed_everything(0)
@@ -85,9 +85,9 @@ def timing(run: Path, setup: str) -> dict:
 
 
 def run_setups(root: Path, args, device: str) -> dict:
-    from labelopt.pipeline.labeling import GenerateOptions, generate_labels
-    from labelopt.pipeline.student import StudentOptions, train_student
-    from labelopt.pipeline.training import TrainOptions, train
+    from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
+    from labelopt.pipeline.jobs.student import StudentOptions, train_student
+    from labelopt.pipeline.run.training import TrainOptions, train
     from labelopt.store import LabelStore
 
     log(f"stage_two: writing {args.images} CIFAR-shaped images under {root}")
@@ -153,7 +153,7 @@ def summarize(result: dict) -> dict:
 
 
 def print_table(result: dict) -> None:
-    from labelopt.pipeline.reports import format_table
+    from labelopt.pipeline.jobs.reports import format_table
 
     s, facts = result["summary"], result["machine"]
     rows = []
@@ -219,7 +219,7 @@ def main(argv=None) -> int:
         return 1
     script_seconds = time.perf_counter() - started
     machine = machine_facts(device, loadavg_before)
-    from labelopt.pipeline.beton import worker_count
+    from labelopt.pipeline.data.beton import worker_count
     result = {
         "benchmark": "stage_two",
         "images": args.images, "epochs": args.epochs, "batch_size": args.batch_size, "bf16": args.bf16,

@@ -93,7 +93,7 @@ def measure(path: Path, reps: int) -> dict:
 
     from labelopt.store import LabelStore
     from labelopt.store.integrity import array_sha256, root_digest
-    from labelopt.store.reader import root_attrs
+    from labelopt.store.validation import root_attrs
 
     store = LabelStore.open(path)
     paths = ["topk/indices", "topk/values"] if store.is_topk else ["targets"]
@@ -136,7 +136,7 @@ def measure(path: Path, reps: int) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    from labelopt.pipeline.reports import format_table
+    from labelopt.pipeline.jobs.reports import format_table
 
     ms = lambda s: f"{1e3 * s:.1f}"
     rows = [{"store": r["store"], "mb": f"{r['loaded_bytes'] / 1e6:.1f}", "open": ms(r["open_s"]),

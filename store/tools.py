@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import reader as R
+from . import validation as R
 from . import schema as S
 from .reader import LabelStore
 from .integrity import dataset_sha256

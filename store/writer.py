@@ -9,97 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
+import hashlib
 import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 import h5py
 import numpy as np
+from tqdm import tqdm
 
 from . import schema as S
 from .integrity import root_digest
+from .layout import (JOB_FILE, JOB_KIND, SHARED_PARAMS_FILE, StoreLayout, block_keys, key_to_path,  # noqa: F401
+                     expect_array, normalise_header, npy_bytes, partial_dir, top_k)
 from .schema import StoreError
-
-JOB_FILE = "job.json"
-SHARED_PARAMS_FILE = "view-params.npy"
-JOB_KIND = "labelopt.labels.partial"
-
-
-@dataclass
-class StoreLayout:
-    """Shapes and optional signals of a store; also the unit of work (one block of rows)."""
-
-    num_samples: int
-    num_views: int
-    num_classes: int
-    topk: int | None = None
-    logits: bool = False
-    features: dict[str, int] = field(default_factory=dict)  # tap -> D
-    param_size: int = 1
-    per_sample_params: bool = False
-    block_rows: int = 256  # rows per block = per progress unit = per HDF5 chunk
-
-    def __post_init__(self):
-        for name in ("num_samples", "num_views", "num_classes", "param_size", "block_rows"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"StoreLayout.{name} must be a positive int, got {value!r}")
-            setattr(self, name, int(value))
-        if self.topk is not None:
-            if not 1 <= int(self.topk) <= self.num_classes:
-                raise ValueError(f"StoreLayout.topk must be in 1..{self.num_classes}, got {self.topk}")
-            self.topk = int(self.topk)
-        self.logits = bool(self.logits)
-        self.per_sample_params = bool(self.per_sample_params)
-        taps = {}
-        for tap, dim in dict(self.features).items():
-            S.check_tap_name(tap)
-            if int(dim) < 1:
-                raise ValueError(f"feature tap {tap!r} needs a positive width, got {dim!r}")
-            taps[tap] = int(dim)
-        # Sorted so that job.json (and so resume detection) does not depend on dict order.
-        self.features = dict(sorted(taps.items()))
-
-    def num_blocks(self) -> int:
-        return -(-self.num_samples // self.block_rows)
-
-    def row_bytes(self) -> int:
-        """Uncompressed bytes of one sample's row over every dataset (an upper bound for gzip's output)."""
-        per_view = (self.topk * 6 if self.topk else self.num_classes * 2) + (self.num_classes * 2 if self.logits
-                                                                               else 0)
-        per_view += sum(self.features.values()) * 2 + (self.param_size * 8 if self.per_sample_params else 0)
-        return self.num_views * per_view + 8
-
-    def block_bytes(self, b: int) -> int:
-        start, stop = self.block_range(b)
-        return (stop - start) * self.row_bytes()
-
-    def block_range(self, b: int) -> tuple[int, int]:
-        if not 0 <= b < self.num_blocks():
-            raise ValueError(f"block {b} is out of range 0..{self.num_blocks() - 1}")
-        start = b * self.block_rows
-        return start, min(self.num_samples, start + self.block_rows)
-
-
-def partial_dir(path: Path) -> Path:
-    path = Path(path)
-    return path.parent / f".{path.name}.partial"
-
-
-def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k largest entries of the last axis, largest first: (indices int32, values float32)."""
-    part = np.argpartition(-probs, k - 1, axis=-1)[..., :k]
-    vals = np.take_along_axis(probs, part, axis=-1)
-    # Sort inside the k so readers can truncate further by slicing.
-    order = np.argsort(-vals, axis=-1, kind="stable")
-    return (np.take_along_axis(part, order, axis=-1).astype(np.int32),
-            np.take_along_axis(vals, order, axis=-1))
 
 
 def write_bytes_atomic(target: Path, data, *, then: str = "rerun the same command: finished blocks are kept") -> None:
@@ -139,67 +67,6 @@ def check_free_space(folder: Path, need: int, what: str) -> None:
                          f"{free / 2**20:.1f} MiB free; free space or choose another --out")
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array, allow_pickle=False)
-    return buf.getvalue()
-
-
-def _block_keys(layout: StoreLayout) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
-    """Arrays each block file must hold: key -> (shape after the row axis, dtype)."""
-    v, c = layout.num_views, layout.num_classes
-    keys = {"labels": ((), S.DTYPES[S.LABELS])}
-    if layout.topk:
-        keys["topk_indices"] = ((v, layout.topk), S.DTYPES[S.TOPK_INDICES])
-        keys["topk_values"] = ((v, layout.topk), S.DTYPES[S.TOPK_VALUES])
-    else:
-        keys["targets"] = ((v, c), S.DTYPES[S.TARGETS])
-    if layout.logits:
-        keys["logits"] = ((v, c), S.DTYPES[S.LOGITS])
-    for tap, dim in layout.features.items():
-        keys[f"features.{tap}"] = ((v, dim), S.FEATURE_DTYPE)
-    if layout.per_sample_params:
-        keys["view_params"] = ((v, layout.param_size), S.DTYPES[S.VIEW_PARAMS])
-    return keys
-
-
-def _key_to_path(key: str) -> str:
-    if key.startswith("features."):
-        return S.feature_path(key[len("features."):])
-    return {"labels": S.LABELS, "targets": S.TARGETS, "topk_indices": S.TOPK_INDICES,
-            "topk_values": S.TOPK_VALUES, "logits": S.LOGITS, "view_params": S.VIEW_PARAMS}[key]
-
-
-def _normalise_header(header: dict, layout: StoreLayout) -> dict:
-    try:
-        header = json.loads(json.dumps(header, sort_keys=True))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"store header must be JSON-serialisable: {exc}") from exc
-    for key in (S.ATTR_DATASET, S.ATTR_GENERATOR, S.ATTR_VIEWS):
-        if not isinstance(header.get(key), dict):
-            raise ValueError(f"store header needs a dict under {key!r}")
-    header.setdefault(S.ATTR_LABELOPT_VERSION, "")
-    dataset, views = header[S.ATTR_DATASET], header[S.ATTR_VIEWS]
-    for key in ("name", "split", "fingerprint"):
-        if key not in dataset:
-            raise ValueError(f"store header dataset needs {key!r}")
-    if "policy" not in views:
-        raise ValueError("store header views needs 'policy'")
-    try:  # readers refuse a store without a usable temperature: refuse to write one
-        S.generator_temperature(header[S.ATTR_GENERATOR])
-    except ValueError as exc:
-        raise ValueError(f"store header: {exc}") from None
-    dataset.setdefault("class_names", None)
-    # The header repeats the layout's sizes so a plain-h5py reader finds them in the attrs.
-    for holder, key, value in ((dataset, "num_samples", layout.num_samples),
-                               (dataset, "num_classes", layout.num_classes),
-                               (views, "num_views", layout.num_views)):
-        if holder.setdefault(key, value) != value:
-            raise ValueError(f"store header says {key}={holder[key]} but the layout has {value}")
-    views.setdefault("param_names", None)
-    return header
-
-
 class StoreWriter:
     """Fill a store block by block (from one or several processes), then `finish` it once."""
 
@@ -214,7 +81,7 @@ class StoreWriter:
         if compression not in S.COMPRESSIONS:
             raise ValueError(f"compression must be one of {S.COMPRESSIONS}, got {compression!r}")
         self.compression = compression
-        self.header = _normalise_header(header, layout)
+        self.header = normalise_header(header, layout)
         self.shared_view_params = self._check_shared_params(shared_view_params)
         if self.path.exists() and not overwrite:
             raise StoreError(f"label store {self.path} already exists; pass --overwrite to replace it")
@@ -281,7 +148,7 @@ class StoreWriter:
             # Every rank writes identical bytes atomically, so the race is harmless.
             write_bytes_atomic(job_path, json.dumps(job, sort_keys=True, indent=1).encode())
             if self.shared_view_params is not None:
-                write_bytes_atomic(self.partial / SHARED_PARAMS_FILE, _npy_bytes(self.shared_view_params))
+                write_bytes_atomic(self.partial / SHARED_PARAMS_FILE, npy_bytes(self.shared_view_params))
 
     @staticmethod
     def _read_job(job_path: Path) -> dict | None:
@@ -307,33 +174,33 @@ class StoreWriter:
         rows, v, c = stop - start, lay.num_views, lay.num_classes
         arrays: dict[str, np.ndarray] = {}
 
-        targets = _expect(targets, "targets", (rows, v, c), "f")
+        targets = expect_array(targets, "targets", (rows, v, c), "f")
         if lay.topk:
             idx, vals = top_k(targets.astype(np.float32, copy=False), lay.topk)
             arrays["topk_indices"] = idx
             arrays["topk_values"] = vals.astype(S.DTYPES[S.TOPK_VALUES])
         else:
             arrays["targets"] = targets.astype(S.DTYPES[S.TARGETS])
-        arrays["labels"] = _expect(labels, "labels", (rows,), "iu").astype(S.DTYPES[S.LABELS])
+        arrays["labels"] = expect_array(labels, "labels", (rows,), "iu").astype(S.DTYPES[S.LABELS])
 
         if lay.logits != (logits is not None):
             raise ValueError(f"layout.logits={lay.logits} but logits {'missing' if logits is None else 'given'}")
         if logits is not None:
-            arrays["logits"] = _expect(logits, "logits", (rows, v, c), "f").astype(S.DTYPES[S.LOGITS])
+            arrays["logits"] = expect_array(logits, "logits", (rows, v, c), "f").astype(S.DTYPES[S.LOGITS])
 
         features = dict(features or {})
         if set(features) != set(lay.features):
             raise ValueError(f"features must have exactly the taps {sorted(lay.features)}, got {sorted(features)}")
         for tap, dim in lay.features.items():
-            arrays[f"features.{tap}"] = _expect(features[tap], f"features[{tap!r}]", (rows, v, dim),
-                                                "f").astype(S.FEATURE_DTYPE)
+            arrays[f"features.{tap}"] = expect_array(features[tap], f"features[{tap!r}]", (rows, v, dim),
+                                                     "f").astype(S.FEATURE_DTYPE)
 
         if lay.per_sample_params != (view_params is not None):
             raise ValueError(f"layout.per_sample_params={lay.per_sample_params} but view_params "
                              f"{'missing' if view_params is None else 'given'}")
         if view_params is not None:
-            arrays["view_params"] = _expect(view_params, "view_params", (rows, v, lay.param_size),
-                                            "iub").astype(S.DTYPES[S.VIEW_PARAMS])
+            arrays["view_params"] = expect_array(view_params, "view_params", (rows, v, lay.param_size),
+                                                 "iub").astype(S.DTYPES[S.VIEW_PARAMS])
 
         buf = io.BytesIO()
         np.savez(buf, **arrays)
@@ -347,7 +214,7 @@ class StoreWriter:
                 data = {key: npz[key] for key in npz.files}
         except (OSError, ValueError) as exc:
             raise StoreError(f"block file {path} is unreadable ({exc}); delete it and rerun to redo that block")
-        for key, (shape, dtype) in _block_keys(self.layout).items():
+        for key, (shape, dtype) in block_keys(self.layout).items():
             got = data.get(key)
             if got is None or got.shape != (stop - start, *shape) or got.dtype != dtype:
                 raise StoreError(f"block file {path} does not match the job ({key}); delete it and rerun")
@@ -384,7 +251,7 @@ class StoreWriter:
 
     def _assemble(self, tmp: Path) -> None:
         lay = self.layout
-        keys = _block_keys(lay)
+        keys = block_keys(lay)
         chunk_rows = min(lay.block_rows, lay.num_samples)
         filters = {"compression": self.compression, "fletcher32": True}
         if self.compression == "gzip":
@@ -400,19 +267,20 @@ class StoreWriter:
 
             dsets = {}
             for key, (shape, dtype) in keys.items():
-                path = _key_to_path(key)
+                path = key_to_path(key)
                 dsets[key] = f.create_dataset(path, shape=(lay.num_samples, *shape), dtype=dtype,
                                               chunks=(chunk_rows, *shape), **filters)
                 # Blocks arrive in row order and each is C-contiguous, so hashing them in turn
                 # equals hashing the whole dataset's C-order bytes.
                 hashes[path] = hashlib.sha256()
-            for b in _progress(range(lay.num_blocks()), f"assembling {self.path.name}"):
+            for b in tqdm(range(lay.num_blocks()), desc=f"assembling {self.path.name}", unit="block",
+                          disable=not sys.stderr.isatty(), leave=False):
                 start, stop = lay.block_range(b)
                 data = self._load_block(b)
                 for key, dset in dsets.items():
                     arr = np.ascontiguousarray(data[key])
                     dset[start:stop] = arr
-                    hashes[_key_to_path(key)].update(arr.tobytes())
+                    hashes[key_to_path(key)].update(arr.tobytes())
             if self.shared_view_params is not None:
                 params = self.shared_view_params
                 f.create_dataset(S.VIEW_PARAMS, data=params, chunks=params.shape, **filters)
@@ -426,16 +294,3 @@ class StoreWriter:
             os.fsync(fh.fileno())
 
 
-def _expect(array, name: str, shape: tuple, kinds: str) -> np.ndarray:
-    array = np.asarray(array)
-    if array.shape != shape or array.dtype.kind not in kinds:
-        raise ValueError(f"{name} must be {shape} of kind {kinds!r}, got {array.dtype} {array.shape}")
-    return array
-
-
-def _progress(iterable, desc: str):
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return iterable
-    return tqdm(iterable, desc=desc, unit="block", disable=not sys.stderr.isatty(), leave=False)

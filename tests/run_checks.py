@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from labelopt.pipeline.evaluation import evaluate_checkpoints
+from labelopt.pipeline.jobs.evaluation import evaluate_checkpoints
 
 
 def assert_last_checkpoint_matches_log(run: Path, data: Path) -> dict:

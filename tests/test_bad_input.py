@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from labelopt import cli
 from labelopt.cli import Number, main
-from labelopt.pipeline.labeling import GenerateOptions, generate_labels
+from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.limits import BOUNDS
-from labelopt.pipeline.training import TrainOptions, TrainingDiverged, cross_entropy_objective, train
+from labelopt.pipeline.run.training import TrainOptions, TrainingDiverged, cross_entropy_objective, train
 
 
 def quiet(_):
@@ -157,7 +157,7 @@ def test_an_os_error_is_one_line_naming_the_path(monkeypatch, tiny_cifar_dir, tm
     def read_only(*_args, **_kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path / "s.h5"))
 
-    monkeypatch.setattr("labelopt.pipeline.labeling.generate_labels", read_only)
+    monkeypatch.setattr("labelopt.pipeline.jobs.labeling.generate_labels", read_only)
     result = invoke(["generate-labels", "--data", tiny_cifar_dir, "--teacher", "x.pt", "--out", tmp_path / "s.h5"])
     assert_one_line_refusal(result, code=1, mentions="read-only")
     assert str(tmp_path / "s.h5") in result.stderr
@@ -168,7 +168,7 @@ def test_an_internal_error_is_one_line_with_the_traceback_in_a_log(monkeypatch, 
         raise ZeroDivisionError("a bug of ours")
 
     monkeypatch.setenv("LABELOPT_LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setattr("labelopt.pipeline.evaluation.evaluate_checkpoints", broken)
+    monkeypatch.setattr("labelopt.pipeline.jobs.evaluation.evaluate_checkpoints", broken)
     result = invoke(["evaluate", "x.pt", "--data", tmp_path])
     assert_one_line_refusal(result, code=1, mentions="internal error (ZeroDivisionError: a bug of ours)")
     logs = list((tmp_path / "logs").iterdir())
@@ -191,7 +191,7 @@ def test_a_loss_that_turns_nan_stops_with_epoch_and_step_and_keeps_the_last_good
             return (loss * float("nan") if calls["n"] == 5 else loss), logits, parts
         return objective
 
-    monkeypatch.setattr("labelopt.pipeline.training.cross_entropy_objective", poisoned)
+    monkeypatch.setattr("labelopt.pipeline.run.training.cross_entropy_objective", poisoned)
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged) as info:
         train(TrainOptions(data=str(tiny_cifar_dir), arch="resnet20", out=str(out), epochs=3, batch_size=32,
@@ -213,7 +213,7 @@ def test_a_nan_loss_through_the_command_line_is_one_line(tiny_cifar_dir, tmp_pat
             return loss * float("inf"), logits, parts
         return objective
 
-    monkeypatch.setattr("labelopt.pipeline.training.cross_entropy_objective", always_nan)
+    monkeypatch.setattr("labelopt.pipeline.run.training.cross_entropy_objective", always_nan)
     result = invoke(["train", "--arch", "resnet20", "--data", tiny_cifar_dir, "--out", tmp_path / "run",
                      "--epochs", "1", "--batch-size", "32", "--device", "cpu"])
     assert_one_line_refusal(result, code=1, mentions="step 1/3")
@@ -307,7 +307,7 @@ def test_every_command_refuses_bad_numbers_and_runs_with_the_in_range_ones(tiny_
 
 def test_a_block_too_large_for_memory_is_refused_with_a_size_that_fits():
     from labelopt.pipeline.errors import UserError
-    from labelopt.pipeline.labeling import check_block_memory
+    from labelopt.pipeline.jobs.labeling import check_block_memory
     from labelopt.store import StoreLayout
 
     imagenet = StoreLayout(num_samples=1_281_167, num_views=10, num_classes=1000, logits=True)

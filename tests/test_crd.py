@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import labelopt.stages.distillers as distillers
-from labelopt.pipeline.labeling import GenerateOptions, generate_labels
-from labelopt.pipeline.student import StudentOptions, train_student
-from labelopt.pipeline.training import TrainOptions, train
+from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
+from labelopt.pipeline.jobs.student import StudentOptions, train_student
+from labelopt.pipeline.run.training import TrainOptions, train
 from labelopt.stages.distillers.base import DistillContext
 from labelopt.stages.distillers.crd import ContrastiveRepresentation, CRDWithKD
-from labelopt.stages.sources import ViewedBatch
+from labelopt.stages.teacher_sources import ViewedBatch
 
 N, B, K, D, S_DIM, T_DIM, CLASSES = 12, 4, 5, 3, 4, 5, 3
 CONTEXT = DistillContext(num_classes=CLASSES, num_samples=N, student_shapes={"pool": (S_DIM,)},
@@ -224,7 +224,7 @@ import os, sys, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from labelopt.stages.distillers.base import DistillContext
 from labelopt.stages.distillers.crd import ContrastiveRepresentation
-from labelopt.stages.sources import ViewedBatch
+from labelopt.stages.teacher_sources import ViewedBatch
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 given = torch.load(sys.argv[1], weights_only=True)

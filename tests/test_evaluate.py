@@ -11,12 +11,12 @@ from click.testing import CliRunner
 
 from labelopt.cli import main
 from labelopt.models import create_model
-from labelopt.pipeline.checkpoints import save_checkpoint
-from labelopt.pipeline.datasets import open_dataset
+from labelopt.pipeline.run.checkpoints import save_checkpoint
+from labelopt.pipeline.data.datasets import open_dataset
 from labelopt.pipeline import reports
-from labelopt.pipeline.evaluation import COMPARISON_PNG, checkpoint_names, eval_loader, plot_file_names, predict
-from labelopt.pipeline.training import TrainOptions, train
-from labelopt.pipeline.views import Normalizer
+from labelopt.pipeline.jobs.evaluation import COMPARISON_PNG, checkpoint_names, eval_loader, plot_file_names, predict
+from labelopt.pipeline.run.training import TrainOptions, train
+from labelopt.pipeline.data.views import Normalizer
 from labelopt.stages.metrics import CalibrationBins, classification_metrics
 
 

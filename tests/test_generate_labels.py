@@ -12,12 +12,12 @@ from click.testing import CliRunner
 
 from labelopt.cli import main
 from labelopt.models import create_model
-from labelopt.pipeline.checkpoints import save_checkpoint
-from labelopt.pipeline.datasets import open_dataset
+from labelopt.pipeline.run.checkpoints import save_checkpoint
+from labelopt.pipeline.data.datasets import open_dataset
 from labelopt.pipeline.errors import UserError
-from labelopt.pipeline.labeling import GenerateOptions, generate_labels
-from labelopt.pipeline.loading import make_loader
-from labelopt.pipeline.views import Normalizer, PadCropFlipView
+from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
+from labelopt.pipeline.data.loading import make_loader
+from labelopt.pipeline.data.views import Normalizer, PadCropFlipView
 from labelopt.store import LabelStore
 
 
@@ -94,7 +94,7 @@ def test_identity_store_batches_whole_blocks_and_equals_block_sized_batches(teac
     opts = lambda out, batch: GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(teacher),),
                                               split="test", views="identity", temperature=2.0, device="cpu",
                                               block_rows=16, batch_size=batch, logits=True, features=("pool",))
-    import labelopt.pipeline.labeling as labeling
+    import labelopt.pipeline.jobs.labeling as labeling
     real, seen = labeling.label_block, []
     monkeypatch.setattr(labeling, "label_block", lambda *a: seen.append(a[4].shape[0]) or real(*a))
     generate_labels(opts(tmp_path / "wide.h5", 48), log=quiet)

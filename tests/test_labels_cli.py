@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from labelopt.cli import main
-from labelopt.pipeline.datasets import open_dataset
+from labelopt.pipeline.data.datasets import open_dataset
 from labelopt.store import LabelStore, verify
 from labelopt.tests.store_fakes import build, forge, make_data, make_header, make_layout
 
@@ -147,7 +147,7 @@ def test_combine_refuses_stores_of_other_data_and_writes_nothing(tmp_path):
 
 def untrained_teacher(path):
     from labelopt.models import create_model
-    from labelopt.pipeline.checkpoints import save_checkpoint
+    from labelopt.pipeline.run.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     save_checkpoint(path, {"arch": "resnet20", "num_classes": 10, "model": create_model("resnet20", 10).state_dict()})
@@ -167,7 +167,7 @@ def test_verify_refuses_a_teacher_the_store_does_not_name(tmp_path, tiny_cifar_d
 
 @pytest.mark.parametrize("topk", [None, 3])
 def test_relabel_comparison_passes_the_truth_and_catches_other_values(tmp_path, topk):
-    from labelopt.pipeline.store_relabel import ATOL, RTOL, compare_rows
+    from labelopt.pipeline.jobs.store_relabel import ATOL, RTOL, compare_rows
 
     layout = make_layout(topk=topk, logits=topk is None)
     path, data = build(tmp_path / "s.h5", layout)
@@ -204,7 +204,7 @@ def test_relabel_comparison_passes_the_truth_and_catches_other_values(tmp_path, 
 
 @pytest.mark.slow
 def test_verify_relabels_an_honest_store_and_catches_a_forged_one(tmp_path, tiny_cifar_dir):
-    from labelopt.pipeline.labeling import GenerateOptions, generate_labels
+    from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 
     teacher = untrained_teacher(tmp_path / "t.pt")
     path = tmp_path / "s.h5"
@@ -239,7 +239,7 @@ def test_ensemble_teachers_are_matched_by_sha256_in_the_stores_order(tmp_path):
     import hashlib
 
     from labelopt.pipeline.errors import UserError
-    from labelopt.pipeline.store_relabel import ordered_teachers
+    from labelopt.pipeline.jobs.store_relabel import ordered_teachers
 
     a, b, c = (tmp_path / f"{n}.pt" for n in "abc")
     for i, path in enumerate((a, b, c)):

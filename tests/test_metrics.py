@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from labelopt.pipeline.reports import format_table, plot_reliability
+from labelopt.pipeline.jobs.reports import format_table, plot_reliability
 from labelopt.stages.metrics import (
     CalibrationBins,
     calibration_bins,

@@ -9,12 +9,12 @@ import torch
 from click.testing import CliRunner
 
 from labelopt.cli import main
-from labelopt.pipeline.datasets import open_dataset
+from labelopt.pipeline.data.datasets import open_dataset
 from labelopt.pipeline.errors import UserError
-from labelopt.pipeline.fingerprint import split_fingerprint
-from labelopt.pipeline.loading import make_loader
-from labelopt.pipeline.prepare import prepare
-from labelopt.pipeline.sources import load_source
+from labelopt.pipeline.data.fingerprint import split_fingerprint
+from labelopt.pipeline.data.loading import make_loader
+from labelopt.pipeline.data.prepare import prepare
+from labelopt.pipeline.data.sources import load_source
 from labelopt.tests.fakes import (fake_cifar_content, fake_stl10_content, write_fake_cifar10, write_fake_imagefolder,
                                   write_fake_stl10)
 
@@ -123,7 +123,7 @@ def test_missing_cifar_batch_names_the_file_and_writes_nothing(tmp_path):
 
 
 def test_failure_midway_leaves_nothing_half_written(tmp_path, monkeypatch):
-    import labelopt.pipeline.prepare as prepare_module
+    import labelopt.pipeline.data.prepare as prepare_module
     real = prepare_module.write_beton
     calls = []
 

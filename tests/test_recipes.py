@@ -8,8 +8,8 @@ import torch
 from click.testing import CliRunner
 
 from labelopt.cli import main
-from labelopt.pipeline.recipes import shipped_names
-from labelopt.pipeline.schedules import resolve_milestones
+from labelopt.pipeline.run.recipes import shipped_names
+from labelopt.pipeline.run.schedules import resolve_milestones
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture
 def captured(monkeypatch):
     """The options each command would run with; nothing trains."""
-    import labelopt.pipeline.labeling as labeling
-    import labelopt.pipeline.student as student
-    import labelopt.pipeline.training as training
+    import labelopt.pipeline.jobs.labeling as labeling
+    import labelopt.pipeline.jobs.student as student
+    import labelopt.pipeline.run.training as training
 
     seen = []
 
@@ -113,7 +113,7 @@ def test_every_shipped_recipe_resolves(captured, name, command):
 
 
 def student_record(**changes) -> dict:
-    """A train-student config.json as pipeline/training.py writes it (derived records included)."""
+    """A train-student config.json as pipeline/run/training.py writes it (derived records included)."""
     record = {"command": "train-student", "data": "d", "arch": "resnet20", "out": "runs/a", "epochs": 15,
               "batch_size": 32, "lr": 0.05, "momentum": 0.9, "weight_decay": 0.0005, "schedule": "step",
               "milestones": [9, 11, 13], "gamma": 0.1, "label_smoothing": 0.0, "augment": "cifar-crop-flip",
@@ -256,7 +256,7 @@ def test_a_student_run_reruns_bit_for_bit_from_its_config_json(tiny_cifar_dir, t
 
 
 def test_a_rerun_names_what_differs_from_the_recorded_run(captured, tiny_cifar_dir, tmp_path):
-    from labelopt.pipeline.runs import provenance
+    from labelopt.pipeline.run.runs import provenance
 
     now = provenance()
     same = {"git_commit": now["git_commit"], "versions": dict(now["versions"])}

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from labelopt.pipeline.errors import UserError
-from labelopt.pipeline.sources import SOURCES, load_source, source_names
+from labelopt.pipeline.data.sources import SOURCES, load_source, source_names
 from labelopt.tests.fakes import (CIFAR10_NAMES, CIFAR100_NAMES, STL10_NAMES, fake_cifar_content,
                                   fake_stl10_content, write_fake_cifar10, write_fake_cifar100,
                                   write_fake_imagefolder, write_fake_stl10)

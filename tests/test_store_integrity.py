@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from labelopt.cli import main
-from labelopt.pipeline.datasets import open_dataset
+from labelopt.pipeline.data.datasets import open_dataset
 from labelopt.store import LabelStore, StoreError, combine, verify
 from labelopt.store.schema import generator_temperature
 from labelopt.store.values import densify_topk

@@ -11,9 +11,9 @@ from click.testing import CliRunner
 
 from labelopt.cli import main
 from labelopt.pipeline.errors import UserError
-from labelopt.pipeline.labeling import GenerateOptions, generate_labels
-from labelopt.pipeline.student import StudentOptions, train_student
-from labelopt.pipeline.training import TrainOptions, train
+from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
+from labelopt.pipeline.jobs.student import StudentOptions, train_student
+from labelopt.pipeline.run.training import TrainOptions, train
 from labelopt.stages.distillers.sl import SoftLabels
 from labelopt.store import LabelStore
 from labelopt.tests.run_checks import assert_last_checkpoint_matches_log
@@ -132,7 +132,7 @@ def test_refusals(stores, teacher, tiny_cifar_dir, tmp_path):
     c100 = tmp_path / "c100.pt"
     body = torch.load(teacher, weights_only=True)
     from labelopt.models import create_model
-    from labelopt.pipeline.checkpoints import save_checkpoint
+    from labelopt.pipeline.run.checkpoints import save_checkpoint
     save_checkpoint(c100, {k: v for k, v in body.items() if k not in ("format", "version", "training")}
                     | {"num_classes": 100, "model": create_model("resnet20", 100).state_dict()})
     base = ["train-student", "--data", tiny_cifar_dir, "--student", "resnet20", "--epochs", "1", "--device", "cpu"]
@@ -182,9 +182,9 @@ def test_torchrun_two_processes_train_one_student(stores, tiny_cifar_dir, tmp_pa
 
 
 def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar_dir, tmp_path, monkeypatch):
-    from labelopt.pipeline.datasets import open_dataset
-    from labelopt.pipeline.loading import make_loader
-    from labelopt.pipeline.view_sampling import StoredViews, sampler_for_store
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.data.loading import make_loader
+    from labelopt.pipeline.data.view_sampling import StoredViews, sampler_for_store
 
     path = tmp_path / "sampled.h5"
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(path), teachers=(str(teacher),),
@@ -199,7 +199,7 @@ def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar
     assert torch.equal(viewed, sampler.policy.apply(images, params))
     store.load()
     # The label gathered for (index, view) is the teacher's answer for these very pixels.
-    from labelopt.pipeline.labeling import load_teachers
+    from labelopt.pipeline.jobs.labeling import load_teachers
     logits, _ = load_teachers([str(teacher)], data, torch.device("cpu"))[0].outputs(viewed)
     assert torch.allclose(store.gather(indices, views), torch.softmax(logits / 4.0, 1), atol=2e-3)
     out = train_student(student(tiny_cifar_dir, tmp_path / "run", labels=str(path), epochs=1), log=quiet)

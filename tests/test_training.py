@@ -8,8 +8,8 @@ from click.testing import CliRunner
 
 from labelopt.cli import main
 from labelopt.pipeline.errors import UserError
-from labelopt.pipeline.schedules import Schedule, default_milestones, resolve_milestones
-from labelopt.pipeline.training import TrainOptions, train
+from labelopt.pipeline.run.schedules import Schedule, default_milestones, resolve_milestones
+from labelopt.pipeline.run.training import TrainOptions, train
 
 
 class Crash(Exception):
@@ -138,8 +138,8 @@ def test_cli_train_with_label_smoothing_and_cosine(tiny_cifar_dir, tmp_path):
 
 
 def test_loader_order_depends_only_on_seed_and_epoch(tiny_cifar_dir):
-    from labelopt.pipeline.datasets import open_dataset
-    from labelopt.pipeline.loading import make_loader
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.data.loading import make_loader
 
     loader = make_loader(open_dataset(tiny_cifar_dir), "train", 32, shuffle=True, seed=7, drop_last=True)
     order = lambda e: torch.cat([i for _, _, i in loader.epoch(e)])
@@ -201,7 +201,7 @@ def test_labelopt_train_imports_no_store_and_no_method(tiny_cifar_dir, tmp_path)
         f"      '--batch-size', '32', '--device', 'cpu', '--out', {str(tmp_path / 'run')!r}],\n"
         "     standalone_mode=False)\n"
         "print('LOADED', *sorted(m for m in sys.modules if m == 'h5py' or m.startswith(\n"
-        "    ('labelopt.store', 'labelopt.stages.distillers', 'labelopt.stages.sources', 'labelopt.stages.labelers'))))\n")
+        "    ('labelopt.store', 'labelopt.stages.distillers', 'labelopt.stages.teacher_sources', 'labelopt.stages.labelers'))))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "last.pt").is_file()

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from labelopt.pipeline.views import (IdentityView, Normalizer, PadCropFlipView, ResizedCropFlipView,
+from labelopt.pipeline.data.views import (IdentityView, Normalizer, PadCropFlipView, ResizedCropFlipView,
                                      get_view_policy)
 from labelopt.pipeline.errors import UserError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import UserError
+from ..errors import UserError
 
 # The standard CIFAR recipe decays at 150/180/210 of 240 epochs; shorter runs keep the proportions.
 DEFAULT_MILESTONE_FRACTIONS = (150 / 240, 180 / 240, 210 / 240)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
-from . import DatasetSource, SplitSource, reject_unlabeled, require_root
+from ...errors import UserError
+from .base import DatasetSource, SplitSource, reject_unlabeled, require_root
 
 SPLITS = ("train", "val")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}  # compared lower-cased, so .JPEG counts

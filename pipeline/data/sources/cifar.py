@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from . import DatasetSource, SplitSource, locate_folder, pixel_fingerprint, reject_unlabeled, require_root
+from ...errors import UserError
+from .base import DatasetSource, SplitSource, locate_folder, pixel_fingerprint, reject_unlabeled, require_root
 from .safe_pickle import safe_load
 
 SIDE = 32

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import DatasetSource, SplitSource, pixel_fingerprint, reject_unlabeled
+from .base import DatasetSource, SplitSource, pixel_fingerprint, reject_unlabeled
 
 SIDE = 32
 NUM_CLASSES = 10

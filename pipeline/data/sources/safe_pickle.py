@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ...errors import UserError
 
 try:  # numpy >= 2 keeps the array internals in numpy._core
     from numpy._core.multiarray import _reconstruct

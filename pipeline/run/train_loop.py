@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..stages.batch import ViewedBatch
-from ..stages.metrics import classification_metrics
+from ...stages.batch import ViewedBatch
+from ...stages.metrics import classification_metrics
 from .checkpoints import save_checkpoint
-from .datasets import PreparedDataset
-from .errors import UserError
-from .evaluation import predict
+from ..data.datasets import PreparedDataset
+from ..errors import UserError
+from .prediction import predict
 from .runtime import DistInfo, autocast
 from .train_setup import TrainingRun
 

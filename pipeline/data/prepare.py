@@ -8,13 +8,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .. import __version__
-from .atomic import atomic_directory, write_json_atomic
+from ... import __version__
+from ..atomic import atomic_directory, write_json_atomic
 from .beton import write_beton
 from .datasets import DATASET_FORMAT
-from .errors import UserError
+from ..errors import UserError
 from .fingerprint import channel_stats, split_fingerprint
-from .locks import output_lock
+from ..locks import output_lock
 from .sources import load_source
 
 

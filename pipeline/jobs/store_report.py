@@ -13,13 +13,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..stages.metrics import calibration_bins
-from ..store import LabelStore, StoreError, combine, schema, verify
-from ..store.reader import open_h5, parse_attrs
-from .atomic import check_output_file
-from .datasets import open_dataset
-from .errors import UserError
-from .locks import output_lock
+from ...stages.metrics import calibration_bins
+from ...store import LabelStore, StoreError, combine, schema, verify
+from ...store.validation import open_h5, parse_attrs
+from ..atomic import check_output_file
+from ..data.datasets import open_dataset
+from ..errors import UserError
+from ..locks import output_lock
 
 REPORT_BLOCK_ROWS = 1024
 
@@ -204,7 +204,7 @@ def format_relabel(relabel: dict, worst: int = 10) -> str:
 
 
 def combine_stores(paths, out, weights, *, overwrite: bool = False):
-    from .. import __version__
+    from ... import __version__
 
     out = Path(out)
     check_output_file(out, overwrite, "label store")

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from .errors import UserError
+from ..errors import UserError
 
 
 class ViewPolicy(ABC):
@@ -159,11 +159,6 @@ VIEW_POLICIES = {
 
 def view_policy_names() -> list[str]:
     return sorted(VIEW_POLICIES)
-
-
-# What `generate-labels --views` accepts (pipeline/labeling.py builds each): fixed view sets by name, and an
-# entry ending in ":K" takes a positive integer (sampled:10 stores 10 views drawn per image).
-STORE_VIEW_SPECS = ("identity", "cifar-crop-flip", "sampled:K")
 
 
 def get_view_policy(name: str, image_size: int) -> ViewPolicy:

@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..stages.labelers import LABELERS, LabelRequest
-from ..store import LabelStore, StoreError, file_sha256
-from .datasets import PreparedDataset, open_dataset
-from .errors import UserError
+from ...stages.labelers import LABELERS, LabelRequest
+from ...store import LabelStore, StoreError, file_sha256
+from ..data.datasets import PreparedDataset, open_dataset
+from ..errors import UserError
 from .labeling import GenerateOptions, block_loader, build_prototypes, load_teachers, store_views
-from .runtime import resolve_device
-from .views import IdentityView
+from ..run.runtime import resolve_device
+from ..data.views import IdentityView
 
 RTOL = 2.0 ** -10
 ATOL = 2.0 ** -14

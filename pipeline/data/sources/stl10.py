@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
-from . import DatasetSource, SplitSource, locate_folder, pixel_fingerprint, require_root
+from ...errors import UserError
+from .base import DatasetSource, SplitSource, locate_folder, pixel_fingerprint, require_root
 
 FOLDER = "stl10_binary"
 SIDE = 96

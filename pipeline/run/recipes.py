@@ -16,8 +16,8 @@ try:
 except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
     import tomli as tomllib
 
-from .errors import UserError
-from .limits import BOUNDS
+from ..errors import UserError
+from ..limits import BOUNDS
 from .schedules import default_milestones
 
 SHIPPED = Path(__file__).resolve().parent.parent / "recipes"

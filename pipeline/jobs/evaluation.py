@@ -7,38 +7,16 @@ from pathlib import Path
 
 import torch
 
-from ..stages.metrics import calibration_bins, classification_metrics, summarize_runs
-from .atomic import ensure_writable_dir, write_json_atomic
-from .checkpoints import build_model_from_checkpoint, load_checkpoint, trained_elsewhere, training_stats
-from .datasets import PreparedDataset, open_dataset
-from .loading import SplitLoader, make_loader
-from .locks import output_lock
-from .runtime import autocast, check_precision, resolve_device
-from .views import Normalizer
+from ...stages.metrics import calibration_bins, classification_metrics, summarize_runs
+from ..atomic import ensure_writable_dir, write_json_atomic
+from ..run.checkpoints import build_model_from_checkpoint, load_checkpoint, trained_elsewhere, training_stats
+from ..data.datasets import PreparedDataset, open_dataset
+from ..locks import output_lock
+from ..run.prediction import eval_loader, predict  # noqa: F401  (also this module's public API)
+from ..run.runtime import check_precision, resolve_device
+from ..data.views import Normalizer
 
-EVAL_BATCH_SIZE = 256
 METRIC_KEYS = ("top1", "top5", "nll", "ece")
-
-
-@torch.no_grad()
-def predict(model: torch.nn.Module, loader: SplitLoader, normalize: Normalizer, *, bf16: bool = False,
-            epoch: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (float32, CPU) and labels of a whole split, in loader order."""
-    was_training = model.training
-    model.eval()
-    all_logits, all_labels = [], []
-    for images, labels, _ in loader.epoch(epoch):
-        with autocast(loader.device, bf16):
-            logits = model(normalize(images))
-        all_logits.append(logits.float().cpu())
-        all_labels.append(labels.cpu())
-    model.train(was_training)
-    return torch.cat(all_logits), torch.cat(all_labels)
-
-
-def eval_loader(data: PreparedDataset, split: str, device: torch.device) -> SplitLoader:
-    return make_loader(data, split, EVAL_BATCH_SIZE, shuffle=False, drop_last=False, train_decode=False,
-                       device=device)
 
 
 COMPARISON_PNG = "reliability-comparison.png"

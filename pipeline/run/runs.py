@@ -7,9 +7,9 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-from .. import __version__
-from .atomic import ensure_writable_dir, write_json_atomic
-from .errors import UserError
+from ... import __version__
+from ..atomic import ensure_writable_dir, write_json_atomic
+from ..errors import UserError
 
 TRACKED_PACKAGES = ("torch", "torchvision", "ffcv", "numpy", "h5py", "numba")
 

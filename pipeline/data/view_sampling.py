@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .errors import UserError
+from ..errors import UserError
 from .views import IdentityView, PadCropFlipView, ResizedCropFlipView, ViewPolicy
 
 if TYPE_CHECKING:  # annotations only: `labelopt train` draws views without importing the store (h5py)
-    from ..store import LabelStore
+    from ...store import LabelStore
 
 
 class ViewSampler(ABC):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..stages.metrics import CalibrationBins
+from ...stages.metrics import CalibrationBins
 
 PERFECT = "perfect calibration"  # the diagonal's legend label
 

@@ -6,7 +6,7 @@ Under torchrun, ranks take alternate pending blocks and rank 0 assembles the sto
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,22 +14,23 @@ import torch
 from ffcv.loader import Loader, OrderOption
 from tqdm import tqdm
 
-from .. import __version__
-from ..models import tap_names
-from ..stages.labelers import DEFAULT_TEMPERATURE, LABELERS, LabelRequest
-from ..stages.teachers import Teacher
-from ..store import StoreError, StoreLayout, StoreWriter, file_sha256
-from ..store.schema import STORABLE_TAPS
-from .beton import worker_count
-from .checkpoints import build_model_from_checkpoint, load_checkpoint, training_stats
-from .datasets import PreparedDataset, open_dataset
-from .atomic import check_output_file
-from .errors import UserError
-from .limits import check_all
-from .locks import output_lock
-from .loading import decode_plan, field_pipelines
-from .runtime import autocast, barrier, check_precision, device_for, init_distributed
-from .views import IdentityView, PadCropFlipView, ResizedCropFlipView, Normalizer, ViewPolicy
+from ... import __version__
+from ...models import tap_names
+from ...stages.labelers import DEFAULT_TEMPERATURE, LABELERS, LabelRequest
+from ...stages.teachers import Teacher
+from ...store import StoreError, StoreLayout, StoreWriter, file_sha256
+from ...store.schema import STORABLE_TAPS
+from ..data.beton import worker_count
+from ..run.checkpoints import build_model_from_checkpoint, load_checkpoint, training_stats
+from ..data.datasets import PreparedDataset, open_dataset
+from ..atomic import check_output_file
+from ..errors import UserError
+from ..limits import check_all
+from ..locks import output_lock
+from ..data.loading import decode_plan, field_pipelines
+from ..run.runtime import autocast, barrier, check_precision, device_for, init_distributed
+from ..data.store_views import StoreViews, store_views  # noqa: F401  (store_views: also used from here)
+from ..data.views import Normalizer
 
 
 @dataclass
@@ -51,51 +52,6 @@ class GenerateOptions:
     device: str = "auto"
     bf16: bool = False
     overwrite: bool = False
-
-
-@dataclass
-class StoreViews:
-    """The views a store holds: a policy plus shared [V, P] or per-sample [N, V, P] parameters."""
-
-    policy: ViewPolicy
-    num_views: int
-    shared_params: np.ndarray | None
-    seed: int = 0
-    description: dict = field(default_factory=dict)
-
-    def params_for(self, indices: np.ndarray, height: int, width: int) -> np.ndarray:
-        """[rows, V, P] parameters for these samples."""
-        if self.shared_params is not None:
-            return np.broadcast_to(self.shared_params, (len(indices),) + self.shared_params.shape).copy()
-        # Each sample's views come from a generator seeded with (seed, index): independent of batching and ranks.
-        out = [self.policy.sample(self.num_views, height, width,
-                                  torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))).numpy()
-               for i in indices]
-        return np.stack(out)
-
-
-def store_views(spec: str, data: PreparedDataset, seed: int) -> StoreViews:
-    if spec == "identity":
-        policy = IdentityView()
-        return StoreViews(policy, 1, np.zeros((1, 1), np.int64), description={**policy.describe(), "spec": spec})
-    if spec == "cifar-crop-flip":
-        policy = PadCropFlipView(pad=4)
-        params = np.arange(policy.num_views, dtype=np.int64)[:, None]
-        return StoreViews(policy, policy.num_views, params,
-                          description={**policy.describe(), "spec": spec, "pad": 4,
-                                       "view_id": "v = dy * 18 + dx * 2 + flip (dy, dx in 0..8)"})
-    if spec.startswith("sampled:"):
-        try:
-            k = int(spec.split(":", 1)[1])
-        except ValueError:
-            k = 0
-        if k < 1:
-            raise UserError(f"--views {spec}: K must be a positive integer, e.g. sampled:10")
-        policy = ResizedCropFlipView(size=data.input_size)
-        return StoreViews(policy, k, None, seed,
-                          description={**policy.describe(), "spec": spec, "num_views": k, "size": data.input_size,
-                                       "scale": list(policy.scale), "ratio": list(policy.ratio), "seed": seed})
-    raise UserError(f"unknown --views '{spec}'; use identity, cifar-crop-flip or sampled:K")
 
 
 def load_teachers(paths, data: PreparedDataset, device: torch.device) -> list[Teacher]:

@@ -13,19 +13,19 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from ..models import FeatureTaps, UnknownModelError, create_model, feature_shapes
-from ..stages.distillers import (FEATURE_PREFIX, SIGNAL_TARGETS, DistillContext, Distiller, UnknownMethodError,
+from ...models import FeatureTaps, UnknownModelError, create_model, feature_shapes
+from ...stages.distillers import (FEATURE_PREFIX, SIGNAL_TARGETS, DistillContext, Distiller, UnknownMethodError,
                                  get_distiller)
-from ..stages.labelers import DEFAULT_TEMPERATURE, EnsembleLabeler, SoftLabeler
-from ..stages.sources import OnlineSource, StoreSource, TeacherSource, ViewedBatch
-from ..store import LabelStore, StoreError
-from .datasets import PreparedDataset, open_dataset
-from .errors import UserError
+from ...stages.labelers import DEFAULT_TEMPERATURE, EnsembleLabeler, SoftLabeler
+from ...stages.teacher_sources import OnlineSource, StoreSource, TeacherSource, ViewedBatch
+from ...store import LabelStore, StoreError
+from ..data.datasets import PreparedDataset, open_dataset
+from ..errors import UserError
 from .labeling import load_teachers
-from .runtime import check_precision, device_for, init_distributed, seed_everything
-from .training import TrainOptions, default_augment, fit, resolve_options
-from .view_sampling import AugmentViews, ViewSampler, sampler_for_store, with_copies
-from .views import get_view_policy
+from ..run.runtime import check_precision, device_for, init_distributed, seed_everything
+from ..run.training import TrainOptions, default_augment, fit, resolve_options
+from ..data.view_sampling import AugmentViews, ViewSampler, sampler_for_store, with_copies
+from ..data.views import get_view_policy
 
 NAMED_FLAGS = ("ce_weight", "kd_weight", "label_smoothing", "temperature")  # options with a flag of their own
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ..models import UnknownModelError, create_model
-from .atomic import write_bytes_atomic
-from .errors import UserError
+from ...models import UnknownModelError, create_model
+from ..atomic import write_bytes_atomic
+from ..errors import UserError
 
 CHECKPOINT_FORMAT = "labelopt.checkpoint"
 CHECKPOINT_VERSION = 1

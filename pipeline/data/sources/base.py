@@ -1,10 +1,5 @@
-"""Dataset sources: each dataset's official on-disk files -> per-sample access.
-
-A source reads what is on disk lazily (or keeps one compact array) so that a
-writer can fork worker processes that call `read_image` on the inherited object.
-Loaders take `(root, *, include_unlabeled)` and return a `DatasetSource`;
-`load_source` picks one from the `SOURCES` registry by name.
-"""
+"""What every dataset source is: a split with per-sample access, a dataset of splits, and the checks of --root
+the loaders share."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import UserError
+from ...errors import UserError
 
 
 @dataclass
@@ -79,30 +74,3 @@ def locate_folder(root: Path, folder: str, expected_files: tuple[str, ...], hint
 def reject_unlabeled(dataset: str, include_unlabeled: bool) -> None:
     if include_unlabeled:
         raise UserError(f"dataset {dataset} has no unlabeled split: drop --unlabeled (only stl10 has one)")
-
-
-# The loaders import the types above from this package, so they come after them.
-from .cifar import load_cifar10, load_cifar100  # noqa: E402
-from .digits import load_digits_source  # noqa: E402
-from .imagefolder import load_imagenet  # noqa: E402
-from .stl10 import load_stl10  # noqa: E402
-
-SOURCES: dict[str, Callable[..., DatasetSource]] = {
-    "cifar10": load_cifar10,
-    "cifar100": load_cifar100,
-    "stl10": load_stl10,
-    "imagenet": load_imagenet,
-    "digits": load_digits_source,
-}
-
-
-def source_names() -> list[str]:
-    return sorted(SOURCES)
-
-
-def load_source(name: str, root: Path | str | None, *, include_unlabeled: bool = False) -> DatasetSource:
-    """The named dataset read from `root` (ignored by datasets embedded in the package)."""
-    loader = SOURCES.get(name)
-    if loader is None:
-        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join(source_names())}")
-    return loader(root, include_unlabeled=include_unlabeled)

@@ -10,15 +10,15 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoints import load_checkpoint, save_checkpoint
-from .datasets import PreparedDataset
-from .errors import UserError
-from .evaluation import eval_loader
-from .loading import SplitLoader, make_loader
+from ..data.datasets import PreparedDataset
+from ..errors import UserError
+from .prediction import eval_loader
+from ..data.loading import SplitLoader, make_loader
 from .runs import MetricsLog
 from .runtime import DistInfo
 from .schedules import Schedule
-from .view_sampling import ViewSampler
-from .views import Normalizer
+from ..data.view_sampling import ViewSampler
+from ..data.views import Normalizer
 
 
 @dataclass

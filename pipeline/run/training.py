@@ -10,20 +10,20 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from ..models import UnknownModelError, create_model
-from ..stages.batch import ViewedBatch
-from .datasets import PreparedDataset, open_dataset
-from .errors import UserError
-from .limits import check_all
-from .locks import output_lock
+from ...models import UnknownModelError, create_model
+from ...stages.batch import ViewedBatch
+from ..data.datasets import PreparedDataset, open_dataset
+from ..errors import UserError
+from ..limits import check_all
+from ..locks import output_lock
 from .runs import prepare_run_dir, provenance, read_config, write_config
 from .runtime import DistInfo, barrier, check_precision, device_for, init_distributed, seed_everything
 from .schedules import check_schedule_name, resolve_milestones
 from .train_loop import (TrainingDiverged, checkpoint_payload, epoch_line, evaluate_epoch,  # noqa: F401
                          save_epoch, train_epoch)
 from .train_setup import set_up_run
-from .view_sampling import AugmentViews, ViewSampler
-from .views import get_view_policy, view_policy_names
+from ..data.view_sampling import AugmentViews, ViewSampler
+from ..data.views import get_view_policy, view_policy_names
 
 # Options that may differ between a run and its --resume without changing the result.
 RESUME_FREE_OPTIONS = {"out", "resume", "overwrite", "device", "num_workers"}

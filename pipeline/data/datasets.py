@@ -5,7 +5,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 DATASET_FORMAT = "labelopt.dataset"
 # Side of the square that variable-size (JPEG) images are decoded to for training,

@@ -1,0 +1,80 @@
+"""The layers of docs/architecture.md, read from the source: what each part of the package may import of
+labelopt (relative and absolute imports, at module level and inside functions), and the size limits."""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# part -> the parts of labelopt it may import (itself always)
+ALLOWED = {
+    "models": set(),
+    "store": set(),
+    "stages": {"models", "store"},
+    "pipeline.shared": {"store"},  # errors, atomic, locks, limits: used by every group
+    "pipeline.data": {"pipeline.shared", "models", "store"},
+    "pipeline.run": {"pipeline.shared", "pipeline.data", "models", "stages"},
+    "pipeline.jobs": {"pipeline.shared", "pipeline.data", "pipeline.run", "models", "stages", "store"},
+}
+SHARED = {"errors", "atomic", "locks", "limits"}
+
+
+def part_of(module: str) -> str | None:
+    parts = module.split(".")[1:]  # drop "labelopt"
+    if not parts:
+        return None
+    if parts[0] != "pipeline":
+        return parts[0] if parts[0] in ALLOWED else None
+    if len(parts) > 1 and parts[1] in ("data", "run", "jobs"):
+        return f"pipeline.{parts[1]}"
+    return "pipeline.shared" if len(parts) == 1 or parts[1] in SHARED else None
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(["labelopt", *(parts[:-1] if parts[-1] == "__init__" else parts)])
+
+
+def imported_modules(path: Path):
+    module = module_name(path)
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[:len(package.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("labelopt"):
+                # `from . import x` names a module: count the names too
+                yield from ([f"{target}.{a.name}" for a in node.names] if not node.module else [target])
+        elif isinstance(node, ast.Import):
+            yield from (a.name for a in node.names if a.name.startswith("labelopt"))
+
+
+def package_files():
+    for part in ("models", "store", "stages", "pipeline"):
+        yield from sorted((ROOT / part).rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", list(package_files()), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_follow_the_layers(path):
+    own = part_of(module_name(path))
+    assert own is not None, f"{path} is in no layer of the architecture"
+    wrong = sorted({m for m in imported_modules(path) if (p := part_of(m)) not in (None, own)
+                    and p not in ALLOWED[own]})
+    assert wrong == [], f"{own} may import only {sorted(ALLOWED[own])}"
+
+
+def test_no_function_over_60_lines_and_no_file_over_300():
+    long_functions, long_files = [], []
+    for path in package_files():
+        text = path.read_text()
+        if len(text.splitlines()) > 300:
+            long_files.append(f"{path.relative_to(ROOT)} ({len(text.splitlines())})")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 60:
+                    long_functions.append(f"{path.relative_to(ROOT)}:{node.name} ({length})")
+    assert (long_functions, long_files) == ([], [])

@@ -110,9 +110,9 @@ def run_cli(*args):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--arch", "resnet21"], "unknown model 'resnet21'; known models: resnet20"),
+    (["--arch", "resnet21"], "Invalid value for '--arch': 'resnet21' is not one of 'resnet20', 'resnet32'"),
     (["--arch", "resnet20", "--bf16", "--device", "cpu"], "--bf16 autocast runs on a GPU only"),
-    (["--arch", "resnet20", "--schedule", "linear"], "unknown schedule 'linear'"),
+    (["--arch", "resnet20", "--schedule", "linear"], "'linear' is not one of 'step', 'cosine'"),
     (["--arch", "resnet20", "--milestones", "5,2"], "must be strictly increasing"),
     (["--arch", "resnet20", "--batch-size", "1000", "--epochs", "1"], "larger than the training split"),
 ])

@@ -20,7 +20,7 @@ from ..errors import UserError
 from ..limits import BOUNDS
 from .schedules import default_milestones
 
-SHIPPED = Path(__file__).resolve().parent.parent / "recipes"
+SHIPPED = Path(__file__).resolve().parents[2] / "recipes"  # recipes/ at the package root
 COMMANDS = ("train", "train-student", "generate-labels")  # the commands that take --config: a recipe's tables
 METHOD_OPTIONS_KEY = "method_options"  # the table behind repeated --method-option NAME=VALUE
 # Method options the CLI takes as flags of their own (and records in method_options, as cli.train_student does).

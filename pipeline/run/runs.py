@@ -16,7 +16,7 @@ TRACKED_PACKAGES = ("torch", "torchvision", "ffcv", "numpy", "h5py", "numba")
 
 def git_commit() -> str:
     """The labelopt source commit, with '+dirty' when the work tree has changes; 'unknown' outside git."""
-    here = Path(__file__).resolve().parent.parent
+    here = Path(__file__).resolve().parents[2]  # the package root (the repository)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
                                 timeout=5, check=True).stdout.strip()

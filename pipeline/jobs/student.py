@@ -184,12 +184,11 @@ def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> P
         raise UserError(f"--method {method.name}: {exc}") from None
     if sampler is not None:
         sampler = with_copies(sampler, distiller.views_per_sample)
-    options = dataclasses.replace(options, label_smoothing=getattr(distiller.options, "label_smoothing", 0.0),
-                                  warmup_epochs=distiller.warmup_epochs,
-                                  warmup_milestones=distiller.warmup_milestones, warmup_lr=distiller.warmup_lr)
+    options = dataclasses.replace(options, label_smoothing=getattr(distiller.options, "label_smoothing", 0.0))
     config = {"method_resolved": {"name": method.name, "options": dataclasses.asdict(distiller.options),
                                   "teacher_signals": list(method.teacher_signals)},
               "teacher_source": source.describe() if source else None}
     return fit(options, data, model, make_objective(distiller, source, options.arch), dist_info, device,
-               command="train-student", sampler=sampler, extra_modules=distiller, config_extra=config,
+               command="train-student", sampler=sampler, extra_modules=distiller, phases=distiller.phases(),
+               config_extra=config,
                on_epoch_start=distiller.set_epoch, on_epoch_end=on_epoch_end, log=log)

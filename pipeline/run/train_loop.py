@@ -108,7 +108,7 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
     bar.close()
     watch.check(epoch, run.total_epochs, steps, run.out, run.dist_info)  # before anything of the epoch is saved
     seconds = time.perf_counter() - started
-    record = {"epoch": epoch, "phase": "warmup" if epoch < run.options.warmup_epochs else "train",
+    record = {"epoch": epoch, "phase": run.phases.phase_of(epoch),
               "lr": run.schedule.lr(epoch, 0), "train_loss": (totals.loss / totals.seen).item(),
               "train_top1": 100.0 * totals.correct.item() / totals.seen, "train_seconds": round(seconds, 3),
               "train_img_per_s": round(totals.seen * run.dist_info.world_size / seconds, 1)}

@@ -10,6 +10,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoints import load_checkpoint, save_checkpoint
+from ...stages.phases import Phases
 from ..data.datasets import PreparedDataset
 from ..errors import UserError
 from .prediction import eval_loader
@@ -37,6 +38,7 @@ class TrainingRun:
     train_extra: torch.nn.Module | None
     objective: Callable
     sampler: ViewSampler
+    phases: Phases
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     train_loader: SplitLoader
@@ -48,7 +50,7 @@ class TrainingRun:
 
     @property
     def total_epochs(self) -> int:
-        return self.options.warmup_epochs + self.options.epochs
+        return self.phases.warmup_epochs + self.options.epochs
 
 
 def restore_best(out: Path, state: dict) -> None:
@@ -63,7 +65,8 @@ def restore_best(out: Path, state: dict) -> None:
     save_checkpoint(best_path, {k: v for k, v in state.items() if k not in ("training", "format", "version")})
 
 
-def place_modules(options, model, extra_modules, state: dict | None, dist_info: DistInfo, device: torch.device):
+def place_modules(options, model, extra_modules, warmup: bool, state: dict | None, dist_info: DistInfo,
+                  device: torch.device):
     """The model and a method's modules on the device with any resumed weights, then their DDP wrappers.
 
     Returns (model, train_model, train_extra)."""
@@ -80,7 +83,7 @@ def place_modules(options, model, extra_modules, state: dict | None, dist_info: 
     device_ids = [device.index] if device.type == "cuda" else None
     # A warm-up phase may train only a method's own modules: then the student's parameters get no gradient.
     train_model = DistributedDataParallel(model, device_ids=device_ids,
-                                          find_unused_parameters=options.warmup_epochs > 0)
+                                          find_unused_parameters=warmup)
     train_extra = extra_modules
     if extra_modules is not None and any(p.requires_grad for p in extra_modules.parameters()):
         # Buffers stay per rank (a method that keeps state across ranks synchronises it itself); a method may
@@ -109,13 +112,14 @@ def make_loaders(options, data: PreparedDataset, dist_info: DistInfo, device: to
 
 
 def set_up_run(options, data: PreparedDataset, model, objective, sampler: ViewSampler, extra_modules,
-               dist_info: DistInfo, device: torch.device) -> TrainingRun:
+               phases: Phases, dist_info: DistInfo, device: torch.device) -> TrainingRun:
     """A TrainingRun from a prepared run folder (a new one, or one to resume from its last.pt)."""
     out = Path(options.out)
     state = load_checkpoint(out / "last.pt") if options.resume else None
     if state is not None and dist_info.is_main:
         restore_best(out, state)
-    model, train_model, train_extra = place_modules(options, model, extra_modules, state, dist_info, device)
+    model, train_model, train_extra = place_modules(options, model, extra_modules, phases.warmup_epochs > 0, state,
+                                                    dist_info, device)
     optimizer = make_optimizer(options, model, extra_modules)
     start_epoch, best = 0, {"top1": -1.0, "epoch": -1}
     if state is not None:
@@ -125,12 +129,12 @@ def set_up_run(options, data: PreparedDataset, model, objective, sampler: ViewSa
         torch.set_rng_state(state["training"]["torch_rng"])
     train_loader, test_loader = make_loaders(options, data, dist_info, device)
     schedule = Schedule(options.schedule, options.lr, options.epochs, len(train_loader), options.milestones,
-                        options.gamma, hold_epochs=options.warmup_epochs,
-                        hold_milestones=tuple(options.warmup_milestones), hold_lr=options.warmup_lr)
+                        options.gamma, hold_epochs=phases.warmup_epochs, hold_milestones=phases.warmup_milestones,
+                        hold_lr=phases.warmup_lr)
     metrics_log = None
     if dist_info.is_main:
         metrics_log = MetricsLog(out / "metrics.jsonl", keep_through_epoch=start_epoch - 1 if state else None)
     return TrainingRun(options, data, out, dist_info, device, model, train_model, extra_modules, train_extra,
-                       objective, sampler, optimizer, schedule, train_loader, test_loader,
+                       objective, sampler, phases, optimizer, schedule, train_loader, test_loader,
                        Normalizer(data.mean, data.std, device, channels_last=options.channels_last), metrics_log,
                        best, start_epoch)

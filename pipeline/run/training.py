@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from ...models import UnknownModelError, create_model
 from ...stages.batch import ViewedBatch
+from ...stages.phases import NO_PHASES, Phases
 from ..data.datasets import PreparedDataset, open_dataset
 from ..errors import UserError
 from ..limits import check_all
@@ -51,9 +52,6 @@ class TrainOptions:
     num_workers: int | None = None
     resume: bool = False
     overwrite: bool = False
-    warmup_epochs: int = 0  # set by a method with a warm-up phase (AB, FT): run before the `epochs` of the recipe
-    warmup_milestones: tuple[int, ...] = ()  # set by such a method: lr x gamma at these warm-up epochs (KDSS)
-    warmup_lr: float | None = None  # set by such a method: the warm-up's base lr (FT: 0.01); None: --lr
 
 
 def default_augment(data: PreparedDataset) -> str:
@@ -102,10 +100,11 @@ def train(options: TrainOptions, *, on_epoch_end: Callable[[int], None] | None =
 
 
 def config_record(options: TrainOptions, data: PreparedDataset, dist_info: DistInfo, command: str,
-                  extra: dict | None = None) -> dict:
+                  extra: dict | None = None, phases: Phases = NO_PHASES) -> dict:
     return {
         "command": command,
         **dataclasses.asdict(options),
+        **phases.record(),
         **(extra or {}),
         "milestones": list(options.milestones),
         "world_size": dist_info.world_size,
@@ -136,25 +135,27 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
 
 def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, objective, dist_info: DistInfo,
             device: torch.device, *, command: str, sampler: ViewSampler | None = None,
-            extra_modules: torch.nn.Module | None = None, config_extra: dict | None = None, on_epoch_start=None,
-            on_epoch_end=None, log=print) -> Path:
+            extra_modules: torch.nn.Module | None = None, phases: Phases = NO_PHASES, config_extra: dict | None = None,
+            on_epoch_start=None, on_epoch_end=None, log=print) -> Path:
     """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume.
 
     `objective(model, inputs, batch, extra)` returns (loss, logits, parts), parts the named terms of the loss
     (averaged per epoch into metrics.jsonl's train_loss_parts); `sampler` draws each step's views
     (default: fresh views of options.augment); `extra_modules` (a method's trainable parts) join the
     optimizer and last.pt, and reach the objective as `extra` (wrapped for DDP when they have parameters,
-    so their gradients are averaged across ranks like the model's).
+    so their gradients are averaged across ranks like the model's); `phases`: the method's warm-up, run before
+    the recipe's epochs.
     """
     out = Path(options.out)
     sampler = sampler or AugmentViews(get_view_policy(options.augment, data.input_size))
-    config = config_record(options, data, dist_info, command, {**(config_extra or {}), "views": sampler.describe()})
+    config = config_record(options, data, dist_info, command, {**(config_extra or {}), "views": sampler.describe()},
+                           phases)
     if dist_info.is_main:
         prepare_run_dir(out, overwrite=options.overwrite, resume=options.resume)
         if options.resume:
             check_resume_matches(out, config)
     barrier(dist_info)
-    run = set_up_run(options, data, model, objective, sampler, extra_modules, dist_info, device)
+    run = set_up_run(options, data, model, objective, sampler, extra_modules, phases, dist_info, device)
     if dist_info.is_main:
         write_config(out, config)
     if run.start_epoch >= run.total_epochs:

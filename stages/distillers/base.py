@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..phases import Phases
 from ...store.schema import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS, STORABLE_TAPS, store_can_hold
 from .options import NoOptions, build_options, check_declaration, option_types
 
@@ -111,6 +112,10 @@ class Distiller(nn.Module, ABC):
         """Views the sampler draws of each image per step, in blocks (copy k of all B images in rows [kB, (k+1)B),
         each copy its own crop, all copies of an image one flip); `expand` receives them. Default 1."""
         return 1
+
+    def phases(self) -> Phases:
+        """The training loop's one hook into a method's phases: its warm-up, with the warm-up's lr and lr drops."""
+        return Phases(self.warmup_epochs, self.warmup_milestones, self.warmup_lr)
 
     @property
     def in_warmup(self) -> bool:

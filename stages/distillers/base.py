@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from ..losses import ground_truth_cross_entropy, kd_divergence, soft_cross_entropy  # noqa: F401  (methods: from here)
 from ..phases import Phases
 from ...store.schema import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS, STORABLE_TAPS, store_can_hold
 from .options import NoOptions, build_options, check_declaration, option_types
@@ -132,7 +132,7 @@ class Distiller(nn.Module, ABC):
 
     def ce_plus(self, logits: torch.Tensor, labels: torch.Tensor, name: str, term: torch.Tensor) -> dict:
         """Most methods' form: ce_weight * CE(logits, labels) + <name>_weight * term, with both parts logged."""
-        ce = F.cross_entropy(logits.float(), labels)
+        ce = ground_truth_cross_entropy(logits, labels)
         weight = getattr(self.options, f"{name}_weight")
         return {"loss": self.options.ce_weight * ce + weight * term, "ce": ce, name: term}
 
@@ -144,15 +144,3 @@ class Distiller(nn.Module, ABC):
         logits: the student's [B, C]; student: its taps; teacher: the requested signals;
         batch: the step's `stages.sources.ViewedBatch` (labels, sample indices, views).
         """
-
-
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * mean over the batch of -sum_c q_c log softmax(z / T)_c (the seed's soft-label loss)."""
-    log_p = F.log_softmax(logits.float() / temperature, dim=1)
-    return -(targets * log_p).sum(1).mean() * temperature ** 2
-
-
-def kd_divergence(logits: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton's term: T^2 * KL(q || softmax(z / T)), batch-mean reduction."""
-    log_p = F.log_softmax(logits.float() / temperature, dim=1)
-    return F.kl_div(log_p, targets, reduction="batchmean") * temperature ** 2

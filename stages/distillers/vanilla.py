@@ -1,6 +1,5 @@
 """`vanilla`: cross-entropy on the ground truth, no teacher (the baseline row)."""
-import torch.nn.functional as F
-
+from ..losses import ground_truth_cross_entropy
 from .base import Distiller
 from .registry import register_method
 
@@ -11,5 +10,5 @@ class Vanilla(Distiller):
     summary = "cross-entropy on the ground truth; no teacher"
 
     def forward(self, logits, student, teacher, batch):
-        ce = F.cross_entropy(logits.float(), batch.labels)
+        ce = ground_truth_cross_entropy(logits, batch.labels)
         return {"loss": ce, "ce": ce}

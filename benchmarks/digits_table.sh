@@ -31,12 +31,9 @@
 #        ~10 s start (numba compiling FFCV's pipeline) is single-threaded, and small convolutions scale poorly
 #        over threads, so two one-thread lanes beat one two-thread run on 2 cores
 #
-# Time on 2 idle CPU cores, estimated (the machine this was written on was shared, so wall-clock times were not
-# usable) from single-thread CPU seconds measured per 1,437-image epoch: resnet20 student ~6.8, with the online
-# resnet56 teacher ~12.7, kdss ~48 (four rotations; its warm-up epoch ~39); ~11 per command start (FFCV's numba
-# compile); resnet56 / 44 / 32 teacher epochs ~19 / 14.5 / 12. With JOBS 2: teachers (15 epochs) ~7 min,
-# stores ~1 min, 60 student runs of 6 epochs ~36 min + their warm-ups ~2.5 min + their starts ~5.5 min,
-# evaluation ~2 min: about 55 min. The smoke: about 5 min (30 commands, most of it their starts).
+# Time, measured: 316 s on one H200 with JOBS=8 (16 cores). On 2 CPU cores, hours: a student epoch with the online
+# resnet56 teacher runs at ~34 img/s on one thread (~42 s per 1,437-image epoch, three times the ~12.7 s first
+# estimated), so the 27 online-teacher runs alone take about an hour per lane. The smoke: about 5 min on 2 cores.
 #
 # Resumable: a run folder whose metrics.jsonl holds every epoch and whose last.pt is newer is skipped, one with
 # a last.pt short of that continues with --resume, one without last.pt starts over; a run made with other
@@ -45,7 +42,7 @@
 # retraining a teacher, delete labels/ as well.
 set -euo pipefail
 
-usage() { sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 OUT="" SMOKE=0 DRY=0
 while [ $# -gt 0 ]; do

@@ -13,7 +13,7 @@ from labelopt.cli import main
 from labelopt.models import create_model
 from labelopt.pipeline.run.checkpoints import save_checkpoint
 from labelopt.pipeline.data.datasets import open_dataset
-from labelopt.pipeline import reports
+from labelopt.pipeline.jobs import reports
 from labelopt.pipeline.jobs.evaluation import COMPARISON_PNG, checkpoint_names, eval_loader, plot_file_names, predict
 from labelopt.pipeline.run.training import TrainOptions, train
 from labelopt.pipeline.data.views import Normalizer

@@ -30,7 +30,7 @@ from ..locks import output_lock
 from ..data.loading import decode_plan, field_pipelines
 from ..run.runtime import autocast, barrier, check_precision, device_for, init_distributed
 from ..data.store_views import StoreViews, store_views  # noqa: F401  (store_views: also used from here)
-from ..data.views import Normalizer
+from ..data.views import IdentityView, Normalizer
 
 
 @dataclass

@@ -154,8 +154,9 @@ def test_refusals(teacher, tiny_cifar_dir, tmp_path):
         (["--teacher", other, "--out", tmp_path / "a.h5"], "trained for 100 classes but the data has 10"),
         (["--method", "sl-ens", "--teacher", teacher, "--out", tmp_path / "b.h5"], "two or more --teacher"),
         (["--teacher", teacher, "--features", "stage2", "--out", tmp_path / "c.h5"], "only 1-D embeddings"),
-        (["--teacher", teacher, "--method", "distill", "--out", tmp_path / "d.h5"], "unknown --method 'distill'"),
-        (["--teacher", teacher, "--views", "sampled:x", "--out", tmp_path / "e.h5"], "K must be a positive"),
+        (["--teacher", teacher, "--method", "distill", "--out", tmp_path / "d.h5"],
+         "'distill' is not one of 'sl', 'sl-ens', 'sl-enc', 'random'"),
+        (["--teacher", teacher, "--views", "sampled:x", "--out", tmp_path / "e.h5"], "K must be a whole number >= 1"),
         (["--teacher", teacher, "--batch-size", "0", "--out", tmp_path / "f.h5"], "'--batch-size': '0' is out of range"),
     ]
     for args, message in cases:

@@ -123,12 +123,12 @@ def time_bare(folder: Path, teacher_path: Path, spec: str, batch_size: int, devi
             loader_start = time.perf_counter() - started
         images = images.permute(0, 3, 1, 2).to(device, memory_format=torch.contiguous_format, copy=True)
         count = images.shape[0]
-        params = views.params_for(indices.view(-1).numpy(), images.shape[2], images.shape[3])
+        params = views.views_of(indices.view(-1).numpy(), images.shape[2], images.shape[3])
         flat_params = torch.from_numpy(params.reshape(count * v, -1))
         row_of = torch.arange(count).repeat_interleave(v)
         for start in range(0, count * v, batch_size):
             sl = slice(start, min(start + batch_size, count * v))
-            viewed = views.policy.apply(images[row_of[sl].to(device)], flat_params[sl])
+            viewed = views.pixels(images[row_of[sl].to(device)], flat_params[sl])
             with autocast(device, bf16):
                 logits, _ = teacher.outputs(viewed)
                 torch.softmax(logits / TEMPERATURE, dim=1)

@@ -14,5 +14,5 @@ import torch
 class ViewedBatch:
     images: torch.Tensor  # uint8 [copies x B, 3, H, W], copies = a method's views per sample (1 by default)
     labels: torch.Tensor  # int64 [B]
-    indices: torch.Tensor  # int64 [B]: sample index in the split
-    views: torch.Tensor | None = None  # int64 [B]: position on a store's view axis (store-drawn views only)
+    indices: torch.Tensor  # int64 [B] on the CPU: sample index in the split
+    views: torch.Tensor | None = None  # int64 [B] on the CPU: position on a store's view axis (store-drawn views)

@@ -60,9 +60,7 @@ class StoreSource(TeacherSource):
         self.store.load(tuple(names))
 
     def signals(self, batch, names):
-        indices = batch.indices.cpu()
-        views = batch.views.cpu() if batch.views is not None else None
-        return {name: self.store.gather(indices, views, name).to(batch.images.device, non_blocking=True)
+        return {name: self.store.gather(batch.indices, batch.views, name).to(batch.images.device, non_blocking=True)
                 for name in names}
 
     def describe(self):

@@ -184,14 +184,14 @@ def test_torchrun_two_processes_train_one_student(stores, tiny_cifar_dir, tmp_pa
 def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar_dir, tmp_path, monkeypatch):
     from labelopt.pipeline.data.datasets import open_dataset
     from labelopt.pipeline.data.loading import make_loader
-    from labelopt.pipeline.data.view_sampling import StoredViews, sampler_for_store
+    from labelopt.pipeline.data.view_space import ViewSpace, sampler_for_store
 
     path = tmp_path / "sampled.h5"
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(path), teachers=(str(teacher),),
                                     views="sampled:3", temperature=4.0, seed=11, device="cpu"), log=quiet)
     store = LabelStore.open(path)
     sampler = sampler_for_store(store, 32, None)
-    assert isinstance(sampler, StoredViews) and sampler.per_sample and sampler.num_views == 3
+    assert isinstance(sampler, ViewSpace) and sampler.per_sample and sampler.num_views == 3
     data = open_dataset(tiny_cifar_dir)
     images, _, indices = next(iter(make_loader(data, "train", 32, shuffle=True, seed=0, drop_last=True).epoch(0)))
     viewed, views = sampler.draw(images, indices, torch.Generator().manual_seed(0))

@@ -57,7 +57,8 @@ def decode_plan(data: PreparedDataset, train: bool) -> tuple:
 
 
 class SplitLoader:
-    """Iterate one epoch of a split: (images uint8 [B,3,H,W], labels int64 [B], indices int64 [B])."""
+    """Iterate one epoch of a split: (images uint8 [B,3,H,W] and labels int64 [B] on the device, sample indices
+    int64 [B] on the CPU)."""
 
     def __init__(self, loader: Loader, device: torch.device):
         self.loader = loader
@@ -74,7 +75,7 @@ class SplitLoader:
             yield (
                 images.permute(0, 3, 1, 2).to(self.device, memory_format=torch.contiguous_format, copy=True),
                 labels.view(-1).to(self.device, torch.long, copy=True),
-                indices.view(-1).to(self.device, torch.long, copy=True),
+                indices.view(-1).to(torch.long, copy=True),  # on the CPU: they key view tables and stores
             )
 
 

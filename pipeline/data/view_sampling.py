@@ -1,24 +1,18 @@
 """Stage two's view draw: which view of each sample the student sees at a step.
 
 `AugmentViews` draws fresh views from a policy (vanilla training, online teachers,
-identity stores paired with separately augmented images). `StoredViews` draws a
-position on a store's view axis per sample, uniformly, and applies the stored
-parameters, so the label gathered for (index, view) is the teacher's answer for
-exactly those pixels. Draws use a CPU generator: a seed gives the same views anywhere.
+identity stores paired with separately augmented images); `CopiedViews` several per
+image. A store's own views are drawn by its `ViewSpace` (view_space.py), which pairs
+each view with the key of its label. Draws use a CPU generator: a seed gives the same
+views anywhere.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING
-
-import numpy as np
 import torch
 
 from ..errors import UserError
-from .views import IdentityView, PadCropFlipView, ResizedCropFlipView, ViewPolicy
-
-if TYPE_CHECKING:  # annotations only: `labelopt train` draws views without importing the store (h5py)
-    from ...store import LabelStore
+from .views import ViewPolicy
 
 
 class ViewSampler(ABC):
@@ -87,49 +81,3 @@ def with_copies(sampler: ViewSampler, copies: int) -> ViewSampler:
     if not isinstance(sampler, AugmentViews) or sampler.store_view is not None:
         raise UserError(f"{copies} views of every image per step need freshly drawn views (an online --teacher)")
     return CopiedViews(sampler.policy, copies)
-
-
-class StoredViews(ViewSampler):
-    """One of the store's views per sample, uniformly: for cifar-crop-flip, the standard augmentation."""
-
-    def __init__(self, policy: ViewPolicy, params: torch.Tensor, per_sample: bool):
-        self.policy, self.params, self.per_sample = policy, params, per_sample
-        self.num_views = params.shape[1] if per_sample else params.shape[0]
-
-    def draw(self, images, indices, generator):
-        views = torch.randint(0, self.num_views, (images.shape[0], 1), generator=generator)[:, 0]
-        params = self.params[indices.cpu(), views] if self.per_sample else self.params[views]
-        return self.policy.apply(images, params), views
-
-    def describe(self):
-        return {"draw": "store", "policy": self.policy.name, "num_views": self.num_views,
-                "pairing": "exact: each label is the teacher's answer for the pixels shown"}
-
-
-def policy_from_store(store: LabelStore) -> ViewPolicy:
-    """Rebuild the view policy a store was generated with from its `views` attribute."""
-    desc = store.views
-    name = desc.get("policy")
-    if name == "identity":
-        return IdentityView()
-    if name == "cifar-crop-flip":
-        return PadCropFlipView(pad=int(desc.get("pad", 4)))
-    if name == "rrc-flip":
-        return ResizedCropFlipView(size=int(desc["size"]), scale=tuple(desc["scale"]), ratio=tuple(desc["ratio"]))
-    raise UserError(f"label store {store.path} has views of policy '{name}', which this labelopt cannot replay; "
-                    f"regenerate it with --views identity, cifar-crop-flip or sampled:K")
-
-
-def sampler_for_store(store: LabelStore, input_size: int, augment: ViewPolicy | None) -> ViewSampler:
-    """Stored views for enumerated and sampled stores; identity stores pair with `augment` (or clean images)."""
-    policy = policy_from_store(store)
-    if isinstance(policy, IdentityView):
-        return AugmentViews(augment or IdentityView(), store_view=0)
-    if augment is not None:
-        raise UserError(f"label store {store.path} holds {store.num_views} {policy.name} views per sample, which "
-                        f"define the augmentation; drop --augment (it applies to identity stores and online teachers)")
-    if isinstance(policy, ResizedCropFlipView) and policy.size != input_size:
-        raise UserError(f"label store {store.path} has {policy.size}-pixel views but the data is {input_size} pixels; "
-                        f"generate labels for this data")
-    params = torch.from_numpy(np.ascontiguousarray(store.view_params()).astype(np.int64))
-    return StoredViews(policy, params, store.per_sample_params)

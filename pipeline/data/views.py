@@ -18,6 +18,15 @@ from torchvision.ops import roi_align
 
 from ..errors import UserError
 
+CIFAR_PAD = 4  # the standard CIFAR augmentation's zero padding: 9 x 9 crop offsets x 2 flips = 162 views
+
+
+def uniform_view_ids(n: int, num_views: int, generator: torch.Generator) -> torch.Tensor:
+    """int64 [n] view ids, uniform: an enumerated policy's training draw, and stage two's draw of a store's views
+    (whose position v holds view id v). One call for both, so a seed shows a student the same pixels whether its
+    labels come from a store or from a teacher run online."""
+    return torch.randint(0, num_views, (n, 1), generator=generator)[:, 0]
+
 
 class ViewPolicy(ABC):
     """A family of views. `num_views` is the size of an enumerable view space, or None."""
@@ -38,7 +47,13 @@ class ViewPolicy(ABC):
         """The viewed images, uint8 [B, 3, H', W']."""
 
     def describe(self) -> dict:
+        """The policy as a store records it: enough for `from_record` to rebuild it exactly."""
         return {"policy": self.name, "num_views": self.num_views, "param_names": list(self.param_names)}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "ViewPolicy":
+        """The policy `describe` wrote (a store's `views` attribute)."""
+        return cls()
 
 
 @dataclass
@@ -63,7 +78,7 @@ class PadCropFlipView(ViewPolicy):
     Uniform view ids are exactly the standard CIFAR crop + flip distribution.
     """
 
-    pad: int = 4
+    pad: int = CIFAR_PAD
     name = "cifar-crop-flip"
     param_names = ("view",)
 
@@ -82,7 +97,16 @@ class PadCropFlipView(ViewPolicy):
         return dy, dx, flip
 
     def sample(self, n, height, width, generator):
-        return torch.randint(0, self.num_views, (n, 1), generator=generator)
+        return uniform_view_ids(n, self.num_views, generator)[:, None]
+
+    def describe(self):
+        side = self.side
+        return {**super().describe(), "pad": self.pad,
+                "view_id": f"v = dy * {2 * side} + dx * 2 + flip (dy, dx in 0..{side - 1})"}
+
+    @classmethod
+    def from_record(cls, record):
+        return cls(pad=int(record.get("pad", CIFAR_PAD)))
 
     def apply(self, images, params):
         b, c, h, w = images.shape
@@ -135,6 +159,13 @@ class ResizedCropFlipView(ViewPolicy):
         left = torch.floor(u_left * (width - ww + 1)).long()
         return torch.stack([top, left, hh, ww, flip], dim=1)
 
+    def describe(self):
+        return {**super().describe(), "size": self.size, "scale": list(self.scale), "ratio": list(self.ratio)}
+
+    @classmethod
+    def from_record(cls, record):
+        return cls(size=int(record["size"]), scale=tuple(record["scale"]), ratio=tuple(record["ratio"]))
+
     def apply(self, images, params):
         params = params.to(images.device)
         top, left, h, w, flip = params.unbind(1)
@@ -146,13 +177,13 @@ class ResizedCropFlipView(ViewPolicy):
         return crops.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def _pad_crop_flip(size: int) -> ViewPolicy:
-    return PadCropFlipView(pad=4)
-
+# name -> the policy's class; `--augment` builds one for the loader's image side, a store rebuilds its own.
+VIEW_POLICY_CLASSES: dict[str, type[ViewPolicy]] = {
+    cls.name: cls for cls in (IdentityView, PadCropFlipView, ResizedCropFlipView)}
 
 VIEW_POLICIES = {
     "identity": lambda size: IdentityView(),
-    "cifar-crop-flip": _pad_crop_flip,
+    "cifar-crop-flip": lambda size: PadCropFlipView(),
     "rrc-flip": lambda size: ResizedCropFlipView(size=size),
 }
 

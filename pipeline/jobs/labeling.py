@@ -29,7 +29,8 @@ from ..limits import check_all
 from ..locks import output_lock
 from ..data.loading import decode_plan, field_pipelines
 from ..run.runtime import autocast, barrier, check_precision, device_for, init_distributed
-from ..data.store_views import StoreViews, store_views  # noqa: F401  (store_views: also used from here)
+from ..data.store_views import store_views
+from ..data.view_space import ViewSpace
 from ..data.views import IdentityView, Normalizer
 
 
@@ -149,7 +150,7 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
         feature_dims = {k: int(v.shape[1]) for k, v in feats.items()}
     layout = StoreLayout(num_samples=n, num_views=views.num_views, num_classes=num_classes, topk=options.topk,
                          logits=options.logits, features=feature_dims,
-                         param_size=len(views.policy.param_names), per_sample_params=views.shared_params is None,
+                         param_size=len(views.policy.param_names), per_sample_params=views.per_sample,
                          block_rows=options.block_rows)
     check_block_memory(options, layout)
     header = {
@@ -159,14 +160,14 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
                       "options": {"mix_gt": options.mix_gt, "seed": options.seed, "topk": options.topk,
                                   "bf16": options.bf16, "device_type": device.type},
                       "teachers": [t.identity for t in teachers]},
-        "views": views.description,
+        "views": views.record(),
     }
     # Rank 0 holds the store's lock for every rank, and creates (or replaces) the partial store first.
     with output_lock(Path(options.out), "label store", enabled=dist_info.is_main):
         return write_store(options, header, layout, views, labeler, data, device, dist_info, log)
 
 
-def write_store(options: GenerateOptions, header: dict, layout: StoreLayout, views: StoreViews, labeler,
+def write_store(options: GenerateOptions, header: dict, layout: StoreLayout, views: ViewSpace, labeler,
                 data: PreparedDataset, device, dist_info, log) -> Path:
     num_classes = data.num_classes
     writer = None
@@ -209,23 +210,23 @@ def write_store(options: GenerateOptions, header: dict, layout: StoreLayout, vie
         raise UserError(str(exc)) from None
 
 
-def open_writer(options: GenerateOptions, header: dict, layout: StoreLayout, views: StoreViews, *,
+def open_writer(options: GenerateOptions, header: dict, layout: StoreLayout, views: ViewSpace, *,
                 overwrite: bool, main: bool) -> StoreWriter:
     try:
         return StoreWriter(Path(options.out), header, layout, overwrite=overwrite,
-                           shared_view_params=views.shared_params, clean_stale=main)
+                           shared_view_params=None if views.per_sample else views.shared_params.numpy(), clean_stale=main)
     except StoreError as exc:
         raise UserError(str(exc)) from None
 
 
-def label_block(labeler, views: StoreViews, options: GenerateOptions, num_classes: int, images, labels, indices,
+def label_block(labeler, views: ViewSpace, options: GenerateOptions, num_classes: int, images, labels, indices,
                 device, bar) -> dict:
     """Teacher outputs for every (row, view) of one block, in [rows, V, ...] arrays."""
     images = images.permute(0, 3, 1, 2).to(device, memory_format=torch.contiguous_format, copy=True)
     labels = labels.view(-1).to(device, torch.long, copy=True)
     indices = indices.view(-1).to(torch.long, copy=True)
     rows, v = images.shape[0], views.num_views
-    params = views.params_for(indices.numpy(), images.shape[2], images.shape[3])  # [rows, V, P]
+    params = views.views_of(indices.numpy(), images.shape[2], images.shape[3])  # [rows, V, P]
     flat_params = torch.from_numpy(params.reshape(rows * v, -1))
     row_of = torch.arange(rows).repeat_interleave(v)
     probs = torch.empty(rows * v, num_classes, dtype=torch.float32)
@@ -234,9 +235,9 @@ def label_block(labeler, views: StoreViews, options: GenerateOptions, num_classe
     for start in range(0, rows * v, options.batch_size):
         sl = slice(start, min(start + options.batch_size, rows * v))
         r = row_of[sl].to(device)
-        viewed = views.policy.apply(images[r], flat_params[sl])
+        viewed = views.pixels(images[r], flat_params[sl])
         with autocast(device, options.bf16):
-            out = labeler(LabelRequest(viewed, indices[row_of[sl]].to(device), labels[r], tuple(options.features)))
+            out = labeler(LabelRequest(viewed, indices[row_of[sl]], labels[r], tuple(options.features)))
         probs[sl] = out.probs.float().cpu()
         if logits_out is not None:
             logits_out[sl] = out.logits.float().cpu()
@@ -247,7 +248,7 @@ def label_block(labeler, views: StoreViews, options: GenerateOptions, num_classe
     return {"targets": shape(probs), "labels": labels.cpu().numpy(),
             "logits": shape(logits_out) if logits_out is not None else None,
             "features": {k: shape(t) for k, t in feats_out.items()} or None,
-            "view_params": params if views.shared_params is None else None}
+            "view_params": params if views.per_sample else None}
 
 
 def rows_of(labelled: dict, start: int, stop: int) -> dict:

@@ -203,7 +203,7 @@ def relabel_check(options: RelabelOptions, log=print) -> dict:
     checks = [check("teacher", True, f"sha256 matches the store's record ({named})" if named
                     else f"method {store.generator.get('method')} has no teacher")]
 
-    regenerated = views.params_for(unique, images.shape[2], images.shape[3])  # [u, V, P], as stage one drew them
+    regenerated = views.views_of(unique, images.shape[2], images.shape[3])  # [u, V, P], as stage one drew them
     stored = store.view_params(unique) if store.per_sample_params else \
         np.broadcast_to(store.view_params(), regenerated.shape)
     checks.append(check("views", np.array_equal(stored, regenerated),

@@ -24,7 +24,8 @@ from ..errors import UserError
 from .labeling import load_teachers
 from ..run.runtime import check_precision, device_for, init_distributed, seed_everything
 from ..run.training import TrainOptions, default_augment, fit, resolve_options
-from ..data.view_sampling import AugmentViews, ViewSampler, sampler_for_store, with_copies
+from ..data.view_sampling import AugmentViews, ViewSampler, with_copies
+from ..data.view_space import sampler_for_store
 from ..data.views import get_view_policy
 
 NAMED_FLAGS = ("ce_weight", "kd_weight", "label_smoothing", "temperature")  # options with a flag of their own

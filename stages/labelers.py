@@ -6,6 +6,7 @@ features. Methods are registered by name in LABELERS.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,20 +76,28 @@ class EncoderLabeler(SoftLabeler):
     """`sl-enc`: labels from an encoder's embedding instead of its classifier.
 
     Our reading of the method: class prototypes are the normalised means of the
-    L2-normalised pooled embeddings of each class's training samples; a sample's
-    label is the softmax of its cosine similarities to the prototypes at temperature
-    T. The stored "logits" are those cosine similarities.
+    L2-normalised pooled embeddings of each class's training samples, and the encoder's
+    classifier scores a sample by its cosine similarities to them. Cosines lie in [-1, 1],
+    a scale no temperature chosen for logits suits (at T = 4 every label is near uniform),
+    so they are first put on the teacher classifier's footing: logits = cosine / s, with s
+    chosen once so that on the training split the encoder's classifier is exactly as
+    confident (mean top probability at T = 1) as the teacher's own. Labels are then
+    softmax(logits / T) like every other method's, `--temperature` means the same for all,
+    and sl-enc differs from sl in which classes get the mass, not in how much. The stored
+    "logits" are cosine / s, less their row mean.
     """
 
     needs_prototypes = True
 
-    def __init__(self, teachers, temperature, mix_gt=0.0, **_):
+    def __init__(self, teachers, temperature, mix_gt=0.0, cosine_scale: float | None = None, **_):
         super().__init__(teachers, temperature, mix_gt)
         self.prototypes: torch.Tensor | None = None
+        self.cosine_scale = cosine_scale  # None until fitted
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        _, features = self.teachers[0].outputs(images, ("pool",))
-        return F.normalize(features["pool"], dim=1)
+    def embed_with_logits(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's logits and its normalised pooled embedding, from one forward pass."""
+        logits, features = self.teachers[0].outputs(images, ("pool",))
+        return logits, F.normalize(features["pool"], dim=1)
 
     def set_prototypes(self, sums: torch.Tensor, counts: torch.Tensor) -> None:
         if (counts == 0).any():
@@ -96,12 +105,39 @@ class EncoderLabeler(SoftLabeler):
             raise ValueError(f"class {missing} has no training sample to build its prototype")
         self.prototypes = F.normalize(sums / counts[:, None], dim=1)
 
+    def fit_cosine_scale(self, embeddings: torch.Tensor, confidence: float) -> float:
+        """The s at which softmax(cosine / s) of these (normalised) training embeddings has this mean top
+        probability."""
+        self.cosine_scale = scale_for_confidence(embeddings.float() @ self.prototypes.T.float(), confidence)
+        return self.cosine_scale
+
     def __call__(self, req: LabelRequest) -> LabelBatch:
         logits, features = self.teachers[0].outputs(req.images, tuple(dict.fromkeys(("pool",) + req.taps)))
         similarity = F.normalize(features["pool"], dim=1) @ self.prototypes.to(features["pool"].device).T
-        probs = torch.softmax(similarity / self.temperature, dim=1)
+        # Centred per row (softmax is unchanged): cosines that are all near 1 keep their differences in float16.
+        encoder_logits = (similarity - similarity.mean(1, keepdim=True)) / self.cosine_scale
+        probs = torch.softmax(encoder_logits / self.temperature, dim=1)
         kept = {k: v for k, v in features.items() if k in req.taps}
-        return LabelBatch(mix_ground_truth(probs, req.labels, self.mix_gt), similarity, kept)
+        return LabelBatch(mix_ground_truth(probs, req.labels, self.mix_gt), encoder_logits, kept)
+
+
+def mean_confidence(logits: torch.Tensor) -> float:
+    """Mean over rows of the top softmax probability."""
+    return float(torch.softmax(logits.double(), dim=1).max(1).values.mean())
+
+
+def scale_for_confidence(scores: torch.Tensor, confidence: float, low: float = 1e-4, high: float = 100.0) -> float:
+    """s in [low, high] with mean_confidence(scores / s) = confidence, by bisection on log s (a row's top
+    probability only falls as s grows); the nearer bound when the target lies outside what the scores can reach."""
+    scores = scores.double().cpu()
+    a, b = math.log(low), math.log(high)
+    for _ in range(100):
+        mid = (a + b) / 2
+        if mean_confidence(scores / math.exp(mid)) > confidence:
+            a = mid  # too sure: a larger s softens
+        else:
+            b = mid
+    return math.exp((a + b) / 2)
 
 
 class RandomLabeler:

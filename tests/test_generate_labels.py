@@ -129,14 +129,35 @@ def test_random_and_ensemble_methods(teacher, tiny_cifar_dir, tmp_path):
     assert torch.allclose(ens.gather(torch.arange(96), None), one.gather(torch.arange(96), None), atol=1e-3)
 
 
-def test_sl_enc_labels_follow_prototypes(teacher, tiny_cifar_dir, tmp_path):
+def test_sl_enc_labels_follow_prototypes_as_confident_as_the_teacher(teacher, tiny_cifar_dir, tmp_path):
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.data.loading import make_loader
+    from labelopt.pipeline.jobs.labeling import load_teachers
+    from labelopt.stages.labelers import mean_confidence
+
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(tmp_path / "enc.h5"), method="sl-enc",
-                                    teachers=(str(teacher),), temperature=0.1, logits=True, device="cpu"), log=quiet)
+                                    teachers=(str(teacher),), temperature=2.0, logits=True, device="cpu"), log=quiet)
     store = LabelStore.open(tmp_path / "enc.h5")
-    sims = store.gather(torch.arange(96), None, "logits")
-    assert sims.abs().max() <= 1.0 + 1e-2  # cosine similarities
+    scale = store.generator["options"]["cosine_scale"]
+    logits = store.gather(torch.arange(96), None, "logits")
+    spread = (logits * scale).amax(1) - (logits * scale).amin(1)
+    assert spread.max() <= 2.0 + 1e-2 and logits.mean(1).abs().max() < 1e-2  # centred cosines, on a new scale
     probs = store.gather(torch.arange(96), None)
-    assert torch.allclose(probs, torch.softmax(sims / 0.1, 1), atol=5e-3)
+    assert torch.allclose(probs, torch.softmax(logits / 2.0, 1), atol=5e-3)
+    # At T = 1 the encoder's classifier is as confident on the training split as the teacher's own classifier.
+    data = open_dataset(tiny_cifar_dir)
+    images, _, indices = next(iter(make_loader(data, "train", 96, shuffle=False).epoch(0)))
+    teacher_logits, _ = load_teachers([str(teacher)], data, torch.device("cpu"))[0].outputs(images)
+    assert mean_confidence(logits[indices]) == pytest.approx(mean_confidence(teacher_logits), abs=2e-3)
+
+
+def test_the_scale_for_a_confidence_inverts_it():
+    from labelopt.stages.labelers import mean_confidence, scale_for_confidence
+
+    scores = torch.rand(500, 7, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for target in (0.2, 0.5, 0.9, 0.999):
+        assert mean_confidence(scores / scale_for_confidence(scores, target)) == pytest.approx(target, abs=1e-6)
+    assert scale_for_confidence(scores, 1 / 7 - 0.01) == pytest.approx(100.0, rel=1e-6)  # below uniform: the bound
 
 
 def run_cli(*args):

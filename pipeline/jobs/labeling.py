@@ -31,6 +31,7 @@ from ..data.loading import decode_plan, field_pipelines
 from ..run.runtime import autocast, barrier, check_precision, device_for, init_distributed
 from ..data.store_views import store_views
 from ..data.view_space import ViewSpace
+from .prototypes import build_prototypes, share_prototypes
 from ..data.views import IdentityView, Normalizer
 
 
@@ -143,6 +144,10 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
     views = store_views(options.views, data, options.seed)
     labeler = labeler_cls(teachers, options.temperature, mix_gt=options.mix_gt, num_classes=num_classes,
                           seed=options.seed)
+    fitted = {}
+    if getattr(labeler, "needs_prototypes", False):
+        build_prototypes(labeler, data, device, options.batch_size, options.bf16, log)
+        fitted = share_prototypes(labeler, dist_info, device)
     feature_dims = {}
     if options.features:
         probe = torch.zeros(1, 3, data.input_size, data.input_size, dtype=torch.uint8, device=device)
@@ -158,7 +163,7 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
         "dataset": {**data.identity(options.split), "class_names": data.class_names},
         "generator": {"method": options.method, "temperature": options.temperature,
                       "options": {"mix_gt": options.mix_gt, "seed": options.seed, "topk": options.topk,
-                                  "bf16": options.bf16, "device_type": device.type},
+                                  "bf16": options.bf16, "device_type": device.type, **fitted},
                       "teachers": [t.identity for t in teachers]},
         "views": views.record(),
     }
@@ -176,9 +181,6 @@ def write_store(options: GenerateOptions, header: dict, layout: StoreLayout, vie
     barrier(dist_info)
     if writer is None:
         writer = open_writer(options, header, layout, views, overwrite=options.overwrite, main=False)
-
-    if getattr(labeler, "needs_prototypes", False):
-        build_prototypes(labeler, data, device, options, log)
 
     pending = writer.pending_blocks()
     mine = pending[dist_info.rank::dist_info.world_size]
@@ -257,26 +259,3 @@ def rows_of(labelled: dict, start: int, stop: int) -> dict:
     return {"targets": part(labelled["targets"]), "labels": part(labelled["labels"]),
             "logits": part(labelled["logits"]), "view_params": part(labelled["view_params"]),
             "features": None if labelled["features"] is None else {k: part(v) for k, v in labelled["features"].items()}}
-
-
-@torch.no_grad()
-def build_prototypes(labeler, data: PreparedDataset, device, options: GenerateOptions, log) -> None:
-    """Class prototypes for sl-enc from the clean training images (identity view)."""
-    log("generate-labels: sl-enc prototypes from the training split")
-    rows = np.arange(data.num_samples("train"), dtype=np.uint64)
-    loader = block_loader(data, "train", rows, options.batch_size, train_decode=False)
-    sums, counts = None, torch.zeros(data.num_classes)
-    for images, labels, _ in loader:
-        images = images.permute(0, 3, 1, 2).to(device, memory_format=torch.contiguous_format, copy=True)
-        labels = labels.view(-1).long()
-        with autocast(device, options.bf16):
-            emb = labeler.embed(images).float().cpu()
-        if sums is None:
-            sums = torch.zeros(data.num_classes, emb.shape[1])
-        keep = labels >= 0
-        sums.index_add_(0, labels[keep], emb[keep])
-        counts += torch.bincount(labels[keep], minlength=data.num_classes).float()
-    try:
-        labeler.set_prototypes(sums, counts)
-    except ValueError as exc:
-        raise UserError(f"sl-enc: {exc}; the training split must hold every class") from None

@@ -24,7 +24,8 @@ from ...stages.labelers import LABELERS, LabelRequest
 from ...store import LabelStore, StoreError, file_sha256
 from ..data.datasets import PreparedDataset, open_dataset
 from ..errors import UserError
-from .labeling import GenerateOptions, block_loader, build_prototypes, load_teachers, store_views
+from .labeling import block_loader, load_teachers, store_views
+from .prototypes import build_prototypes
 from ..run.runtime import resolve_device
 from ..data.views import IdentityView
 
@@ -105,7 +106,9 @@ def make_labeler(store: LabelStore, data: PreparedDataset, teacher_paths: list[s
     labeler = labeler_cls(teachers, store.temperature, mix_gt=float(options.get("mix_gt", 0.0)),
                           num_classes=data.num_classes, seed=int(options.get("seed", 0)))
     if getattr(labeler, "needs_prototypes", False):
-        build_prototypes(labeler, data, device, GenerateOptions(data=str(data.path), out="", batch_size=BATCH), log)
+        build_prototypes(labeler, data, device, BATCH, False, log)
+        if "cosine_scale" not in options:  # a store from before the scale was fitted: its logits are the cosines
+            labeler.cosine_scale = 1.0
     return labeler
 
 

@@ -134,6 +134,12 @@ def registered_schedules():
     return schedule_names()
 
 
+def mix_policies():
+    from .pipeline.data.mixes import mix_policy_names
+
+    return mix_policy_names()
+
+
 def augment_policies():
     from .pipeline.data.views import view_policy_names
 
@@ -286,6 +292,7 @@ def methods(as_json):
              "source": ("none" if not cls.teacher_signals else "store or online" if cls.store_servable
                         else "online (--teacher)"),
              "not_from_store": cls.why_not_store() or None,
+             "mix": {"no": "-", "optional": "--mix optional", "required": "--mix required"}[cls.mixes],
              "summary": cls.summary} for name, cls in DISTILLERS.items()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -295,7 +302,8 @@ def methods(as_json):
                       else ", ".join(v)) or "-"
     click.echo(format_table([{k: text(v) if isinstance(v, (list, dict)) else v for k, v in r.items()} for r in rows],
                             [("method", "method"), ("teacher_signals", "teacher signals"),
-                             ("source", "served by"), ("defaults", "defaults"), ("summary", "loss")]))
+                             ("source", "served by"), ("mix", "mixed images"), ("defaults", "defaults"),
+                             ("summary", "loss")]))
 
 
 def training_options(command):
@@ -368,6 +376,11 @@ def train(milestones, **kwargs):
 @click.option("--augment", type=RegistryChoice(augment_policies), default="auto", show_default=True,
               help="Images of identity stores and online teachers (identity: clean); stores with many views "
                    "define their own.")
+@click.option("--mix", type=RegistryChoice(mix_policies), default=None,
+              help="Mixed images after the views (vanilla: mixed one-hot; aug-sl, aug-sl-kd: the teacher labels "
+                   "the mixed image).")
+@click.option("--mix-alpha", type=number("mix_alpha"), default=None,
+              help="The mix's Beta(alpha, alpha) [mixup 1.0, cutmix 1.0, ricap 0.3].")
 def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, extra_options, **kwargs):
     """Stage two: train a student from a label store (or online teachers) with a distillation method."""
     from .pipeline.jobs.student import StudentOptions, train_student as run_student

@@ -65,6 +65,7 @@ BOUNDS: dict[str, Bound] = {
     "ce_weight": Bound(float, 0.0, 1e6),
     "kd_weight": Bound(float, 0.0, 1e6),
     "mix_gt": fraction(),
+    "mix_alpha": positive(100.0),
     "topk": int_range(1, 100_000),
     "block_rows": int_range(1, 1_000_000),
     "bins": int_range(1, 1000),

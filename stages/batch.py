@@ -16,3 +16,6 @@ class ViewedBatch:
     labels: torch.Tensor  # int64 [B]
     indices: torch.Tensor  # int64 [B] on the CPU: sample index in the split
     views: torch.Tensor | None = None  # int64 [B] on the CPU: position on a store's view axis (store-drawn views)
+    # Mixed images (mixup, CutMix, RICAP): each part's class and share, on the device; None when not mixed.
+    mix_labels: torch.Tensor | None = None  # int64 [B, parts], part 0 = labels
+    mix_weights: torch.Tensor | None = None  # float32 [B, parts], rows summing to 1

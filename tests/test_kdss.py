@@ -112,7 +112,7 @@ def test_expand_turns_block_k_of_four_views_by_k_quarter_turns():
 
 def copies_of(sampler, images, seed):
     """The sampler's viewed rows for `images`, as [copy, image, ...]."""
-    viewed, _ = sampler.draw(images, torch.arange(len(images)), torch.Generator().manual_seed(seed))
+    viewed = sampler.draw(images, torch.arange(len(images)), torch.Generator().manual_seed(seed)).images
     return viewed.reshape(-1, *images.shape)
 
 
@@ -148,7 +148,7 @@ def test_each_rotated_copy_gets_its_own_crop_and_the_image_s_one_flip():
     assert flips == {0, 1}  # the flip itself is drawn per image
     assert np.array_equal(copies_of(per_copy, images, seed=4), viewed)  # a pure function of the view generator
 
-    one_view, _ = plain.draw(images, torch.arange(16), torch.Generator().manual_seed(4))
+    one_view = plain.draw(images, torch.arange(16), torch.Generator().manual_seed(4)).images
     out_inputs, out = make(crop_each_rotation=0).expand(one_view.float(), ViewedBatch(one_view, torch.zeros(16),
                                                                                        torch.arange(16)))
     for k in range(4):  # the old option: the one view, turned

@@ -20,6 +20,8 @@ DEFAULTS = {
     "sl": {},
     "sl-kd": {"ce_weight": 0.1, "kd_weight": 0.9},
     "kd": {"ce_weight": 0.1, "kd_weight": 0.9, "temperature": 4.0},
+    "aug-sl": {},
+    "aug-sl-kd": {"ce_weight": 0.1, "kd_weight": 0.9},
     "fitnet": {"ce_weight": 1.0, "fitnet_weight": 100.0},
     "at": {"ce_weight": 1.0, "at_weight": 1000.0},
     "sp": {"ce_weight": 1.0, "sp_weight": 3000.0},
@@ -39,7 +41,7 @@ DEFAULTS = {
              "ss_keep_wrong": 0.75, "warmup_epochs": 60, "crop_each_rotation": True},
 }
 # The hand-set store_servable of every method before it was derived: stage maps and kdss's rotations are not.
-NOT_FROM_STORE = {"fitnet", "at", "sp", "vid", "ab", "ft", "kdss"}
+NOT_FROM_STORE = {"aug-sl", "aug-sl-kd", "fitnet", "at", "sp", "vid", "ab", "ft", "kdss"}
 
 
 @pytest.fixture

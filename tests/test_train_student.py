@@ -154,11 +154,64 @@ def test_refusals(stores, teacher, tiny_cifar_dir, tmp_path):
         (["--method", "vanilla", "--label-smoothing", "0.1"], "--label-smoothing does not apply"),
         (["--labels", crop_flip, "--method-option", "fitnet_weight=3"], "--method-option fitnet_weight does not"),
         (["--labels", tmp_path / "missing.h5"], "does not exist"),
+        (["--labels", crop_flip, "--mix", "cutmix"], "--method sl does not train on mixed images"),
+        (["--method", "vanilla", "--mix-alpha", "0.5"], "--mix-alpha sets the Beta parameter"),
+        (["--method", "aug-sl", "--teacher", teacher], "pass --mix mixup, cutmix or ricap"),
+        (["--method", "aug-sl", "--labels", identity, "--mix", "cutmix"], "the store's labels belong to unmixed"),
+        (["--method", "vanilla", "--mix", "mixup", "--mix-alpha", "0"], "--mix-alpha"),
+        (["--method", "vanilla", "--mix", "mixup", "--mix-alpha", "nan"], "--mix-alpha"),
+        (["--method", "vanilla", "--mix", "cutout"], "'cutout' is not one of 'mixup', 'cutmix', 'ricap'"),
     ]
     for i, (args, message) in enumerate(cases):
         code, out = run_cli(*base, *args, "--out", tmp_path / f"run{i}")
         assert code != 0 and message in out and "Traceback" not in out, (args, out)
         assert not (tmp_path / f"run{i}" / "config.json").exists()
+
+
+def test_aug_sl_online_labels_each_mixed_image_with_the_teacher(teacher, tiny_cifar_dir, tmp_path, monkeypatch):
+    """aug-sl's target is the teacher's own label of the pixels the student sees (the mixed image), and aug-sl-kd's
+    hard part is the parts' classes by share."""
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.jobs.labeling import load_teachers
+    from labelopt.stages.distillers.aug_sl import AugSoftLabelsKD
+
+    seen = []
+    real = SoftLabels.forward
+
+    def forward(self, logits, student_feats, teacher_signals, batch):
+        seen.append((batch.images.clone(), teacher_signals["targets"].detach().clone(), batch.mix_labels.clone(),
+                     batch.mix_weights.clone()))
+        return real(self, logits, student_feats, teacher_signals, batch)
+
+    monkeypatch.setattr(SoftLabels, "forward", forward)
+    out = train_student(student(tiny_cifar_dir, tmp_path / "aug-sl", method="aug-sl", teachers=(str(teacher),),
+                                mix="cutmix", epochs=1), log=quiet)
+    net = load_teachers([str(teacher)], open_dataset(tiny_cifar_dir), torch.device("cpu"))[0]
+    assert len(seen) == 96 // 32
+    for images, targets, labels, weights in seen:
+        logits, _ = net.outputs(images)
+        assert torch.allclose(targets, torch.softmax(logits / 4.0, 1), atol=1e-5)
+        assert labels.shape == (32, 2) and torch.allclose(weights.sum(1), torch.ones(32))
+    assert any(0 < w < 1 for w in seen[0][3][:, 1].tolist())  # some images really are mixed
+    config = json.loads((out / "config.json").read_text())
+    assert config["mix"] == "cutmix" and config["views"]["mix"] == "cutmix" and config["views"]["alpha"] == 1.0
+
+    parts = []
+    monkeypatch.setattr(AugSoftLabelsKD, "ce_plus", lambda self, logits, batch, name, term: parts.append(
+        (batch.mix_labels.clone(), batch.mix_weights.clone())) or {"loss": term, name: term})
+    train_student(student(tiny_cifar_dir, tmp_path / "aug-sl-kd", method="aug-sl-kd", teachers=(str(teacher),),
+                          mix="ricap", epochs=1), log=quiet)
+    assert len(parts) == 3 and all(labels.shape == (32, 4) for labels, _ in parts)
+
+
+def test_vanilla_with_each_mix_trains_and_records_it(tiny_cifar_dir, tmp_path):
+    for mix in ("mixup", "ricap"):
+        out = train_student(student(tiny_cifar_dir, tmp_path / mix, method="vanilla", mix=mix, mix_alpha=0.5,
+                                    epochs=1), log=quiet)
+        config = json.loads((out / "config.json").read_text())
+        assert config["views"]["mix"] == mix and config["views"]["alpha"] == 0.5
+        assert config["views"]["partners"] == "the same batch, drawn each step"
+        assert_last_checkpoint_matches_log(out, tiny_cifar_dir)
 
 
 @pytest.mark.slow
@@ -194,7 +247,7 @@ def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar
     assert isinstance(sampler, ViewSpace) and sampler.per_sample and sampler.num_views == 3
     data = open_dataset(tiny_cifar_dir)
     images, _, indices = next(iter(make_loader(data, "train", 32, shuffle=True, seed=0, drop_last=True).epoch(0)))
-    viewed, views = sampler.draw(images, indices, torch.Generator().manual_seed(0))
+    viewed, views, _ = sampler.draw(images, indices, torch.Generator().manual_seed(0))
     params = torch.from_numpy(store.view_params(indices.numpy()))[torch.arange(32), views]  # [B, 5] boxes
     assert torch.equal(viewed, sampler.policy.apply(images, params))
     store.load()

@@ -60,8 +60,8 @@ def test_the_store_draw_of_an_enumerated_space_is_the_policys_online_draw():
     x = images()
     online = AugmentViews(PadCropFlipView())
     for seed in range(5):
-        shown, positions = space.draw(x, torch.arange(8), torch.Generator().manual_seed(seed))
-        fresh, _ = online.draw(x, torch.arange(8), torch.Generator().manual_seed(seed))
+        shown, positions, _ = space.draw(x, torch.arange(8), torch.Generator().manual_seed(seed))
+        fresh = online.draw(x, torch.arange(8), torch.Generator().manual_seed(seed)).images
         assert torch.equal(shown, fresh), seed
         assert positions.device.type == "cpu" and positions.dtype == torch.long
 

@@ -9,17 +9,31 @@ views anywhere.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import NamedTuple
+
 import torch
 
 from ..errors import UserError
 from .views import ViewPolicy
 
 
+class MixParts(NamedTuple):
+    """What a mixed image is made of, for the mixed ground truth: each part's class and its share."""
+
+    labels: torch.Tensor  # int64 [B, parts], part 0 the row's own sample
+    weights: torch.Tensor  # float32 [B, parts], rows summing to 1
+
+
+class Drawn(NamedTuple):
+    images: torch.Tensor  # uint8 [B, 3, H, W]: what the student (and an online teacher) sees
+    views: torch.Tensor | None = None  # int64 [B] on the CPU: positions on a store's view axis, the labels' keys
+    mix: MixParts | None = None  # for mixed images
+
+
 class ViewSampler(ABC):
     @abstractmethod
-    def draw(self, images: torch.Tensor, indices: torch.Tensor,
-             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(viewed uint8 images, store view positions [B] or None)."""
+    def draw(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator) -> Drawn:
+        """The step's views of a batch (indices: int64 [B] sample indices, on the CPU)."""
 
     @abstractmethod
     def describe(self) -> dict:
@@ -35,7 +49,7 @@ class AugmentViews(ViewSampler):
     def draw(self, images, indices, generator):
         params = self.policy.sample(images.shape[0], images.shape[2], images.shape[3], generator)
         views = None if self.store_view is None else torch.full((images.shape[0],), self.store_view, dtype=torch.long)
-        return self.policy.apply(images, params), views
+        return Drawn(self.policy.apply(images, params), views)
 
     def describe(self):
         pairing = "images augmented independently of the stored view" if self.store_view is not None else "drawn"
@@ -67,7 +81,7 @@ class CopiedViews(ViewSampler):
         n = images.shape[0]
         params = self.policy.sample(n * self.copies, images.shape[2], images.shape[3], generator)
         params = SAME_FLIP[self.policy.name](params, params[:n].repeat(self.copies, 1))
-        return self.policy.apply(images.repeat(self.copies, 1, 1, 1), params), None
+        return Drawn(self.policy.apply(images.repeat(self.copies, 1, 1, 1), params))
 
     def describe(self):
         return {"draw": "augment", "policy": self.policy.name, "copies": self.copies,

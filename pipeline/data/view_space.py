@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .view_sampling import AugmentViews, ViewSampler
+from .view_sampling import AugmentViews, Drawn, ViewSampler
 from .views import VIEW_POLICY_CLASSES, IdentityView, ResizedCropFlipView, ViewPolicy, uniform_view_ids
 
 if TYPE_CHECKING:  # annotations only: `labelopt train` draws views without importing the store (h5py)
@@ -108,7 +108,7 @@ class ViewSpace(ViewSampler):
 
     def draw(self, images, indices, generator):
         positions = uniform_view_ids(images.shape[0], self.num_views, generator)
-        return self.pixels(images, self.params(indices, positions)), positions
+        return Drawn(self.pixels(images, self.params(indices, positions)), positions)
 
     def describe(self):
         return {"draw": "store", "policy": self.policy.name, "num_views": self.num_views,

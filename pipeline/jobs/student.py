@@ -26,6 +26,7 @@ from ..run.runtime import check_precision, device_for, init_distributed, seed_ev
 from ..run.training import TrainOptions, default_augment, fit, resolve_options
 from ..data.view_sampling import AugmentViews, ViewSampler, with_copies
 from ..data.view_space import sampler_for_store
+from .mixing import check_mix_choice, mixed_sampler
 from ..data.views import get_view_policy
 
 NAMED_FLAGS = ("ce_weight", "kd_weight", "label_smoothing", "temperature")  # options with a flag of their own
@@ -38,6 +39,8 @@ class StudentOptions(TrainOptions):
     method: str = "sl"
     temperature: float | None = None
     method_options: dict = field(default_factory=dict)  # only what the user set; defaults come from the method
+    mix: str | None = None  # mixup, cutmix or ricap: mixed images drawn fresh each step
+    mix_alpha: float | None = None  # None: the mix's usual Beta parameter
 
 
 def check_source_choice(options: StudentOptions, method: type[Distiller]) -> None:
@@ -166,6 +169,7 @@ def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> P
     except UnknownMethodError as exc:
         raise UserError(str(exc)) from None
     check_source_choice(options, method)
+    check_mix_choice(options, method)
     chosen = method_options(options, method)
     source, sampler = None, None
     if options.labels:
@@ -183,6 +187,7 @@ def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> P
         distiller = method(distill_context(options, data, method, source), **chosen)
     except ValueError as exc:  # a method's own check of its options or of the tap shapes
         raise UserError(f"--method {method.name}: {exc}") from None
+    sampler = mixed_sampler(options, data, sampler)
     if sampler is not None:
         sampler = with_copies(sampler, distiller.views_per_sample)
     options = dataclasses.replace(options, label_smoothing=getattr(distiller.options, "label_smoothing", 0.0))

@@ -77,10 +77,13 @@ def train_step(run: TrainingRun, epoch: int, step: int, images, labels, indices,
     lr = run.schedule.lr(epoch, step)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    viewed, views = run.sampler.draw(images, indices, views_rng)
-    batch = ViewedBatch(viewed, labels, indices, views)
+    drawn = run.sampler.draw(images, indices, views_rng)
+    batch = ViewedBatch(drawn.images, labels, indices, drawn.views)
+    if drawn.mix is not None:
+        batch.mix_labels = drawn.mix.labels.to(run.device, non_blocking=True)
+        batch.mix_weights = drawn.mix.weights.to(run.device, non_blocking=True)
     with autocast(run.device, run.options.bf16):
-        loss, logits, parts = run.objective(run.train_model, run.normalize(viewed), batch, run.train_extra)
+        loss, logits, parts = run.objective(run.train_model, run.normalize(drawn.images), batch, run.train_extra)
     watch.observe(loss, step)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()

@@ -11,7 +11,7 @@ import torch
 
 from ...models import UnknownModelError, create_model
 from ...stages.batch import ViewedBatch
-from ...stages.losses import ground_truth_cross_entropy
+from ...stages.losses import batch_cross_entropy
 from ...stages.phases import NO_PHASES, Phases
 from ..data.datasets import PreparedDataset, open_dataset
 from ..errors import UserError
@@ -78,7 +78,7 @@ def resolve_options(options: TrainOptions, data: PreparedDataset) -> TrainOption
 def cross_entropy_objective(label_smoothing: float):
     def objective(model, inputs, batch: ViewedBatch, extra=None):
         logits = model(inputs)
-        return ground_truth_cross_entropy(logits, batch.labels, label_smoothing), logits, {}
+        return batch_cross_entropy(logits, batch, label_smoothing), logits, {}
     return objective
 
 

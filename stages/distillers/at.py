@@ -41,4 +41,4 @@ class AttentionTransfer(Distiller):
         for tap in TAPS:
             f_s, f_t = match_spatial(student[tap], teacher[FEATURE_PREFIX + tap].detach())
             at = at + (attention(f_s) - attention(f_t)).pow(2).mean()
-        return self.ce_plus(logits, batch.labels, "at", at)
+        return self.ce_plus(logits, batch, "at", at)

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..losses import ground_truth_cross_entropy, kd_divergence, soft_cross_entropy  # noqa: F401  (methods: from here)
+from ..losses import batch_cross_entropy, kd_divergence, soft_cross_entropy  # noqa: F401  (methods: from here)
 from ..phases import Phases
 from ...store.schema import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS, STORABLE_TAPS, store_can_hold
 from .options import NoOptions, build_options, check_declaration, option_types
@@ -43,6 +43,9 @@ class Distiller(nn.Module, ABC):
     Options: ClassVar[type] = NoOptions  # a subclass declares its own `@dataclass(frozen=True) class Options`
     # Why a store cannot serve this method although it can hold each of its signals ("" when it can).
     store_refusal: ClassVar[str] = ""
+    # Mixed images (--mix mixup/cutmix/ricap): "no", "optional" (a ground-truth loss that follows the mix) or
+    # "required" (Aug-SL: the teacher labels the mixed image).
+    mixes: ClassVar[str] = "no"
     # Derived from teacher_signals and store_refusal for every subclass (never set by hand): whether a label
     # store can provide every teacher signal (an online teacher always can).
     store_servable: ClassVar[bool] = True
@@ -130,9 +133,10 @@ class Distiller(nn.Module, ABC):
         the images (e.g. rotations) returns them here, the original B rows first. Default: unchanged."""
         return inputs, batch
 
-    def ce_plus(self, logits: torch.Tensor, labels: torch.Tensor, name: str, term: torch.Tensor) -> dict:
-        """Most methods' form: ce_weight * CE(logits, labels) + <name>_weight * term, with both parts logged."""
-        ce = ground_truth_cross_entropy(logits, labels)
+    def ce_plus(self, logits: torch.Tensor, batch, name: str, term: torch.Tensor) -> dict:
+        """Most methods' form: ce_weight * CE(logits, the batch's ground truth) + <name>_weight * term, with both
+        parts logged (the ground truth of mixed images is their parts' classes by share)."""
+        ce = batch_cross_entropy(logits, batch)
         weight = getattr(self.options, f"{name}_weight")
         return {"loss": self.options.ce_weight * ce + weight * term, "ce": ce, name: term}
 

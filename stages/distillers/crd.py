@@ -264,7 +264,7 @@ class ContrastiveRepresentation(Distiller):
     def forward(self, logits, student, teacher, batch):
         with torch.autocast(device_type=logits.device.type, enabled=False):  # the NCE terms need float32
             student_loss, teacher_loss = self.crd_terms(student[TAP], teacher[TEACHER_POOL], batch.indices)
-            parts = self.ce_plus(logits, batch.labels, "crd", student_loss + teacher_loss)
+            parts = self.ce_plus(logits, batch, "crd", student_loss + teacher_loss)
         return {**parts, "crd_student_anchor": student_loss, "crd_teacher_anchor": teacher_loss}
 
 

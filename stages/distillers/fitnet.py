@@ -42,4 +42,4 @@ class FitNet(Distiller):
     def forward(self, logits, student, teacher, batch):
         f_s, f_t = match_spatial(student[TAP], teacher[FEATURE_PREFIX + TAP].detach())
         hint = F.mse_loss(self.regressor(f_s).float(), f_t.float())
-        return self.ce_plus(logits, batch.labels, "fitnet", hint)
+        return self.ce_plus(logits, batch, "fitnet", hint)

@@ -145,4 +145,4 @@ class FactorTransfer(Distiller):
         with torch.no_grad():
             factor_t = self.paraphraser.encoder(f_t)
         ft = factor_distance(self.translator(student[TAP]), factor_t, self.factor)
-        return self.ce_plus(logits, batch.labels, "ft", ft)
+        return self.ce_plus(logits, batch, "ft", ft)

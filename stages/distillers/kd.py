@@ -22,4 +22,4 @@ class KnowledgeDistillation(Distiller):
     def forward(self, logits, student, teacher, batch):
         t = self.options.temperature
         targets = torch.softmax(teacher[SIGNAL_LOGITS].float() / t, dim=1)
-        return self.ce_plus(logits, batch.labels, "kd", kd_divergence(logits, targets, t))
+        return self.ce_plus(logits, batch, "kd", kd_divergence(logits, targets, t))

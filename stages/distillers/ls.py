@@ -1,7 +1,7 @@
 """`ls`: label smoothing, the one-hot target mixed with the uniform distribution."""
 from dataclasses import dataclass
 
-from ..losses import ground_truth_cross_entropy
+from ..losses import batch_cross_entropy
 from .base import Distiller
 from .registry import register_method
 
@@ -16,5 +16,5 @@ class LabelSmoothing(Distiller):
         label_smoothing: float = 0.1
 
     def forward(self, logits, student, teacher, batch):
-        ce = ground_truth_cross_entropy(logits, batch.labels, self.options.label_smoothing)
+        ce = batch_cross_entropy(logits, batch, self.options.label_smoothing)
         return {"loss": ce, "ce": ce}

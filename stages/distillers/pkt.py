@@ -46,4 +46,4 @@ class ProbabilisticKT(Distiller):
         with torch.no_grad():
             q = conditional_probabilities(teacher[FEATURE_PREFIX + TAP])
         pkt = (q * torch.log((q + EPS) / (p + EPS))).mean()
-        return self.ce_plus(logits, batch.labels, "pkt", pkt)
+        return self.ce_plus(logits, batch, "pkt", pkt)

@@ -58,4 +58,4 @@ class RelationalKD(Distiller):
             d_t, a_t = relations(teacher[FEATURE_PREFIX + TAP])
         dist, angle = F.smooth_l1_loss(d_s, d_t), F.smooth_l1_loss(a_s, a_t)
         rkd = self.options.distance_weight * dist + self.options.angle_weight * angle
-        return {**self.ce_plus(logits, batch.labels, "rkd", rkd), "distance": dist, "angle": angle}
+        return {**self.ce_plus(logits, batch, "rkd", rkd), "distance": dist, "angle": angle}

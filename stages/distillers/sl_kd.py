@@ -21,4 +21,4 @@ class SoftLabelsKD(Distiller):
 
     def forward(self, logits, student, teacher, batch):
         kd = kd_divergence(logits, teacher[SIGNAL_TARGETS], self.context.target_temperature)
-        return self.ce_plus(logits, batch.labels, "kd", kd)
+        return self.ce_plus(logits, batch, "kd", kd)

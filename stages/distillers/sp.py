@@ -38,4 +38,4 @@ class SimilarityPreserving(Distiller):
     def forward(self, logits, student, teacher, batch):
         g_s, g_t = similarity(student[TAP]), similarity(teacher[FEATURE_PREFIX + TAP].detach())
         sp = (g_s - g_t).pow(2).sum() / g_s.shape[0] ** 2
-        return self.ce_plus(logits, batch.labels, "sp", sp)
+        return self.ce_plus(logits, batch, "sp", sp)

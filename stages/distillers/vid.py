@@ -70,4 +70,4 @@ class VariationalInformation(Distiller):
         vid = 0.0
         for tap, head in zip(TAPS, self.heads):
             vid = vid + head(*match_spatial(student[tap], teacher[FEATURE_PREFIX + tap].detach()))
-        return self.ce_plus(logits, batch.labels, "vid", vid)
+        return self.ce_plus(logits, batch, "vid", vid)

@@ -102,7 +102,7 @@ class RegistryChoice(click.Choice):
         pass
 
     def convert(self, value, param, ctx):
-        prefix, colon, count = str(value).partition(":")
+        prefix, colon, count = str(value).rpartition(":")
         if colon and f"{prefix}:K" in self.choices:
             if count.isdigit() and int(count) >= 1:
                 return value
@@ -461,10 +461,13 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json
 @click.option("--method", type=RegistryChoice(registered_labelers), default="sl", show_default=True,
               help="Label method (sl-ens: several --teacher).")
 @click.option("--views", type=RegistryChoice(store_view_specs), default="identity", show_default=True,
-              help="Views stored per image: identity (1), cifar-crop-flip (162), sampled:K (K drawn).")
+              help="Views stored per image: identity (1), cifar-crop-flip (162), sampled:K (K drawn), "
+                   "mix:POLICY:K (K mixed images per image, partners from the split: Aug-SL).")
 @click.option("--temperature", type=number("temperature"), default=4.0, show_default=True,
               help="Label temperature (the same default as online teachers in train-student).")
 @click.option("--mix-gt", type=number("mix_gt"), default=0.0, show_default=True, help="Weight of the one-hot ground truth mixed in.")
+@click.option("--mix-alpha", type=number("mix_alpha"), default=None,
+              help="--views mix:POLICY:K: the mix's Beta(alpha, alpha) [mixup 1.0, cutmix 1.0, ricap 0.3].")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The label store (.h5).")
 @click.option("--logits", is_flag=True, help="Also store the teacher logits.")
 @click.option("--features", multiple=True, help="Also store a teacher tap per view (pool).")

@@ -160,6 +160,18 @@ def test_the_scale_for_a_confidence_inverts_it():
     assert scale_for_confidence(scores, 1 / 7 - 0.01) == pytest.approx(100.0, rel=1e-6)  # below uniform: the bound
 
 
+def test_a_mix_store_whose_partner_pixels_do_not_fit_in_memory_is_refused(teacher, tiny_cifar_dir, tmp_path,
+                                                                          monkeypatch):
+    from labelopt.pipeline.data import pixel_bank
+
+    monkeypatch.setattr(pixel_bank, "available_memory_bytes", lambda: 100_000)  # the split needs 96 x 3 KiB
+    code, out = run_cli("generate-labels", "--data", tiny_cifar_dir, "--device", "cpu", "--teacher", teacher,
+                        "--views", "mix:cutmix:2", "--out", tmp_path / "mix.h5")
+    assert code != 0 and "decoded pixels in memory" in out and "0.0 GiB is available" in out, out
+    assert "Traceback" not in out and not (tmp_path / "mix.h5").exists()
+    assert not any(tmp_path.iterdir())  # no partial store either
+
+
 def run_cli(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     return result.exit_code, result.output
@@ -179,6 +191,14 @@ def test_refusals(teacher, tiny_cifar_dir, tmp_path):
          "'distill' is not one of 'sl', 'sl-ens', 'sl-enc', 'random'"),
         (["--teacher", teacher, "--views", "sampled:x", "--out", tmp_path / "e.h5"], "K must be a whole number >= 1"),
         (["--teacher", teacher, "--batch-size", "0", "--out", tmp_path / "f.h5"], "'--batch-size': '0' is out of range"),
+        (["--teacher", teacher, "--views", "mix:cutmix:0", "--out", tmp_path / "g.h5"], "K must be a whole number >= 1"),
+        (["--teacher", teacher, "--views", "mix:cutout:3", "--out", tmp_path / "h.h5"], "'mix:cutout:3' is not one of"),
+        (["--teacher", teacher, "--views", "mix:mixup:2", "--mix-alpha", "0", "--out", tmp_path / "i.h5"],
+         "'--mix-alpha': '0' is out of range"),
+        (["--teacher", teacher, "--views", "mix:mixup:2", "--mix-alpha", "-1", "--out", tmp_path / "i.h5"],
+         "'--mix-alpha': '-1' is out of range"),
+        (["--teacher", teacher, "--views", "identity", "--mix-alpha", "0.5", "--out", tmp_path / "j.h5"],
+         "--views identity mixes nothing"),
     ]
     for args, message in cases:
         code, out = run_cli(*base, *args)

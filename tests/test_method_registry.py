@@ -41,7 +41,7 @@ DEFAULTS = {
              "ss_keep_wrong": 0.75, "warmup_epochs": 60, "crop_each_rotation": True},
 }
 # The hand-set store_servable of every method before it was derived: stage maps and kdss's rotations are not.
-NOT_FROM_STORE = {"aug-sl", "aug-sl-kd", "fitnet", "at", "sp", "vid", "ab", "ft", "kdss"}
+NOT_FROM_STORE = {"fitnet", "at", "sp", "vid", "ab", "ft", "kdss"}
 
 
 @pytest.fixture

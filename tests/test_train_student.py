@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -37,10 +38,11 @@ def teacher(tiny_cifar_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stores(teacher, tiny_cifar_dir, tmp_path_factory):
-    """Every view of the training split (crop-flip, T=4, with logits), and an identity store."""
+    """Every view of the training split (crop-flip, T=4), an identity store (with logits) and 3 CutMix records per
+    image."""
     root = tmp_path_factory.mktemp("stores")
     made = {}
-    for name, views in (("crop_flip", "cifar-crop-flip"), ("identity", "identity")):
+    for name, views in (("crop_flip", "cifar-crop-flip"), ("identity", "identity"), ("mix", "mix:cutmix:3")):
         made[name] = root / f"{name}.h5"
         generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(made[name]), teachers=(str(teacher),),
                                         views=views, temperature=4.0, logits=name == "identity", device="cpu"),
@@ -87,6 +89,45 @@ def test_stored_labels_equal_online_distillation_step_by_step(stores, teacher, t
     assert configs[0]["teacher_source"]["kind"] == "store" and configs[1]["teacher_source"]["kind"] == "online"
 
 
+def test_stored_mixes_equal_the_teacher_online_on_the_same_mixes_step_by_step(stores, teacher, tiny_cifar_dir,
+                                                                             tmp_path, monkeypatch):
+    """Aug-SL paid once: a store of K CutMix records per image against the teacher run online on the same record
+    space (the seed's records, rebuilt without the store): the same mixed pixels, parts, targets and loss."""
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.data.store_views import store_views
+    from labelopt.pipeline.jobs import student as student_job
+
+    seen = []
+    real = SoftLabels.forward
+
+    def forward(self, logits, student_feats, teacher_signals, batch):
+        parts = real(self, logits, student_feats, teacher_signals, batch)
+        seen.append((batch.images.clone(), teacher_signals["targets"].detach().clone(), batch.mix_labels.clone(),
+                     batch.mix_weights.clone(), parts["loss"].item()))
+        return parts
+
+    monkeypatch.setattr(SoftLabels, "forward", forward)
+    train_student(student(tiny_cifar_dir, tmp_path / "store", method="aug-sl", labels=str(stores["mix"])), log=quiet)
+    from_store = list(seen)
+    seen.clear()
+    data = open_dataset(tiny_cifar_dir)
+    space = store_views("mix:cutmix:3", data, seed=0)  # what generate-labels drew, rebuilt from its seed
+    space.sample_params = torch.from_numpy(space.views_of(np.arange(96), 32, 32))
+    space.attach_bank(data, "train")
+    real_online = student_job.online_source
+    monkeypatch.setattr(student_job, "online_source", lambda *a: (real_online(*a)[0], space))
+    train_student(student(tiny_cifar_dir, tmp_path / "online", method="sl", teachers=(str(teacher),),
+                          temperature=4.0), log=quiet)
+    online = list(seen)
+    assert len(from_store) == len(online) == 2 * (96 // 32)
+    for step, (stored, fresh) in enumerate(zip(from_store, online)):
+        assert torch.equal(stored[0], fresh[0]), step  # the same mixed pixels
+        assert any(0 < w < 1 for w in stored[3][:, 1].tolist()), step  # really mixed
+        assert torch.equal(stored[2], fresh[2]) and torch.equal(stored[3], fresh[3]), step  # parts and shares
+        assert torch.allclose(stored[1], fresh[1], atol=2e-3), step  # float16 storage
+        assert stored[4] == pytest.approx(fresh[4], rel=2e-3), step
+
+
 def test_identity_store_pairs_with_augmented_or_clean_images(stores, tiny_cifar_dir, tmp_path):
     out = train_student(student(tiny_cifar_dir, tmp_path / "aug", labels=str(stores["identity"]), epochs=1,
                                 method="kd"), log=quiet)
@@ -129,6 +170,9 @@ def test_refusals(stores, teacher, tiny_cifar_dir, tmp_path):
     test_split_store = tmp_path / "test-split.h5"
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(test_split_store), split="test",
                                     teachers=(str(teacher),), device="cpu"), log=quiet)
+    mix_test_split = tmp_path / "mix-test-split.h5"
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(mix_test_split), split="test",
+                                    views="mix:ricap:2", teachers=(str(teacher),), device="cpu"), log=quiet)
     c100 = tmp_path / "c100.pt"
     body = torch.load(teacher, weights_only=True)
     from labelopt.models import create_model
@@ -157,7 +201,10 @@ def test_refusals(stores, teacher, tiny_cifar_dir, tmp_path):
         (["--labels", crop_flip, "--mix", "cutmix"], "--method sl does not train on mixed images"),
         (["--method", "vanilla", "--mix-alpha", "0.5"], "--mix-alpha sets the Beta parameter"),
         (["--method", "aug-sl", "--teacher", teacher], "pass --mix mixup, cutmix or ricap"),
-        (["--method", "aug-sl", "--labels", identity, "--mix", "cutmix"], "the store's labels belong to unmixed"),
+        (["--method", "aug-sl", "--labels", identity, "--mix", "cutmix"], "mixes included, are fixed"),
+        (["--method", "aug-sl", "--labels", identity], "holds labels of unmixed images"),
+        (["--method", "sl", "--labels", stores["mix"]], "holds the teacher's labels of mixed images"),
+        (["--method", "aug-sl", "--labels", mix_test_split], "split is 'test' in the store but 'train'"),
         (["--method", "vanilla", "--mix", "mixup", "--mix-alpha", "0"], "--mix-alpha"),
         (["--method", "vanilla", "--mix", "mixup", "--mix-alpha", "nan"], "--mix-alpha"),
         (["--method", "vanilla", "--mix", "cutout"], "'cutout' is not one of 'mixup', 'cutmix', 'ricap'"),
@@ -243,7 +290,7 @@ def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(path), teachers=(str(teacher),),
                                     views="sampled:3", temperature=4.0, seed=11, device="cpu"), log=quiet)
     store = LabelStore.open(path)
-    sampler = sampler_for_store(store, 32, None)
+    sampler = sampler_for_store(store, open_dataset(tiny_cifar_dir), None)
     assert isinstance(sampler, ViewSpace) and sampler.per_sample and sampler.num_views == 3
     data = open_dataset(tiny_cifar_dir)
     images, _, indices = next(iter(make_loader(data, "train", 32, shuffle=True, seed=0, drop_last=True).epoch(0)))

@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .view_sampling import AugmentViews, Drawn, ViewSampler
+from .mix_views import MixedView  # registers the "mix" policy a store's record may name
+from .pixel_bank import PixelBank
+from .view_sampling import AugmentViews, Drawn, MixParts, ViewSampler
 from .views import VIEW_POLICY_CLASSES, IdentityView, ResizedCropFlipView, ViewPolicy, uniform_view_ids
 
 if TYPE_CHECKING:  # annotations only: `labelopt train` draws views without importing the store (h5py)
@@ -45,6 +47,16 @@ class ViewSpace(ViewSampler):
     def per_sample(self) -> bool:
         return self.shared_params is None
 
+    @property
+    def mixed(self) -> bool:
+        """Each view mixes the sample with partners from the split (`--views mix:POLICY:K`)."""
+        return isinstance(self.policy, MixedView)
+
+    def attach_bank(self, data, split: str) -> None:
+        """Partners' pixels for mixed views (a no-op for views of one image); refused where they do not fit."""
+        if self.mixed:
+            self.policy.bank = PixelBank.load(data, split)
+
     # -- the record a store keeps ------------------------------------------------------------
 
     def record(self) -> dict:
@@ -63,7 +75,11 @@ class ViewSpace(ViewSampler):
             raise UserError(f"label store {store.path} has views of policy '{record.get('policy')}', which this "
                             f"labelopt cannot replay; regenerate it with --views identity, cifar-crop-flip or "
                             f"sampled:K")
-        policy = policy_cls.from_record(record)
+        try:
+            policy = policy_cls.from_record(record)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"label store {store.path} records views this labelopt cannot rebuild ({exc}); "
+                            f"regenerate it") from None
         table = torch.from_numpy(np.ascontiguousarray(store.view_params()).astype(np.int64))
         seed = int(record.get("seed", 0))
         if store.per_sample_params:
@@ -71,8 +87,9 @@ class ViewSpace(ViewSampler):
         return cls(policy, store.num_views, table, None, seed, record.get("spec", ""))
 
     def check_input_size(self, input_size: int, path) -> None:
-        if isinstance(self.policy, ResizedCropFlipView) and self.policy.size != input_size:
-            raise UserError(f"label store {path} has {self.policy.size}-pixel views but the data is {input_size} "
+        policy = self.policy.base if self.mixed else self.policy
+        if isinstance(policy, ResizedCropFlipView) and policy.size != input_size:
+            raise UserError(f"label store {path} has {policy.size}-pixel views but the data is {input_size} "
                             f"pixels; generate labels for this data")
 
     # -- stage one: every position of a block of samples ---------------------------------------
@@ -108,17 +125,25 @@ class ViewSpace(ViewSampler):
 
     def draw(self, images, indices, generator):
         positions = uniform_view_ids(images.shape[0], self.num_views, generator)
-        return Drawn(self.pixels(images, self.params(indices, positions)), positions)
+        params = self.params(indices, positions)
+        pixels = self.pixels(images, params)
+        parts = self.policy.mix_parts(indices, params, pixels.shape[2], pixels.shape[3])
+        return Drawn(pixels, positions, None if parts is None else MixParts(*parts))
 
     def describe(self):
-        return {"draw": "store", "policy": self.policy.name, "num_views": self.num_views,
-                "pairing": "exact: each label is the teacher's answer for the pixels shown"}
+        out = {"draw": "store", "policy": self.policy.name, "num_views": self.num_views,
+               "pairing": "exact: each label is the teacher's answer for the pixels shown"}
+        if self.mixed:  # the views of the parts, then how they are mixed
+            out.update({"policy": self.policy.base.name, **self.policy.mix.describe(),
+                        "partners": "stored: any sample of the split"})
+        return out
 
 
-def sampler_for_store(store: LabelStore, input_size: int, augment: ViewPolicy | None) -> ViewSampler:
+def sampler_for_store(store: LabelStore, data, augment: ViewPolicy | None) -> ViewSampler:
     """A store's own views when it holds several per sample; identity stores pair with `augment` (or clean
     images), the store's one label per sample standing for every view."""
     space = ViewSpace.from_store(store)
+    input_size = data.input_size
     if isinstance(space.policy, IdentityView):
         return AugmentViews(augment or IdentityView(), store_view=0)
     if augment is not None:
@@ -126,4 +151,5 @@ def sampler_for_store(store: LabelStore, input_size: int, augment: ViewPolicy | 
                         f"which define the augmentation; drop --augment (it applies to identity stores and online "
                         f"teachers)")
     space.check_input_size(input_size, store.path)
+    space.attach_bank(data, store.dataset.get("split", "train"))
     return space

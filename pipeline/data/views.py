@@ -55,6 +55,11 @@ class ViewPolicy(ABC):
         """The policy `describe` wrote (a store's `views` attribute)."""
         return cls()
 
+    def mix_parts(self, indices: torch.Tensor, params: torch.Tensor, height: int, width: int):
+        """For views that mix several images: (each part's class int64 [B, parts], its share float32 [B, parts]).
+        None for views of one image."""
+        return None
+
 
 @dataclass
 class IdentityView(ViewPolicy):
@@ -186,6 +191,11 @@ VIEW_POLICIES = {
     "cifar-crop-flip": lambda size: PadCropFlipView(),
     "rrc-flip": lambda size: ResizedCropFlipView(size=size),
 }
+
+
+def default_augment(data) -> str:
+    """Crop + flip for small fixed-size images (CIFAR recipe), random-resized-crop + flip otherwise."""
+    return "cifar-crop-flip" if data.fixed_size and data.input_size <= 64 else "rrc-flip"
 
 
 def view_policy_names() -> list[str]:

@@ -48,6 +48,7 @@ class GenerateOptions:
     features: tuple[str, ...] = ()
     topk: int | None = None
     mix_gt: float = 0.0
+    mix_alpha: float | None = None  # --views mix:POLICY:K: the Beta parameter (None: the policy's usual one)
     seed: int = 0
     batch_size: int | None = None  # None: default_batch_size(device)
     block_rows: int = 256
@@ -77,7 +78,7 @@ def check_method(options: GenerateOptions, labeler_cls) -> None:
     if n < low or (high is not None and n > high):
         want = {(0, 0): "no --teacher", (1, 1): "exactly one --teacher", (2, None): "two or more --teacher"}[(low, high)]
         raise UserError(f"--method {options.method} takes {want} (got {n})")
-    check_all(options, ("temperature", "mix_gt", "topk", "seed", "batch_size", "block_rows"))
+    check_all(options, ("temperature", "mix_gt", "mix_alpha", "topk", "seed", "batch_size", "block_rows"))
     if options.logits and n > 1:
         raise UserError("--logits with an ensemble: the mean of the members' logits is not the ensemble's label, so "
                         "ensemble stores hold soft labels only; drop --logits (distil from the store with sl or "
@@ -141,7 +142,8 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
         raise UserError(f"--topk must be between 1 and {num_classes - 1} for {num_classes} classes")
     teachers = load_teachers(options.teachers, data, device)
     check_taps(options, teachers)
-    views = store_views(options.views, data, options.seed)
+    views = store_views(options.views, data, options.seed, options.split, options.mix_alpha)
+    views.attach_bank(data, options.split)  # mixed views: every partner's pixels (refused where they do not fit)
     labeler = labeler_cls(teachers, options.temperature, mix_gt=options.mix_gt, num_classes=num_classes,
                           seed=options.seed)
     fitted = {}

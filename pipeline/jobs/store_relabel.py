@@ -163,7 +163,11 @@ def replay_views(store: LabelStore, data: PreparedDataset):
         raise UserError(f"store {store.path} does not record how its views were made (views.spec); only stores "
                         f"written by labelopt generate-labels can be re-labelled")
     seed = store.views.get("seed", store.generator.get("options", {}).get("seed", 0))
-    return store_views(spec, data, int(seed))
+    split = store.dataset.get("split", "train")
+    alpha = store.views.get("alpha") if spec.startswith("mix:") else None
+    views = store_views(spec, data, int(seed), split, alpha)
+    views.attach_bank(data, split)
+    return views
 
 
 def open_inputs(options: RelabelOptions) -> tuple[LabelStore, PreparedDataset, str]:

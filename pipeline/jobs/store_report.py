@@ -114,6 +114,15 @@ def inspect_store(path, n_bins: int = 15) -> dict:
     }
 
 
+def _mix_note(views: dict) -> str:
+    """For a store of mixed images: the mix, its alpha and what each part is seen through."""
+    if views.get("policy") != "mix":
+        return ""
+    return (f"; {views.get('mix')} alpha {views.get('alpha')} over {views.get('base', {}).get('policy')}, "
+            f"{views.get('parts')} images each, partners from the whole split; the ground-truth top-1 below is "
+            f"the first part's class")
+
+
 def _teachers(generator: dict) -> str:
     if generator.get("method") == "combine":
         return f"combine of {len(generator.get('members', []))} stores, weights {generator.get('weights')}"
@@ -133,7 +142,7 @@ def format_inspection(report: dict) -> str:
         f"  options {gen.get('options', {})}",
         f"teachers     {_teachers(gen)}",
         f"views        {report['views'].get('spec', report['views'].get('policy'))}"
-        f"  ({report['views'].get('num_views')} per sample)",
+        f"  ({report['views'].get('num_views')} per sample{_mix_note(report['views'])})",
         "datasets     " + "  ".join(f"/{k} {v}" for k, v in report["shapes"].items()),
         f"signals      {', '.join(report['signals'])}",
         f"labels       top-1 vs ground truth {fmt(q['top1'], '.2f')} %  mean confidence {q['mean_confidence']:.4f}"

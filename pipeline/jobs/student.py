@@ -26,7 +26,7 @@ from ..run.runtime import check_precision, device_for, init_distributed, seed_ev
 from ..run.training import TrainOptions, default_augment, fit, resolve_options
 from ..data.view_sampling import AugmentViews, ViewSampler, with_copies
 from ..data.view_space import sampler_for_store
-from .mixing import check_mix_choice, mixed_sampler
+from .mixing import check_mix_choice, check_store_mixes, mixed_sampler
 from ..data.views import get_view_policy
 
 NAMED_FLAGS = ("ce_weight", "kd_weight", "label_smoothing", "temperature")  # options with a flag of their own
@@ -76,7 +76,8 @@ def open_store_source(options: StudentOptions, method: type[Distiller], data: Pr
     augment = None if options.augment == "auto" else get_view_policy(options.augment, data.input_size)
     if store.num_views == 1 and augment is None:
         augment = get_view_policy(default_augment(data), data.input_size)
-    sampler = sampler_for_store(store, data.input_size, augment)
+    sampler = sampler_for_store(store, data, augment)
+    check_store_mixes(store, sampler, method)
     source.load(method.teacher_signals)
     return source, sampler
 

@@ -24,7 +24,7 @@ from .train_loop import (TrainingDiverged, checkpoint_payload, epoch_line, evalu
                          save_epoch, train_epoch)
 from .train_setup import set_up_run
 from ..data.view_sampling import AugmentViews, ViewSampler
-from ..data.views import get_view_policy, view_policy_names
+from ..data.views import default_augment, get_view_policy, view_policy_names  # noqa: F401  (default_augment: also from here)
 
 # Options that may differ between a run and its --resume without changing the result.
 RESUME_FREE_OPTIONS = {"out", "resume", "overwrite", "device", "num_workers"}
@@ -52,11 +52,6 @@ class TrainOptions:
     num_workers: int | None = None
     resume: bool = False
     overwrite: bool = False
-
-
-def default_augment(data: PreparedDataset) -> str:
-    """Crop + flip for small fixed-size images (CIFAR recipe), random-resized-crop + flip otherwise."""
-    return "cifar-crop-flip" if data.fixed_size and data.input_size <= 64 else "rrc-flip"
 
 
 NUMERIC_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "gamma", "seed", "num_workers",

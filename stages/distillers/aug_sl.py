@@ -14,7 +14,6 @@ class AugSoftLabels(SoftLabels):
     name = "aug-sl"
     summary = "sl on mixed images: soft CE to the teacher's label of each mixed image, x T^2 (needs a mix)"
     mixes = "required"
-    store_refusal = "stores of mixed images' labels are not written yet (online only in this version)"
 
 
 @register_method
@@ -23,4 +22,3 @@ class AugSoftLabelsKD(SoftLabelsKD):
     summary = "sl-kd on mixed images: ce_weight * CE to the parts' classes by share + kd_weight * KD to the " \
               "teacher's label of the mixed image (needs a mix)"
     mixes = "required"
-    store_refusal = AugSoftLabels.store_refusal

@@ -1,0 +1,83 @@
+"""The decoded pixels of a whole split in memory: where a stored mix finds its partners' images.
+
+A stored mix record names partner samples anywhere in the split (not in the same batch), so building its pixels
+needs those samples' images at any step. The bank decodes the split once, through the same decode as the training
+loader (so a partner's pixels are exactly the pixels the loader gives for it), into one uint8 [N, 3, H, W] tensor:
+50,000 CIFAR images are 150 MB. A split whose pixels would take more than half of the memory available is refused.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ffcv.loader import Loader, OrderOption
+
+from ..errors import UserError
+from .beton import worker_count
+from .datasets import TRAIN_DECODE_SIDE, PreparedDataset
+from .loading import decode_plan, field_pipelines
+
+MEMORY_SHARE = 0.5  # the most of the available memory a bank may take
+DECODE_BATCH = 512
+
+
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux); the physical memory where that cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def bank_bytes(data: PreparedDataset, split: str) -> int:
+    side = data.input_size if data.fixed_size else TRAIN_DECODE_SIDE
+    return data.num_samples(split) * 3 * side * side
+
+
+def check_bank_fits(data: PreparedDataset, split: str) -> None:
+    need, have = bank_bytes(data, split), available_memory_bytes()
+    if need > MEMORY_SHARE * have:
+        raise UserError(f"mixed views need the {split} split's decoded pixels in memory (every partner image at "
+                        f"any step): {need / 2**30:.1f} GiB for {data.num_samples(split)} images, but only "
+                        f"{have / 2**30:.1f} GiB is available (at most half of it may be used); stored mixes work "
+                        f"for splits that fit, such as CIFAR's 150 MB; for larger data use online mixes "
+                        f"(train-student --mix with --teacher)")
+
+
+class PixelBank:
+    """uint8 [N, 3, H, W] pixels and int64 [N] labels of a split, by sample index."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self.images, self.labels = images, labels
+
+    @classmethod
+    def load(cls, data: PreparedDataset, split: str) -> "PixelBank":
+        check_bank_fits(data, split)
+        key = (str(data.beton(split).resolve()), data.beton(split).stat().st_mtime_ns)
+        if key in _BANKS:
+            return _BANKS[key]
+        n = data.num_samples(split)
+        loader = Loader(str(data.beton(split)), batch_size=DECODE_BATCH, num_workers=worker_count(),
+                        order=OrderOption.SEQUENTIAL, indices=np.arange(n, dtype=np.uint64), drop_last=False,
+                        pipelines=field_pipelines(decode_plan(data, True)))
+        images, labels = None, torch.full((n,), -1, dtype=torch.long)
+        for batch_images, batch_labels, batch_indices in loader:
+            rows = batch_indices.view(-1).long()
+            if images is None:
+                images = torch.empty((n, 3, *batch_images.shape[1:3]), dtype=torch.uint8)
+            images[rows] = batch_images.permute(0, 3, 1, 2)
+            labels[rows] = batch_labels.view(-1).long()
+        _BANKS[key] = bank = cls(images, labels)
+        return bank
+
+    def take(self, indices: torch.Tensor, device) -> torch.Tensor:
+        return self.images[indices.cpu()].to(device, non_blocking=True)
+
+
+_BANKS: dict[tuple, PixelBank] = {}  # one per split and process: the decode is paid once

@@ -19,6 +19,8 @@
 # Methods run with their own defaults (`labelopt methods`; the stores with generate-labels' default temperature),
 # except the warm-ups of ab, ft and kdss: their defaults belong to the 240-epoch recipe and are scaled by
 # EPOCHS / 240 (at least 1) to keep the same share of the run.
+# Then the mixed rows: vanilla+mix (MIX's mixed one-hot, no teacher), aug-sl and aug-sl-kd (Aug-SL: the teacher's
+# label of each mixed image, from a store of MIX_K mix records per image, `--views mix:MIX:MIX_K`).
 # Label stores use identity views: one label per image, the student's crop + flip drawn independently of it.
 # Exact views (VIEWS=cifar-crop-flip, 162 per image) would cost ~17 min per resnet56 store on 2 CPU cores.
 #
@@ -26,6 +28,7 @@
 #   SEEDS [0 1 2]   EPOCHS [6] student epochs   TEACHER_EPOCHS [15]   TEACHER_SEED [0]   STUDENT [resnet20]
 #   TEACHER [resnet56]   ENS_TEACHERS [resnet32 resnet44 resnet56]   MIX_GT [0.5] the sl+gt store's --mix-gt
 #   TEMPERATURE [generate-labels' default] of the stores   VIEWS [identity]   WARMUP_EPOCHS [scaled] all warm-ups
+#   MIX [ricap]   MIX_K [8] mix records per image in the aug-sl store
 #   ROWS [all] a subset, e.g. "vanilla sl"   DEVICE [auto]   TRAIN_FLAGS / GEN_FLAGS extra flags
 #   JOBS [2] students trained at once, each with nproc / JOBS torch threads (their logs in OUT/logs/): a command's
 #        ~10 s start (numba compiling FFCV's pipeline) is single-threaded, and small convolutions scale poorly
@@ -42,7 +45,7 @@
 # retraining a teacher, delete labels/ as well.
 set -euo pipefail
 
-usage() { sed -n '2,42p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 OUT="" SMOKE=0 DRY=0
 while [ $# -gt 0 ]; do
@@ -79,6 +82,10 @@ STUDENT=${STUDENT:-resnet20}
 MIX_GT=${MIX_GT:-0.5}
 TEMPERATURE=${TEMPERATURE:-}
 VIEWS=${VIEWS:-identity}
+MIX=${MIX:-ricap}
+MIX_K=${MIX_K:-8}
+case "$MIX" in mixup|cutmix|ricap) ;; *) echo "MIX must be mixup, cutmix or ricap (got '$MIX')" >&2; exit 2 ;; esac
+[[ $MIX_K =~ ^[1-9][0-9]*$ ]] || { echo "MIX_K must be a whole number >= 1 (got '$MIX_K')" >&2; exit 2; }
 WARMUP_EPOCHS=${WARMUP_EPOCHS:-}
 DEVICE=${DEVICE:-auto}
 JOBS=${JOBS:-2}
@@ -96,10 +103,11 @@ LANE_THREADS=${OMP_NUM_THREADS:-$(( $(nproc) / JOBS > 0 ? $(nproc) / JOBS : 1 ))
 METHODS_JSON=$(labelopt methods --json)
 BASELINES=$(python -c '
 import json, sys
-print(" ".join(m["method"] for m in json.load(sys.stdin) if m["teacher_signals"] and m["method"] not in ("sl", "sl-kd")))
+print(" ".join(m["method"] for m in json.load(sys.stdin)
+               if m["teacher_signals"] and m["method"] not in ("sl", "sl-kd") and m["mix"] == "-"))
 ' <<< "$METHODS_JSON")
 WARMUPS=$("${HELPER[@]}" warmups "$EPOCHS" "$SMOKE" "$WARMUP_EPOCHS" <<< "$METHODS_JSON")
-ALL_ROWS="vanilla ls random sl sl+gt sl-enc sl-ens sl-kd $BASELINES"
+ALL_ROWS="vanilla ls random sl sl+gt sl-enc sl-ens sl-kd vanilla+mix aug-sl aug-sl-kd $BASELINES"
 read -r -a ROWS <<< "${ROWS:-$ALL_ROWS}"
 for row in "${ROWS[@]}"; do
   [[ " $ALL_ROWS " == *" $row "* ]] || { echo "unknown row '$row' (rows: $ALL_ROWS)" >&2; exit 2; }
@@ -198,6 +206,8 @@ need_store() {  # need_store KIND: sets STORE to the kind's label store; in the 
         for arch in "${ENS_TEACHERS[@]}"; do need_teacher "$arch"; gen+=(--teacher "$(teacher_ckpt "$arch")"); done ;;
     random) STORE="random"  # one random vector per image, whatever the view: identity is the whole store
         gen=(--method random --views identity) ;;
+    aug) need_teacher "$TEACHER"; STORE="aug-$(short "$TEACHER")-$MIX$MIX_K$TEMP_TAG"
+        gen=(--method sl --teacher "$(teacher_ckpt "$TEACHER")" --views "mix:$MIX:$MIX_K" "${TEMP_ARGS[@]}") ;;
   esac
   STORE="$OUT/labels/$STORE.h5"
   [ "$PHASE" = stores ] && [ -z "${READY[store-$kind]:-}" ] || return 0
@@ -217,6 +227,8 @@ row_args() {  # row_args ROW: sets ARGS (train-student options) and WARMUP; in s
     vanilla|ls) ARGS=(--method "$1") ;;
     random|sl|sl+gt|sl-enc|sl-ens) need_store "$1"; ARGS=(--method sl --labels "$STORE") ;;
     sl-kd) need_store sl-ens; ARGS=(--method sl-kd --labels "$STORE") ;;
+    vanilla+mix) ARGS=(--method vanilla --mix "$MIX") ;;
+    aug-sl|aug-sl-kd) need_store aug; ARGS=(--method "$1" --labels "$STORE") ;;
     *) need_teacher "$TEACHER"; ARGS=(--method "$1" --teacher "$(teacher_ckpt "$TEACHER")")
        for pair in $WARMUPS; do
          if [ "${pair%%=*}" = "$1" ]; then WARMUP=${pair#*=}; ARGS+=(--method-option "warmup_epochs=$WARMUP"); fi

@@ -19,7 +19,8 @@ from pathlib import Path
 RECIPE_EPOCHS = 240  # the recipe's --epochs, to which the methods' default warm-ups belong
 METRICS = ("top1", "nll", "ece")
 ROW_NAMES = {"vanilla": "Vanilla", "ls": "LS", "random": "random", "kd": "KD", "sl": "SL", "sl+gt": "SL+GT",
-             "sl-enc": "SL-Enc", "sl-ens": "SL-Ens", "sl-kd": "SL-KD"}
+             "sl-enc": "SL-Enc", "sl-ens": "SL-Ens", "sl-kd": "SL-KD", "vanilla+mix": "Vanilla + mix",
+             "aug-sl": "Aug-SL", "aug-sl-kd": "Aug-SL-KD"}
 
 
 def read_lines(path: Path) -> list[dict]:

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The seed's CIFAR-100 table ("Performance change according to label generation method", students ResNet20 and
-# ResNet110, three seeds each) reproduced with labelopt commands, printed beside the seed README's numbers.
+# ResNet110, three seeds each) reproduced with labelopt commands, printed beside the seed README's numbers, plus
+# the authors' follow-up Aug-SL row (RICAP, 350 epochs, ResNet110 teacher) beside its published figures.
 #
 #   benchmarks/seed_table.sh [--dry-run] CIFAR100_ROOT OUT_DIR
 #   CIFAR100_ROOT=... OUT=... benchmarks/seed_table.sh [--dry-run]
 #
 #   CIFAR100_ROOT holds cifar-100-python/ (the official python files; nothing is downloaded). OUT_DIR gets data/,
-#   teachers/, labels/, runs/, eval/ and table.txt. Needs a GPU: 3 teachers + 45 students of 200 epochs each.
+#   teachers/, labels/, runs/, eval/ and table.txt. Needs a GPU: 4 teachers, 45 students of 200 epochs and 6 of 350.
 #   Every teacher and student trains with the seed's own recipe, `--config recipes/seed.toml` (200 epochs, lr 0.1
 #   x0.1 at 60/120/160, batch 128, weight decay 5e-4: the seed README's command; its vanilla R20 67.66 is this
 #   recipe's, not the CRD benchmark's 240 epochs).
@@ -19,6 +20,10 @@
 #   KD_SOURCE [online]            kd row: online R32 teacher (--teacher), or "store" (an R32 store with --logits)
 #   TEACHER_SEED [0]   DEVICE [auto]   EPOCHS [the recipe's 200; milestones keep its 30/60/80 % of the run]
 #   TRAIN_FLAGS / GEN_FLAGS       extra flags for train + train-student / generate-labels, e.g. "--workers 8"
+#   AUG_TEACHER [resnet110]  AUG_MIX [ricap]  AUG_K [32]   the Aug-SL row: its teacher, mix and records per image
+#   AUG_SOURCE [store]            aug-sl from a store of AUG_K mix records per image, or "online" (fresh mixes)
+#   The Aug-SL rows train with recipes/label-enhancement-long.toml (the follow-up's 350 epochs, lr 0.05, batch 64,
+#   x0.1 at 150/200/250/300); EPOCHS scales it the same way.
 #
 # Resumable: a store that exists is complete (labelopt writes it under a temporary name), a partial one is
 # finished by the same command; a run whose last.pt reaches the epochs in its config.json is skipped, one with a
@@ -29,7 +34,7 @@ REPO=$PWD
 PY="$REPO/.venv/bin/python"
 LABELOPT="$REPO/.venv/bin/labelopt"
 
-usage() { sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 DRY=0
 POSITIONAL=()
@@ -64,21 +69,34 @@ VIEWS=${VIEWS:-cifar-crop-flip}
 KD_SOURCE=${KD_SOURCE:-online}
 TEACHER_SEED=${TEACHER_SEED:-0}
 DEVICE=${DEVICE:-auto}
+AUG_TEACHER=${AUG_TEACHER:-resnet110}
+AUG_MIX=${AUG_MIX:-ricap}
+AUG_K=${AUG_K:-32}
+AUG_SOURCE=${AUG_SOURCE:-store}
+case "$AUG_MIX" in mixup|cutmix|ricap) ;; *) echo "AUG_MIX must be mixup, cutmix or ricap" >&2; usage ;; esac
+case "$AUG_SOURCE" in online|store) ;; *) echo "AUG_SOURCE must be online or store" >&2; usage ;; esac
+[[ "$AUG_K" =~ ^[1-9][0-9]*$ ]] || { echo "AUG_K must be a positive integer" >&2; usage; }
 [ "${#SEEDS[@]}" -ge 1 ] || { echo "SEEDS is empty" >&2; usage; }
 [ "${#ENS_TEACHERS[@]}" -ge 2 ] || { echo "ENS_TEACHERS needs two or more teachers" >&2; usage; }
 case "$KD_SOURCE" in online|store) ;; *) echo "KD_SOURCE must be online or store" >&2; usage ;; esac
-RECIPE=(--config "$REPO/recipes/seed.toml" --device "$DEVICE")
-if [ -n "${EPOCHS:-}" ]; then
-  [[ "$EPOCHS" =~ ^[1-9][0-9]*$ ]] || { echo "EPOCHS must be a positive integer" >&2; usage; }
-  # The recipe's milestones (60/120/160 of 200) at the same fractions of EPOCHS, inside the run, repeats merged.
-  MILESTONES=()
-  for m in 60 120 160; do
-    e=$(( (EPOCHS * m + 100) / 200 ))
-    if [ "$e" -ge 1 ] && [ "$e" -lt "$EPOCHS" ] && [[ " ${MILESTONES[*]-} " != *" $e "* ]]; then MILESTONES+=("$e"); fi
-  done
-  RECIPE+=(--epochs "$EPOCHS" --milestones "$(IFS=,; echo "${MILESTONES[*]-}")")
-fi
-RECIPE+=(${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"})
+[ -z "${EPOCHS:-}" ] || [[ "$EPOCHS" =~ ^[1-9][0-9]*$ ]] || { echo "EPOCHS must be a positive integer" >&2; usage; }
+recipe() {  # recipe NAME TOTAL "MILESTONES": sets RECIPE (with EPOCHS: the milestones at the same fractions)
+  RECIPE=(--config "$REPO/recipes/$1.toml" --device "$DEVICE")
+  if [ -n "${EPOCHS:-}" ]; then
+    local e m milestones=()
+    for m in $3; do  # inside the run, repeats merged
+      e=$(( (EPOCHS * m + $2 / 2) / $2 ))
+      if [ "$e" -ge 1 ] && [ "$e" -lt "$EPOCHS" ] && [[ " ${milestones[*]-} " != *" $e "* ]]; then milestones+=("$e"); fi
+    done
+    RECIPE+=(--epochs "$EPOCHS" --milestones "$(IFS=,; echo "${milestones[*]-}")")
+  fi
+  RECIPE+=(${TRAIN_FLAGS[@]+"${TRAIN_FLAGS[@]}"})
+}
+recipe seed 200 "60 120 160"
+SEED_RECIPE=("${RECIPE[@]}")
+recipe label-enhancement-long 350 "150 200 250 300"
+LONG_RECIPE=("${RECIPE[@]}")
+RECIPE=("${SEED_RECIPE[@]}")
 GEN=(--device "$DEVICE" ${GEN_FLAGS[@]+"${GEN_FLAGS[@]}"})
 
 DATA="$OUT/data/cifar100"
@@ -141,9 +159,9 @@ else
   run "$LABELOPT" prepare --dataset cifar100 --root "$CIFAR100_ROOT" --out "$OUT/data"
 fi
 
-# -- teachers: R32 (KD, SL-Enc), R44 (SL) and the SL-Ens members, one seed each, the seed's recipe -----------
+# -- teachers: R32 (KD, SL-Enc), R44 (SL), the SL-Ens members and Aug-SL's, one seed each, the seed's recipe -----
 TEACHERS=()
-for arch in resnet32 resnet44 "${ENS_TEACHERS[@]}"; do
+for arch in resnet32 resnet44 "${ENS_TEACHERS[@]}" "$AUG_TEACHER"; do
   [[ " ${TEACHERS[*]-} " == *" $arch "* ]] || TEACHERS+=("$arch")
 done
 for arch in "${TEACHERS[@]}"; do
@@ -167,6 +185,15 @@ make_store "$STORE_SL" --method sl --teacher "$(teacher_ckpt resnet44)" --temper
 make_store "$STORE_ENC" --method sl-enc --teacher "$(teacher_ckpt resnet32)" --temperature "$T" --views "$VIEWS"
 make_store "$STORE_ENS" --method sl-ens "${ENS_ARGS[@]}" --temperature "$T" --views "$VIEWS"
 make_store "$STORE_RANDOM" --method random --views identity
+STORE_AUG="$LABELS/aug-$AUG_MIX$AUG_K-${AUG_TEACHER/resnet/r}-t$T.h5"
+if [ "$AUG_SOURCE" = store ]; then
+  # K RICAP records per training image, each the teacher's label of its mixed image (paid once, 350 epochs reuse it).
+  make_store "$STORE_AUG" --method sl --teacher "$(teacher_ckpt "$AUG_TEACHER")" --temperature "$T" \
+    --views "mix:$AUG_MIX:$AUG_K"
+  AUG_ARGS=(--labels "$STORE_AUG")
+else
+  AUG_ARGS=(--teacher "$(teacher_ckpt "$AUG_TEACHER")" --mix "$AUG_MIX" --temperature "$T")
+fi
 if [ "$KD_SOURCE" = store ]; then
   # kd reads the stored logits at its own temperature (4); the stored soft labels are unused.
   make_store "$STORE_KD" --method sl --teacher "$(teacher_ckpt resnet32)" --temperature "$T" --views "$VIEWS" --logits
@@ -186,11 +213,13 @@ row_args() {  # row_args ROW: sets ARGS to that row's train-student options
     sl-enc) ARGS=(--method sl --labels "$STORE_ENC") ;;
     sl-ens) ARGS=(--method sl --labels "$STORE_ENS") ;;
     sl-kd) ARGS=(--method sl-kd --labels "$STORE_ENS") ;;
+    aug-sl) ARGS=(--method aug-sl "${AUG_ARGS[@]}") ;;
   esac
+  if [ "$1" = aug-sl ]; then RECIPE=("${LONG_RECIPE[@]}"); else RECIPE=("${SEED_RECIPE[@]}"); fi
 }
-rows_for() {  # the seed's rows per student: the random control appears for ResNet20 only
-  if [ "$1" = resnet20 ]; then echo "vanilla ls random kd sl sl-enc sl-ens sl-kd"
-  else echo "vanilla ls kd sl sl-enc sl-ens sl-kd"; fi
+rows_for() {  # the seed's rows per student (the random control for ResNet20 only), then the follow-up's Aug-SL
+  if [ "$1" = resnet20 ]; then echo "vanilla ls random kd sl sl-enc sl-ens sl-kd aug-sl"
+  else echo "vanilla ls kd sl sl-enc sl-ens sl-kd aug-sl"; fi
 }
 
 MANIFEST="$EVAL/manifest.tsv"
@@ -232,14 +261,15 @@ done
 [ "$DRY" = 1 ] && exit 0
 
 # -- the table ----------------------------------------------------------------------------------------------------
-"$PY" - "$MANIFEST" "$OUT/table.txt" "$T" "$KD_SOURCE" "${ENS_TEACHERS[*]}" <<'PY'
+"$PY" - "$MANIFEST" "$OUT/table.txt" "$T" "$KD_SOURCE" "${ENS_TEACHERS[*]}" "$AUG_TEACHER" "$AUG_MIX" "$AUG_K" \
+  "$AUG_SOURCE" <<'PY'
 import json
 import sys
 from pathlib import Path
 
 from labelopt.pipeline.jobs.reports import format_table
 
-manifest, table_path, temperature, kd_source, ens = sys.argv[1:6]
+manifest, table_path, temperature, kd_source, ens, aug_teacher, aug_mix, aug_k, aug_source = sys.argv[1:10]
 # The seed README's table "Performance change according to label generation method with CIFAR100":
 # top-1 % mean ± std and ECE mean ± std over its runs (published figures, copied as printed).
 SEED = {
@@ -259,12 +289,17 @@ SEED = {
     ("resnet110", "sl-ens"): ((75.04, 0.31), (0.0603, 0.0029)),
     ("resnet110", "sl-kd"): ((75.34, 0.29), (0.0117, 0.0021)),
 }
-ROW_NAMES = {"vanilla": "Vanilla", "ls": "LS", "random": "random", "kd": "KD", "sl": "SL", "sl-enc": "SL-Enc",
+# The follow-up README's Aug-SL+ row (RICAP, 350 epochs, ResNet110 teacher, 3 seeds; top-1 % and ECE means, no
+# std published): shared/REFERENCE.md, "A later version of the seed's work".
+FOLLOWUP = {("resnet20", "aug-sl"): (69.41, 0.073), ("resnet110", "aug-sl"): (77.28, 0.025)}
+ROW_NAMES = {"aug-sl": "Aug-SL", "vanilla": "Vanilla", "ls": "LS", "random": "random", "kd": "KD", "sl": "SL", "sl-enc": "SL-Enc",
              "sl-ens": "SL-Ens", "sl-kd": "SL-KD"}
 SHORT = lambda arch: arch.replace("resnet", "R")
 ens_names = "+".join(SHORT(a) for a in ens.split())
 TEACHER_OF = {"vanilla": "-", "ls": "-", "random": "-", "kd": f"R32 ({kd_source})", "sl": "R44",
-              "sl-enc": "R32", "sl-ens": ens_names, "sl-kd": ens_names}
+              "sl-enc": "R32", "sl-ens": ens_names, "sl-kd": ens_names,
+              "aug-sl": f"{SHORT(aug_teacher)} ({aug_mix}, " + (f"store K={aug_k})" if aug_source == "store"
+                                                                 else "online)")}
 
 
 def pm(pair):
@@ -288,18 +323,25 @@ for line in Path(manifest).read_text().splitlines():
              "top1": top1, "ece": ece}
     if seed is not None:
         entry.update({"seed_top1": pm(seed[0]), "seed_ece": pm(seed[1]), "delta": top1["mean"] - seed[0][0]})
+    followup = FOLLOWUP.get((student, row))
+    if followup is not None:  # published means only
+        entry.update({"seed_top1": followup[0], "seed_ece": followup[1], "delta": top1["mean"] - followup[0]})
     rows.append(entry)
     records.append({"student": student, "row": row, "teacher": TEACHER_OF[row], "top1": summary["top1"],
-                    "ece": summary["ece"], "seed_readme": {"top1": seed[0], "ece": seed[1]} if seed else None})
+                    "ece": summary["ece"], "seed_readme": {"top1": seed[0], "ece": seed[1]} if seed else None,
+                    "followup_readme": {"top1": followup[0], "ece": followup[1]} if followup else None})
 
 table = format_table(rows, [("student", "student"), ("row", "method"), ("teacher", "teacher"), ("n", "seeds"),
                             ("top1", "top-1 % (ours)"), ("ece", "ECE (ours)"),
-                            ("seed_top1", "top-1 % (seed README)"), ("seed_ece", "ECE (seed README)"),
+                            ("seed_top1", "top-1 % (published)"), ("seed_ece", "ECE (published)"),
                             ("delta", "Δ top-1")])
 note = (f"CIFAR-100 test split, last epoch of each run, mean ± std (sample std) over seeds; label stores at "
         f"T {temperature}. Seed README: its table 'Performance change according to label generation method', "
         f"as published. Both trained with the seed's recipe (recipes/seed.toml), except its extra rotation "
-        f"augmentation and ImageNet normalization; its reporting (which epoch, how many runs) is not stated.")
+        f"augmentation and ImageNet normalization; its reporting (which epoch, how many runs) is not stated. "
+        f"Aug-SL rows: the published column is the follow-up README's Aug-SL+ (RICAP, 350 epochs, ResNet110 "
+        f"teacher; means of 3 seeds, no std published); ours train with recipes/label-enhancement-long.toml from a "
+        f"teacher trained with the seed's recipe.")
 Path(table_path).write_text(table + "\n\n" + note + "\n")
 Path(table_path).with_suffix(".json").write_text(json.dumps(records, indent=2) + "\n")
 print(table)

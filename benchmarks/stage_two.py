@@ -7,6 +7,9 @@ The same student (resnet20), data, seed, batch and device in three setups, one a
   store    train_student --method sl from a label store with all 162 cifar-crop-flip views (stage one
            ran the teacher once per (image, view); each step gathers the stored label of the view it draws)
   online   train_student --method sl with the teacher (resnet56) run on every batch (teachers=(ckpt,))
+  mixes    train_student --method vanilla --mix M (mixed one-hot targets, no teacher) against --method aug-sl from
+           a store of K mix records per image (generate-labels --views mix:M:K): what a stored Aug-SL label costs
+           a student over the same mix without a teacher (goal <= 1.10); --mix none skips the pair
 
 The data are CIFAR-shaped random images (100 classes) written through labelopt's own .beton writer, as in
 benchmarks/loader.py. The teacher is a freshly initialised resnet56 saved as a labelopt checkpoint: speed does
@@ -45,6 +48,9 @@ TEMPERATURE = 4.0
 DEFAULT_VIEWS = "cifar-crop-flip"
 GPU_IMAGES, CPU_IMAGES = 50000, 512
 GOAL_STORE_OVER_VANILLA = 1.05
+DEFAULT_MIX, DEFAULT_MIX_VIEWS = "ricap", 8
+SETUP_ORDER = ("vanilla", "vanilla_student", "store", "online", "vanilla_mix", "aug_sl_store")
+GOAL_AUG_STORE_OVER_VANILLA_MIX = 1.10
 
 
 def log(message: str) -> None:
@@ -124,11 +130,38 @@ def run_setups(root: Path, args, device: str) -> dict:
     log(f"stage_two: (c) sl with an online {TEACHER} teacher")
     online = train_student(StudentOptions(out=str(runs / "online-sl"), teachers=(str(teacher),), method="sl",
                                           temperature=TEMPERATURE, **common), log=log)
-    return {"vanilla": timing(vanilla, "vanilla (labelopt train, CE)"),
-            "vanilla_student": timing(vanilla_student, "vanilla (train_student --method vanilla)"),
-            "store": timing(from_store, f"sl from store ({args.views}, {store.num_views} views)"),
-            "online": timing(online, f"sl, online {TEACHER} teacher"),
-            "generation": generation}
+    measured = {"vanilla": timing(vanilla, "vanilla (labelopt train, CE)"),
+                "vanilla_student": timing(vanilla_student, "vanilla (train_student --method vanilla)"),
+                "store": timing(from_store, f"sl from store ({args.views}, {store.num_views} views)"),
+                "online": timing(online, f"sl, online {TEACHER} teacher"),
+                "generation": generation}
+    if args.mix != "none":
+        measured.update(run_mix_pair(root, args, device, folder, teacher, common))
+    return measured
+
+
+def run_mix_pair(root: Path, args, device: str, folder: Path, teacher: Path, common: dict) -> dict:
+    """vanilla with --mix against aug-sl from a store of the same mix: the price of a stored Aug-SL label."""
+    from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
+    from labelopt.pipeline.jobs.student import StudentOptions, train_student
+
+    runs = root / "runs"
+    log(f"stage_two: (d) vanilla --mix {args.mix}")
+    vanilla_mix = train_student(StudentOptions(out=str(runs / "vanilla-mix"), method="vanilla", mix=args.mix,
+                                               **common), log=log)
+    spec = f"mix:{args.mix}:{args.mix_views}"
+    store_path = root / "labels" / f"aug-sl-{args.mix}.h5"
+    log(f"stage_two: generate-labels sl, views {spec}")
+    started = time.perf_counter()
+    generate_labels(GenerateOptions(data=str(folder), out=str(store_path), teachers=(str(teacher),), method="sl",
+                                    views=spec, temperature=TEMPERATURE, device=device, bf16=args.bf16), log=log)
+    seconds = time.perf_counter() - started
+    log(f"stage_two: (e) aug-sl from the {spec} store")
+    aug = train_student(StudentOptions(out=str(runs / "store-aug-sl"), labels=str(store_path), method="aug-sl",
+                                       **common), log=log)
+    return {"vanilla_mix": timing(vanilla_mix, f"vanilla --mix {args.mix} (no teacher)"),
+            "aug_sl_store": timing(aug, f"aug-sl from store ({spec})"),
+            "mix_generation": {"seconds": seconds, "views": spec, "teacher_passes": args.images * args.mix_views}}
 
 
 def summarize(result: dict) -> dict:
@@ -149,7 +182,18 @@ def summarize(result: dict) -> dict:
         "ratio_store_over_online_fastest": fastest["store"] / fastest["online"],
         "break_even_epochs_vs_online_fastest": gen / (fastest["online"] - fastest["store"])
         if fastest["online"] > fastest["store"] else None,
+        **mix_summary(result["setups"]),
     }
+
+
+def mix_summary(setups: dict) -> dict:
+    if "aug_sl_store" not in setups:
+        return {}
+    ratio = setups["aug_sl_store"]["median_epoch_seconds"] / setups["vanilla_mix"]["median_epoch_seconds"]
+    fastest = setups["aug_sl_store"]["min_epoch_seconds"] / setups["vanilla_mix"]["min_epoch_seconds"]
+    return {"ratio_aug_sl_store_over_vanilla_mix": ratio, "ratio_aug_sl_store_over_vanilla_mix_fastest": fastest,
+            "goal_aug_sl_store_over_vanilla_mix": GOAL_AUG_STORE_OVER_VANILLA_MIX,
+            "goal_aug_sl_met": ratio <= GOAL_AUG_STORE_OVER_VANILLA_MIX}
 
 
 def print_table(result: dict) -> None:
@@ -157,7 +201,7 @@ def print_table(result: dict) -> None:
 
     s, facts = result["summary"], result["machine"]
     rows = []
-    for key in ("vanilla", "vanilla_student", "store", "online"):
+    for key in [k for k in SETUP_ORDER if k in result["setups"]]:
         row = result["setups"][key]
         rows.append({"setup": row["setup"], "median": row["median_epoch_seconds"], "min": row["min_epoch_seconds"],
                      "img_s": row["median_img_per_s"], "first": row["first_epoch_seconds"],
@@ -177,6 +221,12 @@ def print_table(result: dict) -> None:
     print(f"fastest epochs: store / vanilla {s['ratio_store_over_vanilla_fastest']:.3f}x, "
           f"store / online {s['ratio_store_over_online_fastest']:.3f}x, break-even vs online "
           + ("never" if fastest_even is None else f"{fastest_even:.1f} student epochs"))
+    if "ratio_aug_sl_store_over_vanilla_mix" in s:
+        goal = "meets" if s["goal_aug_sl_met"] else "misses"
+        print(f"aug-sl from store / vanilla with the same mix: {s['ratio_aug_sl_store_over_vanilla_mix']:.3f}x "
+              f"(fastest epochs {s['ratio_aug_sl_store_over_vanilla_mix_fastest']:.3f}x; {goal} the goal <= "
+              f"{GOAL_AUG_STORE_OVER_VANILLA_MIX}); its store: {result['mix_generation']['views']}, "
+              f"{result['mix_generation']['seconds']:.1f} s")
     if s["break_even_epochs_vs_online"] is None:
         print("break-even vs online: never (the store saves no time per epoch here)")
     else:
@@ -196,6 +246,10 @@ def main(argv=None) -> int:
     parser.add_argument("--views", default=DEFAULT_VIEWS,
                         help=f"The store's views [{DEFAULT_VIEWS}: 162 per image]; identity makes a quick run.")
     parser.add_argument("--workers", type=int, default=None, help="FFCV decoding threads [all cores].")
+    parser.add_argument("--mix", default=DEFAULT_MIX, choices=["mixup", "cutmix", "ricap", "none"],
+                        help=f"The mix of the vanilla-mix / aug-sl-from-store pair [{DEFAULT_MIX}]; none skips it.")
+    parser.add_argument("--mix-views", type=int, default=DEFAULT_MIX_VIEWS,
+                        help=f"Mix records per image in the aug-sl store [{DEFAULT_MIX_VIEWS}].")
     add_run_arguments(parser, keeps="data, teacher, store and run folders")
     args = parser.parse_args(argv)
     device = checked_device(parser, args)
@@ -226,8 +280,9 @@ def main(argv=None) -> int:
         "workers": args.workers or worker_count(), "teacher": TEACHER, "student": STUDENT, "method": "sl",
         "temperature": TEMPERATURE, "timed": "median train_seconds of epochs 2..N (metrics.jsonl)",
         "machine": machine,
-        "setups": {k: measured[k] for k in ("vanilla", "vanilla_student", "store", "online")},
+        "setups": {k: measured[k] for k in SETUP_ORDER if k in measured},
         "generation": measured["generation"],
+        "mix_generation": measured.get("mix_generation"),
         "script_seconds": script_seconds,
         "kept": str(args.keep) if args.keep is not None else None,
     }

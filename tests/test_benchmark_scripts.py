@@ -57,21 +57,28 @@ def test_seed_table_dry_run_lists_every_row_seed_and_store(tmp_path):
     assert not out.exists()  # a dry run writes nothing
     assert sum("prepare" in c for c in commands) == 1
     teachers = sorted(c[c.index("--arch") + 1] for c in commands if c[1] == "train")
-    assert teachers == ["resnet32", "resnet44", "resnet56"]
+    assert teachers == ["resnet110", "resnet32", "resnet44", "resnet56"]
     stores = {c[c.index("--out") + 1].rsplit("/", 1)[-1]: c for c in commands if c[1] == "generate-labels"}
-    assert set(stores) == {"sl-r44-t4.h5", "enc-r32-t4.h5", "ens-r32-r44-r56-t4.h5", "random.h5", "kd-r32-logits.h5"}
+    assert set(stores) == {"sl-r44-t4.h5", "enc-r32-t4.h5", "ens-r32-r44-r56-t4.h5", "random.h5", "kd-r32-logits.h5",
+                           "aug-ricap32-r110-t4.h5"}
     assert "--logits" in stores["kd-r32-logits.h5"] and stores["ens-r32-r44-r56-t4.h5"].count("--teacher") == 3
+    aug_store = stores["aug-ricap32-r110-t4.h5"]
+    assert aug_store[aug_store.index("--views") + 1] == "mix:ricap:32" and "resnet110" in " ".join(aug_store)
     runs = {c[c.index("--out") + 1].split("/runs/", 1)[1] for c in commands if c[1] == "train-student"}
-    rows = {"resnet20": ["vanilla", "ls", "random", "kd", "sl", "sl-enc", "sl-ens", "sl-kd"],
-            "resnet110": ["vanilla", "ls", "kd", "sl", "sl-enc", "sl-ens", "sl-kd"]}
+    rows = {"resnet20": ["vanilla", "ls", "random", "kd", "sl", "sl-enc", "sl-ens", "sl-kd", "aug-sl"],
+            "resnet110": ["vanilla", "ls", "kd", "sl", "sl-enc", "sl-ens", "sl-kd", "aug-sl"]}
     assert runs == {f"{s}/{r}/seed{k}" for s in rows for r in rows[s] for k in (0, 1)}
-    # Teachers and students train with the seed's recipe (its 200 epochs, lr 0.1, batch 128), not the benchmark's.
+    # Teachers and students train with the seed's recipe (its 200 epochs, lr 0.1, batch 128), not the benchmark's;
+    # the Aug-SL rows with the follow-up's 350-epoch recipe, from the mix store.
     training = [c for c in commands if c[1] in ("train", "train-student")]
-    assert len(training) == 3 + 2 * 15
-    assert all(c[c.index("--config") + 1] == str(REPO / "recipes" / "seed.toml") for c in training)
+    assert len(training) == 4 + 2 * 17
+    aug = [c for c in training if "aug-sl" in c]
+    assert len(aug) == 4 and all(c[c.index("--labels") + 1].endswith("aug-ricap32-r110-t4.h5") for c in aug)
+    assert all(c[c.index("--config") + 1] == str(REPO / "recipes" / "label-enhancement-long.toml") for c in aug)
+    assert all(c[c.index("--config") + 1] == str(REPO / "recipes" / "seed.toml") for c in training if c not in aug)
     assert not any("--epochs" in c or "--milestones" in c for c in training)
     evaluated = [c for c in commands if c[1] == "evaluate"]
-    assert len(evaluated) == 3 + sum(len(r) for r in rows.values())
+    assert len(evaluated) == 4 + sum(len(r) for r in rows.values())
     assert all(sum(a.endswith("last.pt") for a in c) == 2 for c in evaluated if "/runs/" in " ".join(c))
 
 
@@ -83,5 +90,8 @@ def test_seed_table_epochs_keeps_the_seed_recipes_milestone_fractions(tmp_path):
     assert run.returncode == 0, run.stderr
     training = [c.split() for c in run.stdout.splitlines() if c.split()[1] in ("train", "train-student")]
     assert training and all(c[c.index("--epochs") + 1] == "10" for c in training)
-    # 60/120/160 of 200 epochs -> 3/6/8 of 10 (printed shell-quoted: 3\,6\,8)
-    assert all(c[c.index("--milestones") + 1].replace("\\", "") == "3,6,8" for c in training)
+    # 60/120/160 of 200 epochs -> 3/6/8 of 10 (printed shell-quoted: 3\,6\,8); Aug-SL's 150/200/250/300 of 350
+    # -> 4/6/7/9 of 10
+    milestones = lambda c: c[c.index("--milestones") + 1].replace("\\", "")
+    assert all(milestones(c) == "3,6,8" for c in training if "aug-sl" not in c)
+    assert [milestones(c) for c in training if "aug-sl" in c] == ["4,6,7,9"]

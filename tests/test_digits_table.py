@@ -16,6 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "digits_table.sh"
 LABEL_ROWS = ["vanilla", "ls", "random", "sl", "sl+gt", "sl-enc", "sl-ens", "sl-kd"]
+MIX_ROWS = ["vanilla+mix", "aug-sl", "aug-sl-kd"]
 
 
 def load_report():
@@ -33,7 +34,8 @@ def methods() -> tuple[dict, ...]:
 
 
 def baselines() -> list[str]:
-    return [m["method"] for m in methods() if m["teacher_signals"] and m["method"] not in ("sl", "sl-kd")]
+    return [m["method"] for m in methods()
+            if m["teacher_signals"] and m["method"] not in ("sl", "sl-kd") and m["mix"] == "-"]
 
 
 def script_env(home: Path, **extra) -> dict:
@@ -63,13 +65,17 @@ def test_dry_run_lists_teachers_stores_and_every_row_and_seed(tmp_path):
     assert sorted(option(c, "--arch") for c in teachers) == ["resnet32", "resnet44", "resnet56"]
     assert all(option(c, "--epochs") == "15" for c in teachers)
     stores = {Path(option(c, "--out")).name: c for c in commands if c[1] == "generate-labels"}
-    assert sorted(option(c, "--method") for c in stores.values()) == ["random", "sl", "sl", "sl-enc", "sl-ens"]
+    assert sorted(option(c, "--method") for c in stores.values()) == ["random", "sl", "sl", "sl", "sl-enc", "sl-ens"]
+    assert [option(c, "--views") for c in stores.values() if option(c, "--views").startswith("mix:")] == ["mix:ricap:8"]
     assert [option(c, "--mix-gt") for c in stores.values() if "--mix-gt" in c] == ["0.5"]
     assert next(c for c in stores.values() if option(c, "--method") == "sl-ens").count("--teacher") == 3
     assert not any("--temperature" in c for c in stores.values())  # generate-labels' own default applies
     students = {option(c, "--out").split("/runs/", 1)[1]: c for c in commands if c[1] == "train-student"}
-    rows = LABEL_ROWS + baselines()
+    rows = LABEL_ROWS + MIX_ROWS + baselines()
     assert set(students) == {f"{r}/seed{s}" for r in rows for s in (0, 1)}
+    assert option(students["vanilla+mix/seed0"], "--mix") == "ricap" and "--teacher" not in students["aug-sl/seed1"]
+    for row in ("aug-sl", "aug-sl-kd"):  # Aug-SL from the mix store: no teacher runs while students train
+        assert Path(option(students[f"{row}/seed0"], "--labels")).name == "aug-r56-ricap8.h5", row
     assert all(option(c, "--epochs") == "96" for c in students.values())
     for row in LABEL_ROWS[2:]:
         assert Path(option(students[f"{row}/seed0"], "--labels")).name in stores, row

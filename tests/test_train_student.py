@@ -128,6 +128,20 @@ def test_stored_mixes_equal_the_teacher_online_on_the_same_mixes_step_by_step(st
         assert stored[4] == pytest.approx(fresh[4], rel=2e-3), step
 
 
+def test_a_mix_store_is_inspected_and_its_mixes_rebuilt_and_relabelled(stores, teacher, tiny_cifar_dir):
+    code, out = run_cli("labels", "inspect", stores["mix"])
+    assert code == 0 and "mix:cutmix:3  (3 per sample; cutmix alpha 1.0 over cifar-crop-flip, 2 images each" in out
+    code, out = run_cli("labels", "inspect", stores["mix"], "--json")
+    views = json.loads(out)["views"]
+    assert views["policy"] == "mix" and views["mix"] == "cutmix" and views["num_views"] == 3
+    assert views["param_names"] == ["partner1", "part0.view", "part1.view", "top", "left", "bottom", "right"]
+    code, out = run_cli("labels", "verify", stores["mix"], "--data", tiny_cifar_dir, "--teacher", teacher,
+                        "--sample", 12, "--device", "cpu", "--json")
+    assert code == 0, out
+    checks = {c["name"]: c["ok"] for c in json.loads(out)["checks"]}
+    assert checks["views"] and checks["relabel"] and checks["ground truth"]  # the mixes redrawn, relabelled alike
+
+
 def test_identity_store_pairs_with_augmented_or_clean_images(stores, tiny_cifar_dir, tmp_path):
     out = train_student(student(tiny_cifar_dir, tmp_path / "aug", labels=str(stores["identity"]), epochs=1,
                                 method="kd"), log=quiet)

@@ -491,7 +491,7 @@ def generate_labels(teachers, features, **kwargs):
 
 @main.group(cls=LabeloptGroup)
 def labels():
-    """Label store tools: inspect, verify, combine."""
+    """Label store tools: inspect, verify, card, combine."""
 
 
 @labels.command("inspect")
@@ -532,6 +532,19 @@ def labels_verify(store, data, teachers, sample, device, as_json):
     if not result["ok"]:
         failed = [c["name"] for c in result["checks"] if not c["ok"]]
         raise click.ClickException(f"{store}: verification failed ({', '.join(failed)})")
+
+
+@labels.command("card")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the card here (.md) [stdout].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def labels_card(store, out, overwrite):
+    """A short Markdown card for sharing a store: data and fingerprint, teachers and their accuracy, method,
+    temperature, views, size, checksums and the command that made it."""
+    from .pipeline.jobs.store_card import write_store_card
+
+    text = write_store_card(store, out, overwrite)
+    click.echo(f"card: {out}" if out is not None else text, nl=out is not None)
 
 
 @labels.command("combine")

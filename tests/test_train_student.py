@@ -142,6 +142,30 @@ def test_a_mix_store_is_inspected_and_its_mixes_rebuilt_and_relabelled(stores, t
     assert checks["views"] and checks["relabel"] and checks["ground truth"]  # the mixes redrawn, relabelled alike
 
 
+def test_a_stores_card_says_what_made_it_and_its_command_makes_the_same_labels(stores, teacher, tmp_path):
+    import shlex
+
+    card = tmp_path / "card.md"
+    code, out = run_cli("labels", "card", stores["identity"], "--out", card)
+    assert code == 0 and card.is_file(), out
+    text = card.read_text()
+    store = LabelStore.open(stores["identity"])
+    assert store.dataset["fingerprint"] in text and store.checksums["targets"] in text
+    assert "| temperature | 4 |" in text and "`identity`: 1 view(s) per image" in text
+    own = torch.load(teacher, weights_only=True)["metrics"]["test_top1"]
+    assert f"| resnet20 | last.pt | `{store.generator['teachers'][0]['checkpoint_sha256'][:16]}` | {own:.2f} | 2 |" in text
+    command = text.split("```bash\n", 1)[1].split("\n```", 1)[0]
+    args = shlex.split(command)
+    assert args[:2] == ["labelopt", "generate-labels"] and "--logits" in args
+    args[args.index("--out") + 1] = str(tmp_path / "again.h5")
+    code, out = run_cli(*args[1:], "--device", "cpu")
+    assert code == 0, out
+    again = LabelStore.open(tmp_path / "again.h5")
+    assert again.checksums["targets"] == store.checksums["targets"]  # the same labels, bit for bit
+    code, out = run_cli("labels", "card", stores["identity"], "--out", card)
+    assert code != 0 and "--overwrite" in out  # an existing card is kept
+
+
 def test_identity_store_pairs_with_augmented_or_clean_images(stores, tiny_cifar_dir, tmp_path):
     out = train_student(student(tiny_cifar_dir, tmp_path / "aug", labels=str(stores["identity"]), epochs=1,
                                 method="kd"), log=quiet)

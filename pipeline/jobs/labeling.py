@@ -57,6 +57,25 @@ class GenerateOptions:
     overwrite: bool = False
 
 
+def generate_command(options: GenerateOptions) -> str:
+    """The generate-labels command these options are (paths as given): how a store's card says it was made."""
+    import shlex
+
+    args = ["labelopt", "generate-labels", "--data", options.data, "--split", options.split, "--method",
+            options.method, "--views", options.views, "--temperature", f"{options.temperature:g}", "--seed",
+            str(options.seed), "--block-rows", str(options.block_rows)]
+    for teacher in options.teachers:
+        args += ["--teacher", str(teacher)]
+    for flag, value in (("--mix-gt", options.mix_gt or None), ("--mix-alpha", options.mix_alpha),
+                        ("--topk", options.topk)):
+        if value is not None:
+            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    for tap in options.features:
+        args += ["--features", tap]
+    args += ["--logits"] * options.logits + ["--bf16"] * options.bf16
+    return " ".join(shlex.quote(a) for a in args + ["--out", options.out])
+
+
 def load_teachers(paths, data: PreparedDataset, device: torch.device) -> list[Teacher]:
     teachers = []
     for path in paths:
@@ -68,7 +87,10 @@ def load_teachers(paths, data: PreparedDataset, device: torch.device) -> list[Te
         teachers.append(Teacher(model, body["arch"], normalize,
                                 {"arch": body["arch"], "checkpoint": Path(path).name,
                                  "checkpoint_sha256": file_sha256(Path(path)),
-                                 "trained_on": {k: stats.get(k) for k in ("name", "fingerprint")}}))
+                                 "trained_on": {k: stats.get(k) for k in ("name", "fingerprint")},
+                                 # what the checkpoint reports of itself (for a store's card), where it does
+                                 "test_top1": body.get("metrics", {}).get("test_top1"),
+                                 "epoch": body.get("epoch")}))
     return teachers
 
 
@@ -164,6 +186,7 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
         "labelopt_version": __version__,
         "dataset": {**data.identity(options.split), "class_names": data.class_names},
         "generator": {"method": options.method, "temperature": options.temperature,
+                      "command": generate_command(options),
                       "options": {"mix_gt": options.mix_gt, "seed": options.seed, "topk": options.topk,
                                   "bf16": options.bf16, "device_type": device.type, **fitted},
                       "teachers": [t.identity for t in teachers]},

@@ -58,7 +58,8 @@ class GenerateOptions:
 
 
 def generate_command(options: GenerateOptions) -> str:
-    """The generate-labels command these options are (paths as given): how a store's card says it was made."""
+    """The generate-labels command these options are (paths as given, less --out): how a store's card says it was
+    made."""
     import shlex
 
     args = ["labelopt", "generate-labels", "--data", options.data, "--split", options.split, "--method",
@@ -73,7 +74,8 @@ def generate_command(options: GenerateOptions) -> str:
     for tap in options.features:
         args += ["--features", tap]
     args += ["--logits"] * options.logits + ["--bf16"] * options.bf16
-    return " ".join(shlex.quote(a) for a in args + ["--out", options.out])
+    # No --out: a store's bytes do not depend on where it was written (a moved or copied store stays identical).
+    return " ".join(shlex.quote(a) for a in args)
 
 
 def load_teachers(paths, data: PreparedDataset, device: torch.device) -> list[Teacher]:

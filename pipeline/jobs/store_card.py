@@ -3,6 +3,7 @@ belongs to, which teachers made it and how well they did, how its labels were ma
 the command that made it."""
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from ...store import schema
@@ -33,10 +34,10 @@ def _views_line(views: dict) -> str:
     return line
 
 
-def _command(generator: dict) -> list[str]:
+def _command(generator: dict, name: str) -> list[str]:
     command = generator.get("command")
     if command:
-        return ["```bash", command, "```"]
+        return ["```bash", f"{command} --out {shlex.quote(name)}", "```"]
     members = generator.get("members")
     if members:
         return [f"Combined by `labelopt labels combine` from {len(members)} stores (weights "
@@ -81,7 +82,7 @@ def store_card(path) -> str:
         "",
         "## How it was made",
         "",
-        *_command(gen),
+        *_command(gen, Path(report["path"]).name),
         "",
         "## Integrity",
         "",

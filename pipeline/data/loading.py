@@ -79,6 +79,13 @@ class SplitLoader:
             )
 
 
+def block_loader(data: PreparedDataset, split: str, rows, batch: int, train_decode: bool) -> Loader:
+    """A sequential FFCV loader over exactly `rows` (uint64 sample indices, in order), nothing dropped: stage one's
+    blocks, sl-enc's prototype pass, the pixel bank. Not cached: each caller passes its own rows."""
+    return Loader(str(data.beton(split)), batch_size=batch, num_workers=worker_count(), order=OrderOption.SEQUENTIAL,
+                  indices=rows, drop_last=False, pipelines=field_pipelines(decode_plan(data, train_decode)))
+
+
 def make_loader(data: PreparedDataset, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
                 drop_last: bool = False, distributed: bool = False, train_decode: bool | None = None,
                 device: torch.device | str = "cpu", num_workers: int | None = None) -> SplitLoader:

@@ -11,12 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ffcv.loader import Loader, OrderOption
 
 from ..errors import UserError
-from .beton import worker_count
 from .datasets import TRAIN_DECODE_SIDE, PreparedDataset
-from .loading import decode_plan, field_pipelines
+from .loading import block_loader
 
 MEMORY_SHARE = 0.5  # the most of the available memory a bank may take
 DECODE_BATCH = 512
@@ -63,9 +61,8 @@ class PixelBank:
         if key in _BANKS:
             return _BANKS[key]
         n = data.num_samples(split)
-        loader = Loader(str(data.beton(split)), batch_size=DECODE_BATCH, num_workers=worker_count(),
-                        order=OrderOption.SEQUENTIAL, indices=np.arange(n, dtype=np.uint64), drop_last=False,
-                        pipelines=field_pipelines(decode_plan(data, True)))
+        # The training loader's decode: a partner's pixels are exactly those the loader gives for it.
+        loader = block_loader(data, split, np.arange(n, dtype=np.uint64), DECODE_BATCH, train_decode=True)
         images, labels = None, torch.full((n,), -1, dtype=torch.long)
         for batch_images, batch_labels, batch_indices in loader:
             rows = batch_indices.view(-1).long()

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from ffcv.loader import Loader, OrderOption
 
-from ..data.beton import worker_count
 from ..data.datasets import PreparedDataset
-from ..data.loading import decode_plan, field_pipelines
+from ..data.loading import block_loader
 from ..errors import UserError
 from ..run.runtime import autocast
 
@@ -24,9 +22,7 @@ def build_prototypes(labeler, data: PreparedDataset, device, batch_size: int, bf
     fit_rows = np.sort(np.random.default_rng(0).choice(n, FIT_ROWS, replace=False)) if n > FIT_ROWS else np.arange(n)
     in_fit = torch.zeros(n, dtype=torch.bool)
     in_fit[torch.from_numpy(fit_rows)] = True
-    loader = Loader(str(data.beton("train")), batch_size=batch_size, num_workers=worker_count(),
-                    order=OrderOption.SEQUENTIAL, indices=np.arange(n, dtype=np.uint64), drop_last=False,
-                    pipelines=field_pipelines(decode_plan(data, False)))
+    loader = block_loader(data, "train", np.arange(n, dtype=np.uint64), batch_size, train_decode=False)
     sums, counts = None, torch.zeros(data.num_classes)
     kept, teacher_confidence = [], []
     for images, labels, indices in loader:

@@ -78,10 +78,8 @@ def train_step(run: TrainingRun, epoch: int, step: int, images, labels, indices,
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     drawn = run.sampler.draw(images, indices, views_rng)
-    batch = ViewedBatch(drawn.images, labels, indices, drawn.views)
-    if drawn.mix is not None:
-        batch.mix_labels = drawn.mix.labels.to(run.device, non_blocking=True)
-        batch.mix_weights = drawn.mix.weights.to(run.device, non_blocking=True)
+    mix = (None, None) if drawn.mix is None else (t.to(run.device, non_blocking=True) for t in drawn.mix)
+    batch = ViewedBatch(drawn.images, labels, indices, drawn.views, *mix)
     with autocast(run.device, run.options.bf16):
         loss, logits, parts = run.objective(run.train_model, run.normalize(drawn.images), batch, run.train_extra)
     watch.observe(loss, step)

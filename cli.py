@@ -479,6 +479,9 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json
               help="Samples per block: the unit of resume and of the work split between torchrun ranks.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--bf16", is_flag=True, help="bf16 autocast (GPU).")
+@click.option("--layout", type=click.Choice(["auto", "compressed", "contiguous"]), default="auto", show_default=True,
+              help="compressed: gzip, loaded whole by each student process; contiguous: uncompressed, read in place "
+                   "(larger than memory, one copy per node); auto: contiguous from 1 GiB.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store.")
 def generate_labels(teachers, features, **kwargs):
     """Stage one: run teachers over every stored view of a split and write a label store."""
@@ -491,7 +494,7 @@ def generate_labels(teachers, features, **kwargs):
 
 @main.group(cls=LabeloptGroup)
 def labels():
-    """Label store tools: inspect, verify, card, combine."""
+    """Label store tools: inspect, verify, card, combine, repack."""
 
 
 @labels.command("inspect")
@@ -551,13 +554,29 @@ def labels_card(store, out, overwrite):
 @click.argument("stores", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The new ensemble store (.h5).")
 @click.option("--weights", default=None, help="Comma-separated member weights [default: equal].")
+@click.option("--layout", type=click.Choice(["auto", "compressed", "contiguous"]), default="auto", show_default=True,
+              help="As generate-labels --layout.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def labels_combine(stores, out, weights, overwrite):
+def labels_combine(stores, out, weights, layout, overwrite):
     """A new ensemble store: the weighted mean of stores made from the same data and views."""
     from .pipeline.jobs.store_report import combine_stores
 
     parsed = float_list(weights, "combine_weight", "--weights")
-    click.echo(f"label store: {combine_stores(list(stores), out, parsed, overwrite=overwrite)}")
+    click.echo(f"label store: {combine_stores(list(stores), out, parsed, overwrite=overwrite, layout=layout)}")
+
+
+@labels.command("repack")
+@click.argument("store", type=click.Path(path_type=Path))
+@click.option("--layout", type=click.Choice(["compressed", "contiguous"]), required=True,
+              help="contiguous: uncompressed, read in place by students; compressed: gzip, smaller to share.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="The repacked store (.h5).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def labels_repack(store, layout, out, overwrite):
+    """The same store in another layout: every dataset's bytes and every attribute kept (same checksums and
+    digest), each dataset checked against its sha256 as it is copied."""
+    from .pipeline.jobs.store_report import repack_store
+
+    click.echo(f"label store: {repack_store(store, out, layout, overwrite=overwrite)}")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,9 @@ def dataset_sha256(dset) -> str:
     if dset.ndim == 0:
         digest.update(np.ascontiguousarray(dset[()], dtype=dset.dtype.newbyteorder("<")).tobytes())
         return digest.hexdigest()
-    step = dset.chunks[0] if dset.chunks else max(1, dset.shape[0])
+    # A chunk at a time; a contiguous-layout dataset in pieces of about 16 MiB rather than whole.
+    row_bytes = max(1, dset.dtype.itemsize * int(np.prod(dset.shape[1:])))
+    step = dset.chunks[0] if dset.chunks else max(1, (16 * 2 ** 20) // row_bytes)
     little = dset.dtype.newbyteorder("<")
     for start in range(0, dset.shape[0], step):
         block = np.ascontiguousarray(dset[start:start + step], dtype=little)

@@ -158,3 +158,16 @@ def expect_array(array, name: str, shape: tuple, kinds: str) -> np.ndarray:
     if array.shape != shape or array.dtype.kind not in kinds:
         raise ValueError(f"{name} must be {shape} of kind {kinds!r}, got {array.dtype} {array.shape}")
     return array
+
+
+CONTIGUOUS_FROM_BYTES = 2 ** 30  # --layout auto: stores this large (uncompressed) are written contiguous
+
+
+def compression_for(choice: str, layout: StoreLayout) -> str:
+    """The writer's compression for a `--layout` choice: `auto` writes a store of 1 GiB or more (uncompressed)
+    contiguous, which a student then reads in place instead of loading it whole into every process."""
+    if choice == "auto":
+        choice = "contiguous" if layout.num_samples * layout.row_bytes() >= CONTIGUOUS_FROM_BYTES else "compressed"
+    if choice not in S.LAYOUTS:
+        raise ValueError(f"store layout must be auto or one of {sorted(S.LAYOUTS)}, got {choice!r}")
+    return S.LAYOUTS[choice]

@@ -2,6 +2,10 @@
 
 Everything is validated on open, so a student fails before training rather than mid-epoch.
 Nothing is ever unpickled: only plain numeric dtypes are accepted and read.
+
+Two storages, one schema: a compressed store (gzip/lzf chunks) is loaded into memory once; a contiguous store
+(uncompressed: store/contiguous.py) is read in place, entry by entry, so its size is not bounded by memory and
+the processes of a node share one copy of it (the page cache). A reader picks per dataset from what the file holds.
 """
 from __future__ import annotations
 
@@ -14,8 +18,12 @@ import torch
 
 from . import schema as S
 from .schema import StoreError
-from .validation import check_file, identity_mismatches, open_h5, read_dataset, stream_check, validate
+from .contiguous import DatasetRows, check_region, dataset_region, open_for_rows
+from .memory import available_memory_bytes
+from .validation import all_datasets, check_file, identity_mismatches, open_h5, read_dataset, stream_check, validate
 from .values import as_float32, densify_topk  # noqa: F401  (as_float32: tests read it from here)
+
+MEMORY_SHARE = 0.5  # a compressed store may take at most this share of the available memory when loaded
 
 
 class LabelStore:
@@ -25,7 +33,7 @@ class LabelStore:
     so a store edited after it was written is refused before anything trains on it.
     """
 
-    def __init__(self, path: Path, meta: dict, facts: dict, shared_params: np.ndarray | None):
+    def __init__(self, path: Path, meta: dict, facts: dict, shared_params: np.ndarray | None, storage: dict):
         self.path = path
         self.dataset: dict = meta[S.ATTR_DATASET]
         self.generator: dict = meta[S.ATTR_GENERATOR]
@@ -44,8 +52,10 @@ class LabelStore:
         self.per_sample_params: bool = facts["per_sample_params"]
         self._temperature: float = facts["temperature"]
         self._shared_params = shared_params
-        self._mem: dict[str, tuple] = {}
-        self._streamed: set[str] = set()  # datasets whose sha256 rows() has checked
+        self._storage = storage  # dataset path -> (region or None, shape, dtype)
+        self._fd: int | None = None  # contiguous datasets are read through this descriptor
+        self._mem: dict[str, tuple] = {}  # signal -> ("dense", values) or ("topk", indices, values)
+        self._streamed: set[str] = set()  # datasets whose sha256 has been checked in full
 
     @classmethod
     def open(cls, path) -> "LabelStore":
@@ -54,7 +64,17 @@ class LabelStore:
         with open_h5(path) as f:
             meta, facts = validate(f)
             shared = None if facts["per_sample_params"] else read_dataset(f, S.VIEW_PARAMS, meta[S.ATTR_CHECKSUMS])
-        return cls(path, meta, facts, shared)
+            storage = {name: (dataset_region(d), d.shape, d.dtype) for name, d in all_datasets(f).items()}
+        return cls(path, meta, facts, shared, storage)
+
+    @property
+    def layout(self) -> str:
+        """`contiguous` (read in place) when every dataset can be, else `compressed` (loaded into memory)."""
+        return "contiguous" if all(region for region, _, _ in self._storage.values()) else "compressed"
+
+    def __del__(self):
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
 
     @property
     def temperature(self) -> float:
@@ -101,25 +121,48 @@ class LabelStore:
     def _read(self, f: h5py.File, path: str) -> np.ndarray:
         return read_dataset(f, path, self.checksums)
 
+    def _signal_paths(self, signal: str) -> tuple[str, ...]:
+        if signal == S.SIGNAL_TARGETS and self.is_topk:
+            return (S.TOPK_INDICES, S.TOPK_VALUES)
+        return (S.signal_path(signal),)
+
+    def _in_place(self, path: str) -> DatasetRows | None:
+        """A contiguous dataset, checked against its sha256 once, read entry by entry from the file; None when
+        the dataset is compressed."""
+        region, shape, dtype = self._storage[path]
+        if region is None:
+            return None
+        if path not in self._streamed:
+            check_region(self.path, path, region, self.checksums)
+            self._streamed.add(path)
+        if self._fd is None:
+            self._fd = open_for_rows(self.path)
+        return DatasetRows(self._fd, self.path, path, region, shape, dtype)
+
+    def _check_fits(self, paths: list[str]) -> None:
+        need = sum(int(np.prod(self._storage[p][1])) * self._storage[p][2].itemsize for p in paths)
+        have = available_memory_bytes()
+        if need > MEMORY_SHARE * have:
+            raise StoreError(
+                f"label store {self.path} is compressed, so training loads it whole: {need / 2**30:.2f} GiB, more "
+                f"than half of the {have / 2**30:.2f} GiB of memory available; rewrite it in the contiguous "
+                f"layout, read in place: labelopt labels repack {self.path} --layout contiguous --out NEW.h5")
+
     def load(self, signals=(S.SIGNAL_TARGETS,)) -> None:
-        """Read the signals a student needs into memory once (each checked against its sha256); the file is
-        closed afterwards."""
+        """Make the signals a student needs ready to gather, each checked against its sha256 first: contiguous
+        datasets are read in place, compressed ones into memory (refused when they would not fit)."""
         if isinstance(signals, str):
             signals = (signals,)
         todo = [s for s in signals if s not in self._mem]
         for signal in todo:
             self.require(signal)
-        if not todo:
-            return
+        in_memory = [p for s in todo for p in self._signal_paths(s) if self._storage[p][0] is None]
+        self._check_fits(in_memory)
         with open_h5(self.path) as f:
             for signal in todo:
-                if signal == S.SIGNAL_TARGETS and self.is_topk:
-                    idx = self._read(f, S.TOPK_INDICES)
-                    vals = self._read(f, S.TOPK_VALUES)
-                    # int64 once here so a gather needs no conversion per batch.
-                    self._mem[signal] = ("topk", torch.from_numpy(idx.astype(np.int64)), torch.from_numpy(vals))
-                else:
-                    self._mem[signal] = ("dense", torch.from_numpy(self._read(f, S.signal_path(signal))))
+                arrays = [self._in_place(p) for p in self._signal_paths(signal)]
+                arrays = [self._read(f, p) if a is None else a for a, p in zip(arrays, self._signal_paths(signal))]
+                self._mem[signal] = ("topk", *arrays) if len(arrays) == 2 else ("dense", arrays[0])
 
     def gather(self, indices: torch.Tensor, views: torch.Tensor | None = None,
                signal: str = S.SIGNAL_TARGETS) -> torch.Tensor:
@@ -134,9 +177,8 @@ class LabelStore:
         cols = np.zeros_like(rows) if views is None else torch.as_tensor(views, dtype=torch.long).cpu().numpy()
         entry = self._mem[signal]
         if entry[0] == "dense":
-            return torch.from_numpy(as_float32(entry[1].numpy()[rows, cols]))
-        _, idx, vals = entry
-        return torch.from_numpy(densify_topk(idx.numpy()[rows, cols], vals.numpy()[rows, cols], self.num_classes))
+            return torch.from_numpy(as_float32(entry[1][rows, cols]))
+        return torch.from_numpy(densify_topk(entry[1][rows, cols], entry[2][rows, cols], self.num_classes))
 
     def topk_entries(self, indices, views) -> tuple[np.ndarray, np.ndarray]:
         """A top-k store's stored (class ids int64 [B, k], values float32 [B, k]) for rows (indices, views)."""
@@ -145,7 +187,7 @@ class LabelStore:
         self.load((S.SIGNAL_TARGETS,))
         _, idx, vals = self._mem[S.SIGNAL_TARGETS]
         rows, cols = np.asarray(indices, dtype=np.int64), np.asarray(views, dtype=np.int64)
-        return idx.numpy()[rows, cols], as_float32(vals.numpy()[rows, cols])
+        return idx[rows, cols].astype(np.int64), as_float32(vals[rows, cols])
 
     def rows(self, signal: str, start: int, stop: int) -> np.ndarray:
         """Dense float32 [stop-start, V, C or D] straight from the file (top-k densified as in gather): for tools.
@@ -176,13 +218,23 @@ class LabelStore:
     def view_params(self, indices=None) -> np.ndarray:
         """Shared stores: the [V, P] table (same for every sample, `indices` ignored).
         Per-sample stores: [N, V, P], or [len(indices), V, P] for the given sample indices."""
+        table = self.view_param_table()
+        if self._shared_params is not None:
+            return table
+        if indices is None:
+            return np.asarray(table[np.arange(self.num_samples)]) if isinstance(table, DatasetRows) else table
+        return table[np.asarray(indices, dtype=np.int64)]
+
+    def view_param_table(self):
+        """The view parameters to index like numpy ([V, P] or [N, V, P]): a contiguous store's per-sample table
+        stays in the file and is read per key (it can outgrow memory); otherwise an array in memory."""
         if self._shared_params is not None:
             return self._shared_params
-        with open_h5(self.path) as f:
-            params = self._read(f, S.VIEW_PARAMS)
-        if indices is None:
-            return params
-        return params[np.asarray(indices, dtype=np.int64)]
+        params = self._in_place(S.VIEW_PARAMS)
+        if params is None:
+            with open_h5(self.path) as f:
+                params = self._read(f, S.VIEW_PARAMS)
+        return params
 
     def size_bytes(self) -> int:
         return os.path.getsize(self.path)

@@ -45,8 +45,11 @@ DTYPES = {
 }
 FEATURE_DTYPE = np.dtype("<f2")
 
-# Compression: gzip is readable everywhere HDF5 is; lzf is faster but h5py-only.
-COMPRESSIONS = ("gzip", "lzf")
+# Compression: gzip is readable everywhere HDF5 is; lzf is faster but h5py-only; "none" is the contiguous layout
+# (contiguous, unfiltered, page-aligned: read in place, store/contiguous.py). Same schema either way.
+COMPRESSIONS = ("gzip", "lzf", "none")
+# What `--layout` offers: compressed stores are smaller to share; contiguous ones are read in place.
+LAYOUTS = {"compressed": "gzip", "contiguous": "none"}
 GZIP_LEVEL = 4
 
 # Signals a student can ask for; features are "features:<tap>".

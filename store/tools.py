@@ -11,6 +11,7 @@ from . import schema as S
 from .reader import LabelStore
 from .integrity import dataset_sha256
 from .schema import StoreError
+from .layout import compression_for
 from .writer import StoreLayout, StoreWriter
 
 
@@ -121,7 +122,7 @@ def _same_source(stores: list[LabelStore]) -> None:
 
 
 def combine(paths: list[Path], out: Path, weights: list[float] | None = None, *, overwrite: bool = False,
-            labelopt_version: str = "") -> Path:
+            labelopt_version: str = "", layout: str = "auto") -> Path:
     """A new store whose soft labels are the weighted mean of the members' (made at one temperature).
 
     It holds no logits: the mean of the members' logits is not the ensemble's label (softmax of a mean is
@@ -141,8 +142,8 @@ def combine(paths: list[Path], out: Path, weights: list[float] | None = None, *,
     topk = ks.pop() if len(ks) == 1 else None  # all top-k with one k: stay top-k; otherwise dense
     per_sample = first.per_sample_params
     params = first.view_params()
-    layout = StoreLayout(num_samples=first.num_samples, num_views=first.num_views, num_classes=first.num_classes,
-                         topk=topk, logits=False, param_size=params.shape[-1], per_sample_params=per_sample)
+    shape = StoreLayout(num_samples=first.num_samples, num_views=first.num_views, num_classes=first.num_classes,
+                        topk=topk, logits=False, param_size=params.shape[-1], per_sample_params=per_sample)
     header = {
         "labelopt_version": labelopt_version,
         "dataset": first.dataset,
@@ -155,11 +156,11 @@ def combine(paths: list[Path], out: Path, weights: list[float] | None = None, *,
             "weights": weights,
         },
     }
-    writer = StoreWriter(out, header, layout, overwrite=overwrite,
+    writer = StoreWriter(out, header, shape, overwrite=overwrite, compression=compression_for(layout, shape),
                          shared_view_params=None if per_sample else params)
     labels = first.labels()
     for b in writer.pending_blocks():
-        start, stop = layout.block_range(b)
+        start, stop = shape.block_range(b)
         targets = sum(w * s.rows(S.SIGNAL_TARGETS, start, stop) for w, s in zip(weights, stores))
         writer.write_block(b, targets=targets, labels=labels[start:stop],
                            view_params=params[start:stop] if per_sample else None)

@@ -8,7 +8,6 @@ processes may fill different blocks of the same folder.
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import hashlib
 import json
@@ -24,47 +23,28 @@ import numpy as np
 from tqdm import tqdm
 
 from . import schema as S
+from .disk import check_free_space, free_mib, is_disk_full, write_bytes_atomic
 from .integrity import root_digest
+from .contiguous import ALIGNMENT
 from .layout import (JOB_FILE, JOB_KIND, SHARED_PARAMS_FILE, StoreLayout, block_keys, key_to_path,  # noqa: F401
                      expect_array, normalise_header, npy_bytes, partial_dir, top_k)
 from .schema import StoreError
 
 
-def write_bytes_atomic(target: Path, data, *, then: str = "rerun the same command: finished blocks are kept") -> None:
-    """`data` under `target`'s name only when wholly written; a disk-full failure is one line ending in `then`."""
-    # Unique temp name per process: two ranks writing the same file never share a temp.
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException as exc:  # a full disk or a kill: no half-written temporary stays behind
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError) and exc.errno in NO_SPACE:
-            raise StoreError(f"disk full writing {target} ({len(data) / 2**20:.1f} MiB; "
-                             f"{free_mib(target.parent):.1f} MiB free there); free space and {then}") from None
-        raise
+def file_options(compression: str) -> dict:
+    # Contiguous layout: every dataset starts on a page, so a reader's rows never straddle a misaligned start.
+    return {"alignment_threshold": 1, "alignment_interval": ALIGNMENT} if compression == "none" else {}
 
 
-NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
-
-
-def free_mib(folder: Path) -> float:
-    try:
-        return shutil.disk_usage(folder).free / 2 ** 20
-    except OSError:
-        return float("nan")
-
-
-def check_free_space(folder: Path, need: int, what: str) -> None:
-    """Refuse early, with the figures, when `folder` cannot hold `need` bytes (+1 % and 1 MiB of slack)."""
-    free = shutil.disk_usage(folder).free
-    if free < need * 1.01 + 2 ** 20:
-        raise StoreError(f"not enough space for {what} in {folder}: needs about {need / 2**20:.1f} MiB, "
-                         f"{free / 2**20:.1f} MiB free; free space or choose another --out")
+def storage_options(compression: str, row_shape: tuple, chunk_rows: int) -> dict:
+    """create_dataset's storage: chunks of `chunk_rows` rows, compressed and fletcher32-checked; or, for the
+    contiguous layout ("none"), nothing at all (contiguous bytes, which is what lets a reader map them)."""
+    if compression == "none":
+        return {}
+    options = {"chunks": (chunk_rows, *row_shape), "compression": compression, "fletcher32": True}
+    if compression == "gzip":
+        options["compression_opts"] = S.GZIP_LEVEL
+    return options
 
 
 class StoreWriter:
@@ -236,9 +216,7 @@ class StoreWriter:
             self._assemble(tmp)
             os.replace(tmp, self.path)
         except (OSError, RuntimeError) as exc:
-            # h5py reports a failed write as OSError or RuntimeError with the errno in its text.
-            if not (getattr(exc, "errno", None) in NO_SPACE or "errno = 28" in str(exc)
-                    or "No space left" in str(exc)):
+            if not is_disk_full(exc):
                 raise
             raise StoreError(f"disk full while assembling {self.path} (needs about {need / 2**20:.1f} MiB, "
                              f"{free_mib(self.path.parent):.1f} MiB free after cleaning up); free space and rerun "
@@ -253,11 +231,8 @@ class StoreWriter:
         lay = self.layout
         keys = block_keys(lay)
         chunk_rows = min(lay.block_rows, lay.num_samples)
-        filters = {"compression": self.compression, "fletcher32": True}
-        if self.compression == "gzip":
-            filters["compression_opts"] = S.GZIP_LEVEL
         hashes = {}
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", **file_options(self.compression)) as f:
             f.attrs[S.ATTR_FORMAT] = S.FORMAT
             f.attrs[S.ATTR_SCHEMA_VERSION] = np.int64(S.SCHEMA_VERSION)
             f.attrs[S.ATTR_CREATED_UTC] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -269,7 +244,7 @@ class StoreWriter:
             for key, (shape, dtype) in keys.items():
                 path = key_to_path(key)
                 dsets[key] = f.create_dataset(path, shape=(lay.num_samples, *shape), dtype=dtype,
-                                              chunks=(chunk_rows, *shape), **filters)
+                                              **storage_options(self.compression, shape, chunk_rows))
                 # Blocks arrive in row order and each is C-contiguous, so hashing them in turn
                 # equals hashing the whole dataset's C-order bytes.
                 hashes[path] = hashlib.sha256()
@@ -283,7 +258,8 @@ class StoreWriter:
                     hashes[key_to_path(key)].update(arr.tobytes())
             if self.shared_view_params is not None:
                 params = self.shared_view_params
-                f.create_dataset(S.VIEW_PARAMS, data=params, chunks=params.shape, **filters)
+                f.create_dataset(S.VIEW_PARAMS, data=params,
+                                 **storage_options(self.compression, params.shape[1:], len(params)))
                 hashes[S.VIEW_PARAMS] = hashlib.sha256(params.tobytes())
             f.attrs[S.ATTR_CHECKSUMS] = json.dumps({k: h.hexdigest() for k, h in sorted(hashes.items())})
             # Last: a file that has this flag was written to the end ...

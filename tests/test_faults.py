@@ -20,6 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from labelopt.cli import main
+from labelopt.store import disk as store_disk
 from labelopt.store import writer as store_writer
 
 
@@ -103,7 +104,7 @@ def test_disk_full_while_writing_a_block_then_a_rerun_finishes_the_same_store(ti
                                                                                reference_store, tmp_path,
                                                                                monkeypatch):
     out = tmp_path / "labels.h5"
-    full_disk_for(store_writer, "block-000001", monkeypatch)
+    full_disk_for(store_disk, "block-000001", monkeypatch)
     one_line(CliRunner().invoke(main, generate_args(tiny_cifar_dir, teacher, out)), mentions="disk full writing")
     assert not out.exists() and leftovers(tmp_path) == []
     assert sorted(p.name for p in (tmp_path / ".labels.h5.partial").glob("block-*")) == ["block-000000.npz"]

@@ -112,7 +112,7 @@ def test_stored_mixes_equal_the_teacher_online_on_the_same_mixes_step_by_step(st
     seen.clear()
     data = open_dataset(tiny_cifar_dir)
     space = store_views("mix:cutmix:3", data, seed=0)  # what generate-labels drew, rebuilt from its seed
-    space.sample_params = torch.from_numpy(space.views_of(np.arange(96), 32, 32))
+    space.sample_params = space.views_of(np.arange(96), 32, 32)
     space.attach_bank(data, "train")
     real_online = student_job.online_source
     monkeypatch.setattr(student_job, "online_source", lambda *a: (real_online(*a)[0], space))

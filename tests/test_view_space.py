@@ -32,7 +32,7 @@ class StoreOf:
         self.per_sample_params = self.space.per_sample
         self.table = self.space.views_of(np.arange(self.num_samples), self.size, self.size)
 
-    def view_params(self):
+    def view_param_table(self):
         return self.table if self.per_sample_params else self.table[0]
 
 

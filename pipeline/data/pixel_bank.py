@@ -7,30 +7,17 @@ loader (so a partner's pixels are exactly the pixels the loader gives for it), i
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from ...store.memory import available_memory_bytes
 from .datasets import TRAIN_DECODE_SIDE, PreparedDataset
 from .loading import block_loader
 
 MEMORY_SHARE = 0.5  # the most of the available memory a bank may take
 DECODE_BATCH = 512
-
-
-def available_memory_bytes() -> int:
-    """MemAvailable from /proc/meminfo (Linux); the physical memory where that cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def bank_bytes(data: PreparedDataset, split: str) -> int:

@@ -39,7 +39,7 @@ class ViewSpace(ViewSampler):
     policy: ViewPolicy
     num_views: int
     shared_params: torch.Tensor | None  # int64 [V, P], or None for per-sample parameters
-    sample_params: torch.Tensor | None = None  # int64 [N, V, P]: a per-sample store's table, read back
+    sample_params: np.ndarray | None = None  # int64 [N, V, P]: a per-sample store's table (contiguous: read in place)
     seed: int = 0  # a per-sample space's draws at stage one
     spec: str = ""  # the `--views` that made it
 
@@ -80,11 +80,13 @@ class ViewSpace(ViewSampler):
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"label store {store.path} records views this labelopt cannot rebuild ({exc}); "
                             f"regenerate it") from None
-        table = torch.from_numpy(np.ascontiguousarray(store.view_params()).astype(np.int64))
+        # A contiguous store's per-sample table stays in the file and is read per key: it can outgrow memory.
+        table = store.view_param_table()
         seed = int(record.get("seed", 0))
         if store.per_sample_params:
             return cls(policy, store.num_views, None, table, seed, record.get("spec", ""))
-        return cls(policy, store.num_views, table, None, seed, record.get("spec", ""))
+        return cls(policy, store.num_views, torch.from_numpy(np.array(table, dtype=np.int64)), None, seed,
+                   record.get("spec", ""))
 
     def check_input_size(self, input_size: int, path) -> None:
         policy = self.policy.base if self.mixed else self.policy
@@ -100,7 +102,7 @@ class ViewSpace(ViewSampler):
             table = self.shared_params.numpy()
             return np.broadcast_to(table, (len(indices),) + table.shape).copy()
         if self.sample_params is not None:
-            return self.sample_params[torch.as_tensor(indices, dtype=torch.long)].numpy()
+            return np.array(self.sample_params[np.asarray(indices, dtype=np.int64)], dtype=np.int64)
         # Each sample's views come from a generator seeded with (seed, index): independent of batching and ranks.
         return np.stack([self.policy.sample(self.num_views, height, width,
                                             torch.Generator().manual_seed(self.seed * 1_000_003 + int(i))).numpy()
@@ -115,7 +117,7 @@ class ViewSpace(ViewSampler):
             return self.shared_params[positions]
         if self.sample_params is None:
             raise ValueError("a per-sample view space has parameters only once generated or read from a store")
-        return self.sample_params[indices.cpu(), positions]
+        return torch.from_numpy(np.array(self.sample_params[indices.cpu().numpy(), positions.numpy()], dtype=np.int64))
 
     def pixels(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, H', W']: the views these parameters describe (stage one labels them; stage two shows them)."""

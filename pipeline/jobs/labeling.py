@@ -18,6 +18,7 @@ from ...models import tap_names
 from ...stages.labelers import DEFAULT_TEMPERATURE, LABELERS, LabelRequest
 from ...stages.teachers import Teacher
 from ...store import StoreError, StoreLayout, StoreWriter, file_sha256
+from ...store.layout import compression_for
 from ...store.schema import STORABLE_TAPS
 from ..run.checkpoints import build_model_from_checkpoint, load_checkpoint, training_stats
 from ..data.datasets import PreparedDataset, open_dataset
@@ -52,6 +53,7 @@ class GenerateOptions:
     block_rows: int = 256
     device: str = "auto"
     bf16: bool = False
+    layout: str = "auto"  # how the store is written: compressed, contiguous (read in place), auto (contiguous from 1 GiB)
     overwrite: bool = False
 
 
@@ -235,7 +237,8 @@ def open_writer(options: GenerateOptions, header: dict, layout: StoreLayout, vie
                 overwrite: bool, main: bool) -> StoreWriter:
     try:
         return StoreWriter(Path(options.out), header, layout, overwrite=overwrite,
-                           shared_view_params=None if views.per_sample else views.shared_params.numpy(), clean_stale=main)
+                           shared_view_params=None if views.per_sample else views.shared_params.numpy(),
+                           compression=compression_for(options.layout, layout), clean_stale=main)
     except StoreError as exc:
         raise UserError(str(exc)) from None
 

@@ -68,7 +68,7 @@ def store_card(path) -> str:
         f"| temperature | {report['temperature']:g} |",
         f"| options | {', '.join(f'{k}={v}' for k, v in sorted(opts.items())) or '-'} |",
         f"| views | {_views_line(report['views'])} |",
-        f"| storage | {report['storage']}; signals {', '.join(report['signals'])} |",
+        f"| storage | {report['storage']}, {report['layout']} layout; signals {', '.join(report['signals'])} |",
         f"| size on disk | {report['size_bytes'] / 2**20:.2f} MiB |",
         f"| labels vs ground truth | top-1 {q['top1']:.2f} %, mean confidence {q['mean_confidence']:.4f}, "
         f"ECE {q['ece']:.4f} over {q['rows']} rows"

@@ -107,6 +107,7 @@ def inspect_store(path, n_bins: int = 15) -> dict:
         "temperature": store.temperature,
         "views": store.views,
         "storage": f"top-{store.topk}" if store.is_topk else "dense",
+        "layout": store.layout,
         "shapes": shapes(store),
         "signals": [s for s in (schema.SIGNAL_TARGETS, schema.SIGNAL_LOGITS) if store.has(s)]
         + [schema.FEATURE_PREFIX + t for t in store.feature_taps],
@@ -134,7 +135,8 @@ def format_inspection(report: dict) -> str:
     ds, gen, q = report["dataset"], report["generator"], report["labels"]
     fmt = lambda x, spec: "n/a" if x is None else format(x, spec)
     lines = [
-        f"store        {report['path']}  ({report['size_bytes'] / 1e6:.2f} MB on disk, {report['storage']})",
+        f"store        {report['path']}  ({report['size_bytes'] / 1e6:.2f} MB on disk, {report['storage']}, "
+        f"{report['layout']})",
         f"created      {report['created_utc']} by labelopt {report['labelopt_version']}",
         f"dataset      {ds.get('name')}/{ds.get('split')}  N={ds.get('num_samples')}  classes={ds.get('num_classes')}"
         f"  fingerprint {str(ds.get('fingerprint'))[:16]}",
@@ -212,10 +214,20 @@ def format_relabel(relabel: dict, worst: int = 10) -> str:
                                               ("logits", "logits max |diff|"), ("ok", "result")])
 
 
-def combine_stores(paths, out, weights, *, overwrite: bool = False):
+def combine_stores(paths, out, weights, *, overwrite: bool = False, layout: str = "auto"):
     from ... import __version__
 
     out = Path(out)
     check_output_file(out, overwrite, "label store")
     with output_lock(out, "label store"):
-        return combine([Path(p) for p in paths], out, weights, overwrite=overwrite, labelopt_version=__version__)
+        return combine([Path(p) for p in paths], out, weights, overwrite=overwrite, labelopt_version=__version__,
+                       layout=layout)
+
+
+def repack_store(path, out, layout: str, *, overwrite: bool = False):
+    from ...store.repack import repack
+
+    out = Path(out)
+    check_output_file(out, overwrite, "label store")
+    with output_lock(out, "label store"):
+        return repack(Path(path), out, layout, overwrite=overwrite)

@@ -1,0 +1,92 @@
+"""Datasets read in place, for stores larger than memory and for ranks that should share one copy.
+
+A store written with the contiguous layout (`StoreWriter(..., compression="none")`) keeps every dataset
+unchunked and unfiltered, at a page-aligned offset in the file: the entry of (sample i, view v) is a fixed-size run
+of little-endian bytes at a known position. A reader fetches exactly the entries a batch needs with positioned
+reads (pread), so it holds nothing but the batch: its memory does not grow with the store, a store larger than
+memory trains, and the processes of a node share the one copy in the kernel's page cache.
+
+Why not a memory map: on recent kernels, touching one row of a mapped file maps the whole cached folio around it
+(up to 2 MiB), so a reader's resident set grows towards the store's size within a few random batches, and
+unmapping after each batch makes every later touch re-map a folio (slower than reading). pread costs one system
+call per entry and keeps the process's memory flat; benchmarks/store_scale.py measures both costs.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .integrity import check_digest_of
+from .schema import StoreError
+
+ALIGNMENT = 4096  # each dataset starts on a page
+HASH_PIECE = 4 * 2 ** 20  # bytes read per step when a dataset is checked against its sha256
+
+
+def dataset_region(dset: h5py.Dataset) -> tuple[int, int] | None:
+    """(offset, nbytes) of a dataset's bytes in its file when they can be read in place; None otherwise."""
+    plain = (dset.chunks is None and dset.compression is None and not dset.fletcher32 and not dset.shuffle
+             and dset.scaleoffset is None and not dset.external)
+    if not plain or np.dtype(dset.dtype).str[0] not in "<|":
+        return None
+    offset = dset.id.get_offset()
+    if offset is None:  # never written: HDF5 allocates contiguous storage on the first write
+        return None
+    return int(offset), int(dset.size) * dset.dtype.itemsize
+
+
+class DatasetRows:
+    """A contiguous [N, V, ...] (or [N, ...]) dataset whose entries are read on demand, indexed like numpy:
+    `rows[i]` (whole samples) or `rows[i, v]` (one entry per pair) for integer arrays i, v."""
+
+    def __init__(self, fd: int, path: Path, name: str, region: tuple[int, int], shape: tuple, dtype):
+        self.fd, self.path, self.name = fd, path, name
+        self.offset, nbytes = region
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype).newbyteorder("<")
+        self.sample_bytes = nbytes // max(1, self.shape[0])
+        self.entry_bytes = self.sample_bytes // max(1, self.shape[1]) if len(self.shape) > 1 else self.sample_bytes
+
+    def __getitem__(self, key) -> np.ndarray:
+        if isinstance(key, tuple):
+            rows, cols = (np.asarray(k, dtype=np.int64) for k in key)
+            starts = self.offset + rows * self.sample_bytes + cols * self.entry_bytes
+            return self._read(starts, self.entry_bytes, rows.shape + self.shape[2:])
+        rows = np.asarray(key, dtype=np.int64)
+        return self._read(self.offset + rows * self.sample_bytes, self.sample_bytes, rows.shape + self.shape[1:])
+
+    def _read(self, starts: np.ndarray, size: int, shape: tuple) -> np.ndarray:
+        fd = self.fd
+        data = b"".join([os.pread(fd, size, start) for start in starts.reshape(-1).tolist()])
+        if len(data) != starts.size * size:
+            raise StoreError(f"{self.path}: dataset /{self.name} ends past the end of the file; the file is "
+                             f"truncated: re-fetch or regenerate it")
+        return np.frombuffer(data, dtype=self.dtype).reshape(shape)
+
+
+def open_for_rows(path: Path) -> int:
+    fd = os.open(path, os.O_RDONLY)
+    # Entries are read in random order: read-ahead would fetch neighbours that nobody asked for.
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+    return fd
+
+
+def check_region(path: Path, name: str, region: tuple[int, int], checksums: dict) -> None:
+    """A contiguous dataset's sha256, streamed with plain reads (constant memory), against its recorded value."""
+    offset, nbytes = region
+    digest = hashlib.sha256()
+    piece = bytearray(min(HASH_PIECE, max(nbytes, 1)))
+    with open(path, "rb", buffering=0) as fh:
+        fh.seek(offset)
+        done = 0
+        while done < nbytes:
+            view = memoryview(piece)[:min(len(piece), nbytes - done)]
+            got = fh.readinto(view)
+            if not got:
+                break
+            digest.update(view[:got])
+            done += got
+    check_digest_of(path, name, digest.hexdigest(), checksums)

@@ -8,17 +8,25 @@ it kept. One function serves the training gather and the tools' row reads so bot
 from __future__ import annotations
 
 import numpy as np
+import torch
 
-# float16 -> float32 by table lookup: exact, single-threaded, and as fast for subnormals as for normal numbers.
-# Soft labels are full of subnormals (a third of a 100-class softmax's entries), and numpy's astype runs about
-# three times slower on them.
-_FLOAT16_TO_32 = np.arange(2 ** 16, dtype=np.uint16).view(np.float16).astype(np.float32)
+# float16 -> float32 through torch's conversion: exact (IEEE widening; subnormals included, as fast as normal
+# numbers), vectorised with the CPU's half-precision instructions: ~5x faster than a table lookup and ~9x faster
+# than numpy's astype (slow on subnormals, a third of a 100-class softmax's entries). Pieces of fewer elements
+# than torch's parallel grain keep it on this thread: split across threads, a conversion this small waits for a
+# time slice on cores busy with FFCV's loader threads.
+SERIAL_ELEMENTS = 32768
 
 
 def as_float32(values: np.ndarray) -> np.ndarray:
-    if values.dtype == np.float16:
-        return _FLOAT16_TO_32.take(values.view(np.uint16))
-    return values.astype(np.float32, copy=False)
+    if values.dtype != np.float16:
+        return values.astype(np.float32, copy=False)
+    # from_numpy needs a writable array; entries read from a file arrive read-only.
+    source = torch.from_numpy(np.ascontiguousarray(values) if values.flags.writeable else values.copy()).reshape(-1)
+    out = torch.empty(source.shape, dtype=torch.float32)
+    for lo in range(0, source.numel(), SERIAL_ELEMENTS):
+        out[lo:lo + SERIAL_ELEMENTS].copy_(source[lo:lo + SERIAL_ELEMENTS])
+    return out.numpy().reshape(values.shape)
 
 
 def densify_topk(indices: np.ndarray, values: np.ndarray, num_classes: int) -> np.ndarray:

@@ -147,20 +147,32 @@ class StoreWriter:
     def pending_blocks(self) -> list[int]:
         return [b for b in range(self.layout.num_blocks()) if not self.block_file(b).exists()]
 
-    def write_block(self, b: int, *, targets: np.ndarray, labels: np.ndarray, logits: np.ndarray | None = None,
-                    features: dict | None = None, view_params: np.ndarray | None = None) -> None:
+    def write_block(self, b: int, *, targets: np.ndarray | None = None, labels: np.ndarray,
+                    logits: np.ndarray | None = None, features: dict | None = None,
+                    view_params: np.ndarray | None = None, topk: tuple | None = None) -> None:
+        """One block's rows. A top-k store takes either dense `targets` (their k largest kept) or `topk` =
+        (class ids [rows, V, k], values [rows, V, k], largest first) made elsewhere, e.g. on the GPU."""
         lay = self.layout
         start, stop = lay.block_range(b)
         rows, v, c = stop - start, lay.num_views, lay.num_classes
         arrays: dict[str, np.ndarray] = {}
 
-        targets = expect_array(targets, "targets", (rows, v, c), "f")
-        if lay.topk:
+        if (targets is None) == (topk is None) or (topk is not None and not lay.topk):
+            raise ValueError("write_block needs exactly one of targets and topk (topk only for a top-k layout)")
+        if topk is not None:
+            idx = expect_array(topk[0], "topk indices", (rows, v, lay.topk), "iu")
+            if idx.min(initial=0) < 0 or idx.max(initial=0) >= c:
+                raise ValueError(f"topk indices must be class ids in 0..{c - 1}")
+            arrays["topk_indices"] = idx.astype(S.DTYPES[S.TOPK_INDICES])
+            arrays["topk_values"] = expect_array(topk[1], "topk values", (rows, v, lay.topk),
+                                                 "f").astype(S.DTYPES[S.TOPK_VALUES])
+        elif lay.topk:
+            targets = expect_array(targets, "targets", (rows, v, c), "f")
             idx, vals = top_k(targets.astype(np.float32, copy=False), lay.topk)
             arrays["topk_indices"] = idx
             arrays["topk_values"] = vals.astype(S.DTYPES[S.TOPK_VALUES])
         else:
-            arrays["targets"] = targets.astype(S.DTYPES[S.TARGETS])
+            arrays["targets"] = expect_array(targets, "targets", (rows, v, c), "f").astype(S.DTYPES[S.TARGETS])
         arrays["labels"] = expect_array(labels, "labels", (rows,), "iu").astype(S.DTYPES[S.LABELS])
 
         if lay.logits != (logits is not None):

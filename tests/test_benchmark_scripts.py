@@ -1,11 +1,12 @@
-"""The benchmark scripts CI can run: the CIFAR-100 method table in --smoke mode (ft, one epoch, digits)
-and the seed table's command list (--dry-run)."""
+"""The benchmark scripts CI can run: the CIFAR-100 method table in --smoke mode (ft, one epoch, digits),
+the seed table's command list (--dry-run), and store_scale.py on one tiny store."""
 import json
 import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -95,3 +96,23 @@ def test_seed_table_epochs_keeps_the_seed_recipes_milestone_fractions(tmp_path):
     milestones = lambda c: c[c.index("--milestones") + 1].replace("\\", "")
     assert all(milestones(c) == "3,6,8" for c in training if "aug-sl" not in c)
     assert [milestones(c) for c in training if "aug-sl" in c] == ["4,6,7,9"]
+
+
+@pytest.mark.slow
+def test_store_scale_measures_a_store_with_one_and_two_reader_processes(tmp_path):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import store_scale
+
+    args = SimpleNamespace(batch=64)
+    row = store_scale.measure({"kind": "top-10", "n": 700, "views": 3, "layout": "contiguous", "together": True},
+                              tmp_path, args, keep=True)
+    (path,) = tmp_path.glob("*.h5")
+    assert row["bytes"] == path.stat().st_size >= 700 * 3 * 10 * 6
+    reader = row["reader"]
+    assert reader["layout"] == "contiguous" and reader["warm"]["gathers"] == reader["cold"]["gathers"] == 11
+    assert reader["emptied_by"] in ("drop_caches", "fadvise")
+    assert [len(row["together"][k]["peak_kib"]) for k in ("1", "2")] == [1, 2]
+    table = store_scale.table([row], empty_kib=reader["memory_end_kib"]["VmHWM"])
+    assert "| top-10 | contiguous | 700 | 3 |" in table and "| 2 |" in table
+    goals = store_scale.goals([row], reader["memory_end_kib"]["VmHWM"])
+    assert goals["contiguous_peak_over_empty_mib"] == 0 and len(goals["two_readers_cache_growth_ratio"]) == 1

@@ -2,15 +2,14 @@
 import multiprocessing
 import os
 import signal
-import time
 
 import h5py
 import numpy as np
 import pytest
 import torch
 
-from labelopt.store import LabelStore, StoreError, StoreLayout, StoreWriter, combine, verify
-from labelopt.store.writer import partial_dir
+from labelopt.store import LabelStore, StoreError, StoreWriter, combine, verify
+from labelopt.store.writer import partial_dir, top_k
 
 from labelopt.tests.store_fakes import C, N, V, build, make_data, make_header, make_layout, write_blocks
 
@@ -177,7 +176,9 @@ def test_two_writers_alternate_blocks(tmp_path):
 
 def _rank(path, rank, world, kill_after=None):
     layout = make_layout(num_samples=40)
-    writer = StoreWriter(path, make_header(), layout)
+    # As generate-labels' ranks do: only the job's one writer (here the parent) removes a killed run's temporary
+    # files; a rank that did would delete the files its peer is writing.
+    writer = StoreWriter(path, make_header(), layout, clean_stale=False)
     data = make_data(layout)
     for i, b in enumerate(b for b in writer.pending_blocks() if b % world == rank):
         if kill_after is not None and i == kill_after:
@@ -380,3 +381,22 @@ def test_combine_refuses_other_data_or_views(tmp_path):
         combine([a, d], tmp_path / "x.h5")
     assert "view parameters" in one_line(exc)
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_top_k_entries_made_elsewhere_write_the_same_store_as_dense_targets(tmp_path):
+    layout = make_layout(topk=3)
+    data = make_data(layout)
+    dense, _ = build(tmp_path / "dense.h5", layout, data)
+    writer = StoreWriter(tmp_path / "given.h5", make_header(), layout)
+    idx, vals = top_k(data["targets"], 3)
+    for b in writer.pending_blocks():
+        s, e = layout.block_range(b)
+        writer.write_block(b, topk=(idx[s:e], vals[s:e]), labels=data["labels"][s:e])
+    given = writer.finish()
+    with h5py.File(dense, "r") as a, h5py.File(given, "r") as b:
+        assert a.attrs["checksums"] == b.attrs["checksums"]
+    for bad in (dict(targets=data["targets"][:4], topk=(idx[:4], vals[:4])), dict(),
+                dict(topk=(idx[:4] + 100, vals[:4]))):
+        with pytest.raises(ValueError):
+            StoreWriter(tmp_path / "bad.h5", make_header(), layout, overwrite=True).write_block(
+                0, labels=data["labels"][:4], **bad)

@@ -1,0 +1,288 @@
+"""Label stores at ImageNet shape: size on disk, open time, a reader's memory and its gather latency, 50 k to 1.28 M.
+
+Synthetic stores (1000 classes) are written through labelopt's own StoreWriter, one at a time, and removed after
+their figures (unless --keep). Their rows are drawn from a pool of softmax(z / 4) float16 rows of peaked,
+teacher-like logits, so the compressed layout compresses them as it would real labels:
+
+  dense   /targets [N, V, 1000] float16 (2,000 bytes per entry)
+  top-10  /topk/indices int32 + /topk/values float16 [N, V, 10] (60 bytes per entry)
+
+in the contiguous layout (read in place with pread; store/contiguous.py) and, at the smaller sizes, the compressed
+one (gzip, loaded whole into memory) for comparison. For each store a fresh reader process (imports, then):
+
+  open      LabelStore.open: attributes, digest, listing, shapes
+  check     load(): the sha256 of the targets (the whole dataset streamed once; compressed: read into memory)
+  warm      one pass over all N rows in random order, one random view each, in --batch-row gathers, with the
+            store in the page cache (the check just read it; where it is larger than memory, what stayed)
+  cold      the same pass in another order right after the page cache was emptied (as root:
+            /proc/sys/vm/drop_caches; otherwise posix_fadvise DONTNEED on the store, which needs no root)
+  memory    the process's peak resident set (VmHWM) and its anonymous part, against an empty-store reader's
+            (the same process on a 512-row store): the goal is a reader whose memory is flat in N
+
+Two readers: two reader processes on one store at once; each one's peak memory, and how much the page cache grew
+(Cached in /proc/meminfo, from empty) against one reader alone: one copy per node means about the same growth.
+
+    .venv/bin/python benchmarks/store_scale.py [--sizes 50000,320000,1280000] [--dense-views 5] [--topk-views 100]
+        [--batch 512] [--keep DIR] [--json-only] [--smoke]
+
+Needs about 2.2x the largest store free on disk while it is written (its blocks, then the file). Prints JSON,
+then tables. Absolute times depend on the machine (printed with the results).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from labelopt.store import LabelStore, StoreLayout, StoreWriter
+
+CLASSES, TOPK, POOL_ROWS = 1000, 10, 8192
+BLOCK_ROWS = 4096
+
+
+def header() -> dict:
+    return {"labelopt_version": "benchmark", "views": {"policy": "identity"},
+            "dataset": {"name": "synthetic-imagenet", "split": "train", "fingerprint": "synthetic"},
+            "generator": {"method": "synthetic", "temperature": 4.0}}
+
+
+def row_pool(topk: bool, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((POOL_ROWS, CLASSES), dtype=np.float32) * 2
+    logits[np.arange(POOL_ROWS), rng.integers(0, CLASSES, POOL_ROWS)] += 12  # a confident teacher's top class
+    z = logits / 4
+    probs = np.exp(z - z.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    if not topk:
+        return probs.astype(np.float16)
+    idx = np.argsort(-probs, axis=1)[:, :TOPK]
+    return idx.astype(np.int32), np.take_along_axis(probs, idx, 1).astype(np.float16)
+
+
+def write_store(path: Path, n: int, views: int, topk: bool, compression: str) -> float:
+    """Write a synthetic store; returns the seconds it took (blocks + assembly)."""
+    start = time.perf_counter()
+    layout = StoreLayout(num_samples=n, num_views=views, num_classes=CLASSES, topk=TOPK if topk else None,
+                         block_rows=BLOCK_ROWS)
+    writer = StoreWriter(path, header(), layout, compression=compression, overwrite=True)
+    pool, rng = row_pool(topk), np.random.default_rng(1)
+    for b in writer.pending_blocks():
+        lo, hi = layout.block_range(b)
+        pick = rng.integers(0, POOL_ROWS, (hi - lo, views))
+        labels = rng.integers(0, CLASSES, hi - lo)
+        if topk:
+            writer.write_block(b, topk=(pool[0][pick], pool[1][pick]), labels=labels)
+        else:
+            writer.write_block(b, targets=pool[pick], labels=labels)
+    writer.finish()
+    return time.perf_counter() - start
+
+
+# -- the reader process -----------------------------------------------------------------------------------------
+
+def memory_kib() -> dict:
+    fields = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+                fields[key] = int(rest.split()[0])
+    return fields
+
+
+def empty_page_cache(path: Path) -> str:
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("1\n")
+        return "drop_caches"
+    except OSError:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+        return "fadvise"
+
+
+def one_pass(store: LabelStore, batch: int, seed: int) -> dict:
+    import torch
+
+    rng = np.random.default_rng(seed)
+    order = torch.from_numpy(rng.permutation(store.num_samples))
+    views = torch.from_numpy(rng.integers(0, store.num_views, store.num_samples))
+    times = []
+    for lo in range(0, store.num_samples, batch):
+        rows, cols = order[lo:lo + batch], views[lo:lo + batch]
+        t = time.perf_counter()
+        store.gather(rows, cols)
+        times.append(time.perf_counter() - t)
+    ms = np.array(times) * 1e3
+    return {"gathers": len(times), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
+            "mean_ms": float(ms.mean()), "seconds": float(ms.sum() / 1e3)}
+
+
+def reader(path: Path, batch: int, cold: bool) -> dict:
+    out = {"memory_start_kib": memory_kib()}
+    t = time.perf_counter()
+    store = LabelStore.open(path)
+    out["open_ms"] = (time.perf_counter() - t) * 1e3
+    t = time.perf_counter()
+    store.load()
+    out["check_s"] = time.perf_counter() - t
+    out["warm"] = one_pass(store, batch, seed=2)
+    if cold:
+        out["emptied_by"] = empty_page_cache(path)
+        out["cold"] = one_pass(store, batch, seed=3)
+    out["memory_end_kib"] = memory_kib()
+    out["layout"] = store.layout
+    return out
+
+
+def run_readers(path: Path, batch: int, count: int, cold: bool) -> list[dict]:
+    command = [sys.executable, __file__, "--reader", str(path), "--batch", str(batch)] + ["--cold"] * cold
+    procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
+    results = []
+    for proc in procs:
+        stdout, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise SystemExit(f"reader of {path} failed (exit {proc.returncode})")
+        results.append(json.loads(stdout))
+    return results
+
+
+def cached_kib() -> int:
+    with open("/proc/meminfo") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("Cached:"))
+
+
+def readers_together(path: Path, batch: int) -> dict:
+    """One reader, then two at once, each from an emptied page cache: peak memory and the cache's growth."""
+    out = {}
+    for count in (1, 2):
+        out["emptied_by"] = empty_page_cache(path)
+        before = cached_kib()
+        results = run_readers(path, batch, count, cold=False)
+        out[f"{count}"] = {"cache_growth_kib": cached_kib() - before,
+                           "peak_kib": [r["memory_end_kib"]["VmHWM"] for r in results],
+                           "anon_kib": [r["memory_end_kib"]["RssAnon"] for r in results]}
+    return out
+
+
+# -- the matrix --------------------------------------------------------------------------------------------------
+
+def plan(args) -> list[dict]:
+    """Contiguous dense stores at every size; compressed ones at the two smallest; the largest dense store with
+    --dense-views views; top-10 stores with --topk-views views. Two readers: the compressed mid-size store and the
+    largest dense one."""
+    sizes = [int(s) for s in args.sizes.split(",")]
+    rows = [{"kind": "dense", "n": n, "views": 1, "layout": "contiguous"} for n in sizes]
+    rows += [{"kind": "dense", "n": n, "views": 1, "layout": "compressed", "together": n == sizes[1]}
+             for n in sizes[:2]]
+    rows.append({"kind": "dense", "n": sizes[-1], "views": args.dense_views, "layout": "contiguous", "together": True})
+    rows += [{"kind": "top-10", "n": n, "views": args.topk_views, "layout": "contiguous"} for n in (sizes[0], sizes[-1])]
+    return rows
+
+
+def measure(row: dict, folder: Path, args, keep: bool) -> dict:
+    path = folder / f"{row['kind']}-{row['layout']}-n{row['n']}-v{row['views']}.h5"
+    row = dict(row)
+    row["write_s"] = write_store(path, row["n"], row["views"], row["kind"] != "dense",
+                                 "none" if row["layout"] == "contiguous" else "gzip")
+    row["bytes"] = path.stat().st_size
+    row["reader"] = run_readers(path, args.batch, 1, cold=True)[0]
+    if row.get("together"):
+        row["together"] = readers_together(path, args.batch)
+    if not keep:
+        path.unlink()
+    return row
+
+
+def table(rows: list[dict], empty_kib: int) -> str:
+    head = ("| store | layout | N | V | size | write | open | check | peak memory (vs empty reader) | anon "
+            "| cold p50 / p99 | warm p50 / p99 |\n|" + " --- |" * 12)
+    lines = [head]
+    for r in rows:
+        m, rd = r["reader"]["memory_end_kib"], r["reader"]
+        cold = rd.get("cold", {})
+        lines.append(
+            f"| {r['kind']} | {r['layout']} | {r['n']:,} | {r['views']} | {r['bytes'] / 2**30:.2f} GiB "
+            f"| {r['write_s']:.0f} s | {rd['open_ms']:.0f} ms | {rd['check_s']:.1f} s "
+            f"| {m['VmHWM'] / 1024:.0f} MiB ({(m['VmHWM'] - empty_kib) / 1024:+.0f}) | {m['RssAnon'] / 1024:.0f} MiB "
+            f"| {cold.get('p50_ms', float('nan')):.2f} / {cold.get('p99_ms', float('nan')):.2f} ms "
+            f"| {rd['warm']['p50_ms']:.2f} / {rd['warm']['p99_ms']:.2f} ms |")
+    together = [r for r in rows if r.get("together")]
+    if together:
+        lines += ["", "| store | readers | page cache growth | peak memory of each |", "|" + " --- |" * 4]
+        for r in together:
+            for count in ("1", "2"):
+                t = r["together"][count]
+                lines.append(f"| {r['kind']} {r['layout']} N={r['n']:,} V={r['views']} | {count} "
+                             f"| {t['cache_growth_kib'] / 2**20:.2f} GiB "
+                             f"| {', '.join(f'{k / 1024:.0f} MiB' for k in t['peak_kib'])} |")
+    return "\n".join(lines)
+
+
+def goals(rows: list[dict], empty_kib: int) -> dict:
+    inplace = [r for r in rows if r["layout"] == "contiguous"]
+    flat = max(r["reader"]["memory_end_kib"]["VmHWM"] for r in inplace) - empty_kib
+    shared = [r["together"] for r in rows if r.get("together") and r["layout"] == "contiguous"]
+    return {"contiguous_peak_over_empty_mib": flat / 1024, "flat_within_200_mib": flat < 200 * 1024,
+            "warm_p99_ms_max": max(r["reader"]["warm"]["p99_ms"] for r in inplace),
+            "warm_p99_under_1_ms": all(r["reader"]["warm"]["p99_ms"] < 1.0 for r in inplace),
+            "two_readers_cache_growth_ratio": [t["2"]["cache_growth_kib"] / max(1, t["1"]["cache_growth_kib"])
+                                               for t in shared],
+            "largest_store_gib": max(r["bytes"] for r in rows) / 2 ** 30,
+            "memory_total_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 ** 30}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="50000,320000,1280000")
+    parser.add_argument("--dense-views", type=int, default=5)
+    parser.add_argument("--topk-views", type=int, default=100)
+    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--keep", type=Path, default=None, help="Write the stores here and keep them.")
+    parser.add_argument("--json-only", action="store_true")
+    parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks the plumbing only.")
+    parser.add_argument("--reader", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.reader is not None:
+        print(json.dumps(reader(args.reader, args.batch, args.cold)))
+        return
+    if args.smoke:
+        args.sizes, args.dense_views, args.topk_views = "3000,6000,9000", 2, 4
+    for name in ("dense_views", "topk_views", "batch"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="store-scale-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = plan(args)
+        empty = measure({"kind": "dense", "n": 512, "views": 1, "layout": "contiguous"}, folder, args, False)
+        empty_kib = empty["reader"]["memory_end_kib"]["VmHWM"]
+        results = []
+        for r in rows:
+            results.append(measure(r, folder, args, args.keep is not None))
+            print(f"measured {r['kind']} {r['layout']} N={r['n']} V={r['views']}", file=sys.stderr)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    report = {"empty_reader": empty, "stores": results, "goals": goals(results, empty_kib), "batch": args.batch,
+              "machine": {"cpu_count": os.cpu_count(), "kernel": os.uname().release}}
+    print(json.dumps(report, indent=2))
+    if not args.json_only:
+        print("\n" + table(results, empty_kib))
+        print("\n" + json.dumps(report["goals"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -208,6 +208,16 @@ def int_list(text: str | None) -> tuple[int, ...] | None:
     return values
 
 
+def cache_dir_option(command):
+    """--cache-dir for the commands that take a store by URL."""
+    return click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                        help="Where stores given by URL are fetched to [$LABELOPT_CACHE_DIR, else "
+                             "$XDG_CACHE_HOME/labelopt/stores, else ~/.cache/labelopt/stores].")(command)
+
+
+STORE_HELP = "a path or a URL (https://, s3://, gs://, hf://: fetched once, checked, then cached)"
+
+
 def float_list(text: str | None, bound_name: str, flag: str) -> list[float] | None:
     if not text:
         return None
@@ -235,7 +245,8 @@ def main():
       evaluate         top-1/top-5, NLL, ECE, reliability diagrams; runs side by side
 
     \b
-    Listings: models, methods (stage-two methods and their options). Stores: labels inspect/verify/combine.
+    Listings: models, methods (stage-two methods and their options). Stores: labels inspect/verify/card/combine
+    (inspect, verify, card and train-student --labels also take a store's URL, with --cache-dir).
     """
 
 
@@ -362,7 +373,9 @@ def train(milestones, **kwargs):
               help="Student model (labelopt models).")
 @click.option("--method", type=RegistryChoice(registered_methods), default="sl", show_default=True,
               help="Stage-two method (labelopt methods: teacher signals, options, store or online).")
-@click.option("--labels", type=click.Path(path_type=Path), default=None, help="A label store (generate-labels).")
+@click.option("--labels", default=None, metavar="STORE",
+              help=f"A label store (generate-labels): {STORE_HELP}.")
+@cache_dir_option
 @click.option("--teacher", "teachers", multiple=True,
               help="Online teacher checkpoint instead of a store (repeat for an ensemble).")
 @training_options
@@ -381,7 +394,7 @@ def train(milestones, **kwargs):
                    "the mixed image).")
 @click.option("--mix-alpha", type=number("mix_alpha"), default=None,
               help="The mix's Beta(alpha, alpha) [mixup 1.0, cutmix 1.0, ricap 0.3].")
-def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, extra_options, **kwargs):
+def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, extra_options, cache_dir, **kwargs):
     """Stage two: train a student from a label store (or online teachers) with a distillation method."""
     from .pipeline.jobs.student import StudentOptions, train_student as run_student
 
@@ -390,7 +403,7 @@ def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, e
     chosen.update(method_option_values(kwargs["method"], extra_options))
     options = StudentOptions(milestones=int_list(milestones), teachers=tuple(teachers), method_options=chosen,
                              **as_plain(kwargs))
-    out = run_student(options, log=lambda m: click.echo(m, err=True))
+    out = run_student(options, cache_dir=cache_dir, log=lambda m: click.echo(m, err=True))
     echo_once(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
 
 
@@ -498,19 +511,20 @@ def labels():
 
 
 @labels.command("inspect")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store")
 @click.option("--bins", type=number("bins"), default=15, show_default=True, help="ECE confidence bins.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
-def labels_inspect(store, bins, as_json):
-    """Provenance, shapes, size on disk and the quality of the stored labels."""
+@cache_dir_option
+def labels_inspect(store, bins, as_json, cache_dir):
+    """Provenance, shapes, size on disk and the quality of the stored labels. STORE: a path or a URL."""
     from .pipeline.jobs.store_report import format_inspection, inspect_store
 
-    report = inspect_store(store, n_bins=bins)
+    report = inspect_store(store, n_bins=bins, cache_dir=cache_dir)
     click.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
 
 
 @labels.command("verify")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store")
 @click.option("--data", type=click.Path(path_type=Path), default=None,
               help="A prepared dataset folder: also check the store was made from it (fingerprint, N, classes).")
 @click.option("--teacher", "teachers", multiple=True,
@@ -518,13 +532,14 @@ def labels_inspect(store, bins, as_json):
 @click.option("--sample", type=number("sample"), default=None, help="How many random (index, view) rows to re-label [64].")
 @click.option("--device", default="auto", show_default=True, help="Where to re-label: auto, cpu, cuda, cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
-def labels_verify(store, data, teachers, sample, device, as_json):
+@cache_dir_option
+def labels_verify(store, data, teachers, sample, device, as_json, cache_dir):
     """Schema, digest, every dataset's checksum, with --data the fingerprint, and with --teacher a re-label of
-    --sample random rows compared within float16 tolerance; exit 0 only when all hold."""
+    --sample random rows compared within float16 tolerance; exit 0 only when all hold. STORE: a path or a URL."""
     from .pipeline.jobs.store_report import format_relabel, verify_store
     from .pipeline.jobs.reports import format_table
 
-    result = verify_store(store, data, teachers=teachers, sample=sample, device=device)
+    result = verify_store(store, data, teachers=teachers, sample=sample, device=device, cache_dir=cache_dir)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -538,15 +553,16 @@ def labels_verify(store, data, teachers, sample, device, as_json):
 
 
 @labels.command("card")
-@click.argument("store", type=click.Path(path_type=Path))
+@click.argument("store")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the card here (.md) [stdout].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def labels_card(store, out, overwrite):
+@cache_dir_option
+def labels_card(store, out, overwrite, cache_dir):
     """A short Markdown card for sharing a store: data and fingerprint, teachers and their accuracy, method,
-    temperature, views, size, checksums and the command that made it."""
+    temperature, views, size, checksums and the command that made it. STORE: a path or a URL."""
     from .pipeline.jobs.store_card import write_store_card
 
-    text = write_store_card(store, out, overwrite)
+    text = write_store_card(store, out, overwrite, cache_dir=cache_dir)
     click.echo(f"card: {out}" if out is not None else text, nl=out is not None)
 
 

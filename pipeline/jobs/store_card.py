@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ...store import schema
+from ...store.remote import is_url, local_store
 from ...store.validation import open_h5
 from ..atomic import check_output_file, write_text_atomic
 from .store_report import inspect_store, open_store
@@ -46,21 +48,29 @@ def _command(generator: dict, name: str) -> list[str]:
             "above has its method, temperature and options)."]
 
 
-def store_card(path) -> str:
-    report = inspect_store(path)
-    checksums = open_store(path).checksums
-    with open_h5(Path(path)) as f:
+def _fetched(path) -> list[str]:
+    return [f"Fetched from <{path}> (checked against its checksums and digest); train from it with "
+            f"`labelopt train-student --labels {path} ...`.", ""] if is_url(path) else []
+
+
+def store_card(path, cache_dir=None) -> str:
+    local = local_store(path, cache_dir)
+    report = inspect_store(local)
+    checksums = open_store(local).checksums
+    with open_h5(local) as f:
         digest = str(f.attrs.get(schema.ATTR_DIGEST, ""))
     ds, gen, q = report["dataset"], report["generator"], report["labels"]
     opts = gen.get("options") or {}
+    name = Path(urlsplit(path).path).name if is_url(path) else local.name  # the cache adds a prefix to its name
     lines = [
-        f"# Label store `{Path(report['path']).name}`",
+        f"# Label store `{name}`",
         "",
         f"Soft labels for **{ds.get('name')} / {ds.get('split')}** ({ds.get('num_samples')} images, "
         f"{ds.get('num_classes')} classes), made by labelopt {report['labelopt_version']} on "
         f"{report['created_utc']}. A student joins them to the data by sample index, and labelopt refuses data "
         f"whose fingerprint differs.",
         "",
+        *_fetched(path),
         "| | |",
         "|---|---|",
         f"| dataset fingerprint | `{ds.get('fingerprint')}` |",
@@ -82,7 +92,7 @@ def store_card(path) -> str:
         "",
         "## How it was made",
         "",
-        *_command(gen, Path(report["path"]).name),
+        *_command(gen, name),
         "",
         "## Integrity",
         "",
@@ -90,16 +100,16 @@ def store_card(path) -> str:
         "",
         "| dataset | sha256 |",
         "|---|---|",
-        *[f"| `{name}` | `{value}` |" for name, value in sorted(checksums.items())],
+        *[f"| `{dset}` | `{value}` |" for dset, value in sorted(checksums.items())],
         "",
-        f"Check a copy with `labelopt labels verify {Path(report['path']).name} --data DATA` (schema, digest, every "
+        f"Check a copy with `labelopt labels verify {name} --data DATA` (schema, digest, every "
         f"checksum, the data's fingerprint); add `--teacher CKPT` to re-label random rows.",
     ]
     return "\n".join(lines) + "\n"
 
 
-def write_store_card(path, out: Path | None, overwrite: bool = False) -> str:
-    text = store_card(path)
+def write_store_card(path, out: Path | None, overwrite: bool = False, cache_dir=None) -> str:
+    text = store_card(path, cache_dir)
     if out is not None:
         check_output_file(out, overwrite, "card")
         write_text_atomic(out, text)

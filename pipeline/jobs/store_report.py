@@ -15,6 +15,7 @@ import torch
 
 from ...stages.metrics import calibration_bins
 from ...store import LabelStore, StoreError, combine, schema, verify
+from ...store.remote import is_url, local_store
 from ...store.validation import open_h5, parse_attrs
 from ..atomic import check_output_file
 from ..data.datasets import open_dataset
@@ -95,10 +96,12 @@ def shapes(store: LabelStore) -> dict:
     return out
 
 
-def inspect_store(path, n_bins: int = 15) -> dict:
-    store = open_store(path)
+def inspect_store(path, n_bins: int = 15, cache_dir=None) -> dict:
+    """A local path, or a URL fetched (and checked) into cache_dir first; "url" names it then."""
+    store = open_store(local_store(path, cache_dir))
     return {
         "path": str(store.path),
+        **({"url": path} if is_url(path) else {}),
         "size_bytes": store.size_bytes(),
         "created_utc": store.created_utc,
         "labelopt_version": store.labelopt_version,
@@ -137,6 +140,7 @@ def format_inspection(report: dict) -> str:
     lines = [
         f"store        {report['path']}  ({report['size_bytes'] / 1e6:.2f} MB on disk, {report['storage']}, "
         f"{report['layout']})",
+        *([f"fetched from {report['url']}"] if "url" in report else []),
         f"created      {report['created_utc']} by labelopt {report['labelopt_version']}",
         f"dataset      {ds.get('name')}/{ds.get('split')}  N={ds.get('num_samples')}  classes={ds.get('num_classes')}"
         f"  fingerprint {str(ds.get('fingerprint'))[:16]}",
@@ -163,9 +167,12 @@ def _store_split(path) -> str | None:
         return None
 
 
-def verify_store(path, data_dir=None, teachers=(), sample: int | None = None, device: str = "auto") -> dict:
+def verify_store(path, data_dir=None, teachers=(), sample: int | None = None, device: str = "auto",
+                 cache_dir=None) -> dict:
     """store.verify, plus the dataset identity of the store's split when a prepared dataset is given, plus a
-    re-label of `sample` random rows with the teacher checkpoints when they (or a sample size) are given."""
+    re-label of `sample` random rows with the teacher checkpoints when they (or a sample size) are given.
+    A URL is fetched into cache_dir first (a copy that fails the checks is refused there, with one line)."""
+    url, path = (path if is_url(path) else None), local_store(path, cache_dir)
     identity = None
     if data_dir is not None:
         data = open_dataset(data_dir)
@@ -181,6 +188,8 @@ def verify_store(path, data_dir=None, teachers=(), sample: int | None = None, de
         result["ok"] = False
     if teachers or sample is not None:
         _add_relabel(result, path, data_dir, tuple(teachers), sample, device)
+    if url:
+        result["url"] = url
     return result
 
 

@@ -19,6 +19,7 @@ from ...stages.distillers import (FEATURE_PREFIX, SIGNAL_TARGETS, DistillContext
 from ...stages.labelers import DEFAULT_TEMPERATURE, EnsembleLabeler, SoftLabeler
 from ...stages.teacher_sources import OnlineSource, StoreSource, TeacherSource, ViewedBatch
 from ...store import LabelStore, StoreError
+from ...store.remote import is_url, local_store
 from ..data.datasets import PreparedDataset, open_dataset
 from ..errors import UserError
 from .labeling import load_teachers
@@ -56,10 +57,11 @@ def check_source_choice(options: StudentOptions, method: type[Distiller]) -> Non
                         f"run its teacher online with --teacher CKPT")
 
 
-def open_store_source(options: StudentOptions, method: type[Distiller], data: PreparedDataset
+def open_store_source(options: StudentOptions, method: type[Distiller], data: PreparedDataset, cache_dir=None
                       ) -> tuple[StoreSource, ViewSampler]:
     try:
-        store = LabelStore.open(options.labels)
+        # A URL is fetched and checked here, under a lock: every torchrun rank runs this, one of them downloads.
+        store = LabelStore.open(local_store(options.labels, cache_dir))
         store.check_dataset(data.identity("train"))
     except StoreError as exc:
         raise UserError(str(exc)) from None
@@ -160,7 +162,8 @@ def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str
     return objective
 
 
-def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> Path:
+def train_student(options: StudentOptions, *, cache_dir=None, on_epoch_end=None, log=print) -> Path:
+    """cache_dir: where a --labels URL is fetched to (default: store.remote.default_cache_dir())."""
     dist_info = init_distributed(options.device)
     device = device_for(dist_info, options.device)
     check_precision(device, options.bf16)
@@ -174,7 +177,7 @@ def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> P
     chosen = method_options(options, method)
     source, sampler = None, None
     if options.labels:
-        source, sampler = open_store_source(options, method, data)
+        source, sampler = open_store_source(options, method, data, cache_dir)
     elif options.teachers:
         source, sampler = online_source(options, method, data, device)
     augment = sampler.describe()["policy"] if sampler else options.augment
@@ -195,6 +198,8 @@ def train_student(options: StudentOptions, *, on_epoch_end=None, log=print) -> P
     config = {"method_resolved": {"name": method.name, "options": dataclasses.asdict(distiller.options),
                                   "teacher_signals": list(method.teacher_signals)},
               "teacher_source": source.describe() if source else None}
+    if source is not None and is_url(options.labels):  # the URL, not this machine's cache: a resume may use another
+        config["teacher_source"]["path"] = options.labels
     return fit(options, data, model, make_objective(distiller, source, options.arch), dist_info, device,
                command="train-student", sampler=sampler, extra_modules=distiller, phases=distiller.phases(),
                config_extra=config,

@@ -60,7 +60,8 @@ class DatasetRows:
 
     def _read(self, starts: np.ndarray, size: int, shape: tuple) -> np.ndarray:
         fd = self.fd
-        data = b"".join([os.pread(fd, size, start) for start in starts.reshape(-1).tolist()])
+        # Joined into a bytearray: the array over it is writable, like any array a reader hands out.
+        data = bytearray().join([os.pread(fd, size, start) for start in starts.reshape(-1).tolist()])
         if len(data) != starts.size * size:
             raise StoreError(f"{self.path}: dataset /{self.name} ends past the end of the file; the file is "
                              f"truncated: re-fetch or regenerate it")

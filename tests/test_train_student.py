@@ -199,6 +199,17 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(stores, tiny_cifar_di
         train_student(opts(tmp_path / "full", resume=True, method_options={"kd_weight": 0.5}), log=quiet)
 
 
+def test_a_contiguous_copy_of_a_store_trains_the_same_student(stores, tiny_cifar_dir, tmp_path):
+    from labelopt.store.repack import repack
+
+    inplace = repack(stores["crop_flip"], tmp_path / "contiguous.h5", "contiguous")
+    assert LabelStore.open(inplace).layout == "contiguous"
+    runs = [train_student(student(tiny_cifar_dir, tmp_path / name, labels=str(path), epochs=1), log=quiet)
+            for name, path in (("compressed", stores["crop_flip"]), ("contiguous", inplace))]
+    a, b = (torch.load(run / "last.pt", weights_only=True)["model"] for run in runs)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
 def run_cli(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     return result.exit_code, result.output
@@ -324,12 +335,17 @@ def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar
     from labelopt.pipeline.data.loading import make_loader
     from labelopt.pipeline.data.view_space import ViewSpace, sampler_for_store
 
+    from labelopt.store.contiguous import DatasetRows
+
     path = tmp_path / "sampled.h5"
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(path), teachers=(str(teacher),),
-                                    views="sampled:3", temperature=4.0, seed=11, device="cpu"), log=quiet)
+                                    views="sampled:3", temperature=4.0, seed=11, device="cpu", layout="contiguous"),
+                    log=quiet)
     store = LabelStore.open(path)
+    assert store.layout == "contiguous"
     sampler = sampler_for_store(store, open_dataset(tiny_cifar_dir), None)
     assert isinstance(sampler, ViewSpace) and sampler.per_sample and sampler.num_views == 3
+    assert isinstance(sampler.sample_params, DatasetRows)  # the boxes stay in the file, read per key
     data = open_dataset(tiny_cifar_dir)
     images, _, indices = next(iter(make_loader(data, "train", 32, shuffle=True, seed=0, drop_last=True).epoch(0)))
     viewed, views, _ = sampler.draw(images, indices, torch.Generator().manual_seed(0))

@@ -138,6 +138,7 @@ def reader(path: Path, batch: int, cold: bool) -> dict:
     store.load()
     out["check_s"] = time.perf_counter() - t
     out["warm"] = one_pass(store, batch, seed=2)
+    out["warm"]["loadavg_1min"] = os.getloadavg()[0]
     if cold:
         out["emptied_by"] = empty_page_cache(path)
         out["cold"] = one_pass(store, batch, seed=3)
@@ -263,6 +264,7 @@ def main() -> None:
     for name in ("dense_views", "topk_views", "batch"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    loadavg_before = os.getloadavg()  # latencies are only as quiet as the machine
     folder = args.keep or Path(tempfile.mkdtemp(prefix="store-scale-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -277,7 +279,8 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
     report = {"empty_reader": empty, "stores": results, "goals": goals(results, empty_kib), "batch": args.batch,
-              "machine": {"cpu_count": os.cpu_count(), "kernel": os.uname().release}}
+              "machine": {"cpu_count": os.cpu_count(), "kernel": os.uname().release,
+                          "loadavg_before": list(loadavg_before), "loadavg_after": list(os.getloadavg())}}
     print(json.dumps(report, indent=2))
     if not args.json_only:
         print("\n" + table(results, empty_kib))

@@ -348,13 +348,10 @@ def mib(n: float) -> float:
     return n / 2**20
 
 
-def print_tables(result: dict) -> None:
+def throughput_table(parts: dict) -> str:
+    """One row per part: bare and generate teacher passes/s, their ratios, generate's seconds and finish's."""
     from labelopt.pipeline.jobs.reports import format_table
 
-    facts, parts = result["machine"], result["throughput"]
-    print(f"generate-labels sl, T {TEMPERATURE:g}, teacher {result['teacher_arch']} "
-          f"({result['teacher_trained_epochs']} training epochs), batch {result['batch_size']}, "
-          f"blocks of {BLOCK_ROWS} rows; img/s = teacher passes ((image, view) pairs) per second")
     rows = []
     for name, part in parts.items():
         bare, gen = part.get("bare"), part["generate"]
@@ -363,10 +360,26 @@ def print_tables(result: dict) -> None:
                      "ratio": part["ratio_generate_over_bare"], "cpu": part["ratio_generate_over_bare_cpu_time"],
                      "seconds": gen["seconds"], "finish": gen["finish_seconds"],
                      "goal": part["ratio_generate_over_bare"] >= GOAL_RATIO})
-    print(format_table(rows, [("part", "part (views)"), ("images", "images"), ("views", "V"),
-                              ("passes", "teacher passes"), ("bare", "bare img/s"), ("gen", "generate img/s"),
-                              ("ratio", "gen/bare"), ("cpu", "gen/bare by CPU time"), ("seconds", "generate s"),
-                              ("finish", "finish s"), ("goal", f">= {GOAL_RATIO}")]))
+    return format_table(rows, [("part", "part (views)"), ("images", "images"), ("views", "V"),
+                               ("passes", "teacher passes"), ("bare", "bare img/s"), ("gen", "generate img/s"),
+                               ("ratio", "gen/bare"), ("cpu", "gen/bare by CPU time"), ("seconds", "generate s"),
+                               ("finish", "finish s"), ("goal", f">= {GOAL_RATIO}")])
+
+
+def machine_line(facts: dict, script_seconds: float) -> str:
+    return (f"measured on {facts['device']} ({facts['device_name']}), {facts['cpu_affinity']} of "
+            f"{facts['cpu_count']} cores, torch {facts['torch']} with {facts['torch_threads']} threads; load average "
+            f"{facts['loadavg_before'][0]:.2f} before / {facts['loadavg_after'][0]:.2f} after; "
+            f"whole script {script_seconds:.0f} s")
+
+
+def print_tables(result: dict) -> None:
+    from labelopt.pipeline.jobs.reports import format_table
+
+    print(f"generate-labels sl, T {TEMPERATURE:g}, teacher {result['teacher_arch']} "
+          f"({result['teacher_trained_epochs']} training epochs), batch {result['batch_size']}, "
+          f"blocks of {BLOCK_ROWS} rows; img/s = teacher passes ((image, view) pairs) per second")
+    print(throughput_table(result["throughput"]))
     print("(the top-k row's gen/bare is against the dense cifar-crop-flip bare run)")
 
     print()
@@ -410,10 +423,7 @@ def print_tables(result: dict) -> None:
     print(f"worst gather "
           f"{s['worst_gather_median_us']:.0f} us (goal < {GOAL_GATHER_US:g} us: "
           f"{'met' if s['gather_goal_met'] else 'missed'})")
-    print(f"measured on {facts['device']} ({facts['device_name']}), {facts['cpu_affinity']} of {facts['cpu_count']} "
-          f"cores, torch {facts['torch']} with {facts['torch_threads']} threads; load average "
-          f"{facts['loadavg_before'][0]:.2f} before / {facts['loadavg_after'][0]:.2f} after; "
-          f"whole script {result['script_seconds']:.0f} s")
+    print(machine_line(result["machine"], result["script_seconds"]))
 
 
 def main(argv=None) -> int:

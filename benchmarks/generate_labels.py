@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -52,8 +51,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (NUM_CLASSES, add_run_arguments, checked_device, machine_facts, random_images,  # noqa: E402
-                    work_folder, write_prepared)
+from common import (NUM_CLASSES, add_run_arguments, checked_device, machine_facts, print_result,  # noqa: E402
+                    random_images, work_folder, write_prepared)
 
 FULL_IMAGES, FULL_VIEWS = 50000, 162  # a full CIFAR-100 train store with every cifar-crop-flip view
 TEMPERATURE = 4.0
@@ -366,6 +365,14 @@ def throughput_table(parts: dict) -> str:
                                ("finish", "finish s"), ("goal", f">= {GOAL_RATIO}")])
 
 
+def ratio_line(summary: dict) -> str:
+    s = summary
+    return ("generate/bare: " + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare"].items())
+            + f" (goal >= {GOAL_RATIO}: {'met' if s['ratio_goal_met'] else 'missed'}); by CPU time: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare_cpu_time"].items())
+            + f" ({'met' if s['ratio_goal_met_cpu_time'] else 'missed'})")
+
+
 def machine_line(facts: dict, script_seconds: float) -> str:
     return (f"measured on {facts['device']} ({facts['device_name']}), {facts['cpu_affinity']} of "
             f"{facts['cpu_count']} cores, torch {facts['torch']} with {facts['torch_threads']} threads; load average "
@@ -416,10 +423,7 @@ def print_tables(result: dict) -> None:
 
     print()
     s = result["summary"]
-    print("generate/bare: " + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare"].items())
-          + f" (goal >= {GOAL_RATIO}: {'met' if s['ratio_goal_met'] else 'missed'}); by CPU time: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare_cpu_time"].items())
-          + f" ({'met' if s['ratio_goal_met_cpu_time'] else 'missed'})")
+    print(ratio_line(s))
     print(f"worst gather "
           f"{s['worst_gather_median_us']:.0f} us (goal < {GOAL_GATHER_US:g} us: "
           f"{'met' if s['gather_goal_met'] else 'missed'})")
@@ -474,10 +478,7 @@ def main(argv=None) -> int:
         "kept": str(args.keep) if args.keep is not None else None,
     }
     result["summary"] = summarize(result)
-    print(json.dumps(result, indent=2))
-    if not args.json_only:
-        print()
-        print_tables(result)
+    print_result(result, print_tables, args.json_only)
     return 0
 
 

@@ -33,14 +33,13 @@ projection as an order of magnitude.
         [--teacher-arch resnet18] [--batch-size 64 CPU / 512 GPU] [--topk 10] [--dense] [--repeats 2] [--long-side 500]
         [--device auto] [--bf16] [--keep DIR] [--json-only]
 
-The CPU defaults take about 3 minutes on 2 cores (resnet18 at 224 runs ~26 passes/s there); on a GPU pass
-e.g. --images 5000 --views-per-image 8 --bf16. Absolute times depend on the machine (printed with the results);
+The CPU defaults take about 5 minutes on 2 cores (6.5 with --dense; resnet18 at 224 runs ~20-26 passes/s
+there); on a GPU pass e.g. --images 5000 --views-per-image 8 --bf16. Absolute times depend on the machine (printed with the results);
 compare the ratios. Prints JSON, then tables.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
@@ -50,9 +49,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_run_arguments, checked_device, machine_facts, work_folder  # noqa: E402
-from generate_labels import (GOAL_RATIO, TEMPERATURE, machine_line, make_teacher, ratios, store_size,  # noqa: E402
-                             throughput_table, time_bare, time_generate)
+from common import add_run_arguments, checked_device, machine_facts, print_result, work_folder  # noqa: E402
+from generate_labels import (GOAL_RATIO, TEMPERATURE, machine_line, make_teacher, ratio_line, ratios,  # noqa: E402
+                             store_size, throughput_table, time_bare, time_generate)
 from jpeg_tree import LONG_SIDE, write_tree  # noqa: E402
 
 IMAGENET_TRAIN = 1_281_167
@@ -226,10 +225,7 @@ def print_tables(result: dict) -> None:
 
     print()
     s = result["summary"]
-    print("generate/bare: " + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare"].items())
-          + f" (goal >= {GOAL_RATIO}: {'met' if s['ratio_goal_met'] else 'missed'}); by CPU time: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare_cpu_time"].items())
-          + f" ({'met' if s['ratio_goal_met_cpu_time'] else 'missed'})")
+    print(ratio_line(s))
     print(machine_line(result["machine"], result["script_seconds"]))
 
 
@@ -287,10 +283,7 @@ def main(argv=None) -> int:
               "script_seconds": time.perf_counter() - started,
               "kept": str(args.keep) if args.keep is not None else None}
     result["summary"] = summarize(result)
-    print(json.dumps(result, indent=2))
-    if not args.json_only:
-        print()
-        print_tables(result)
+    print_result(result, print_tables, args.json_only)
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import tempfile
@@ -88,3 +89,11 @@ def machine_facts(device: torch.device, loadavg_before: tuple[float, ...]) -> di
     if device.type == "cuda":
         facts.update({"device_name": torch.cuda.get_device_name(device), "cuda": torch.version.cuda})
     return facts
+
+
+def print_result(result: dict, print_tables, json_only: bool) -> None:
+    """The JSON for programs, then (unless --json-only) the tables for people."""
+    print(json.dumps(result, indent=2))
+    if not json_only:
+        print()
+        print_tables(result)

@@ -1,26 +1,30 @@
 #!/usr/bin/env bash
-# The CIFAR-shaped GPU figures in one run on one GPU, then one table: stage one (generate-labels, bf16, 50,000
+# The GPU figures in one run on one GPU, then one table: stage one (generate-labels, bf16, 50,000 CIFAR-shaped
 # images) against bare teacher inference, stage two (resnet20 bf16 epochs: vanilla, from a 162-view store, with
-# an online resnet56 teacher) and one NCCL DDP process (torchrun) training from the same store.
+# an online resnet56 teacher), one NCCL DDP process (torchrun) training from the same store, and stage one at
+# ImageNet shape (sampled:K rrc-flip views, top-10, resnet18, 1000 classes, over generated JPEGs).
 #
 #   benchmarks/device_check.sh OUT [--dry-run] [--smoke]
 #
-#   OUT gets generate_labels.json, stage_two.json, ddp/ (the torchrun run folder), logs/, device_check.json and
-#   device_check.md (the table). Each part runs under its own time limit, so one that hangs or fails leaves the
-#   others' figures; the table names what is missing.
+#   OUT gets generate_labels.json, stage_two.json, ddp/ (the torchrun run folder), generate_labels_imagenet.json,
+#   logs/, device_check.json and device_check.md (the table). Each part runs under its own time limit, so one that
+#   hangs or fails leaves the others' figures; the table names what is missing.
 #   --dry-run  print the commands; run none.
 #   --smoke    tiny sizes on whatever device there is, fp32, an identity store: checks the plumbing only.
 #
 # Environment (defaults in brackets): GEN_IMAGES [50000] identity images for stage one; CROP_FLIP_IMAGES [1000]
 # images x 162 views for stage one's crop-flip part; STAGE2_IMAGES [10000] images of stage two; STAGE2_VIEWS
 # [cifar-crop-flip] its store's views (162 per image, so 162 x STAGE2_IMAGES teacher passes first); EPOCHS [4] student epochs per setup (epoch 1
-# holds numba's compile and is not timed); PART_LIMIT [240] seconds per part; PYTHON [python].
+# holds numba's compile and is not timed); IMAGENET [1] runs the ImageNet-shaped part (0 skips it);
+# IMAGENET_IMAGES [2000] generated JPEGs x IMAGENET_VIEWS [8] views in IMAGENET_CLASSES [1000] classes;
+# PART_LIMIT [240] seconds per part; PYTHON [python].
 #
-# Sized for under 8 minutes on one H100/H200; the three parts are benchmarks/generate_labels.py,
-# benchmarks/stage_two.py and `labelopt train-student` under torchrun, run with the sizes above.
+# Sized for under 8 minutes on one H100/H200; the four parts are benchmarks/generate_labels.py,
+# benchmarks/stage_two.py, `labelopt train-student` under torchrun and benchmarks/generate_labels_imagenet.py, run
+# with the sizes above.
 set -euo pipefail
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 OUT="" DRY=0 SMOKE=0
 while [ $# -gt 0 ]; do
@@ -40,11 +44,17 @@ PART_LIMIT=${PART_LIMIT:-240}
 if [ "$SMOKE" = 1 ]; then
   GEN_IMAGES=${GEN_IMAGES:-128} CROP_FLIP_IMAGES=${CROP_FLIP_IMAGES:-2} STAGE2_IMAGES=${STAGE2_IMAGES:-128}
   STAGE2_VIEWS=${STAGE2_VIEWS:-identity} EPOCHS=${EPOCHS:-2} PRECISION=() DEVICE=auto
+  IMAGENET_IMAGES=${IMAGENET_IMAGES:-8} IMAGENET_VIEWS=${IMAGENET_VIEWS:-2} IMAGENET_CLASSES=${IMAGENET_CLASSES:-4}
+  IMAGENET_SIZES=(--topk 2 --long-side 64 --batch-size 8 --repeats 1)
 else
   GEN_IMAGES=${GEN_IMAGES:-50000} CROP_FLIP_IMAGES=${CROP_FLIP_IMAGES:-1000} STAGE2_IMAGES=${STAGE2_IMAGES:-10000}
   STAGE2_VIEWS=${STAGE2_VIEWS:-cifar-crop-flip} EPOCHS=${EPOCHS:-4} PRECISION=(--bf16) DEVICE=cuda
+  IMAGENET_IMAGES=${IMAGENET_IMAGES:-2000} IMAGENET_VIEWS=${IMAGENET_VIEWS:-8} IMAGENET_CLASSES=${IMAGENET_CLASSES:-1000}
+  IMAGENET_SIZES=()
 fi
-for name in GEN_IMAGES CROP_FLIP_IMAGES STAGE2_IMAGES EPOCHS PART_LIMIT; do
+IMAGENET=${IMAGENET:-1}
+[[ $IMAGENET =~ ^[01]$ ]] || { echo "IMAGENET must be 0 or 1 (got '$IMAGENET')" >&2; exit 2; }
+for name in GEN_IMAGES CROP_FLIP_IMAGES STAGE2_IMAGES EPOCHS PART_LIMIT IMAGENET_IMAGES IMAGENET_VIEWS IMAGENET_CLASSES; do
   [[ ${!name} =~ ^[1-9][0-9]*$ ]] || { echo "$name must be a positive integer (got '${!name}')" >&2; exit 2; }
 done
 [ "$EPOCHS" -ge 2 ] || { echo "EPOCHS must be at least 2: epoch 1 holds numba's compile and is not timed" >&2; exit 2; }
@@ -86,6 +96,11 @@ part ddp "$OUT/logs/ddp.stdout" \
   "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 1 -m labelopt train-student \
   --student resnet20 --method sl --labels "$STORE" --data "$OUT/stage_two/bench" --epochs "$EPOCHS" \
   --batch-size 64 --seed 0 --device "$DEVICE" "${PRECISION[@]}" --out "$OUT/ddp"
+if [ "$IMAGENET" = 1 ]; then
+  part generate_labels_imagenet "$OUT/generate_labels_imagenet.json" \
+    "$PYTHON" "$HERE/generate_labels_imagenet.py" --device "$DEVICE" "${PRECISION[@]}" --images "$IMAGENET_IMAGES" \
+    --views-per-image "$IMAGENET_VIEWS" --classes "$IMAGENET_CLASSES" "${IMAGENET_SIZES[@]}" --json-only
+fi
 
 if [ "$DRY" = 0 ]; then
   "$PYTHON" "$HERE/device_check_report.py" "$OUT"

@@ -47,6 +47,18 @@ def stage_one_rows(gen: dict) -> list[dict]:
     return rows
 
 
+def imagenet_rows(gen: dict) -> list[dict]:
+    """generate_labels_imagenet.py's throughput rows (the same shape as generate_labels.py's), then its top-k
+    store projected to ImageNet's 1,281,167 training images."""
+    rows = stage_one_rows(gen)
+    for name, store in gen["stores"].items():
+        projected = {p["views"]: p["projected_bytes"] / 2**30 for p in store["projected_imagenet_store"]}
+        rows.append({"what": f"{name} store, {store['num_classes']} classes: 1,281,167 images x K views, projected",
+                     "figure": ", ".join(f"K {k}: {gib:.2f} GiB" for k, gib in projected.items()),
+                     "against": f"{store['bytes_per_image_view']:.1f} bytes per (image, view) row measured"})
+    return rows
+
+
 def stage_two_rows(two: dict) -> list[dict]:
     vanilla = two["setups"]["vanilla"]["median_epoch_seconds"]
     rows = []
@@ -84,9 +96,16 @@ def build(out: Path) -> dict:
     backend = "NCCL" if str(machine.get("device", "")).startswith("cuda") else "gloo"
     rows.append(ddp_row(ddp, two, backend) if len(ddp) >= 2
                 else {"what": "torchrun DDP", "figure": "missing", "against": ""})
-    return {"benchmark": "device_check", "parts": part_status(out), "rows": rows, "machine": machine,
+    status = part_status(out)
+    imagenet = read_json(out / "generate_labels_imagenet.json")
+    if imagenet:
+        rows += imagenet_rows(imagenet)
+    elif "generate_labels_imagenet" in status:  # run and failed; IMAGENET=0 leaves no status and no row
+        rows.append({"what": "generate_labels_imagenet.py", "figure": "missing", "against": ""})
+    return {"benchmark": "device_check", "parts": status, "rows": rows, "machine": machine,
             "bf16": (two or gen or {}).get("bf16"), "ddp_epoch_seconds": ddp,
-            "generate_labels": gen and gen.get("summary"), "stage_two": two and two.get("summary")}
+            "generate_labels": gen and gen.get("summary"), "stage_two": two and two.get("summary"),
+            "generate_labels_imagenet": imagenet and imagenet.get("summary")}
 
 
 def markdown(result: dict) -> str:

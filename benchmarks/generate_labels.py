@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -52,8 +51,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (NUM_CLASSES, add_run_arguments, checked_device, machine_facts, random_images,  # noqa: E402
-                    work_folder, write_prepared)
+from common import (NUM_CLASSES, add_run_arguments, checked_device, machine_facts, print_result,  # noqa: E402
+                    random_images, work_folder, write_prepared)
 
 FULL_IMAGES, FULL_VIEWS = 50000, 162  # a full CIFAR-100 train store with every cifar-crop-flip view
 TEMPERATURE = 4.0
@@ -348,13 +347,10 @@ def mib(n: float) -> float:
     return n / 2**20
 
 
-def print_tables(result: dict) -> None:
+def throughput_table(parts: dict) -> str:
+    """One row per part: bare and generate teacher passes/s, their ratios, generate's seconds and finish's."""
     from labelopt.pipeline.jobs.reports import format_table
 
-    facts, parts = result["machine"], result["throughput"]
-    print(f"generate-labels sl, T {TEMPERATURE:g}, teacher {result['teacher_arch']} "
-          f"({result['teacher_trained_epochs']} training epochs), batch {result['batch_size']}, "
-          f"blocks of {BLOCK_ROWS} rows; img/s = teacher passes ((image, view) pairs) per second")
     rows = []
     for name, part in parts.items():
         bare, gen = part.get("bare"), part["generate"]
@@ -363,10 +359,34 @@ def print_tables(result: dict) -> None:
                      "ratio": part["ratio_generate_over_bare"], "cpu": part["ratio_generate_over_bare_cpu_time"],
                      "seconds": gen["seconds"], "finish": gen["finish_seconds"],
                      "goal": part["ratio_generate_over_bare"] >= GOAL_RATIO})
-    print(format_table(rows, [("part", "part (views)"), ("images", "images"), ("views", "V"),
-                              ("passes", "teacher passes"), ("bare", "bare img/s"), ("gen", "generate img/s"),
-                              ("ratio", "gen/bare"), ("cpu", "gen/bare by CPU time"), ("seconds", "generate s"),
-                              ("finish", "finish s"), ("goal", f">= {GOAL_RATIO}")]))
+    return format_table(rows, [("part", "part (views)"), ("images", "images"), ("views", "V"),
+                               ("passes", "teacher passes"), ("bare", "bare img/s"), ("gen", "generate img/s"),
+                               ("ratio", "gen/bare"), ("cpu", "gen/bare by CPU time"), ("seconds", "generate s"),
+                               ("finish", "finish s"), ("goal", f">= {GOAL_RATIO}")])
+
+
+def ratio_line(summary: dict) -> str:
+    s = summary
+    return ("generate/bare: " + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare"].items())
+            + f" (goal >= {GOAL_RATIO}: {'met' if s['ratio_goal_met'] else 'missed'}); by CPU time: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare_cpu_time"].items())
+            + f" ({'met' if s['ratio_goal_met_cpu_time'] else 'missed'})")
+
+
+def machine_line(facts: dict, script_seconds: float) -> str:
+    return (f"measured on {facts['device']} ({facts['device_name']}), {facts['cpu_affinity']} of "
+            f"{facts['cpu_count']} cores, torch {facts['torch']} with {facts['torch_threads']} threads; load average "
+            f"{facts['loadavg_before'][0]:.2f} before / {facts['loadavg_after'][0]:.2f} after; "
+            f"whole script {script_seconds:.0f} s")
+
+
+def print_tables(result: dict) -> None:
+    from labelopt.pipeline.jobs.reports import format_table
+
+    print(f"generate-labels sl, T {TEMPERATURE:g}, teacher {result['teacher_arch']} "
+          f"({result['teacher_trained_epochs']} training epochs), batch {result['batch_size']}, "
+          f"blocks of {BLOCK_ROWS} rows; img/s = teacher passes ((image, view) pairs) per second")
+    print(throughput_table(result["throughput"]))
     print("(the top-k row's gen/bare is against the dense cifar-crop-flip bare run)")
 
     print()
@@ -403,17 +423,11 @@ def print_tables(result: dict) -> None:
 
     print()
     s = result["summary"]
-    print("generate/bare: " + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare"].items())
-          + f" (goal >= {GOAL_RATIO}: {'met' if s['ratio_goal_met'] else 'missed'}); by CPU time: "
-          + ", ".join(f"{k} {v:.3f}" for k, v in s["ratio_generate_over_bare_cpu_time"].items())
-          + f" ({'met' if s['ratio_goal_met_cpu_time'] else 'missed'})")
+    print(ratio_line(s))
     print(f"worst gather "
           f"{s['worst_gather_median_us']:.0f} us (goal < {GOAL_GATHER_US:g} us: "
           f"{'met' if s['gather_goal_met'] else 'missed'})")
-    print(f"measured on {facts['device']} ({facts['device_name']}), {facts['cpu_affinity']} of {facts['cpu_count']} "
-          f"cores, torch {facts['torch']} with {facts['torch_threads']} threads; load average "
-          f"{facts['loadavg_before'][0]:.2f} before / {facts['loadavg_after'][0]:.2f} after; "
-          f"whole script {result['script_seconds']:.0f} s")
+    print(machine_line(result["machine"], result["script_seconds"]))
 
 
 def main(argv=None) -> int:
@@ -464,10 +478,7 @@ def main(argv=None) -> int:
         "kept": str(args.keep) if args.keep is not None else None,
     }
     result["summary"] = summarize(result)
-    print(json.dumps(result, indent=2))
-    if not args.json_only:
-        print()
-        print_tables(result)
+    print_result(result, print_tables, args.json_only)
     return 0
 
 

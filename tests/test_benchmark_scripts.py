@@ -116,3 +116,56 @@ def test_store_scale_measures_a_store_with_one_and_two_reader_processes(tmp_path
     assert "| top-10 | contiguous | 700 | 3 |" in table and "| 2 |" in table
     goals = store_scale.goals([row], reader["memory_end_kib"]["VmHWM"])
     assert goals["contiguous_peak_over_empty_mib"] == 0 and len(goals["two_readers_cache_growth_ratio"]) == 1
+
+
+def run_imagenet_bench(tmp_path, *flags: str) -> subprocess.CompletedProcess:
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
+           **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / "generate_labels_imagenet.py"), *flags],
+                          capture_output=True, text=True, timeout=600, env=env)
+
+
+@pytest.mark.slow
+def test_generate_labels_imagenet_smoke_labels_a_generated_jpeg_tree(tmp_path):
+    keep = tmp_path / "keep"
+    run = run_imagenet_bench(tmp_path, "--images", "6", "--classes", "3", "--views-per-image", "2", "--topk", "2",
+                             "--long-side", "48", "--batch-size", "4", "--repeats", "1", "--device", "cpu",
+                             "--keep", str(keep), "--json-only")
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(run.stdout)
+    # The tree: ImageNet's layout, every class folder in train/ and val/, image i in class i % 3
+    train = sorted(p.relative_to(keep / "bench" / "tree" / "train").as_posix()
+                   for p in (keep / "bench" / "tree" / "train").rglob("*.JPEG"))
+    assert len(train) == 6 and [t.split("/")[0] for t in train] == ["n00000000"] * 2 + ["n00000001"] * 2 + [
+        "n00000002"] * 2
+    assert sorted(p.name for p in (keep / "bench" / "tree" / "val").iterdir()) == [f"n0000000{c}" for c in range(3)]
+    data = result["data"]
+    assert data["train_images"] == 6 and 0 < data["beton_mean_width"] <= 48 and data["beton_jpeg_bytes_per_image"] > 0
+    # One top-k part: 6 images x 2 sampled rrc-flip views, bare and generate over the same passes
+    (name, part), = result["throughput"].items()
+    assert name == "sampled:2 top2"
+    assert part["bare"]["teacher_passes"] == part["generate"]["teacher_passes"] == 12
+    assert part["ratio_generate_over_bare"] == pytest.approx(part["generate"]["img_per_s"] / part["bare"]["img_per_s"])
+    store = result["stores"][name]
+    assert (store["view_policy"], store["num_samples"], store["num_views"], store["num_classes"], store["topk"]) == (
+        "rrc-flip", 6, 2, 3, 2)
+    # The split of the bytes on disk adds up, and the projection grows linearly in K from it
+    assert store["fixed_bytes"] + 6 * store["bytes_per_image"] + 12 * store["bytes_per_image_view"] == pytest.approx(
+        store["bytes"])
+    by_k = {p["views"]: p["projected_bytes"] for p in store["projected_imagenet_store"]}
+    assert sorted(by_k) == [1, 10, 50, 100]
+    assert by_k[100] - by_k[10] == pytest.approx(90 * 1_281_167 * store["bytes_per_image_view"])
+    assert by_k[1] > store["fixed_bytes"] + 1_281_167 * store["bytes_per_image_view"]
+    from labelopt.store import LabelStore
+    kept = LabelStore.open(keep / "stores" / "sampled2-top2.h5")
+    assert (kept.num_samples, kept.num_views, kept.topk) == (6, 2, 2)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--topk", "5", "--classes", "5"], "need 1 <= --topk < --classes (5)"),
+    (["--views-per-image", "0"], "--views-per-image"),
+    (["--teacher-arch", "resnet20"], "use an ImageNet model"),
+])
+def test_generate_labels_imagenet_refuses_bad_sizes_in_one_line(tmp_path, flags, message):
+    run = run_imagenet_bench(tmp_path, *flags, "--device", "cpu")
+    assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr

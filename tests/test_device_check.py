@@ -2,7 +2,6 @@
 when a part is missing. The real run needs a GPU; the README gives its figures."""
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,21 +20,20 @@ def run_script(out: Path, *flags: str, **env) -> subprocess.CompletedProcess:
 
 
 def load_report():
-    spec = importlib.util.spec_from_file_location("device_check_report",
-                                                  REPO / "benchmarks" / "device_check_report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("device_check_report")
 
 
-def test_dry_run_lists_the_three_parts_on_the_gpu_in_bf16(tmp_path):
+def test_dry_run_lists_the_four_parts_on_the_gpu_in_bf16(tmp_path):
     out = tmp_path / "out"
     done = run_script(out, "--dry-run")
     assert done.returncode == 0, done.stderr
     commands = [line.split() for line in done.stdout.splitlines()]
-    assert len(commands) == 3 and not out.exists()
-    gen, two, ddp = commands
+    assert len(commands) == 4 and not out.exists()
+    gen, two, ddp, imagenet = commands
     assert gen[1].endswith("generate_labels.py") and gen[gen.index("--images") + 1] == "50000"
+    assert imagenet[1].endswith("generate_labels_imagenet.py")
+    assert [imagenet[imagenet.index(flag) + 1] for flag in ("--images", "--views-per-image", "--classes")] == [
+        "2000", "8", "1000"]
     assert two[1].endswith("stage_two.py") and two[two.index("--views") + 1] == "cifar-crop-flip"
     assert ddp[1:4] == ["-m", "torch.distributed.run", "--standalone"] and "train-student" in ddp
     for command in commands:
@@ -45,7 +43,33 @@ def test_dry_run_lists_the_three_parts_on_the_gpu_in_bf16(tmp_path):
     assert ddp[ddp.index("--epochs") + 1] == two[two.index("--epochs") + 1] == "4"
 
 
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_runs_the_imagenet_part_at_sizes_its_script_accepts(tmp_path, monkeypatch):
+    done = run_script(tmp_path / "out", "--dry-run", "--smoke")
+    assert done.returncode == 0, done.stderr
+    imagenet = done.stdout.splitlines()[-1].split()
+    assert imagenet[1].endswith("generate_labels_imagenet.py") and "--bf16" not in imagenet
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    args, device = load_script("generate_labels_imagenet").parse_args(imagenet[2:])
+    assert (args.images, args.views_per_image, args.classes, args.repeats) == (8, 2, 4, 1)
+    assert args.topk < args.classes and args.long_side <= 64
+
+
+def test_imagenet_0_leaves_the_imagenet_part_out(tmp_path):
+    done = run_script(tmp_path / "out", "--dry-run", IMAGENET="0")
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 3 and "generate_labels_imagenet" not in done.stdout
+
+
 @pytest.mark.parametrize("env, message", [
+    ({"IMAGENET": "yes"}, "IMAGENET must be 0 or 1"),
+    ({"IMAGENET_VIEWS": "0"}, "IMAGENET_VIEWS must be a positive integer"),
     ({"EPOCHS": "1"}, "EPOCHS must be at least 2"),
     ({"STAGE2_IMAGES": "0"}, "STAGE2_IMAGES must be a positive integer"),
     ({"GEN_IMAGES": "-5"}, "GEN_IMAGES must be a positive integer"),
@@ -101,3 +125,29 @@ def test_report_compares_ddp_epochs_with_the_store_run(tmp_path):
     assert ddp["figure"] == "2.50 s/epoch" and ddp["against"] == "1.250x the same run without DDP"
     assert "NCCL" in ddp["what"]
     assert any(row["against"] == "break-even vs online: never" for row in result["rows"])
+
+
+def test_report_adds_the_imagenet_rows_and_marks_the_part_missing_when_it_failed(tmp_path):
+    report = load_report()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "parts.txt").write_text("generate_labels_imagenet failed:124 240\n")
+    assert [r["figure"] for r in report.build(tmp_path)["rows"]][-1] == "missing"
+    (tmp_path / "logs" / "parts.txt").write_text("generate_labels_imagenet ok 80\n")
+    store = {"num_classes": 1000, "bytes_per_image_view": 27.84,
+             "projected_imagenet_store": [{"views": 10, "projected_bytes": 0.5 * 2**30},
+                                          {"views": 100, "projected_bytes": 3.25 * 2**30}]}
+    imagenet = {"throughput": {"sampled:8 top10": {"bare": {"img_per_s": 4000.0},
+                                                   "generate": {"images": 2000, "views": 8, "img_per_s": 3800.0},
+                                                   "ratio_generate_over_bare": 0.95}},
+                "stores": {"sampled:8 top10": store}, "summary": {"ratio_goal_met": True}}
+    (tmp_path / "generate_labels_imagenet.json").write_text(json.dumps(imagenet))
+    result = report.build(tmp_path)
+    figures = {row["what"]: (row["figure"], row["against"]) for row in result["rows"]}
+    assert figures["generate-labels sampled:8 top10: 2000 images x 8 views"] == (
+        "3800 teacher passes/s", "bare 4000/s: 0.950x")
+    assert figures["sampled:8 top10 store, 1000 classes: 1,281,167 images x K views, projected"] == (
+        "K 10: 0.50 GiB, K 100: 3.25 GiB", "27.8 bytes per (image, view) row measured")
+    assert result["generate_labels_imagenet"] == {"ratio_goal_met": True}
+    (tmp_path / "logs" / "parts.txt").write_text("")  # IMAGENET=0: no status, no file, no row
+    (tmp_path / "generate_labels_imagenet.json").unlink()
+    assert not any("imagenet" in row["what"] for row in report.build(tmp_path)["rows"])

@@ -173,6 +173,21 @@ def test_a_mix_store_whose_partner_pixels_do_not_fit_in_memory_is_refused(teache
     assert not any(tmp_path.iterdir())  # no partial store either
 
 
+
+def test_the_pixel_banks_memory_check_counts_every_process_on_the_node(tiny_cifar_dir, monkeypatch):
+    """Under torchrun each process of a node builds its own bank at once: the check is for all of them."""
+    from labelopt.pipeline.data import pixel_bank
+
+    data = open_dataset(tiny_cifar_dir)
+    need = pixel_bank.bank_bytes(data, "train")
+    monkeypatch.setattr(pixel_bank, "available_memory_bytes", lambda: 4 * need)  # half of it holds two banks
+    for processes in ("1", "2"):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+        pixel_bank.check_bank_fits(data, "train")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(UserError, match=r"\(4 processes on this node, one copy each\)"):
+        pixel_bank.check_bank_fits(data, "train")
+
 def run_cli(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     return result.exit_code, result.output

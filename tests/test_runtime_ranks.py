@@ -1,10 +1,18 @@
-"""runtime's helpers for what one rank reads and all ranks need: every rank gets rank 0's value or rank 0's refusal,
-and ranks that read different inputs are refused together (two gloo processes, no torchrun agent)."""
+"""What one rank reads and all ranks need: every rank gets rank 0's value or rank 0's refusal, ranks that read
+different inputs are refused together (two gloo processes, no torchrun agent), and rank 0 waits for the blocks
+other nodes wrote."""
 import json
 import os
 import subprocess
 import sys
+import threading
+from types import SimpleNamespace
 
+import pytest
+
+from labelopt.pipeline.errors import UserError
+from labelopt.pipeline.jobs import label_ranks
+from labelopt.pipeline.run.runtime import DistInfo
 from labelopt.tests.two_nodes import free_port
 
 RANK_SCRIPT = """
@@ -53,3 +61,20 @@ def test_every_rank_gets_rank_0s_value_or_its_refusal_and_different_inputs_are_r
         assert got["node"] == rank and got["nodes"] == 2
         assert got["value"] == {"read by": 0} and got["refusal"] == "only rank 0 can see this"
         assert got["inputs"].startswith("rank 1 (node 1) reads another label store than rank 0"), got["inputs"]
+
+
+def test_rank_0_waits_for_blocks_other_nodes_wrote_then_names_the_rank_whose_blocks_never_came(tmp_path,
+                                                                                                monkeypatch):
+    writer = SimpleNamespace(partial=tmp_path, block_file=lambda b: tmp_path / f"block-{b:06d}.npz")
+    two = DistInfo(rank=0, world_size=2)
+    for b in (0, 1, 2):
+        writer.block_file(b).write_bytes(b"")
+    # Block 3 appears late, as another node's new file may through a networked filesystem's cache.
+    late = threading.Timer(0.3, lambda: writer.block_file(3).write_bytes(b""))
+    late.start()
+    label_ranks.wait_for_blocks(writer, [0, 1, 2, 3], two)
+    assert writer.block_file(3).exists()
+    writer.block_file(4).write_bytes(b"")
+    monkeypatch.setattr(label_ranks, "BLOCK_WAIT_S", 0.2)
+    with pytest.raises(UserError, match=r"^1 of the blocks other ranks wrote \(first: block 5, rank 1\) are not in "):
+        label_ranks.wait_for_blocks(writer, [0, 1, 2, 3, 4, 5], two)

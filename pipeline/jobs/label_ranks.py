@@ -73,6 +73,6 @@ def wait_for_blocks(writer, pending: list[int], dist_info: DistInfo) -> None:
         missing = [b for b in missing if not writer.block_file(b).exists()]
     if missing and dist_info.enabled:
         rank = pending.index(missing[0]) % dist_info.world_size
-        raise UserError(f"{len(missing)} blocks written by other ranks (first: block {missing[0]}, rank {rank}) are "
+        raise UserError(f"{len(missing)} of the blocks other ranks wrote (first: block {missing[0]}, rank {rank}) are "
                         f"not in {writer.partial} after {BLOCK_WAIT_S:g} s: --out must be on a filesystem every node "
                         f"shares; rerun the same command to finish (blocks already there are kept)")

@@ -19,6 +19,7 @@ from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.data.loading import make_loader
 from labelopt.pipeline.data.views import Normalizer, PadCropFlipView
 from labelopt.store import LabelStore
+from labelopt.tests.two_nodes import run_two_nodes
 
 
 def quiet(_):
@@ -172,6 +173,21 @@ def test_a_mix_store_whose_partner_pixels_do_not_fit_in_memory_is_refused(teache
     assert not any(tmp_path.iterdir())  # no partial store either
 
 
+
+def test_the_pixel_banks_memory_check_counts_every_process_on_the_node(tiny_cifar_dir, monkeypatch):
+    """Under torchrun each process of a node builds its own bank at once: the check is for all of them."""
+    from labelopt.pipeline.data import pixel_bank
+
+    data = open_dataset(tiny_cifar_dir)
+    need = pixel_bank.bank_bytes(data, "train")
+    monkeypatch.setattr(pixel_bank, "available_memory_bytes", lambda: 4 * need)  # half of it holds two banks
+    for processes in ("1", "2"):
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
+        pixel_bank.check_bank_fits(data, "train")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    with pytest.raises(UserError, match=r"\(4 processes on this node, one copy each\)"):
+        pixel_bank.check_bank_fits(data, "train")
+
 def run_cli(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])
     return result.exit_code, result.output
@@ -217,21 +233,62 @@ def store_datasets(path):
         return out, {k: f.attrs[k] for k in f.attrs if k not in ("created_utc", "digest")}  # the digest covers the time
 
 
-@pytest.mark.slow
-def test_torchrun_two_processes_write_the_same_store_as_one(teacher, tiny_cifar_dir, tmp_path):
-    args = ["generate-labels", "--data", str(tiny_cifar_dir), "--split", "test", "--teacher", str(teacher),
+def torchrun_labelling(teacher, data) -> list[str]:
+    """The generate-labels command the torchrun tests run (less --out): several blocks, views, logits, features."""
+    return ["generate-labels", "--data", str(data), "--split", "test", "--teacher", str(teacher),
             "--views", "sampled:3", "--seed", "5", "--temperature", "2", "--features", "pool", "--logits",
             "--device", "cpu", "--batch-size", "32", "--block-rows", "8"]
+
+
+@pytest.fixture(scope="module")
+def one_process_store(teacher, tiny_cifar_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one-process") / "one.h5"
     labelopt = Path(sys.executable).with_name("labelopt")
-    one = subprocess.run([str(labelopt), *args, "--out", str(tmp_path / "one.h5")], capture_output=True, text=True)
+    one = subprocess.run([str(labelopt), *torchrun_labelling(teacher, tiny_cifar_dir), "--out", str(out)],
+                         capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
-                          "--no-python", str(labelopt), *args, "--out", str(tmp_path / "two.h5")],
-                         capture_output=True, text=True, env=env, timeout=300)
-    assert two.returncode == 0, two.stderr[-3000:]
-    (a, attrs_a), (b, attrs_b) = store_datasets(tmp_path / "one.h5"), store_datasets(tmp_path / "two.h5")
+    return out
+
+
+def assert_same_store(path_a, path_b):
+    (a, attrs_a), (b, attrs_b) = store_datasets(path_a), store_datasets(path_b)
     assert sorted(a) == sorted(b) and attrs_a == attrs_b
     for name in a:
         assert np.array_equal(a[name], b[name]), name
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_the_same_store_as_one(teacher, tiny_cifar_dir, one_process_store, tmp_path):
+    labelopt = Path(sys.executable).with_name("labelopt")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
+                          "--no-python", str(labelopt), *torchrun_labelling(teacher, tiny_cifar_dir),
+                          "--out", str(tmp_path / "two.h5")], capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert_same_store(one_process_store, tmp_path / "two.h5")
     assert not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.slow
+def test_two_nodes_write_the_same_store_as_one_process(teacher, tiny_cifar_dir, one_process_store, tmp_path):
+    """Two torchrun agents as two nodes (one process each) on one shared filesystem: one store, rank 0's."""
+    out = tmp_path / "store" / "two.h5"
+    (code0, log0), (code1, log1) = run_two_nodes(lambda node: [*torchrun_labelling(teacher, tiny_cifar_dir),
+                                                               "--out", out], tmp_path / "logs")
+    assert code0 == 0 and code1 == 0, (log0[-3000:], log1[-3000:])
+    assert "generate-labels: 2 processes on 2 nodes (gloo), 5 blocks split between them" in log0
+    assert "blocks split" not in log1  # rank 1, the second node's, logs nothing of its own
+    assert_same_store(one_process_store, out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["two.h5"]  # no partial folder, mark or lock left
+
+
+@pytest.mark.slow
+def test_two_nodes_that_do_not_share_the_stores_folder_are_refused_before_labelling(teacher, tiny_cifar_dir,
+                                                                                   tmp_path):
+    """Each node with its own disk at --out (simulated: two folders) would write blocks rank 0 never sees."""
+    outs = [tmp_path / f"node{node}" / "s.h5" for node in (0, 1)]
+    results = run_two_nodes(lambda node: [*torchrun_labelling(teacher, tiny_cifar_dir), "--out", outs[node]],
+                            tmp_path / "logs", timeout=120)
+    for code, log in results:
+        assert code != 0 and "rank 1 (node 1, " in log and "must be on a filesystem every node shares" in log, log
+    assert [list(out.parent.iterdir()) for out in outs] == [[], []]  # nothing written on either "node"

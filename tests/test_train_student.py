@@ -18,6 +18,7 @@ from labelopt.pipeline.run.training import TrainOptions, train
 from labelopt.stages.distillers.sl import SoftLabels
 from labelopt.store import LabelStore
 from labelopt.tests.run_checks import assert_last_checkpoint_matches_log
+from labelopt.tests.two_nodes import run_two_nodes
 
 
 class Crash(Exception):
@@ -329,6 +330,34 @@ def test_torchrun_two_processes_train_one_student(stores, tiny_cifar_dir, tmp_pa
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
     assert_last_checkpoint_matches_log(out, tiny_cifar_dir)  # rank 0 saved the model it scored
 
+
+
+@pytest.mark.slow
+def test_two_nodes_train_one_student_and_resume_without_the_run_folder_on_the_second(stores, tiny_cifar_dir,
+                                                                                      tmp_path):
+    """Two torchrun agents as two nodes, one process each. The run folder is on the first node's disk alone (the
+    second is given a folder that never appears): rank 0 writes every file, and --resume reads last.pt there and
+    hands it to rank 1."""
+    outs = [tmp_path / "node0" / "run", tmp_path / "node1" / "run"]
+
+    def student_on(node, *extra):
+        return ["train-student", "--data", tiny_cifar_dir, "--labels", stores["crop_flip"], "--student", "resnet20",
+                "--epochs", "2", "--batch-size", "16", "--device", "cpu", "--out", outs[node], *extra]
+
+    (code0, log0), (code1, log1) = run_two_nodes(student_on, tmp_path / "logs")
+    assert code0 == 0 and code1 == 0, (log0[-3000:], log1[-3000:])
+    assert "train-student: 2 processes on 2 nodes (gloo)" in log0 and "processes on" not in log1
+    config = json.loads((outs[0] / "config.json").read_text())
+    assert config["world_size"] == 2 and config["global_batch_size"] == 32
+    assert len((outs[0] / "metrics.jsonl").read_text().splitlines()) == 2
+    assert sorted(p.name for p in outs[0].iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    assert not outs[1].parent.exists()  # rank 1 wrote nothing
+    assert_last_checkpoint_matches_log(outs[0], tiny_cifar_dir)
+
+    before = (outs[0] / "last.pt").read_bytes()
+    (code0, log0), (code1, log1) = run_two_nodes(lambda node: student_on(node, "--resume"), tmp_path / "logs2")
+    assert code0 == 0 and code1 == 0, (log0[-3000:], log1[-3000:])
+    assert "already complete (2 epochs)" in log0 and (outs[0] / "last.pt").read_bytes() == before
 
 def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar_dir, tmp_path, monkeypatch):
     from labelopt.pipeline.data.datasets import open_dataset

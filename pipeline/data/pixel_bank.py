@@ -7,6 +7,7 @@ loader (so a partner's pixels are exactly the pixels the loader gives for it), i
 """
 from __future__ import annotations
 
+import os
 
 import numpy as np
 import torch
@@ -25,11 +26,18 @@ def bank_bytes(data: PreparedDataset, split: str) -> int:
     return data.num_samples(split) * 3 * side * side
 
 
+def processes_per_node() -> int:
+    """torchrun's LOCAL_WORLD_SIZE: each process on a node holds its own bank, all built at the same time."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def check_bank_fits(data: PreparedDataset, split: str) -> None:
-    need, have = bank_bytes(data, split), available_memory_bytes()
+    copies = processes_per_node()
+    need, have = bank_bytes(data, split) * copies, available_memory_bytes()
     if need > MEMORY_SHARE * have:
+        each = f" ({copies} processes on this node, one copy each)" if copies > 1 else ""
         raise UserError(f"mixed views need the {split} split's decoded pixels in memory (every partner image at "
-                        f"any step): {need / 2**30:.1f} GiB for {data.num_samples(split)} images, but only "
+                        f"any step): {need / 2**30:.1f} GiB for {data.num_samples(split)} images{each}, but only "
                         f"{have / 2**30:.1f} GiB is available (at most half of it may be used); stored mixes work "
                         f"for splits that fit, such as CIFAR's 150 MB; for larger data use online mixes "
                         f"(train-student --mix with --teacher)")

@@ -27,9 +27,11 @@ from ..errors import UserError
 from ..limits import check_all
 from ..locks import output_lock
 from ..data.loading import block_loader  # noqa: F401  (block_loader: also used from here)
-from ..run.runtime import autocast, barrier, check_precision, device_for, init_distributed
+from ..run.runtime import (autocast, barrier, check_precision, check_same_inputs, describe_job, device_for,
+                           init_distributed)
 from ..data.store_views import store_views
 from ..data.view_space import ViewSpace
+from .label_ranks import open_on_main, wait_for_blocks
 from .prototypes import build_prototypes, share_prototypes
 from ..data.views import IdentityView, Normalizer
 
@@ -188,6 +190,7 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
                       "teachers": [t.identity for t in teachers]},
         "views": views.record(),
     }
+    check_same_inputs(dist_info, {"dataset": header["dataset"], "teacher": header["generator"]["teachers"]})
     # Rank 0 holds the store's lock for every rank, and creates (or replaces) the partial store first.
     with output_lock(Path(options.out), "label store", enabled=dist_info.is_main):
         return write_store(options, header, layout, views, labeler, data, device, dist_info, log)
@@ -196,16 +199,15 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
 def write_store(options: GenerateOptions, header: dict, layout: StoreLayout, views: ViewSpace, labeler,
                 data: PreparedDataset, device, dist_info, log) -> Path:
     num_classes = data.num_classes
-    writer = None
-    if dist_info.is_main:
-        writer = open_writer(options, header, layout, views, overwrite=options.overwrite, main=True)
-    barrier(dist_info)
+    # Rank 0 opens the store (cleaning a killed run's leftovers) and lists the pending blocks before any rank writes.
+    writer, pending = open_on_main(dist_info, Path(options.out), lambda: open_writer(
+        options, header, layout, views, overwrite=options.overwrite, main=True))
     if writer is None:
         writer = open_writer(options, header, layout, views, overwrite=options.overwrite, main=False)
-
-    pending = writer.pending_blocks()
     mine = pending[dist_info.rank::dist_info.world_size]
-    if len(pending) < layout.num_blocks():
+    if dist_info.is_main and dist_info.enabled:
+        log(f"generate-labels: {describe_job(dist_info)}, {len(pending)} blocks split between them")
+    if dist_info.is_main and len(pending) < layout.num_blocks():
         log(f"generate-labels: resuming, {len(pending)} of {layout.num_blocks()} blocks left")
     if mine:
         rows = np.concatenate([np.arange(*layout.block_range(b)) for b in mine]).astype(np.uint64)
@@ -227,6 +229,7 @@ def write_store(options: GenerateOptions, header: dict, layout: StoreLayout, vie
     barrier(dist_info)
     if not dist_info.is_main:
         return Path(options.out)
+    wait_for_blocks(writer, pending, dist_info)
     try:
         return writer.finish()
     except StoreError as exc:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -44,9 +46,14 @@ def seed_everything(seed: int) -> None:
 
 @dataclass(frozen=True)
 class DistInfo:
+    """rank: the process's place in the job (what happens once per job is rank 0's); local_rank: its place on its
+    node (its GPU); node_rank and nodes: torchrun's GROUP_RANK and GROUP_WORLD_SIZE, one per `torchrun` agent."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    node_rank: int = 0
+    nodes: int = 1
 
     @property
     def enabled(self) -> bool:
@@ -62,7 +69,9 @@ def init_distributed(device_name: str) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+    env = os.environ
+    info = DistInfo(int(env["RANK"]), world, int(env.get("LOCAL_RANK", "0")), int(env.get("GROUP_RANK", "0")),
+                    int(env.get("GROUP_WORLD_SIZE", "1")))
     if not dist.is_initialized():
         use_cuda = device_name != "cpu" and torch.cuda.is_available()
         if use_cuda:
@@ -81,3 +90,52 @@ def device_for(info: DistInfo, device_name: str) -> torch.device:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def describe_job(info: DistInfo) -> str:
+    """`2 processes on 2 nodes (gloo)`: the job's shape, for rank 0's log."""
+    nodes = f"{info.nodes} node" + ("s" if info.nodes > 1 else "")
+    return f"{info.world_size} processes on {nodes} ({dist.get_backend()})"
+
+
+def from_main(info: DistInfo, produce):
+    """What `produce()` returns on rank 0, on every rank: for what only rank 0 reads (a file that may exist on its
+    node alone). A UserError there is raised on every rank, so no rank waits for a broadcast that never comes."""
+    if not info.enabled:
+        return produce()
+    box = [None]
+    if info.is_main:
+        try:
+            box[0] = ("value", produce())
+        except UserError as exc:
+            box[0] = ("error", str(exc))
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+def gather_all(info: DistInfo, value) -> list:
+    """Every rank's `value` (small, picklable), in rank order, on every rank."""
+    if not info.enabled:
+        return [value]
+    everyone = [None] * info.world_size
+    dist.all_gather_object(everyone, value)
+    return everyone
+
+
+def check_same_inputs(info: DistInfo, inputs: dict) -> None:
+    """Refuse, on every rank, a job whose ranks read different inputs: each node reads the dataset, store and
+    checkpoints at the paths given, so a node with another copy there would silently mix two jobs in one."""
+    if not info.enabled:
+        return
+    mine = {k: hashlib.sha256(json.dumps(v, sort_keys=True, default=str).encode()).hexdigest() for k, v in
+            inputs.items()}
+    everyone = gather_all(info, (info.node_rank, mine))
+    for rank, (node, theirs) in enumerate(everyone):
+        differs = [k for k in mine if theirs[k] != everyone[0][1][k]]
+        if differs:
+            raise UserError(f"rank {rank} (node {node}) reads another {differs[0]} than rank 0 at the same paths; "
+                            f"every node must hold the same copy of the data, label store and checkpoints "
+                            f"(a shared filesystem, or identical per-node copies)")

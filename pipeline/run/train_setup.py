@@ -16,7 +16,7 @@ from ..errors import UserError
 from .prediction import eval_loader
 from ..data.loading import SplitLoader, make_loader
 from .runs import MetricsLog
-from .runtime import DistInfo
+from .runtime import DistInfo, from_main
 from .schedules import Schedule
 from ..data.view_sampling import ViewSampler
 from ..data.views import Normalizer
@@ -115,7 +115,8 @@ def set_up_run(options, data: PreparedDataset, model, objective, sampler: ViewSa
                phases: Phases, dist_info: DistInfo, device: torch.device) -> TrainingRun:
     """A TrainingRun from a prepared run folder (a new one, or one to resume from its last.pt)."""
     out = Path(options.out)
-    state = load_checkpoint(out / "last.pt") if options.resume else None
+    # Rank 0's last.pt for every rank: the run folder may be on rank 0's node alone.
+    state = from_main(dist_info, lambda: load_checkpoint(out / "last.pt")) if options.resume else None
     if state is not None and dist_info.is_main:
         restore_best(out, state)
     model, train_model, train_extra = place_modules(options, model, extra_modules, phases.warmup_epochs > 0, state,

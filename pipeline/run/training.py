@@ -18,7 +18,8 @@ from ..errors import UserError
 from ..limits import check_all
 from ..locks import output_lock
 from .runs import prepare_run_dir, provenance, read_config, write_config
-from .runtime import DistInfo, barrier, check_precision, device_for, init_distributed, seed_everything
+from .runtime import (DistInfo, barrier, check_precision, check_same_inputs, describe_job, device_for,
+                      from_main, init_distributed, seed_everything)
 from .schedules import check_schedule_name, resolve_milestones
 from .train_loop import (TrainingDiverged, checkpoint_payload, epoch_line, evaluate_epoch,  # noqa: F401
                          save_epoch, train_epoch)
@@ -121,6 +122,13 @@ def check_resume_matches(out: Path, config: dict) -> None:
                         f"(see its config.json) or start a new run")
 
 
+def read_inputs(config: dict) -> dict:
+    """What a run reads, less the paths it reads them at (each node reads its own copy): the ranks must agree."""
+    source = config.get("teacher_source") or {}
+    return {"dataset": {k: v for k, v in config["dataset"].items() if k != "path"},
+            "label store or teacher": {k: v for k, v in source.items() if k != "path"}}
+
+
 def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, objective, dist_info: DistInfo,
         device: torch.device, **kwargs) -> Path:
     """`run_fit` holding the run folder's lock (rank 0 holds it for every rank under torchrun)."""
@@ -145,11 +153,15 @@ def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module
     sampler = sampler or AugmentViews(get_view_policy(options.augment, data.input_size))
     config = config_record(options, data, dist_info, command, {**(config_extra or {}), "views": sampler.describe()},
                            phases)
-    if dist_info.is_main:
+    check_same_inputs(dist_info, read_inputs(config))
+
+    def prepare_on_main():  # the run folder is rank 0's; its refusal is every rank's
         prepare_run_dir(out, overwrite=options.overwrite, resume=options.resume)
         if options.resume:
             check_resume_matches(out, config)
-    barrier(dist_info)
+    from_main(dist_info, prepare_on_main)
+    if dist_info.is_main and dist_info.enabled:
+        log(f"{command}: {describe_job(dist_info)}")
     run = set_up_run(options, data, model, objective, sampler, extra_modules, phases, dist_info, device)
     if dist_info.is_main:
         write_config(out, config)

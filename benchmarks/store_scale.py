@@ -22,6 +22,9 @@ one (gzip, loaded whole into memory) for comparison. For each store a fresh read
 Two readers: two reader processes on one store at once; each one's peak memory, and how much the page cache grew
 (Cached in /proc/meminfo, from empty) against one reader alone: one copy per node means about the same growth.
 
+For the record, the largest dense store is also read through a memory map (what labelopt does not do: the warm
+pass's latency and the mapped file pages it leaves in the reader's resident set).
+
     .venv/bin/python benchmarks/store_scale.py [--sizes 50000,320000,1280000] [--dense-views 5] [--topk-views 100]
         [--batch 512] [--keep DIR] [--json-only] [--smoke]
 
@@ -147,8 +150,43 @@ def reader(path: Path, batch: int, cold: bool) -> dict:
     return out
 
 
-def run_readers(path: Path, batch: int, count: int, cold: bool) -> list[dict]:
+class MappedTargets:
+    """What labelopt does not do, measured for the record: /targets through a memory map (dense stores only)."""
+
+    def __init__(self, store: LabelStore):
+        import mmap
+
+        import h5py
+
+        from labelopt.store.contiguous import dataset_region
+
+        with h5py.File(store.path, "r") as f:
+            offset, nbytes = dataset_region(f["targets"])
+        with open(store.path, "rb") as fh:
+            self.map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self.map.madvise(mmap.MADV_RANDOM)
+        self.targets = np.frombuffer(self.map, np.float16, nbytes // 2, offset).reshape(
+            store.num_samples, store.num_views, store.num_classes)
+        self.num_samples, self.num_views = store.num_samples, store.num_views
+
+    def gather(self, rows, cols):
+        import torch
+
+        from labelopt.store.values import as_float32
+
+        return torch.from_numpy(as_float32(self.targets[rows.numpy(), cols.numpy()]))
+
+
+def mapped_reader(path: Path, batch: int) -> dict:
+    store = LabelStore.open(path)
+    store.load()  # the same sha256 pass, so the page cache starts as warm as the pread reader's
+    mapped = MappedTargets(store)
+    return {"warm": one_pass(mapped, batch, seed=2), "memory_end_kib": memory_kib(), "layout": "mmap"}
+
+
+def run_readers(path: Path, batch: int, count: int, cold: bool, mapped: bool = False) -> list[dict]:
     command = [sys.executable, __file__, "--reader", str(path), "--batch", str(batch)] + ["--cold"] * cold
+    command += ["--mmap"] * mapped
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
     results = []
     for proc in procs:
@@ -188,7 +226,8 @@ def plan(args) -> list[dict]:
     rows += [{"kind": "dense", "n": n, "views": 1, "layout": "compressed", "together": n == sizes[1]}
              for n in sizes[:2]]
     rows.append({"kind": "dense", "n": sizes[-1], "views": args.dense_views, "layout": "contiguous", "together": True})
-    rows += [{"kind": "top-10", "n": n, "views": args.topk_views, "layout": "contiguous"} for n in (sizes[0], sizes[-1])]
+    rows += [{"kind": "top-10", "n": n, "views": args.topk_views, "layout": "contiguous"}
+             for n in (sizes[0], sizes[-1])]
     return rows
 
 
@@ -201,6 +240,8 @@ def measure(row: dict, folder: Path, args, keep: bool) -> dict:
     row["reader"] = run_readers(path, args.batch, 1, cold=True)[0]
     if row.get("together"):
         row["together"] = readers_together(path, args.batch)
+        if row["kind"] == "dense" and row["layout"] == "contiguous":
+            row["mmap"] = run_readers(path, args.batch, 1, cold=False, mapped=True)[0]
     if not keep:
         path.unlink()
     return row
@@ -219,6 +260,16 @@ def table(rows: list[dict], empty_kib: int) -> str:
             f"| {m['VmHWM'] / 1024:.0f} MiB ({(m['VmHWM'] - empty_kib) / 1024:+.0f}) | {m['RssAnon'] / 1024:.0f} MiB "
             f"| {cold.get('p50_ms', float('nan')):.2f} / {cold.get('p99_ms', float('nan')):.2f} ms "
             f"| {rd['warm']['p50_ms']:.2f} / {rd['warm']['p99_ms']:.2f} ms |")
+    mapped = [r for r in rows if r.get("mmap")]
+    if mapped:
+        lines += ["", "| store | read through | warm p50 / p99 | peak memory (vs empty reader) "
+                      "| of it mapped file pages |", "|" + " --- |" * 5]
+        for r in mapped:
+            for name, rd in (("pread (labelopt)", r["reader"]), ("mmap (for comparison)", r["mmap"])):
+                m = rd["memory_end_kib"]
+                lines.append(f"| dense N={r['n']:,} V={r['views']} | {name} | {rd['warm']['p50_ms']:.2f} / "
+                             f"{rd['warm']['p99_ms']:.2f} ms | {m['VmHWM'] / 1024:.0f} MiB "
+                             f"({(m['VmHWM'] - empty_kib) / 1024:+.0f}) | {m['RssFile'] / 1024:.0f} MiB |")
     together = [r for r in rows if r.get("together")]
     if together:
         lines += ["", "| store | readers | page cache growth | peak memory of each |", "|" + " --- |" * 4]
@@ -255,9 +306,11 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks the plumbing only.")
     parser.add_argument("--reader", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--mmap", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.reader is not None:
-        print(json.dumps(reader(args.reader, args.batch, args.cold)))
+        result = mapped_reader(args.reader, args.batch) if args.mmap else reader(args.reader, args.batch, args.cold)
+        print(json.dumps(result))
         return
     if args.smoke:
         args.sizes, args.dense_views, args.topk_views = "3000,6000,9000", 2, 4

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,3 +98,20 @@ def print_result(result: dict, print_tables, json_only: bool) -> None:
     if not json_only:
         print()
         print_tables(result)
+
+
+def measure_in_work_folder(args, device: torch.device, prefix: str, run, log):
+    """`run(root, args, device)` with torch seeded, in --keep's folder or a temporary one: (its figures, the
+    machine facts, script seconds and kept folder for the result), or None once a UserError is logged."""
+    from labelopt.pipeline.errors import UserError
+
+    torch.manual_seed(0)
+    loadavg_before, started = os.getloadavg(), time.perf_counter()
+    try:
+        with work_folder(args.keep, prefix) as root:
+            measured = run(root, args, device)
+    except UserError as exc:
+        log(str(exc))
+        return None
+    return measured, {"machine": machine_facts(device, loadavg_before), "script_seconds": time.perf_counter() - started,
+                      "kept": str(args.keep) if args.keep is not None else None}

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import statistics
 import sys
 import time
@@ -51,8 +50,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (NUM_CLASSES, add_run_arguments, checked_device, machine_facts, print_result,  # noqa: E402
-                    random_images, work_folder, write_prepared)
+from common import (NUM_CLASSES, add_run_arguments, checked_device, measure_in_work_folder,  # noqa: E402
+                    print_result, random_images, write_prepared)
 
 FULL_IMAGES, FULL_VIEWS = 50000, 162  # a full CIFAR-100 train store with every cifar-crop-flip view
 TEMPERATURE = 4.0
@@ -444,9 +443,6 @@ def main(argv=None) -> int:
     add_run_arguments(parser, keeps="data, teacher and stores")
     args = parser.parse_args(argv)
     device = checked_device(parser, args)
-
-    from labelopt.pipeline.errors import UserError
-
     if args.crop_flip_images is None:
         args.crop_flip_images = args.images if device.type == "cuda" else min(CPU_CROP_FLIP_IMAGES, args.images)
     if args.images < 1 or not 1 <= args.crop_flip_images <= args.images:
@@ -454,15 +450,10 @@ def main(argv=None) -> int:
     if not 1 <= args.topk < NUM_CLASSES or args.batch_size < 1 or args.train_teacher_epochs < 0:
         parser.error(f"need 1 <= --topk < {NUM_CLASSES}, --batch-size >= 1 and --train-teacher-epochs >= 0")
 
-    torch.manual_seed(0)
-    loadavg_before = os.getloadavg()
-    started = time.perf_counter()
-    try:
-        with work_folder(args.keep, "labelopt-bench-generate-") as root:
-            measured = run(root, args, device)
-    except UserError as exc:
-        log(str(exc))
+    outcome = measure_in_work_folder(args, device, "labelopt-bench-generate-", run, log)
+    if outcome is None:
         return 1
+    measured, facts = outcome
     result = {
         "benchmark": "generate_labels",
         "images": args.images, "crop_flip_images": args.crop_flip_images,
@@ -472,10 +463,7 @@ def main(argv=None) -> int:
         "method": "sl", "temperature": TEMPERATURE, "batch_size": args.batch_size, "block_rows": BLOCK_ROWS,
         "bf16": args.bf16, "topk": args.topk,
         "img_per_s_counts": "teacher passes, i.e. (image, view) pairs",
-        "machine": machine_facts(device, loadavg_before),
-        **measured,
-        "script_seconds": time.perf_counter() - started,
-        "kept": str(args.keep) if args.keep is not None else None,
+        **measured, **facts,
     }
     result["summary"] = summarize(result)
     print_result(result, print_tables, args.json_only)

@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import add_run_arguments, checked_device, machine_facts, print_result, work_folder  # noqa: E402
+from common import add_run_arguments, checked_device, measure_in_work_folder, print_result  # noqa: E402
 from generate_labels import (GOAL_RATIO, TEMPERATURE, machine_line, make_teacher, ratio_line, ratios,  # noqa: E402
                              store_size, throughput_table, time_bare, time_generate)
 from jpeg_tree import LONG_SIDE, write_tree  # noqa: E402
@@ -262,26 +262,17 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args, device = parse_args(argv)
-    from labelopt.pipeline.errors import UserError
-
-    torch.manual_seed(0)
-    loadavg_before = os.getloadavg()
-    started = time.perf_counter()
-    try:
-        with work_folder(args.keep, "labelopt-bench-generate-imagenet-") as root:
-            measured = run(root, args, device)
-    except UserError as exc:
-        log(str(exc))
+    outcome = measure_in_work_folder(args, device, "labelopt-bench-generate-imagenet-", run, log)
+    if outcome is None:
         return 1
+    measured, facts = outcome
     result = {"benchmark": "generate_labels_imagenet", "images": args.images, "classes": args.classes,
               "views_per_image": args.views_per_image, "views": f"sampled:{args.views_per_image}",
               "teacher_arch": args.teacher_arch, "teacher_trained_epochs": 0, "method": "sl",
               "temperature": TEMPERATURE, "batch_size": args.batch_size, "bf16": args.bf16, "topk": args.topk,
               "repeats": args.repeats,
               "img_per_s_counts": "teacher passes, i.e. (image, view) pairs",
-              "machine": machine_facts(device, loadavg_before), **measured,
-              "script_seconds": time.perf_counter() - started,
-              "kept": str(args.keep) if args.keep is not None else None}
+              **measured, **facts}
     result["summary"] = summarize(result)
     print_result(result, print_tables, args.json_only)
     return 0

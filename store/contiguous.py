@@ -39,12 +39,25 @@ def dataset_region(dset: h5py.Dataset) -> tuple[int, int] | None:
     return int(offset), int(dset.size) * dset.dtype.itemsize
 
 
+class ReadHandle:
+    """A store file open for positioned reads; closed when the last holder is gone, so rows handed out (a view
+    space's table) stay valid after the store object that made them is dropped, and never read a reused descriptor."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDONLY)
+        # Entries are read in random order: read-ahead would fetch neighbours that nobody asked for.
+        os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
+
+    def __del__(self):
+        os.close(self.fd)
+
+
 class DatasetRows:
     """A contiguous [N, V, ...] (or [N, ...]) dataset whose entries are read on demand, indexed like numpy:
     `rows[i]` (whole samples) or `rows[i, v]` (one entry per pair) for integer arrays i, v."""
 
-    def __init__(self, fd: int, path: Path, name: str, region: tuple[int, int], shape: tuple, dtype):
-        self.fd, self.path, self.name = fd, path, name
+    def __init__(self, handle: ReadHandle, path: Path, name: str, region: tuple[int, int], shape: tuple, dtype):
+        self.handle, self.path, self.name = handle, path, name
         self.offset, nbytes = region
         self.shape, self.dtype = tuple(shape), np.dtype(dtype).newbyteorder("<")
         self.sample_bytes = nbytes // max(1, self.shape[0])
@@ -59,20 +72,13 @@ class DatasetRows:
         return self._read(self.offset + rows * self.sample_bytes, self.sample_bytes, rows.shape + self.shape[1:])
 
     def _read(self, starts: np.ndarray, size: int, shape: tuple) -> np.ndarray:
-        fd = self.fd
+        fd = self.handle.fd
         # Joined into a bytearray: the array over it is writable, like any array a reader hands out.
         data = bytearray().join([os.pread(fd, size, start) for start in starts.reshape(-1).tolist()])
         if len(data) != starts.size * size:
             raise StoreError(f"{self.path}: dataset /{self.name} ends past the end of the file; the file is "
                              f"truncated: re-fetch or regenerate it")
         return np.frombuffer(data, dtype=self.dtype).reshape(shape)
-
-
-def open_for_rows(path: Path) -> int:
-    fd = os.open(path, os.O_RDONLY)
-    # Entries are read in random order: read-ahead would fetch neighbours that nobody asked for.
-    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-    return fd
 
 
 def check_region(path: Path, name: str, region: tuple[int, int], checksums: dict) -> None:

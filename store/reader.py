@@ -18,7 +18,7 @@ import torch
 
 from . import schema as S
 from .schema import StoreError
-from .contiguous import DatasetRows, check_region, dataset_region, open_for_rows
+from .contiguous import DatasetRows, ReadHandle, check_region, dataset_region
 from .memory import available_memory_bytes
 from .validation import all_datasets, check_file, identity_mismatches, open_h5, read_dataset, stream_check, validate
 from .values import as_float32, densify_topk  # noqa: F401  (as_float32: tests read it from here)
@@ -53,7 +53,7 @@ class LabelStore:
         self._temperature: float = facts["temperature"]
         self._shared_params = shared_params
         self._storage = storage  # dataset path -> (region or None, shape, dtype)
-        self._fd: int | None = None  # contiguous datasets are read through this descriptor
+        self._file: ReadHandle | None = None  # contiguous datasets are read through it
         self._mem: dict[str, tuple] = {}  # signal -> ("dense", values) or ("topk", indices, values)
         self._streamed: set[str] = set()  # datasets whose sha256 has been checked in full
 
@@ -71,10 +71,6 @@ class LabelStore:
     def layout(self) -> str:
         """`contiguous` (read in place) when every dataset can be, else `compressed` (loaded into memory)."""
         return "contiguous" if all(region for region, _, _ in self._storage.values()) else "compressed"
-
-    def __del__(self):
-        if getattr(self, "_fd", None) is not None:
-            os.close(self._fd)
 
     @property
     def temperature(self) -> float:
@@ -135,9 +131,9 @@ class LabelStore:
         if path not in self._streamed:
             check_region(self.path, path, region, self.checksums)
             self._streamed.add(path)
-        if self._fd is None:
-            self._fd = open_for_rows(self.path)
-        return DatasetRows(self._fd, self.path, path, region, shape, dtype)
+        if self._file is None:
+            self._file = ReadHandle(self.path)
+        return DatasetRows(self._file, self.path, path, region, shape, dtype)
 
     def _check_fits(self, paths: list[str]) -> None:
         need = sum(int(np.prod(self._storage[p][1])) * self._storage[p][2].itemsize for p in paths)

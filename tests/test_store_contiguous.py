@@ -179,3 +179,20 @@ def test_repack_refuses_its_own_path_an_existing_out_and_an_unknown_layout(tmp_p
         result = run("labels", "repack", *args)
         assert result.exit_code != 0 and says in result.output, result.output
     assert run("labels", "repack", source, "--layout", "contiguous", "--out", source, "--overwrite").exit_code != 0
+
+
+def test_rows_handed_out_stay_valid_after_their_store_object_is_gone(tmp_path):
+    import gc
+
+    layout = make_layout(per_sample_params=True, param_size=2)
+    path, data = build(tmp_path / "m.h5", layout, compression="none")
+    store = LabelStore.open(path)
+    table = store.view_param_table()
+    del store
+    gc.collect()
+    (tmp_path / "decoy").write_bytes(bytes(path.stat().st_size))
+    other = open(tmp_path / "decoy", "rb")  # takes a freed descriptor's number: zeros if the table read through it
+    try:
+        assert np.array_equal(table[[3, 1]], data["view_params"][[3, 1]])
+    finally:
+        other.close()

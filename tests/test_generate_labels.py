@@ -270,6 +270,27 @@ def test_torchrun_two_processes_write_the_same_store_as_one(teacher, tiny_cifar_
 
 
 @pytest.mark.slow
+def test_torchrun_sl_enc_shares_the_prototype_pass_and_labels_as_one_process(teacher, tiny_cifar_dir, tmp_path):
+    """Each rank embeds its share of the training split; the summed prototypes and rank 0's fitted scale label
+    as one process does (to float16, the sums' order aside)."""
+    command = ["generate-labels", "--data", str(tiny_cifar_dir), "--teacher", str(teacher), "--method", "sl-enc",
+               "--device", "cpu", "--batch-size", "16", "--block-rows", "16"]
+    labelopt = Path(sys.executable).with_name("labelopt")
+    one = subprocess.run([str(labelopt), *command, "--out", str(tmp_path / "one.h5")], capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
+                          "--no-python", str(labelopt), *command, "--out", str(tmp_path / "two.h5")],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stderr.count("sl-enc cosine scale") == 1  # fitted once, on rank 0
+    a, b = LabelStore.open(tmp_path / "one.h5"), LabelStore.open(tmp_path / "two.h5")
+    assert a.generator["options"]["cosine_scale"] == b.generator["options"]["cosine_scale"]
+    rows = torch.arange(a.num_samples)
+    assert torch.allclose(a.gather(rows), b.gather(rows), atol=1e-3)
+
+
+@pytest.mark.slow
 def test_two_nodes_write_the_same_store_as_one_process(teacher, tiny_cifar_dir, one_process_store, tmp_path):
     """Two torchrun agents as two nodes (one process each) on one shared filesystem: one store, rank 0's."""
     out = tmp_path / "store" / "two.h5"

@@ -168,7 +168,7 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
                           seed=options.seed)
     fitted = {}
     if getattr(labeler, "needs_prototypes", False):
-        build_prototypes(labeler, data, device, options.batch_size, options.bf16, log)
+        build_prototypes(labeler, data, device, options.batch_size, options.bf16, log, dist_info)
         fitted = share_prototypes(labeler, dist_info, device)
     feature_dims = {}
     if options.features:

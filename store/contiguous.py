@@ -13,18 +13,15 @@ call per entry and keeps the process's memory flat; benchmarks/store_scale.py me
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import h5py
 import numpy as np
 
-from .integrity import check_digest_of
 from .schema import StoreError
 
 ALIGNMENT = 4096  # each dataset starts on a page
-HASH_PIECE = 4 * 2 ** 20  # bytes read per step when a dataset is checked against its sha256
 
 
 def dataset_region(dset: h5py.Dataset) -> tuple[int, int] | None:
@@ -79,21 +76,3 @@ class DatasetRows:
             raise StoreError(f"{self.path}: dataset /{self.name} ends past the end of the file; the file is "
                              f"truncated: re-fetch or regenerate it")
         return np.frombuffer(data, dtype=self.dtype).reshape(shape)
-
-
-def check_region(path: Path, name: str, region: tuple[int, int], checksums: dict) -> None:
-    """A contiguous dataset's sha256, streamed with plain reads (constant memory), against its recorded value."""
-    offset, nbytes = region
-    digest = hashlib.sha256()
-    piece = bytearray(min(HASH_PIECE, max(nbytes, 1)))
-    with open(path, "rb", buffering=0) as fh:
-        fh.seek(offset)
-        done = 0
-        while done < nbytes:
-            view = memoryview(piece)[:min(len(piece), nbytes - done)]
-            got = fh.readinto(view)
-            if not got:
-                break
-            digest.update(view[:got])
-            done += got
-    check_digest_of(path, name, digest.hexdigest(), checksums)

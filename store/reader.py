@@ -18,7 +18,7 @@ import torch
 
 from . import schema as S
 from .schema import StoreError
-from .contiguous import DatasetRows, ReadHandle, check_region, dataset_region
+from .contiguous import DatasetRows, ReadHandle, dataset_region
 from .memory import available_memory_bytes
 from .validation import all_datasets, check_file, identity_mismatches, open_h5, read_dataset, stream_check, validate
 from .values import as_float32, densify_topk  # noqa: F401  (as_float32: tests read it from here)
@@ -122,14 +122,14 @@ class LabelStore:
             return (S.TOPK_INDICES, S.TOPK_VALUES)
         return (S.signal_path(signal),)
 
-    def _in_place(self, path: str) -> DatasetRows | None:
-        """A contiguous dataset, checked against its sha256 once, read entry by entry from the file; None when
-        the dataset is compressed."""
+    def _in_place(self, f: h5py.File, path: str) -> DatasetRows | None:
+        """A contiguous dataset, checked against its sha256 once (streamed, as rows() does), read entry by entry
+        from the file; None when the dataset is compressed."""
         region, shape, dtype = self._storage[path]
         if region is None:
             return None
         if path not in self._streamed:
-            check_region(self.path, path, region, self.checksums)
+            stream_check(f, path, self.checksums)
             self._streamed.add(path)
         if self._file is None:
             self._file = ReadHandle(self.path)
@@ -156,7 +156,7 @@ class LabelStore:
         self._check_fits(in_memory)
         with open_h5(self.path) as f:
             for signal in todo:
-                arrays = [self._in_place(p) for p in self._signal_paths(signal)]
+                arrays = [self._in_place(f, p) for p in self._signal_paths(signal)]
                 arrays = [self._read(f, p) if a is None else a for a, p in zip(arrays, self._signal_paths(signal))]
                 self._mem[signal] = ("topk", *arrays) if len(arrays) == 2 else ("dense", arrays[0])
 
@@ -214,23 +214,21 @@ class LabelStore:
     def view_params(self, indices=None) -> np.ndarray:
         """Shared stores: the [V, P] table (same for every sample, `indices` ignored).
         Per-sample stores: [N, V, P], or [len(indices), V, P] for the given sample indices."""
-        table = self.view_param_table()
         if self._shared_params is not None:
-            return table
-        if indices is None:
-            return np.asarray(table[np.arange(self.num_samples)]) if isinstance(table, DatasetRows) else table
-        return table[np.asarray(indices, dtype=np.int64)]
+            return self._shared_params
+        if indices is None:  # the whole table in memory, in one read whatever the layout
+            with open_h5(self.path) as f:
+                return self._read(f, S.VIEW_PARAMS)
+        return self.view_param_table()[np.asarray(indices, dtype=np.int64)]
 
     def view_param_table(self):
         """The view parameters to index like numpy ([V, P] or [N, V, P]): a contiguous store's per-sample table
         stays in the file and is read per key (it can outgrow memory); otherwise an array in memory."""
         if self._shared_params is not None:
             return self._shared_params
-        params = self._in_place(S.VIEW_PARAMS)
-        if params is None:
-            with open_h5(self.path) as f:
-                params = self._read(f, S.VIEW_PARAMS)
-        return params
+        with open_h5(self.path) as f:
+            params = self._in_place(f, S.VIEW_PARAMS)
+            return self._read(f, S.VIEW_PARAMS) if params is None else params
 
     def size_bytes(self) -> int:
         return os.path.getsize(self.path)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .disk import check_free_space, free_mib, is_disk_full
 from .integrity import check_digest_of
-from .layout import StoreLayout, compression_for
+from . import schema as S
 from .reader import LabelStore
 from .schema import StoreError
 from .validation import all_datasets, open_h5, root_attrs
@@ -37,8 +37,9 @@ def repack(path: Path, out: Path, layout: str, *, overwrite: bool = False) -> Pa
         raise StoreError(f"--out {out} is the store itself; repack writes a new file: choose another --out")
     if out.exists() and not overwrite:
         raise StoreError(f"{out} already exists; pass --overwrite to replace it")
-    compression = compression_for(layout, StoreLayout(num_samples=store.num_samples, num_views=store.num_views,
-                                                      num_classes=store.num_classes))
+    if layout not in S.LAYOUTS:
+        raise StoreError(f"--layout must be one of {sorted(S.LAYOUTS)}, got {layout!r}")
+    compression = S.LAYOUTS[layout]
     check_free_space(out.parent, os.path.getsize(path) if compression != "none" else _raw_bytes(path),
                      f"repacking into {out.name}")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.h5")

@@ -21,7 +21,7 @@ SERIAL_ELEMENTS = 32768
 def as_float32(values: np.ndarray) -> np.ndarray:
     if values.dtype != np.float16:
         return values.astype(np.float32, copy=False)
-    # from_numpy needs a writable array; entries read from a file arrive read-only.
+    # from_numpy needs a writable array (a caller's may be a read-only view of a buffer).
     source = torch.from_numpy(np.ascontiguousarray(values) if values.flags.writeable else values.copy()).reshape(-1)
     out = torch.empty(source.shape, dtype=torch.float32)
     for lo in range(0, source.numel(), SERIAL_ELEMENTS):

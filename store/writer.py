@@ -38,7 +38,7 @@ def file_options(compression: str) -> dict:
 
 def storage_options(compression: str, row_shape: tuple, chunk_rows: int) -> dict:
     """create_dataset's storage: chunks of `chunk_rows` rows, compressed and fletcher32-checked; or, for the
-    contiguous layout ("none"), nothing at all (contiguous bytes, which is what lets a reader map them)."""
+    contiguous layout ("none"), nothing at all (plain bytes at a fixed offset, which a reader reads in place)."""
     if compression == "none":
         return {}
     options = {"chunks": (chunk_rows, *row_shape), "compression": compression, "fletcher32": True}

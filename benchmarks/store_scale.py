@@ -13,7 +13,9 @@ one (gzip, loaded whole into memory) for comparison. For each store a fresh read
   open      LabelStore.open: attributes, digest, listing, shapes
   check     load(): the sha256 of the targets (the whole dataset streamed once; compressed: read into memory)
   warm      one pass over all N rows in random order, one random view each, in --batch-row gathers, with the
-            store in the page cache (the check just read it; where it is larger than memory, what stayed)
+            store in the page cache (the check just read it; where it is larger than memory, what stayed);
+            contiguous stores: the same pass again through a plain Python loop of preads (labelopt's reads before
+            store/entry_reads.py), side by side in the same process
   cold      the same pass in another order right after the page cache was emptied (as root:
             /proc/sys/vm/drop_caches; otherwise posix_fadvise DONTNEED on the store, which needs no root)
   memory    the process's peak resident set (VmHWM) and its anonymous part, against an empty-store reader's
@@ -34,6 +36,7 @@ then tables. Absolute times depend on the machine (printed with the results).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -142,12 +145,29 @@ def reader(path: Path, batch: int, cold: bool) -> dict:
     out["check_s"] = time.perf_counter() - t
     out["warm"] = one_pass(store, batch, seed=2)
     out["warm"]["loadavg_1min"] = os.getloadavg()[0]
+    if store.layout == "contiguous":
+        with plain_reads():
+            out["warm_plain"] = one_pass(store, batch, seed=2)
     if cold:
         out["emptied_by"] = empty_page_cache(path)
         out["cold"] = one_pass(store, batch, seed=3)
     out["memory_end_kib"] = memory_kib()
     out["layout"] = store.layout
     return out
+
+
+@contextlib.contextmanager
+def plain_reads():
+    """For the side-by-side figure: contiguous reads as labelopt did them before store/entry_reads.py, one Python
+    loop of preads on the caller's thread (the module's uncompiled kernel, no helpers)."""
+    from labelopt.store import entry_reads
+
+    saved = entry_reads._kernel, entry_reads.helper_count
+    entry_reads._kernel, entry_reads.helper_count = entry_reads._python_kernel, lambda: 0
+    try:
+        yield
+    finally:
+        entry_reads._kernel, entry_reads.helper_count = saved
 
 
 class MappedTargets:
@@ -249,17 +269,19 @@ def measure(row: dict, folder: Path, args, keep: bool) -> dict:
 
 def table(rows: list[dict], empty_kib: int) -> str:
     head = ("| store | layout | N | V | size | write | open | check | peak memory (vs empty reader) | anon "
-            "| cold p50 / p99 | warm p50 / p99 |\n|" + " --- |" * 12)
+            "| cold p50 / p99 | warm p50 / p99 | warm, Python loop (before) |\n|" + " --- |" * 13)
     lines = [head]
     for r in rows:
         m, rd = r["reader"]["memory_end_kib"], r["reader"]
-        cold = rd.get("cold", {})
+        cold, plain = rd.get("cold", {}), rd.get("warm_plain")
+        before = (f"{plain['p50_ms']:.2f} / {plain['p99_ms']:.2f} ms ({plain['p50_ms'] / rd['warm']['p50_ms']:.1f}x)"
+                  if plain else "")
         lines.append(
             f"| {r['kind']} | {r['layout']} | {r['n']:,} | {r['views']} | {r['bytes'] / 2**30:.2f} GiB "
             f"| {r['write_s']:.0f} s | {rd['open_ms']:.0f} ms | {rd['check_s']:.1f} s "
             f"| {m['VmHWM'] / 1024:.0f} MiB ({(m['VmHWM'] - empty_kib) / 1024:+.0f}) | {m['RssAnon'] / 1024:.0f} MiB "
             f"| {cold.get('p50_ms', float('nan')):.2f} / {cold.get('p99_ms', float('nan')):.2f} ms "
-            f"| {rd['warm']['p50_ms']:.2f} / {rd['warm']['p99_ms']:.2f} ms |")
+            f"| {rd['warm']['p50_ms']:.2f} / {rd['warm']['p99_ms']:.2f} ms | {before} |")
     mapped = [r for r in rows if r.get("mmap")]
     if mapped:
         lines += ["", "| store | read through | warm p50 / p99 | peak memory (vs empty reader) "

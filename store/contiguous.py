@@ -9,7 +9,8 @@ memory trains, and the processes of a node share the one copy in the kernel's pa
 Why not a memory map: on recent kernels, touching one row of a mapped file maps the whole cached folio around it
 (up to 2 MiB), so a reader's resident set grows towards the store's size within a few random batches, and
 unmapping after each batch makes every later touch re-map a folio (slower than reading). pread costs one system
-call per entry and keeps the process's memory flat; benchmarks/store_scale.py measures both costs.
+call per entry and keeps the process's memory flat (entry_reads.py makes a batch of them cheap);
+benchmarks/store_scale.py measures both costs.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from .entry_reads import prepare as prepare_reads
+from .entry_reads import read_entries
 from .schema import StoreError
 
 ALIGNMENT = 4096  # each dataset starts on a page
@@ -42,6 +45,7 @@ class ReadHandle:
 
     def __init__(self, path: Path):
         self.fd = os.open(path, os.O_RDONLY)
+        prepare_reads()
         # Entries are read in random order: read-ahead would fetch neighbours that nobody asked for.
         os.posix_fadvise(self.fd, 0, 0, os.POSIX_FADV_RANDOM)
 
@@ -61,18 +65,26 @@ class DatasetRows:
         self.entry_bytes = self.sample_bytes // max(1, self.shape[1]) if len(self.shape) > 1 else self.sample_bytes
 
     def __getitem__(self, key) -> np.ndarray:
+        return take_entries([(self, key)])[0]
+
+    def request(self, key) -> tuple[np.ndarray, int, tuple]:
+        """(file offsets, entry size, result shape) of `rows[key]`."""
         if isinstance(key, tuple):
             rows, cols = (np.asarray(k, dtype=np.int64) for k in key)
             starts = self.offset + rows * self.sample_bytes + cols * self.entry_bytes
-            return self._read(starts, self.entry_bytes, rows.shape + self.shape[2:])
+            return starts, self.entry_bytes, rows.shape + self.shape[2:]
         rows = np.asarray(key, dtype=np.int64)
-        return self._read(self.offset + rows * self.sample_bytes, self.sample_bytes, rows.shape + self.shape[1:])
+        return self.offset + rows * self.sample_bytes, self.sample_bytes, rows.shape + self.shape[1:]
 
-    def _read(self, starts: np.ndarray, size: int, shape: tuple) -> np.ndarray:
-        fd = self.handle.fd
-        # Joined into a bytearray: the array over it is writable, like any array a reader hands out.
-        data = bytearray().join([os.pread(fd, size, start) for start in starts.reshape(-1).tolist()])
-        if len(data) != starts.size * size:
-            raise StoreError(f"{self.path}: dataset /{self.name} ends past the end of the file; the file is "
-                             f"truncated: re-fetch or regenerate it")
-        return np.frombuffer(data, dtype=self.dtype).reshape(shape)
+
+def take_entries(keyed: list[tuple[DatasetRows, object]]) -> list[np.ndarray]:
+    """`rows[key]` for each (rows, key) pair of datasets in one file, read as one batch (a top-k gather's indices
+    and values together). The arrays are writable, like any array a reader hands out."""
+    first = keyed[0][0]
+    requests = [rows.request(key) for rows, key in keyed]
+    data, failed = read_entries(first.handle.fd, [(starts, size) for starts, size, _ in requests])
+    if failed:
+        names = ", ".join(f"/{rows.name}" for rows, _ in keyed)
+        raise StoreError(f"{first.path}: dataset {names} ends past the end of the file; the file is truncated: "
+                         f"re-fetch or regenerate it")
+    return [raw.view(rows.dtype).reshape(shape) for raw, (rows, _), (_, _, shape) in zip(data, keyed, requests)]

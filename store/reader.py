@@ -18,12 +18,19 @@ import torch
 
 from . import schema as S
 from .schema import StoreError
-from .contiguous import DatasetRows, ReadHandle, dataset_region
+from .contiguous import DatasetRows, ReadHandle, dataset_region, take_entries
 from .memory import available_memory_bytes
 from .validation import all_datasets, check_file, identity_mismatches, open_h5, read_dataset, stream_check, validate
 from .values import as_float32, densify_topk  # noqa: F401  (as_float32: tests read it from here)
 
 MEMORY_SHARE = 0.5  # a compressed store may take at most this share of the available memory when loaded
+
+
+def entries_of(tables, rows: np.ndarray, cols: np.ndarray) -> list[np.ndarray]:
+    """table[rows, cols] for each table: in memory, or read in place (all of them in one batch of reads)."""
+    if all(isinstance(t, DatasetRows) for t in tables):
+        return take_entries([(t, (rows, cols)) for t in tables])
+    return [t[rows, cols] for t in tables]
 
 
 class LabelStore:
@@ -174,16 +181,16 @@ class LabelStore:
         entry = self._mem[signal]
         if entry[0] == "dense":
             return torch.from_numpy(as_float32(entry[1][rows, cols]))
-        return torch.from_numpy(densify_topk(entry[1][rows, cols], entry[2][rows, cols], self.num_classes))
+        return torch.from_numpy(densify_topk(*entries_of(entry[1:], rows, cols), self.num_classes))
 
     def topk_entries(self, indices, views) -> tuple[np.ndarray, np.ndarray]:
         """A top-k store's stored (class ids int64 [B, k], values float32 [B, k]) for rows (indices, views)."""
         if not self.is_topk:
             raise StoreError(f"store {self.path} is dense; it has no top-k entries")
         self.load((S.SIGNAL_TARGETS,))
-        _, idx, vals = self._mem[S.SIGNAL_TARGETS]
         rows, cols = np.asarray(indices, dtype=np.int64), np.asarray(views, dtype=np.int64)
-        return idx[rows, cols].astype(np.int64), as_float32(vals[rows, cols])
+        idx, vals = entries_of(self._mem[S.SIGNAL_TARGETS][1:], rows, cols)
+        return idx.astype(np.int64), as_float32(vals)
 
     def rows(self, signal: str, start: int, stop: int) -> np.ndarray:
         """Dense float32 [stop-start, V, C or D] straight from the file (top-k densified as in gather): for tools.

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from .disk import write_bytes_atomic
 from .schema import StoreError
 
 CHUNK_BYTES = 4 << 20  # one ranged read per chunk: a cut transfer loses at most this much
@@ -54,7 +55,8 @@ def stderr_line(message: str) -> None:
 
 def local_store(spec, cache_dir=None, progress: bool | None = None, log=stderr_line) -> Path:
     """The local file of a store argument; a URL is fetched (or resumed) and checked first, or reused from the
-    cache when its size equals the remote's. progress: a bar on stderr (None: only when stderr is a terminal)."""
+    cache when it is the remote's current version: the same size and the same ETag or Last-Modified (size alone
+    where the server gives neither). progress: a bar on stderr (None: only when stderr is a terminal)."""
     if not is_url(spec):
         return Path(spec)
     url = spec
@@ -69,13 +71,30 @@ def local_store(spec, cache_dir=None, progress: bool | None = None, log=stderr_l
                 raise
             log(f"note: {url} cannot be reached ({exc.reason}); using the copy cached at {final}")
             return final
-        if final.is_file() and final.stat().st_size == size:
+        record = {"url": url, "size": size, "tag": tag}
+        if final.is_file() and final.stat().st_size == size and cached_record(final) == record:
             return final
         part = download(fs, path, url, final, size, tag, progress)
         check_download(part, url)
         os.replace(part, final)
+        write_record(final, record)
         Path(f"{part}.json").unlink(missing_ok=True)
     return final
+
+
+def write_record(final: Path, record: dict) -> None:
+    """Beside the copy, the version of the remote file it is (a crash before this only costs a new fetch)."""
+    write_bytes_atomic(Path(f"{final}.json"), json.dumps(record).encode(), then="fetch the store again")
+
+
+def cached_record(final: Path) -> dict | None:
+    """What a cached copy was fetched from ({url, size, tag}); None for a copy without one (made by an older
+    labelopt, or its record lost): it is fetched again rather than trusted to be the current version."""
+    try:
+        record = json.loads(Path(f"{final}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def cache_folder(cache_dir) -> Path:

@@ -13,13 +13,14 @@ from labelopt.cli import main
 from labelopt.pipeline.data.datasets import open_dataset
 from labelopt.store import StoreError
 from labelopt.store import remote
-from labelopt.tests.store_fakes import build, make_header, make_layout
+from labelopt.tests.store_fakes import build, make_data, make_header, make_layout
 
 
 class RangeHandler(BaseHTTPRequestHandler):
     """Serves server.root; answers `Range: bytes=a-` and `bytes=a-b` with 206, HEAD with the length; records each
     request; with server.cut_at set, a body that would pass that file offset stops there and the connection
-    closes (a transfer cut midway); with server.down set, every request gets a 503."""
+    closes (a transfer cut midway); with server.down set, every request gets a 503; with server.etags set (the
+    default), an ETag made from the file's modification time."""
 
     def log_message(self, *args):
         pass
@@ -50,6 +51,8 @@ class RangeHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(data)}")
         self.send_header("Content-Length", str(stop - start))
         self.send_header("Accept-Ranges", "bytes")
+        if self.server.etags:  # a version tag as real servers make one: from the file's modification time
+            self.send_header("ETag", f'"{path.stat().st_mtime_ns:x}-{len(data):x}"')
         self.end_headers()
         if send_body:
             cut = self.server.cut_at
@@ -62,7 +65,7 @@ def server(tmp_path):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), RangeHandler)
     httpd.root = tmp_path / "served"
     httpd.root.mkdir()
-    httpd.requests, httpd.cut_at, httpd.down = [], None, False
+    httpd.requests, httpd.cut_at, httpd.down, httpd.etags = [], None, False, True
     httpd.url = f"http://127.0.0.1:{httpd.server_address[1]}"
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -180,6 +183,23 @@ def test_the_cache_is_reused_without_a_second_download(server, tmp_path, small_c
     (server.root / "labels.h5").unlink()  # the publisher replaced the store: a new size is fetched again
     url2, newer = publish(server, num_samples=300)
     assert url2 == url and remote.local_store(url, cache, progress=False).read_bytes() == newer != original
+
+
+@pytest.mark.parametrize("etags", [True, False], ids=["etag", "no version tag"])
+def test_a_store_replaced_by_one_of_the_same_size_is_fetched_again_where_the_server_tags_versions(
+        server, tmp_path, small_chunks, etags):
+    server.etags = etags
+    layout = make_layout(num_samples=400, num_classes=40)
+    served = server.root / "labels.h5"
+    build(served, layout, make_data(layout, seed=1), compression="none")  # uncompressed: size set by the layout
+    url, cache = f"{server.url}/labels.h5", tmp_path / "cache"
+    first = remote.local_store(url, cache, progress=False).read_bytes()
+    build(served, layout, make_data(layout, seed=2), compression="none", overwrite=True)
+    newer = served.read_bytes()
+    assert len(newer) == len(first) and newer != first
+    again = remote.local_store(url, cache, progress=False).read_bytes()
+    # With a version tag the new store is fetched; without one, size is all there is to compare (documented).
+    assert again == (newer if etags else first)
 
 
 def test_ranks_asking_at_once_download_once(server, tmp_path, small_chunks):

@@ -13,7 +13,9 @@ one (gzip, loaded whole into memory) for comparison. For each store a fresh read
   open      LabelStore.open: attributes, digest, listing, shapes
   check     load(): the sha256 of the targets (the whole dataset streamed once; compressed: read into memory)
   warm      one pass over all N rows in random order, one random view each, in --batch-row gathers, with the
-            store in the page cache (the check just read it; where it is larger than memory, what stayed);
+            store in the page cache (the check just read it; where it is larger than memory, what stayed),
+            after 8 untimed gathers of random rows (a fresh process's first gathers pay for growing its heap:
+            1-4 ms each; the cold pass and the Python loop's pass below come later and need none);
             contiguous stores: the same pass again through a plain Python loop of preads (labelopt's reads before
             store/entry_reads.py), side by side in the same process
   cold      the same pass in another order right after the page cache was emptied (as root:
@@ -51,6 +53,7 @@ import numpy as np
 from labelopt.store import LabelStore, StoreLayout, StoreWriter
 
 CLASSES, TOPK, POOL_ROWS = 1000, 10, 8192
+WARMUP_GATHERS = 8
 BLOCK_ROWS = 4096
 
 
@@ -118,10 +121,13 @@ def empty_page_cache(path: Path) -> str:
         return "fadvise"
 
 
-def one_pass(store: LabelStore, batch: int, seed: int) -> dict:
+def one_pass(store: LabelStore, batch: int, seed: int, warmup: int = 0) -> dict:
     import torch
 
     rng = np.random.default_rng(seed)
+    for _ in range(warmup):  # a fresh process's first gathers grow its heap (page faults): not timed
+        store.gather(torch.from_numpy(rng.integers(0, store.num_samples, batch)),
+                     torch.from_numpy(rng.integers(0, store.num_views, batch)))
     order = torch.from_numpy(rng.permutation(store.num_samples))
     views = torch.from_numpy(rng.integers(0, store.num_views, store.num_samples))
     times = []
@@ -143,7 +149,7 @@ def reader(path: Path, batch: int, cold: bool) -> dict:
     t = time.perf_counter()
     store.load()
     out["check_s"] = time.perf_counter() - t
-    out["warm"] = one_pass(store, batch, seed=2)
+    out["warm"] = one_pass(store, batch, seed=2, warmup=WARMUP_GATHERS)
     out["warm"]["loadavg_1min"] = os.getloadavg()[0]
     if store.layout == "contiguous":
         with plain_reads():
@@ -159,15 +165,15 @@ def reader(path: Path, batch: int, cold: bool) -> dict:
 @contextlib.contextmanager
 def plain_reads():
     """For the side-by-side figure: contiguous reads as labelopt did them before store/entry_reads.py, one Python
-    loop of preads on the caller's thread (the module's uncompiled kernel, no helpers)."""
+    loop of preads on the caller's thread (the module's uncompiled path, which has no helpers)."""
     from labelopt.store import entry_reads
 
-    saved = entry_reads._kernel, entry_reads.helper_count
-    entry_reads._kernel, entry_reads.helper_count = entry_reads._python_kernel, lambda: 0
+    saved = entry_reads._kernels
+    entry_reads._kernels = False
     try:
         yield
     finally:
-        entry_reads._kernel, entry_reads.helper_count = saved
+        entry_reads._kernels = saved
 
 
 class MappedTargets:
@@ -201,7 +207,7 @@ def mapped_reader(path: Path, batch: int) -> dict:
     store = LabelStore.open(path)
     store.load()  # the same sha256 pass, so the page cache starts as warm as the pread reader's
     mapped = MappedTargets(store)
-    return {"warm": one_pass(mapped, batch, seed=2), "memory_end_kib": memory_kib(), "layout": "mmap"}
+    return {"warm": one_pass(mapped, batch, seed=2, warmup=WARMUP_GATHERS), "memory_end_kib": memory_kib(), "layout": "mmap"}
 
 
 def run_readers(path: Path, batch: int, count: int, cold: bool, mapped: bool = False) -> list[dict]:

@@ -21,7 +21,7 @@ import h5py
 import numpy as np
 
 from .entry_reads import prepare as prepare_reads
-from .entry_reads import read_entries
+from .entry_reads import read_entries, read_float16_rows, read_topk_rows
 from .schema import StoreError
 
 ALIGNMENT = 4096  # each dataset starts on a page
@@ -77,14 +77,43 @@ class DatasetRows:
         return self.offset + rows * self.sample_bytes, self.sample_bytes, rows.shape + self.shape[1:]
 
 
+def truncated(path: Path, names) -> StoreError:
+    listed = ", ".join(f"/{name}" for name in names)
+    return StoreError(f"{path}: dataset {listed} ends past the end of the file; the file is truncated: re-fetch or "
+                      f"regenerate it")
+
+
 def take_entries(keyed: list[tuple[DatasetRows, object]]) -> list[np.ndarray]:
-    """`rows[key]` for each (rows, key) pair of datasets in one file, read as one batch (a top-k gather's indices
-    and values together). The arrays are writable, like any array a reader hands out."""
+    """`rows[key]` for each (rows, key) pair of datasets in one file, read as one batch. The arrays are writable,
+    like any array a reader hands out."""
     first = keyed[0][0]
     requests = [rows.request(key) for rows, key in keyed]
     data, failed = read_entries(first.handle.fd, [(starts, size) for starts, size, _ in requests])
     if failed:
-        names = ", ".join(f"/{rows.name}" for rows, _ in keyed)
-        raise StoreError(f"{first.path}: dataset {names} ends past the end of the file; the file is truncated: "
-                         f"re-fetch or regenerate it")
+        raise truncated(first.path, [rows.name for rows, _ in keyed])
     return [raw.view(rows.dtype).reshape(shape) for raw, (rows, _), (_, _, shape) in zip(data, keyed, requests)]
+
+
+def float32_entries(rows: DatasetRows, key) -> np.ndarray:
+    """`rows[key]` widened to float32 (the gather of targets, logits, features), widened as it is read."""
+    starts, size, shape = rows.request(key)
+    if rows.dtype != np.float16:
+        return take_entries([(rows, key)])[0].astype(np.float32, copy=False)
+    out, failed = read_float16_rows(rows.handle.fd, starts, size // 2)
+    if failed:
+        raise truncated(rows.path, [rows.name])
+    return out.reshape(shape)
+
+
+def dense_topk_entries(indices: DatasetRows, values: DatasetRows, key, num_classes: int) -> np.ndarray:
+    """float32 [..., num_classes]: the top-k entries at `key` densified (values.densify_topk) as they are read."""
+    index_starts, _, shape = indices.request(key)
+    value_starts, _, _ = values.request(key)
+    k = shape[-1]
+    out, failed, bad = read_topk_rows(indices.handle.fd, index_starts, value_starts, k, num_classes)
+    if failed:
+        raise truncated(indices.path, [indices.name, values.name])
+    if bad:
+        raise StoreError(f"{indices.path}: /{indices.name} holds {bad} class ids outside 0..{num_classes - 1}; the "
+                         f"store is damaged: run labelopt labels verify on it and regenerate it")
+    return out.reshape(shape[:-1] + (num_classes,))

@@ -3,124 +3,64 @@
 Each entry of a batch is one positioned read (pread). On the 2-core machine this was measured on, a read costs
 about 0.8 us of kernel time whatever its size up to 4 KiB, and most of it is the page-cache lookup, not the system
 call: submitting all of a batch's reads in one io_submit (Linux AIO) measured the same. So a batch costs what its
-reads cost, and two things keep it near that floor:
-- the loop over entries is compiled (numba, which FFCV already brings) and releases the GIL: no Python per entry;
-- a few helper threads take chunks of the batch beside the caller. The caller takes chunks too, so a helper that
-  is not scheduled (cores busy with FFCV's loader threads) has claimed nothing and costs the batch nothing; one that
-  is preempted mid-chunk delays it by that chunk (64 reads).
-Without numba the same loop runs in Python (os.preadv into the output, no copy).
+reads cost, and three things keep it near that floor:
+- the loop over entries is compiled (store/read_kernels.py, numba, which FFCV already brings) and runs without
+  the GIL;
+- a few helper threads read beside the caller. Caller and helpers claim chunks of the batch with an atomic
+  counter inside the compiled loop, so no thread waits for the GIL between chunks, and a helper that is not
+  scheduled (cores busy with FFCV's loader threads) has claimed nothing and costs the batch nothing; one that is
+  preempted mid-chunk delays it by that chunk's remaining reads;
+- float16 rows are widened, and top-k rows densified, by the thread that read them, so that work is split too.
+Without numba the same reads run in Python on the caller's thread (os.preadv into the output, no copy), and
+store/values.py widens and densifies: the same numbers, bit for bit.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import threading
-import time
 
 import numpy as np
 
-CHUNK = 64  # entries per claim: small enough that a late helper delays little, large enough to amortise a claim
+from .values import as_float32, densify_topk
+
+CHUNK = 16  # units per claim: a claim costs nanoseconds, and a late helper leaves at most this much to wait for
 MAX_HELPERS = 3  # beyond ~4 readers the page-cache lookups stop scaling; cores are for training
 
-
-def _python_kernel(fd: int, starts: np.ndarray, lo: int, hi: int, size: int, out: np.ndarray) -> int:
-    view = memoryview(out)
-    failed = 0
-    for k in range(lo, hi):
-        entry, got = view[k * size:(k + 1) * size], 0
-        while got < size:
-            n = os.preadv(fd, [entry[got:]], int(starts[k]) + got)
-            if n <= 0:
-                break
-            got += n
-        failed += got != size
-    return failed
-
-
-def _compiled_kernel():
-    """The same loop compiled, calling libc's pread directly; None where numba or libc is not there."""
-    try:
-        import ctypes
-
-        import numba
-        pread = ctypes.CDLL(None, use_errno=True).pread
-    except (ImportError, OSError, AttributeError):
-        return None
-    pread.restype = ctypes.c_ssize_t
-    pread.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64]
-
-    @numba.njit(nogil=True)
-    def read_chunk(fd, starts, lo, hi, size, out):
-        base, failed = out.ctypes.data, 0
-        for k in range(lo, hi):
-            got = 0
-            while got < size:  # a short read (network filesystems) continues where it stopped
-                n = pread(fd, base + k * size + got, size - got, starts[k] + got)
-                if n <= 0:  # end of file (a truncated store) or an I/O error
-                    break
-                got += n
-            if got != size:
-                failed += 1
-        return failed
-
-    return read_chunk
-
-
-_kernel = None
+_kernels = None  # the module store/read_kernels.py, or False where it cannot be loaded (no numba, no libc pread)
 
 
 def prepare() -> None:
-    """Compile the read loop now (~0.3 s, once per process) rather than inside the first batch's gather."""
-    global _kernel
-    if _kernel is None:
-        kernel = _compiled_kernel()
-        if kernel is not None:
-            kernel(0, np.zeros(0, dtype=np.int64), 0, 0, 1, np.zeros(0, dtype=np.uint8))  # no reads: compiles
-        _kernel = kernel or _python_kernel
+    """Compile the loops and start the helpers now (~1 s, once per process) rather than inside the first gather."""
+    global _kernels
+    if _kernels is None:
+        try:
+            from . import read_kernels
+        except (ImportError, OSError, AttributeError):
+            _kernels = False
+        else:
+            read_kernels.compile_all(CHUNK)
+            _kernels = read_kernels
+    if _kernels and helper_count() > 0:
+        _start_helpers()
 
 
-def _read_chunk(fd: int, starts: np.ndarray, lo: int, hi: int, size: int, out: np.ndarray) -> int:
-    if _kernel is None:
-        prepare()
-    return _kernel(fd, starts, lo, hi, size, out)
-
-
-class _Batch:
-    """One batch's reads (one or more runs of equal-size entries), claimed chunk by chunk by whichever thread asks
-    next."""
-
-    def __init__(self, fd: int, runs: list[tuple[np.ndarray, int, np.ndarray]]):
-        self.fd, self.runs = fd, runs
-        self.plan = [(r, lo, min(lo + CHUNK, starts.size)) for r, (starts, _, _) in enumerate(runs)
-                     for lo in range(0, starts.size, CHUNK)]
-        self._claims = itertools.count()  # next() on a count is atomic under the GIL
-        self.failed: list[int] = []  # one count per finished chunk; list.append is atomic too
-        self.finished = threading.Event()
-        if not self.plan:
-            self.finished.set()
-
-    def work(self) -> None:
-        while (chunk := next(self._claims)) < len(self.plan):
-            run, lo, hi = self.plan[chunk]
-            starts, size, out = self.runs[run]
-            self.failed.append(_read_chunk(self.fd, starts, lo, hi, size, out))
-            if len(self.failed) == len(self.plan):
-                self.finished.set()
-
-    def wait(self) -> int:
-        """The number of entries not read whole, once every chunk is done."""
-        while not self.finished.is_set():  # at most a helper's last chunk (~50 us): yield rather than sleep
-            time.sleep(0)
-        return sum(self.failed)
+def helper_count() -> int:
+    """Up to MAX_HELPERS, leaving each of the node's processes (torchrun's LOCAL_WORLD_SIZE) a core of its own."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        processes = 1
+    return max(0, min(MAX_HELPERS, cores // processes - 1))
 
 
 class _Helpers:
-    """Threads that wait for a batch and help read it; one batch at a time (a second caller reads alone)."""
+    """Threads that wait for a batch and help read it. A newer batch replaces an older one; every caller reads
+    what is left of its own batch, so a batch never depends on a helper coming."""
 
     def __init__(self, count: int):
-        self.busy = threading.Lock()
         self._wake = threading.Condition()
-        self._batch: _Batch | None = None
+        self._batch: tuple | None = None
         self._generation = 0
         for _ in range(count):
             threading.Thread(target=self._serve, name="labelopt-store-reads", daemon=True).start()
@@ -131,10 +71,10 @@ class _Helpers:
             with self._wake:
                 while self._generation == seen:
                     self._wake.wait()
-                seen, batch = self._generation, self._batch
-            batch.work()
+                seen, (loop, args) = self._generation, self._batch
+            loop(*args)
 
-    def offer(self, batch: _Batch) -> None:
+    def offer(self, batch: tuple) -> None:
         with self._wake:
             self._batch, self._generation = batch, self._generation + 1
             self._wake.notify_all()
@@ -142,6 +82,14 @@ class _Helpers:
 
 _helpers: _Helpers | None = None
 _helpers_made = threading.Lock()
+
+
+def _start_helpers() -> _Helpers:
+    global _helpers
+    with _helpers_made:
+        if _helpers is None:
+            _helpers = _Helpers(helper_count())
+        return _helpers
 
 
 def _forget_helpers() -> None:
@@ -153,32 +101,88 @@ def _forget_helpers() -> None:
 os.register_at_fork(after_in_child=_forget_helpers)
 
 
-def helper_count() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(0, min(MAX_HELPERS, cores - 1))
+def _run(name: str, units: int, *args, after: tuple = ()) -> np.ndarray:
+    """One compiled loop over `units` units, shared with the helpers: loop(*args, counters, CHUNK, *after); the
+    batch's counters once every unit is done."""
+    state = np.zeros(_kernels.COUNTERS, dtype=np.int64)
+    loop, args = getattr(_kernels, name), args + (state, CHUNK) + after
+    if units > CHUNK and helper_count() > 0:
+        _start_helpers().offer((loop, args))
+    loop(*args)
+    _kernels.wait_finished(state, units)
+    return state
+
+
+def _python_read(fd: int, starts: np.ndarray, size: int, out: memoryview) -> int:
+    """The entries' bytes into `out`, one after another; how many could not be read whole."""
+    failed = 0
+    for k, start in enumerate(starts.tolist()):
+        entry, got = out[k * size:(k + 1) * size], 0
+        while got < size:
+            n = os.preadv(fd, [entry[got:]], start + got)
+            if n <= 0:
+                break
+            got += n
+        failed += got != size
+    return failed
+
+
+def _starts(offsets) -> np.ndarray:
+    return np.ascontiguousarray(offsets, dtype=np.int64).reshape(-1)
 
 
 def read_entries(fd: int, requests: list[tuple[np.ndarray, int]]) -> tuple[list[np.ndarray], int]:
-    """For each request (int64 file offsets, entry size in bytes): the entries' bytes one after another in a new
-    uint8 array; and how many entries in all could not be read whole (past the end of the file, an I/O error).
-    All requests are one batch, so the helpers are woken once."""
-    global _helpers
-    runs = []
-    for starts, size in requests:
-        starts = np.ascontiguousarray(starts, dtype=np.int64).reshape(-1)
-        runs.append((starts, size, np.empty(starts.size * size, dtype=np.uint8)))
-    batch = _Batch(fd, runs)
-    outputs = [out for _, _, out in runs]
-    if len(batch.plan) > 1 and helper_count() > 0:
-        with _helpers_made:
-            if _helpers is None:
-                _helpers = _Helpers(helper_count())
-        if _helpers.busy.acquire(blocking=False):
-            try:
-                _helpers.offer(batch)
-                batch.work()
-                return outputs, batch.wait()
-            finally:
-                _helpers.busy.release()
-    batch.work()
-    return outputs, batch.wait()
+    """For each request (file offsets, entry size in bytes): the entries' bytes one after another in a new uint8
+    array; and how many entries in all could not be read whole (past the end of the file, an I/O error). All
+    requests are one batch, so the helpers are woken once."""
+    if _kernels is None:
+        prepare()
+    starts, sizes, places, outputs, end = [], [], [], [], 0
+    for offsets, size in requests:
+        offsets = _starts(offsets)
+        starts.append(offsets)
+        sizes.append(np.full(offsets.size, size, dtype=np.int64))
+        places.append(end + np.arange(offsets.size, dtype=np.int64) * size)  # where each entry goes in `out`
+        outputs.append((end, offsets.size * size))
+        end += -(-offsets.size * size // 64) * 64  # each request's bytes start aligned, whatever the dtype
+    out = np.empty(end, dtype=np.uint8)
+    if _kernels:
+        starts = np.concatenate(starts)
+        state = _run("read_bytes", starts.size, fd, starts, np.concatenate(sizes), np.concatenate(places), out)
+        failed = int(state[_kernels.FAILED])
+    else:
+        failed = sum(_python_read(fd, s, size, memoryview(out)[at:]) for s, (at, _), (_, size)
+                     in zip(starts, outputs, requests))
+    return [out[at:at + length] for at, length in outputs], failed
+
+
+def read_float16_rows(fd: int, offsets, width: int) -> tuple[np.ndarray, int]:
+    """float32 [len(offsets), width]: the `width` float16 numbers at each offset, widened exactly; and how many
+    rows could not be read whole."""
+    starts = _starts(offsets)
+    if _kernels is None:
+        prepare()
+    if not _kernels:
+        (raw,), failed = read_entries(fd, [(starts, 2 * width)])
+        return as_float32(raw.view("<f2").reshape(starts.size, width)), failed
+    out = np.empty((starts.size, width), dtype=np.float32)
+    return out, int(_run("read_half_rows", starts.size, fd, starts, out)[_kernels.FAILED])
+
+
+def read_topk_rows(fd: int, index_offsets, value_offsets, k: int, num_classes: int) -> tuple[np.ndarray, int, int]:
+    """float32 [n, num_classes]: top-k entries (k int32 class ids at each index offset, k float16 values at the
+    value offset) densified as values.densify_topk does; a count that is non-zero when some row could not be read
+    whole; how many class ids were out of range (a store whose sha256 checks out has none)."""
+    index_starts, value_starts = _starts(index_offsets), _starts(value_offsets)
+    if _kernels is None:
+        prepare()
+    if not _kernels:
+        (ids, values), failed = read_entries(fd, [(index_starts, 4 * k), (value_starts, 2 * k)])
+        ids = ids.view("<i4").reshape(-1, k)
+        bad = int(((ids < 0) | (ids >= num_classes)).sum())
+        if failed or bad:
+            return np.empty((index_starts.size, num_classes), dtype=np.float32), failed, bad
+        return densify_topk(ids, values.view("<f2").reshape(-1, k), num_classes), failed, bad
+    out = np.empty((index_starts.size, num_classes), dtype=np.float32)
+    state = _run("read_topk_rows", index_starts.size, fd, index_starts, value_starts, out, after=(k,))
+    return out, int(state[_kernels.FAILED]), int(state[_kernels.BAD_INDEX])

@@ -18,7 +18,8 @@ import torch
 
 from . import schema as S
 from .schema import StoreError
-from .contiguous import DatasetRows, ReadHandle, dataset_region, take_entries
+from .contiguous import (DatasetRows, ReadHandle, dataset_region, dense_topk_entries, float32_entries,
+                         take_entries)
 from .memory import available_memory_bytes
 from .validation import all_datasets, check_file, identity_mismatches, open_h5, read_dataset, stream_check, validate
 from .values import as_float32, densify_topk  # noqa: F401  (as_float32: tests read it from here)
@@ -180,8 +181,12 @@ class LabelStore:
         cols = np.zeros_like(rows) if views is None else torch.as_tensor(views, dtype=torch.long).cpu().numpy()
         entry = self._mem[signal]
         if entry[0] == "dense":
+            if isinstance(entry[1], DatasetRows):  # widened as it is read, on every reading thread
+                return torch.from_numpy(float32_entries(entry[1], (rows, cols)))
             return torch.from_numpy(as_float32(entry[1][rows, cols]))
-        return torch.from_numpy(densify_topk(*entries_of(entry[1:], rows, cols), self.num_classes))
+        if all(isinstance(table, DatasetRows) for table in entry[1:]):  # densified as it is read
+            return torch.from_numpy(dense_topk_entries(entry[1], entry[2], (rows, cols), self.num_classes))
+        return torch.from_numpy(densify_topk(entry[1][rows, cols], entry[2][rows, cols], self.num_classes))
 
     def topk_entries(self, indices, views) -> tuple[np.ndarray, np.ndarray]:
         """A top-k store's stored (class ids int64 [B, k], values float32 [B, k]) for rows (indices, views)."""

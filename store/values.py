@@ -36,7 +36,10 @@ def densify_topk(indices: np.ndarray, values: np.ndarray, num_classes: int) -> n
     out = np.empty(values.shape[:-1] + (num_classes,), dtype=np.float32)
     if num_classes > k:
         # float16 rounding can make the kept mass exceed 1 by a hair: clamp, never a negative probability.
-        missing = np.maximum(np.float32(1.0) - values.sum(axis=-1, dtype=np.float32), np.float32(0.0))
+        kept = values[..., 0].copy()
+        for j in range(1, k):  # left to right, one float32 add at a time: store/read_kernels.py adds the same way
+            kept += values[..., j]
+        missing = np.maximum(np.float32(1.0) - kept, np.float32(0.0))
         out[...] = (missing / np.float32(num_classes - k))[..., None]
     else:
         out.fill(0.0)

@@ -1,6 +1,7 @@
-"""store/entry_reads.py: a batch of scattered entries read by the caller and helper threads, compiled or not,
-gives exactly the bytes at those offsets; a short file is counted, not crashed on; concurrent callers and forked
-children read correctly."""
+"""store/entry_reads.py and read_kernels.py: a batch of scattered entries read by the caller and helper threads,
+compiled or not, gives exactly the bytes at those offsets, float16 rows widened as numpy widens them and top-k rows
+densified as values.densify_topk does, bit for bit; a short file is counted, not crashed on; concurrent callers and
+forked children read correctly."""
 import os
 import threading
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 
 from labelopt.store import entry_reads
+from labelopt.store.values import densify_topk
 
 ENTRY = 24
 
@@ -29,7 +31,7 @@ def expected(data, rows, size):
 
 @pytest.fixture(params=["compiled", "python"])
 def kernel(request, monkeypatch):
-    monkeypatch.setattr(entry_reads, "_kernel", None if request.param == "compiled" else entry_reads._python_kernel)
+    monkeypatch.setattr(entry_reads, "_kernels", None if request.param == "compiled" else False)
     return request.param
 
 
@@ -96,3 +98,62 @@ def test_a_forked_child_reads_with_its_own_helpers(data_file, monkeypatch):
             os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_float16_rows_widen_every_bit_pattern_as_numpy_does(tmp_path, kernel):
+    every = np.arange(2 ** 16, dtype=np.uint16)  # normals, subnormals, zeros, infinities, NaN payloads
+    path = tmp_path / "halves.bin"
+    path.write_bytes(every.tobytes())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        width = 256
+        order = np.random.default_rng(0).permutation(2 ** 16 // width)
+        out, failed = entry_reads.read_float16_rows(fd, order * width * 2, width)
+    finally:
+        os.close(fd)
+    assert failed == 0 and out.dtype == np.float32 and out.shape == (order.size, width)
+    want = every.view(np.float16).astype(np.float32).reshape(-1, width)[order]
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(out), nan)  # NaNs stay NaNs (torch, the fallback, may quiet their payload)
+    assert np.array_equal(out.view(np.uint32)[~nan], want.view(np.uint32)[~nan])  # every other value, bit for bit
+
+
+def topk_file(tmp_path, ids, values):
+    path = tmp_path / "topk.bin"
+    path.write_bytes(ids.astype("<i4").tobytes() + values.astype("<f2").tobytes())
+    return path, ids.size * 4
+
+
+@pytest.mark.parametrize("classes", [40, 7])  # k < C; k == C (nothing left to spread)
+def test_topk_rows_densify_to_the_same_bits_as_densify_topk(tmp_path, kernel, classes):
+    rng = np.random.default_rng(classes)
+    rows, k = 300, 7
+    ids = np.stack([rng.permutation(classes)[:k] for _ in range(rows)])
+    values = (rng.dirichlet(np.ones(classes), rows)[:, :k] * rng.uniform(0.5, 1.6, (rows, 1))).astype(np.float16)
+    values[:3] = [np.float16(0.3)] * k  # 2.1 kept: clamped to nothing missing
+    values[3, 0] = np.float16(6e-8)  # a subnormal
+    path, values_at = topk_file(tmp_path, ids, values)
+    pick = rng.permutation(rows)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        out, failed, bad = entry_reads.read_topk_rows(fd, pick * k * 4, values_at + pick * k * 2, k, classes)
+    finally:
+        os.close(fd)
+    assert failed == 0 and bad == 0
+    want = densify_topk(ids[pick], values[pick], classes)
+    assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
+
+
+def test_topk_rows_count_class_ids_out_of_range_and_short_reads(tmp_path, kernel):
+    ids = np.array([[0, 1], [2, 9], [-1, 3]] * 10)
+    values = np.full(ids.shape, 0.25, np.float16)
+    path, values_at = topk_file(tmp_path, ids, values)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        rows = np.arange(30)
+        _, failed, bad = entry_reads.read_topk_rows(fd, rows * 8, values_at + rows * 4, 2, 4)
+        assert failed == 0 and bad == 20  # 9 and -1, ten times each: never written outside the row
+        _, failed, _ = entry_reads.read_topk_rows(fd, np.array([0, 10 ** 6]), np.array([values_at, 10 ** 6]), 2, 4)
+        assert failed > 0  # the second row's offsets are past the end
+    finally:
+        os.close(fd)

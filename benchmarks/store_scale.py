@@ -12,12 +12,13 @@ one (gzip, loaded whole into memory) for comparison. For each store a fresh read
 
   open      LabelStore.open: attributes, digest, listing, shapes
   check     load(): the sha256 of the targets (the whole dataset streamed once; compressed: read into memory)
-  warm      one pass over all N rows in random order, one random view each, in --batch-row gathers, with the
-            store in the page cache (the check just read it; where it is larger than memory, what stayed),
+  warm      passes over all N rows in random order, one random view each, in --batch-row gathers, with the
+            store in the page cache (the check just read it; where it is larger than memory, what stayed): 3 runs
+            of at least 2,500 gathers each (as many passes as that takes; one at 1.28 M), p50 and p99 per run and
+            their medians (one run that meets a noisy moment of a shared machine does not decide the figure),
             after 8 untimed gathers of random rows (a fresh process's first gathers pay for growing its heap:
-            1-4 ms each; the cold pass and the Python loop's pass below come later and need none);
-            contiguous stores: the same pass again through a plain Python loop of preads (labelopt's reads before
-            store/entry_reads.py), side by side in the same process
+            1-4 ms each); contiguous stores: the same again through a plain Python loop of preads (labelopt's
+            reads before store/entry_reads.py), side by side in the same process
   cold      the same pass in another order right after the page cache was emptied (as root:
             /proc/sys/vm/drop_caches; otherwise posix_fadvise DONTNEED on the store, which needs no root)
   memory    the process's peak resident set (VmHWM) and its anonymous part, against an empty-store reader's
@@ -54,6 +55,8 @@ from labelopt.store import LabelStore, StoreLayout, StoreWriter
 
 CLASSES, TOPK, POOL_ROWS = 1000, 10, 8192
 WARMUP_GATHERS = 8
+WARM_RUNS = 3  # a warm figure: the median of 3 runs of at least --warm-gathers gathers (2,500: one pass at 1.28 M)
+warm_gathers = 2500  # set from --warm-gathers in main(), and passed on to the reader processes
 BLOCK_ROWS = 4096
 
 
@@ -121,24 +124,37 @@ def empty_page_cache(path: Path) -> str:
         return "fadvise"
 
 
-def one_pass(store: LabelStore, batch: int, seed: int, warmup: int = 0) -> dict:
+def one_pass(store: LabelStore, batch: int, seed: int, warmup: int = 0, at_least: int = 0) -> dict:
+    """Gathers of `batch` random (row, view) pairs over all N rows in a random order: one pass, or as many passes
+    (each in a new order) as it takes to time `at_least` gathers."""
     import torch
 
     rng = np.random.default_rng(seed)
     for _ in range(warmup):  # a fresh process's first gathers grow its heap (page faults): not timed
         store.gather(torch.from_numpy(rng.integers(0, store.num_samples, batch)),
                      torch.from_numpy(rng.integers(0, store.num_views, batch)))
-    order = torch.from_numpy(rng.permutation(store.num_samples))
-    views = torch.from_numpy(rng.integers(0, store.num_views, store.num_samples))
     times = []
-    for lo in range(0, store.num_samples, batch):
-        rows, cols = order[lo:lo + batch], views[lo:lo + batch]
-        t = time.perf_counter()
-        store.gather(rows, cols)
-        times.append(time.perf_counter() - t)
+    while not times or len(times) < at_least:
+        order = torch.from_numpy(rng.permutation(store.num_samples))
+        views = torch.from_numpy(rng.integers(0, store.num_views, store.num_samples))
+        for lo in range(0, store.num_samples, batch):
+            rows, cols = order[lo:lo + batch], views[lo:lo + batch]
+            t = time.perf_counter()
+            store.gather(rows, cols)
+            times.append(time.perf_counter() - t)
     ms = np.array(times) * 1e3
     return {"gathers": len(times), "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
             "mean_ms": float(ms.mean()), "seconds": float(ms.sum() / 1e3)}
+
+
+def warm_latency(store: LabelStore, batch: int) -> dict:
+    """WARM_RUNS runs of at least WARM_GATHERS gathers each (after the untimed warm-up): each run's p50 and p99,
+    and their medians, so one run that meets a noisy moment of the machine does not decide the figure."""
+    runs = [one_pass(store, batch, seed=2 + r, warmup=WARMUP_GATHERS if r == 0 else 0, at_least=warm_gathers)
+            for r in range(WARM_RUNS)]
+    return {"p50_ms": float(np.median([r["p50_ms"] for r in runs])),
+            "p99_ms": float(np.median([r["p99_ms"] for r in runs])), "runs": runs,
+            "gathers": sum(r["gathers"] for r in runs)}
 
 
 def reader(path: Path, batch: int, cold: bool) -> dict:
@@ -149,11 +165,11 @@ def reader(path: Path, batch: int, cold: bool) -> dict:
     t = time.perf_counter()
     store.load()
     out["check_s"] = time.perf_counter() - t
-    out["warm"] = one_pass(store, batch, seed=2, warmup=WARMUP_GATHERS)
+    out["warm"] = warm_latency(store, batch)
     out["warm"]["loadavg_1min"] = os.getloadavg()[0]
     if store.layout == "contiguous":
         with plain_reads():
-            out["warm_plain"] = one_pass(store, batch, seed=2)
+            out["warm_plain"] = warm_latency(store, batch)
     if cold:
         out["emptied_by"] = empty_page_cache(path)
         out["cold"] = one_pass(store, batch, seed=3)
@@ -207,11 +223,12 @@ def mapped_reader(path: Path, batch: int) -> dict:
     store = LabelStore.open(path)
     store.load()  # the same sha256 pass, so the page cache starts as warm as the pread reader's
     mapped = MappedTargets(store)
-    return {"warm": one_pass(mapped, batch, seed=2, warmup=WARMUP_GATHERS), "memory_end_kib": memory_kib(), "layout": "mmap"}
+    return {"warm": warm_latency(mapped, batch), "memory_end_kib": memory_kib(), "layout": "mmap"}
 
 
 def run_readers(path: Path, batch: int, count: int, cold: bool, mapped: bool = False) -> list[dict]:
-    command = [sys.executable, __file__, "--reader", str(path), "--batch", str(batch)] + ["--cold"] * cold
+    command = [sys.executable, __file__, "--reader", str(path), "--batch", str(batch),
+               "--warm-gathers", str(warm_gathers)] + ["--cold"] * cold
     command += ["--mmap"] * mapped
     procs = [subprocess.Popen(command, stdout=subprocess.PIPE, text=True) for _ in range(count)]
     results = []
@@ -273,9 +290,14 @@ def measure(row: dict, folder: Path, args, keep: bool) -> dict:
     return row
 
 
+def p99_range(warm: dict) -> str:
+    each = [run["p99_ms"] for run in warm["runs"]]
+    return f"runs' p99 {min(each):.2f}-{max(each):.2f}"
+
+
 def table(rows: list[dict], empty_kib: int) -> str:
     head = ("| store | layout | N | V | size | write | open | check | peak memory (vs empty reader) | anon "
-            "| cold p50 / p99 | warm p50 / p99 | warm, Python loop (before) |\n|" + " --- |" * 13)
+            "| cold p50 / p99 | warm p50 / p99 (medians of 3 runs) | warm, Python loop (before) |\n|" + " --- |" * 13)
     lines = [head]
     for r in rows:
         m, rd = r["reader"]["memory_end_kib"], r["reader"]
@@ -287,7 +309,7 @@ def table(rows: list[dict], empty_kib: int) -> str:
             f"| {r['write_s']:.0f} s | {rd['open_ms']:.0f} ms | {rd['check_s']:.1f} s "
             f"| {m['VmHWM'] / 1024:.0f} MiB ({(m['VmHWM'] - empty_kib) / 1024:+.0f}) | {m['RssAnon'] / 1024:.0f} MiB "
             f"| {cold.get('p50_ms', float('nan')):.2f} / {cold.get('p99_ms', float('nan')):.2f} ms "
-            f"| {rd['warm']['p50_ms']:.2f} / {rd['warm']['p99_ms']:.2f} ms | {before} |")
+            f"| {rd['warm']['p50_ms']:.2f} / {rd['warm']['p99_ms']:.2f} ms ({p99_range(rd['warm'])}) | {before} |")
     mapped = [r for r in rows if r.get("mmap")]
     if mapped:
         lines += ["", "| store | read through | warm p50 / p99 | peak memory (vs empty reader) "
@@ -317,6 +339,9 @@ def goals(rows: list[dict], empty_kib: int) -> dict:
     return {"contiguous_peak_over_empty_mib": flat / 1024, "flat_within_200_mib": flat < 200 * 1024,
             "warm_p99_ms_max": max(r["reader"]["warm"]["p99_ms"] for r in inplace),
             "warm_p99_under_1_ms": all(r["reader"]["warm"]["p99_ms"] < 1.0 for r in inplace),
+            "warm_p99_each_run_ms": {f"{r['kind']} N={r['n']} V={r['views']}": [run["p99_ms"] for run in
+                                                                              r["reader"]["warm"]["runs"]]
+                                     for r in inplace},
             "two_readers_cache_growth_ratio": [t["2"]["cache_growth_kib"] / max(1, t["1"]["cache_growth_kib"])
                                                for t in shared],
             "largest_store_gib": max(r["bytes"] for r in rows) / 2 ** 30,
@@ -329,6 +354,8 @@ def main() -> None:
     parser.add_argument("--dense-views", type=int, default=5)
     parser.add_argument("--topk-views", type=int, default=100)
     parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--warm-gathers", type=int, default=2500,
+                        help="Timed gathers per warm run (3 runs; whole passes over N, at least this many).")
     parser.add_argument("--keep", type=Path, default=None, help="Write the stores here and keep them.")
     parser.add_argument("--json-only", action="store_true")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks the plumbing only.")
@@ -336,13 +363,16 @@ def main() -> None:
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mmap", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global warm_gathers
+    warm_gathers = args.warm_gathers
     if args.reader is not None:
         result = mapped_reader(args.reader, args.batch) if args.mmap else reader(args.reader, args.batch, args.cold)
         print(json.dumps(result))
         return
     if args.smoke:
         args.sizes, args.dense_views, args.topk_views = "3000,6000,9000", 2, 4
-    for name in ("dense_views", "topk_views", "batch"):
+        warm_gathers = args.warm_gathers = 16
+    for name in ("dense_views", "topk_views", "batch", "warm_gathers"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     loadavg_before = os.getloadavg()  # latencies are only as quiet as the machine

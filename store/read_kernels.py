@@ -80,20 +80,35 @@ def widen(half, out):
             out[j] = sign | (biased << 23) | ((shifted & 0x3FF) << 13)
 
 
+@numba.njit(nogil=True, inline="always")
+def claim(state, chunk, n):
+    """The units [lo, hi) of the next unclaimed chunk; lo == hi once none is left."""
+    lo = min(fetch_add(state, NEXT, 1) * chunk, n)
+    return lo, min(lo + chunk, n)
+
+
+@numba.njit(nogil=True, inline="always")
+def report(state, units, failed, bad):
+    """A chunk done: its failures first, then its units, so a caller that sees every unit finished sees them."""
+    if failed:
+        fetch_add(state, FAILED, failed)
+    if bad:
+        fetch_add(state, BAD_INDEX, bad)
+    fetch_add(state, FINISHED, units)
+
+
 @numba.njit(nogil=True)
 def read_bytes(fd, starts, sizes, places, out, state, chunk):
     n, base = starts.size, out.ctypes.data
     while True:
-        lo = fetch_add(state, NEXT, 1) * chunk
-        if lo >= n:
+        lo, hi = claim(state, chunk, n)
+        if lo == hi:
             return
-        hi, failed = min(lo + chunk, n), 0
+        failed = 0
         for k in range(lo, hi):
             if not read_whole(fd, base + places[k], sizes[k], starts[k]):
                 failed += 1
-        if failed:
-            fetch_add(state, FAILED, failed)
-        fetch_add(state, FINISHED, hi - lo)
+        report(state, hi - lo, failed, 0)
 
 
 @numba.njit(nogil=True)
@@ -102,18 +117,16 @@ def read_half_rows(fd, starts, out, state, chunk):
     half = np.empty(width, dtype=np.uint16)
     bits = out.view(np.uint32)
     while True:
-        lo = fetch_add(state, NEXT, 1) * chunk
-        if lo >= n:
+        lo, hi = claim(state, chunk, n)
+        if lo == hi:
             return
-        hi, failed = min(lo + chunk, n), 0
+        failed = 0
         for k in range(lo, hi):
             if read_whole(fd, half.ctypes.data, 2 * width, starts[k]):
                 widen(half, bits[k])
             else:
                 failed += 1
-        if failed:
-            fetch_add(state, FAILED, failed)
-        fetch_add(state, FINISHED, hi - lo)
+        report(state, hi - lo, failed, 0)
 
 
 @numba.njit(nogil=True)
@@ -125,10 +138,10 @@ def read_topk_rows(fd, index_starts, value_starts, out, state, chunk, k):
     values = widened.view(np.float32)
     share = np.float32(classes - k)
     while True:
-        lo = fetch_add(state, NEXT, 1) * chunk
-        if lo >= n:
+        lo, hi = claim(state, chunk, n)
+        if lo == hi:
             return
-        hi, failed, bad = min(lo + chunk, n), 0, 0
+        failed, bad = 0, 0
         for r in range(lo, hi):
             if not (read_whole(fd, indices.ctypes.data, 4 * k, index_starts[r])
                     and read_whole(fd, half.ctypes.data, 2 * k, value_starts[r])):
@@ -152,11 +165,7 @@ def read_topk_rows(fd, index_starts, value_starts, out, state, chunk, k):
                     bad += 1
                 else:
                     row[c] = values[j]
-        if failed:
-            fetch_add(state, FAILED, failed)
-        if bad:
-            fetch_add(state, BAD_INDEX, bad)
-        fetch_add(state, FINISHED, hi - lo)
+        report(state, hi - lo, failed, bad)
 
 
 @numba.njit(nogil=True)

@@ -5,7 +5,8 @@ counter, so the caller and entry_reads' helper threads split a batch between the
 every unit is done. Three loops:
 - `read_bytes`: each entry's bytes, one after another (any dtype; the caller views them);
 - `read_half_rows`: float16 entries (targets, logits, features) widened to float32 in their output row, exactly
-  as numpy's astype does it, bit for bit (every pattern: tests);
+  (every pattern: tests), by the CPU's own conversion where it has one (x86's F16C, any 64-bit ARM): ~10x faster
+  than the integer operations used elsewhere; a NaN stays a NaN, quieted as torch quiets it;
 - `read_topk_rows`: a top-k entry's indices and values read and densified in place, with the same float32
   operations in the same order as values.densify_topk, so both give the same bits.
 Widening and densifying where the entries land means they run on every reading thread, not after the reads on
@@ -15,9 +16,12 @@ numba or libc's pread is missing the import fails and entry_reads reads in Pytho
 from __future__ import annotations
 
 import ctypes
+import platform
 
+import llvmlite.binding
 import numba
 import numpy as np
+from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
@@ -60,9 +64,28 @@ def read_whole(fd, address, size, offset):
     return True
 
 
+@intrinsic
+def cpu_widened_bits(typingctx, half_bits):
+    """A float16 bit pattern's float32 bit pattern, converted by the CPU (one instruction; LLVM vectorizes the loop)."""
+    signature = types.uint32(types.uint16)
+
+    def codegen(context, builder, sig, args):
+        half = builder.bitcast(args[0], ir.HalfType())
+        return builder.bitcast(builder.fpext(half, ir.FloatType()), ir.IntType(32))
+
+    return signature, codegen
+
+
 @numba.njit(nogil=True, inline="always")
-def widen(half, out):
-    """float16 bit patterns (uint16) -> float32 bit patterns (uint32), as numpy's astype: exact."""
+def widen_by_cpu(half, out):
+    """float16 bit patterns (uint16) -> float32 bit patterns (uint32) by the CPU: exact; NaNs come back quiet."""
+    for j in range(half.size):
+        out[j] = cpu_widened_bits(half[j])
+
+
+@numba.njit(nogil=True, inline="always")
+def widen_in_software(half, out):
+    """float16 bit patterns (uint16) -> float32 bit patterns (uint32), as numpy's astype: exact, NaN payloads kept."""
     for j in range(half.size):
         h = np.int64(half[j])
         sign, exponent, mantissa = (h >> 15) << 31, (h >> 10) & 0x1F, h & 0x3FF
@@ -78,6 +101,19 @@ def widen(half, out):
                 shifted <<= 1
                 biased -= 1
             out[j] = sign | (biased << 23) | ((shifted & 0x3FF) << 13)
+
+
+def cpu_converts_half() -> bool:
+    """Whether LLVM turns a float16 -> float32 conversion into an instruction here, not a library call."""
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        return True
+    try:
+        return bool(llvmlite.binding.get_host_cpu_features().get("f16c"))
+    except RuntimeError:  # LLVM cannot tell this CPU's features
+        return False
+
+
+widen = widen_by_cpu if cpu_converts_half() else widen_in_software
 
 
 @numba.njit(nogil=True, inline="always")

@@ -118,6 +118,24 @@ def test_float16_rows_widen_every_bit_pattern_as_numpy_does(tmp_path, kernel):
     assert np.array_equal(out.view(np.uint32)[~nan], want.view(np.uint32)[~nan])  # every other value, bit for bit
 
 
+
+@pytest.mark.parametrize("widen", ["widen_by_cpu", "widen_in_software"])
+def test_both_widening_loops_are_exact_for_every_bit_pattern(widen):
+    """The compiled loops widen with the CPU's conversion where it has one, else with integer operations: each
+    exact wherever it is used (the CPU's only where this machine has it)."""
+    read_kernels = pytest.importorskip("labelopt.store.read_kernels")
+    if widen == "widen_by_cpu" and not read_kernels.cpu_converts_half():
+        pytest.skip("this CPU has no float16 conversion instruction")
+    every = np.arange(2 ** 16, dtype=np.uint16)
+    out = np.empty(every.size, dtype=np.uint32)
+    getattr(read_kernels, widen)(every, out)
+    want = every.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(out.view(np.float32)), nan)
+    assert np.array_equal(out[~nan], want.view(np.uint32)[~nan])
+    if widen == "widen_in_software":  # it keeps NaN payloads too, as numpy does
+        assert np.array_equal(out, want.view(np.uint32))
+
 def topk_file(tmp_path, ids, values):
     path = tmp_path / "topk.bin"
     path.write_bytes(ids.astype("<i4").tobytes() + values.astype("<f2").tobytes())

@@ -34,7 +34,7 @@ For the record, the largest dense store is also read through a memory map (what 
 pass's latency and the mapped file pages it leaves in the reader's resident set).
 
     .venv/bin/python benchmarks/store_scale.py [--sizes 50000,320000,1280000] [--dense-views 5] [--topk-views 100]
-        [--batch 512] [--keep DIR] [--json-only] [--smoke]
+        [--batch 512] [--only dense|top-10] [--keep DIR] [--json-only] [--smoke]
 
 Needs about 2.2x the largest store free on disk while it is written (its blocks, then the file). Prints JSON,
 then tables. Absolute times depend on the machine (printed with the results).
@@ -42,7 +42,6 @@ then tables. Absolute times depend on the machine (printed with the results).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
@@ -210,18 +209,12 @@ def reader(path: Path, batch: int, cold: bool) -> dict:
     return out
 
 
-@contextlib.contextmanager
 def plain_reads():
     """For the side-by-side figure: contiguous reads as labelopt did them before store/entry_reads.py, one Python
     loop of preads on the caller's thread (the module's uncompiled path, which has no helpers)."""
     from labelopt.store import entry_reads
 
-    saved = entry_reads._kernels
-    entry_reads._kernels = False
-    try:
-        yield
-    finally:
-        entry_reads._kernels = saved
+    return entry_reads.reads_in_python()
 
 
 class MappedTargets:
@@ -295,7 +288,7 @@ def readers_together(path: Path, batch: int) -> dict:
 def plan(args) -> list[dict]:
     """Contiguous dense stores at every size; compressed ones at the two smallest; the largest dense store with
     --dense-views views; top-10 stores with --topk-views views. Two readers: the compressed mid-size store and the
-    largest dense one."""
+    largest dense one. --only keeps one kind's stores (a shorter run, say on a borrowed machine)."""
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = [{"kind": "dense", "n": n, "views": 1, "layout": "contiguous"} for n in sizes]
     rows += [{"kind": "dense", "n": n, "views": 1, "layout": "compressed", "together": n == sizes[1]}
@@ -303,7 +296,7 @@ def plan(args) -> list[dict]:
     rows.append({"kind": "dense", "n": sizes[-1], "views": args.dense_views, "layout": "contiguous", "together": True})
     rows += [{"kind": "top-10", "n": n, "views": args.topk_views, "layout": "contiguous"}
              for n in (sizes[0], sizes[-1])]
-    return rows
+    return [r for r in rows if args.only in (None, r["kind"])]
 
 
 def measure(row: dict, folder: Path, args, keep: bool) -> dict:
@@ -399,6 +392,7 @@ def main() -> None:
                         help="Timed gathers per warm run (3 runs; whole passes over N, at least this many).")
     parser.add_argument("--keep", type=Path, default=None, help="Write the stores here and keep them.")
     parser.add_argument("--json-only", action="store_true")
+    parser.add_argument("--only", choices=("dense", "top-10"), default=None, help="Measure one kind of store only.")
     parser.add_argument("--smoke", action="store_true", help="Tiny sizes: checks the plumbing only.")
     parser.add_argument("--reader", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)

@@ -16,6 +16,8 @@ store/values.py widens and densifies: the same numbers, bit for bit.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 
@@ -44,6 +46,25 @@ def prepare() -> None:
         _start_helpers()
 
 
+def _loops():
+    """The compiled loops' module, compiled on first use; False where they cannot be had."""
+    if _kernels is None:
+        prepare()
+    return _kernels
+
+
+@contextlib.contextmanager
+def reads_in_python():
+    """Read on the caller's thread in Python for a while, as where numba is missing: for side-by-side figures."""
+    global _kernels
+    saved, _kernels = _loops(), False
+    try:
+        yield
+    finally:
+        _kernels = saved
+
+
+@functools.lru_cache(maxsize=1)  # asked on every batch; a process's cores and its node's process count stay put
 def helper_count() -> int:
     """Up to MAX_HELPERS, leaving each of the node's processes (torchrun's LOCAL_WORLD_SIZE) a core of its own."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -135,8 +156,6 @@ def read_entries(fd: int, requests: list[tuple[np.ndarray, int]]) -> tuple[list[
     """For each request (file offsets, entry size in bytes): the entries' bytes one after another in a new uint8
     array; and how many entries in all could not be read whole (past the end of the file, an I/O error). All
     requests are one batch, so the helpers are woken once."""
-    if _kernels is None:
-        prepare()
     starts, sizes, places, outputs, end = [], [], [], [], 0
     for offsets, size in requests:
         offsets = _starts(offsets)
@@ -146,7 +165,7 @@ def read_entries(fd: int, requests: list[tuple[np.ndarray, int]]) -> tuple[list[
         outputs.append((end, offsets.size * size))
         end += -(-offsets.size * size // 64) * 64  # each request's bytes start aligned, whatever the dtype
     out = np.empty(end, dtype=np.uint8)
-    if _kernels:
+    if _loops():
         starts = np.concatenate(starts)
         state = _run("read_bytes", starts.size, fd, starts, np.concatenate(sizes), np.concatenate(places), out)
         failed = int(state[_kernels.FAILED])
@@ -160,9 +179,7 @@ def read_float16_rows(fd: int, offsets, width: int) -> tuple[np.ndarray, int]:
     """float32 [len(offsets), width]: the `width` float16 numbers at each offset, widened exactly; and how many
     rows could not be read whole."""
     starts = _starts(offsets)
-    if _kernels is None:
-        prepare()
-    if not _kernels:
+    if not _loops():
         (raw,), failed = read_entries(fd, [(starts, 2 * width)])
         return as_float32(raw.view("<f2").reshape(starts.size, width)), failed
     out = np.empty((starts.size, width), dtype=np.float32)
@@ -174,9 +191,7 @@ def read_topk_rows(fd: int, index_offsets, value_offsets, k: int, num_classes: i
     value offset) densified as values.densify_topk does; a count that is non-zero when some row could not be read
     whole; how many class ids were out of range (a store whose sha256 checks out has none)."""
     index_starts, value_starts = _starts(index_offsets), _starts(value_offsets)
-    if _kernels is None:
-        prepare()
-    if not _kernels:
+    if not _loops():
         (ids, values), failed = read_entries(fd, [(index_starts, 4 * k), (value_starts, 2 * k)])
         ids = ids.view("<i4").reshape(-1, k)
         bad = int(((ids < 0) | (ids >= num_classes)).sum())

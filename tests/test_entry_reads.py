@@ -51,6 +51,17 @@ def test_a_batch_reads_exactly_the_bytes_at_its_offsets(data_file, kernel, helpe
         assert np.array_equal(got, expected(data, r, s))
 
 
+
+def test_reads_in_python_gives_the_same_bytes_and_then_compiled_reads_again(data_file):
+    fd, data = data_file
+    rows = np.random.default_rng(5).integers(0, 5000, 100)
+    compiled = entry_reads._loops()
+    with entry_reads.reads_in_python():
+        assert entry_reads._loops() is False
+        (inside,), failed = entry_reads.read_entries(fd, [(rows * ENTRY, ENTRY)])
+    assert failed == 0 and np.array_equal(inside, expected(data, rows, ENTRY))
+    assert entry_reads._loops() is compiled
+
 def test_entries_past_the_end_are_counted_not_read(data_file, kernel):
     fd, data = data_file
     starts = np.array([0, 4999 * ENTRY + 10, 6000 * ENTRY] + [ENTRY] * 200, dtype=np.int64)

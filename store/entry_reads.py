@@ -1,9 +1,9 @@
 """A batch of scattered entries read from one file, fast: the gather of a contiguous store.
 
-Each entry of a batch is one positioned read (pread). On the 2-core machine this was measured on, a read costs
-about 0.8 us of kernel time whatever its size up to 4 KiB, and most of it is the page-cache lookup, not the system
-call: submitting all of a batch's reads in one io_submit (Linux AIO) measured the same. So a batch costs what its
-reads cost, and three things keep it near that floor:
+Each entry of a batch is one positioned read (pread). On the 2-core VM this was measured on, a read costs about
+1 us of kernel time whatever its size up to 4 KiB, and most of it is the page-cache lookup, not the system call
+(0.24 us): submitting all of a batch's reads in one io_submit (Linux AIO) or one io_uring_enter measured the same.
+So a batch costs what its reads cost, and three things keep it near that floor:
 - the loop over entries is compiled (store/read_kernels.py, numba, which FFCV already brings) and runs without
   the GIL;
 - a few helper threads read beside the caller. Caller and helpers claim chunks of the batch with an atomic

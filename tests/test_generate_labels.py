@@ -14,7 +14,6 @@ from labelopt.cli import main
 from labelopt.models import create_model
 from labelopt.pipeline.run.checkpoints import save_checkpoint
 from labelopt.pipeline.data.datasets import open_dataset
-from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.data.loading import make_loader
 from labelopt.pipeline.data.views import Normalizer, PadCropFlipView
@@ -172,21 +171,6 @@ def test_a_mix_store_whose_partner_pixels_do_not_fit_in_memory_is_refused(teache
     assert "Traceback" not in out and not (tmp_path / "mix.h5").exists()
     assert not any(tmp_path.iterdir())  # no partial store either
 
-
-
-def test_the_pixel_banks_memory_check_counts_every_process_on_the_node(tiny_cifar_dir, monkeypatch):
-    """Under torchrun each process of a node builds its own bank at once: the check is for all of them."""
-    from labelopt.pipeline.data import pixel_bank
-
-    data = open_dataset(tiny_cifar_dir)
-    need = pixel_bank.bank_bytes(data, "train")
-    monkeypatch.setattr(pixel_bank, "available_memory_bytes", lambda: 4 * need)  # half of it holds two banks
-    for processes in ("1", "2"):
-        monkeypatch.setenv("LOCAL_WORLD_SIZE", processes)
-        pixel_bank.check_bank_fits(data, "train")
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
-    with pytest.raises(UserError, match=r"\(4 processes on this node, one copy each\)"):
-        pixel_bank.check_bank_fits(data, "train")
 
 def run_cli(*args):
     result = CliRunner().invoke(main, [str(a) for a in args])

@@ -1,4 +1,5 @@
-"""A prepared dataset folder: <name>/{<split>.beton, meta.json}, read and validated."""
+"""A prepared dataset folder: <name>/{<split>.beton, meta.json}, read and validated (and <split>.pixels, a stored
+mix's decoded pixels, once pixel_bank.py has written it)."""
 from __future__ import annotations
 
 import json

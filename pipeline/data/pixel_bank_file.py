@@ -17,8 +17,7 @@ import numpy as np
 
 MAGIC = b"labelopt-pixels\0"
 DECODE_FORMAT = 1  # raise when the training decode changes: older files are then rebuilt
-HEADER_BYTES = 128
-FIELDS = 6  # int64: decode format, N, H, W, .beton size, .beton mtime (ns); then the identity digest
+HEADER_BYTES = 128  # magic (16), six int64 fields (48), the sha256 of the fingerprint (32), zeros
 
 
 def bank_path(beton: Path) -> Path:
@@ -26,7 +25,8 @@ def bank_path(beton: Path) -> Path:
 
 
 def identity(beton: Path, fingerprint: str, shape: tuple[int, int, int]) -> bytes:
-    """The header a bank of these pixels carries: magic, the fields, sha256 of the fingerprint; padded."""
+    """The header a bank of these pixels carries: the magic; decode format, N, H, W, the .beton's size and
+    modification time (ns) as int64; the sha256 of the dataset's fingerprint; zeros up to HEADER_BYTES."""
     stat = beton.stat()
     fields = np.array([DECODE_FORMAT, *shape, stat.st_size, stat.st_mtime_ns], dtype="<i8").tobytes()
     header = MAGIC + fields + hashlib.sha256(fingerprint.encode()).digest()

@@ -5,8 +5,8 @@ counter, so the caller and entry_reads' helper threads split a batch between the
 every unit is done. Three loops:
 - `read_bytes`: each entry's bytes, one after another (any dtype; the caller views them);
 - `read_half_rows`: float16 entries (targets, logits, features) widened to float32 in their output row, exactly
-  (every pattern: tests), by the CPU's own conversion where it has one (x86's F16C, any 64-bit ARM): ~10x faster
-  than the integer operations used elsewhere; a NaN stays a NaN, quieted as torch quiets it;
+  (every pattern: tests), by the CPU's own conversion where it has one (x86's F16C; 64-bit ARM, not tried):
+  ~10x faster than integer operations, which other CPUs use; a NaN stays a NaN, quieted as torch quiets it;
 - `read_topk_rows`: a top-k entry's indices and values read and densified in place, with the same float32
   operations in the same order as values.densify_topk, so both give the same bits.
 Widening and densifying where the entries land means they run on every reading thread, not after the reads on

@@ -31,11 +31,14 @@ def test_a_split_is_decoded_once_into_a_file_that_later_loads_map(own_cifar, mon
     data = open_dataset(own_cifar)
     first = pixel_bank.PixelBank.load(data, "train")
     assert first.source == "decoded" and (own_cifar / "train.pixels").is_file()
+    assert first.describe() == (f"partner pixels: 0.3 MiB decoded into {own_cifar / 'train.pixels'} (one copy per "
+                                f"node, shared by its processes)")
     assert not list(own_cifar.glob(".train.pixels.tmp-*"))
     pixel_bank._BANKS.clear()  # a new process: it maps the file and decodes nothing
     monkeypatch.setattr(pixel_bank, "block_loader", no_decode)
     mapped = pixel_bank.PixelBank.load(data, "train")
     assert mapped.source == "shared file" and mapped.images.shape == (96, 3, 32, 32)
+    assert "mapped from" in mapped.describe()
     assert torch.equal(mapped.images, first.images) and torch.equal(mapped.labels, first.labels)
     assert mapped.labels.min() >= 0  # every sample was decoded
     monkeypatch.undo()
@@ -44,6 +47,7 @@ def test_a_split_is_decoded_once_into_a_file_that_later_loads_map(own_cifar, mon
     (own_cifar / "train.pixels").unlink()
     own = pixel_bank.PixelBank.load(data, "train")
     assert own.source == "memory" and torch.equal(own.images, first.images) and torch.equal(own.labels, first.labels)
+    assert "each process on the node holds its own copy" in own.describe()
     assert not (own_cifar / "train.pixels").exists()
 
 

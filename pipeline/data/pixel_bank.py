@@ -58,8 +58,18 @@ class PixelBank:
     from: "decoded" (this process wrote the node's shared file), "shared file" (mapped one already written),
     "memory" (decoded for this process alone: the folder could not take the file)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source: str = "memory"):
-        self.images, self.labels, self.source = images, labels, source
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source: str = "memory", path: Path | None = None):
+        self.images, self.labels, self.source, self.path = images, labels, source, path
+
+    def describe(self) -> str:
+        """One line for the log: where the partners' pixels are and how many copies the node holds."""
+        mib = self.images.numel() / 2 ** 20
+        size = f"{mib:.1f} MiB" if mib < 10 else f"{mib:.0f} MiB"
+        if self.source == "memory":
+            return (f"partner pixels: {size} decoded into this process's memory (the dataset folder cannot take "
+                    f"the shared file; each process on the node holds its own copy)")
+        done = "decoded into" if self.source == "decoded" else "mapped from"
+        return f"partner pixels: {size} {done} {self.path} (one copy per node, shared by its processes)"
 
     @classmethod
     def load(cls, data: PreparedDataset, split: str) -> "PixelBank":
@@ -101,7 +111,7 @@ def _load(data: PreparedDataset, split: str, beton: Path) -> PixelBank:
     if found is None:  # the .beton changed while its pixels were decoded
         raise UserError(f"{beton} changed while its pixels were decoded into {path}; run the command again")
     labels, images = found
-    return PixelBank(torch.from_numpy(images), torch.from_numpy(labels), source)
+    return PixelBank(torch.from_numpy(images), torch.from_numpy(labels), source, path)
 
 
 def _decode_into(data: PreparedDataset, split: str, labels: np.ndarray, images: np.ndarray) -> None:

@@ -164,6 +164,8 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
     check_taps(options, teachers)
     views = store_views(options.views, data, options.seed, options.split, options.mix_alpha)
     views.attach_bank(data, options.split)  # mixed views: every partner's pixels (refused where they do not fit)
+    if views.mixed and dist_info.is_main:
+        log(f"generate-labels: {views.policy.bank.describe()}")
     labeler = labeler_cls(teachers, options.temperature, mix_gt=options.mix_gt, num_classes=num_classes,
                           seed=options.seed)
     fitted = {}

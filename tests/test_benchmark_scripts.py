@@ -124,6 +124,36 @@ def test_store_scale_measures_a_store_with_one_and_two_reader_processes(tmp_path
     assert goals["contiguous_peak_over_empty_mib"] == 0 and len(goals["two_readers_cache_growth_ratio"]) == 1
 
 
+
+def test_store_scale_leaves_the_gathers_that_read_storage_out_of_the_page_cache_p99(monkeypatch):
+    """A scripted run: gathers 3 and 7 of 10 read 8 KiB from storage and take 50 ms, the others 0 bytes and 0.1 ms;
+    they are counted, their bytes summed, and the page-cache p99 is over the other 8 alone."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import store_scale
+
+    slow = {3, 7}
+    storage = SimpleNamespace(bytes=0, close=lambda: None)
+    storage.total = lambda: storage.bytes  # read before and after each gather
+    calls = []
+
+    class Store:
+        num_samples, num_views = 10, 1
+
+        def gather(self, rows, cols):
+            if len(calls) in slow:
+                storage.bytes += 8192
+            calls.append(len(rows))
+
+    # each gather's start and end: 1 s apart, lasting 50 ms for the slow ones and 0.1 ms for the others
+    ticks = iter(t for k in range(10) for t in (k, k + (0.05 if k in slow else 0.0001)))
+    monkeypatch.setattr(store_scale, "StorageReads", lambda: storage)
+    monkeypatch.setattr(store_scale.time, "perf_counter", lambda: next(ticks))
+    run = store_scale.one_pass(Store(), batch=1, seed=0)
+    assert run["gathers"] == 10 and calls == [1] * 10
+    assert run["gathers_reading_storage"] == 2 and run["storage_read_mib"] == 2 * 8192 / 2 ** 20
+    assert run["p99_ms"] > 49 and run["p99_in_page_cache_ms"] == pytest.approx(0.1)
+
+
 def run_imagenet_bench(tmp_path, *flags: str) -> subprocess.CompletedProcess:
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path),
            **{k: os.environ[k] for k in ("PYTHONPATH",) if k in os.environ}}

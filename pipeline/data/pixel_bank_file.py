@@ -66,10 +66,10 @@ def open_bank(path: Path, header: bytes, shape: tuple[int, int, int]) -> tuple[n
 def can_write_beside(path: Path, need: int) -> bool:
     """Whether the folder takes a new file of `need` bytes (writable, with the space and 1 % to spare)."""
     try:
-        return os.access(path.parent, os.W_OK) and os.statvfs(path.parent).f_bavail * os.statvfs(
-            path.parent).f_frsize > need * 1.01
+        disk = os.statvfs(path.parent)
     except OSError:
         return False
+    return os.access(path.parent, os.W_OK) and disk.f_bavail * disk.f_frsize > need * 1.01
 
 
 @contextlib.contextmanager

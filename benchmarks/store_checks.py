@@ -1,11 +1,11 @@
 """What the label store's integrity checks cost, against the time to load a store.
 
-Every reader checks the sha256 of each dataset it reads and the digest of the root attributes (schema v2,
+Every reader checks the sha256 of each dataset it reads and the digest of the root attributes (schema v3,
 docs/label-store.md). This writes two realistic stores through labelopt's own StoreWriter (float16, gzip 4,
 fletcher32, blocks of 256 rows): soft labels softmax(z / 4) of peaked teacher-like logits,
 
   dense   --samples x --views x --classes /targets (default 50,000 x 4 x 100, the issue's example)
-  top-k   the same rows stored as the --topk largest (/topk/indices int32 + /topk/values float16)
+  top-k   the same rows stored as the --topk largest (/topk/entries: int32 class ids and float16 values)
 
 and times, as the median of --reps runs (the files are in the page cache: they were just written),
 
@@ -96,7 +96,7 @@ def measure(path: Path, reps: int) -> dict:
     from labelopt.store.validation import root_attrs
 
     store = LabelStore.open(path)
-    paths = ["topk/indices", "topk/values"] if store.is_topk else ["targets"]
+    paths = ["topk/entries"] if store.is_topk else ["targets"]
 
     def unchecked():
         with h5py.File(path, "r") as f:

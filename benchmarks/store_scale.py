@@ -5,7 +5,7 @@ their figures (unless --keep). Their rows are drawn from a pool of softmax(z / 4
 teacher-like logits, so the compressed layout compresses them as it would real labels:
 
   dense   /targets [N, V, 1000] float16 (2,000 bytes per entry)
-  top-10  /topk/indices int32 + /topk/values float16 [N, V, 10] (60 bytes per entry)
+  top-10  /topk/entries [N, V]: 10 int32 class ids then 10 float16 values (60 bytes per entry, one read)
 
 in the contiguous layout (read in place with pread; store/contiguous.py) and, at the smaller sizes, the compressed
 one (gzip, loaded whole into memory) for comparison. For each store a fresh reader process (imports, then):
@@ -30,13 +30,17 @@ one (gzip, loaded whole into memory) for comparison. For each store a fresh read
 Two readers: two reader processes on one store at once; each one's peak memory, and how much the page cache grew
 (Cached in /proc/meminfo, from empty) against one reader alone: one copy per node means about the same growth.
 
+Schema 2 beside 3: each top-10 store is also copied as schema 2 wrote it (class ids and values in two datasets, so
+two reads per entry; tests/store_fakes.as_schema_v2) and one reader process gathers the same rows from both,
+alternating store by store, so the ratio is measured side by side.
+
 For the record, the largest dense store is also read through a memory map (what labelopt does not do: the warm
 pass's latency and the mapped file pages it leaves in the reader's resident set).
 
     .venv/bin/python benchmarks/store_scale.py [--sizes 50000,320000,1280000] [--dense-views 5] [--topk-views 100]
         [--batch 512] [--only dense|top-10] [--keep DIR] [--json-only] [--smoke]
 
-Needs about 2.2x the largest store free on disk while it is written (its blocks, then the file). Prints JSON,
+Needs about 2.2x the largest store free on disk (a top-10 store and its schema 2 copy: 2x) while it is written (its blocks, then the file). Prints JSON,
 then tables. Absolute times depend on the machine (printed with the results).
 """
 from __future__ import annotations
@@ -244,6 +248,42 @@ class MappedTargets:
         return torch.from_numpy(as_float32(self.targets[rows.numpy(), cols.numpy()]))
 
 
+def paired_reader(path: Path, old: Path, batch: int) -> dict:
+    """The same random gathers from a store and its schema 2 copy, alternating which goes first: p50/p99 of each."""
+    import torch
+
+    stores = {"v3": LabelStore.open(path), "v2": LabelStore.open(old)}
+    for store in stores.values():
+        store.load()
+    rng, times = np.random.default_rng(5), {name: [] for name in stores}
+    n, v = stores["v3"].num_samples, stores["v3"].num_views
+    for step in range(WARMUP_GATHERS + WARM_RUNS * warm_gathers):
+        rows, cols = torch.from_numpy(rng.integers(0, n, batch)), torch.from_numpy(rng.integers(0, v, batch))
+        for name in (("v3", "v2") if step % 2 else ("v2", "v3")):
+            t = time.perf_counter()
+            stores[name].gather(rows, cols)
+            if step >= WARMUP_GATHERS:
+                times[name].append(time.perf_counter() - t)
+    out = {name: {"gathers": len(ts), "p50_ms": float(np.percentile(np.array(ts) * 1e3, 50)),
+                  "p99_ms": float(np.percentile(np.array(ts) * 1e3, 99))} for name, ts in times.items()}
+    out["p50_ratio_v2_over_v3"] = out["v2"]["p50_ms"] / out["v3"]["p50_ms"]
+    return out
+
+
+def side_by_side(path: Path, batch: int) -> dict:
+    """Copy a top-k store as schema 2, time both in one reader process, remove the copy."""
+    from labelopt.tests.store_fakes import as_schema_v2
+
+    old = path.with_name(path.stem + "-v2.h5")
+    as_schema_v2(path, old)
+    try:
+        command = [sys.executable, __file__, "--reader", str(path), "--pair", str(old), "--batch", str(batch),
+                   "--warm-gathers", str(warm_gathers)]
+        return json.loads(subprocess.run(command, stdout=subprocess.PIPE, text=True, check=True).stdout)
+    finally:
+        old.unlink()
+
+
 def mapped_reader(path: Path, batch: int) -> dict:
     store = LabelStore.open(path)
     store.load()  # the same sha256 pass, so the page cache starts as warm as the pread reader's
@@ -310,6 +350,8 @@ def measure(row: dict, folder: Path, args, keep: bool) -> dict:
         row["together"] = readers_together(path, args.batch)
         if row["kind"] == "dense" and row["layout"] == "contiguous":
             row["mmap"] = run_readers(path, args.batch, 1, cold=False, mapped=True)[0]
+    if row["kind"] == "top-10" and row["layout"] == "contiguous":
+        row["v2_side_by_side"] = side_by_side(path, args.batch)
     if not keep:
         path.unlink()
     return row
@@ -352,6 +394,14 @@ def table(rows: list[dict], empty_kib: int) -> str:
                 lines.append(f"| dense N={r['n']:,} V={r['views']} | {name} | {rd['warm']['p50_ms']:.2f} / "
                              f"{rd['warm']['p99_ms']:.2f} ms | {m['VmHWM'] / 1024:.0f} MiB "
                              f"({(m['VmHWM'] - empty_kib) / 1024:+.0f}) | {m['RssFile'] / 1024:.0f} MiB |")
+    paired = [r for r in rows if r.get("v2_side_by_side")]
+    if paired:
+        lines += ["", "| store | schema 3: one read per entry, p50 / p99 | schema 2: two reads, p50 / p99 | p50 ratio |",
+                  "|" + " --- |" * 4]
+        for r in paired:
+            p = r["v2_side_by_side"]
+            lines.append(f"| top-10 N={r['n']:,} V={r['views']} | {p['v3']['p50_ms']:.2f} / {p['v3']['p99_ms']:.2f} ms "
+                         f"| {p['v2']['p50_ms']:.2f} / {p['v2']['p99_ms']:.2f} ms | {p['p50_ratio_v2_over_v3']:.2f}x |")
     together = [r for r in rows if r.get("together")]
     if together:
         lines += ["", "| store | readers | page cache growth | peak memory of each |", "|" + " --- |" * 4]
@@ -397,11 +447,17 @@ def main() -> None:
     parser.add_argument("--reader", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cold", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--mmap", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pair", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     global warm_gathers
     warm_gathers = args.warm_gathers
     if args.reader is not None:
-        result = mapped_reader(args.reader, args.batch) if args.mmap else reader(args.reader, args.batch, args.cold)
+        if args.pair is not None:
+            result = paired_reader(args.reader, args.pair, args.batch)
+        elif args.mmap:
+            result = mapped_reader(args.reader, args.batch)
+        else:
+            result = reader(args.reader, args.batch, args.cold)
         print(json.dumps(result))
         return
     if args.smoke:

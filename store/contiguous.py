@@ -14,6 +14,7 @@ benchmarks/store_scale.py measures both costs.
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -55,7 +56,8 @@ class ReadHandle:
 
 class DatasetRows:
     """A contiguous [N, V, ...] (or [N, ...]) dataset whose entries are read on demand, indexed like numpy:
-    `rows[i]` (whole samples) or `rows[i, v]` (one entry per pair) for integer arrays i, v."""
+    `rows[i]` (whole samples) or `rows[i, v]` (one entry per pair) for integer arrays i, v. `field(name)` gives
+    one field of a compound [N, V] dataset the same way (a top-k entry's class ids, or its values)."""
 
     def __init__(self, handle: ReadHandle, path: Path, name: str, region: tuple[int, int], shape: tuple, dtype):
         self.handle, self.path, self.name = handle, path, name
@@ -63,17 +65,28 @@ class DatasetRows:
         self.shape, self.dtype = tuple(shape), np.dtype(dtype).newbyteorder("<")
         self.sample_bytes = nbytes // max(1, self.shape[0])
         self.entry_bytes = self.sample_bytes // max(1, self.shape[1]) if len(self.shape) > 1 else self.sample_bytes
+        self.read_bytes = self.entry_bytes  # of each entry, from its start (a field: its own bytes only)
+
+    def field(self, name: str) -> "DatasetRows":
+        """The rows of one field of this compound dataset's entries: same entries, fewer bytes of each."""
+        base, at = self.dtype.fields[name][:2]
+        rows = copy.copy(self)
+        rows.offset, rows.read_bytes = self.offset + at, base.itemsize
+        rows.shape, rows.dtype = self.shape + base.shape, base.base.newbyteorder("<")
+        return rows
 
     def __getitem__(self, key) -> np.ndarray:
         return take_entries([(self, key)])[0]
 
     def request(self, key) -> tuple[np.ndarray, int, tuple]:
-        """(file offsets, entry size, result shape) of `rows[key]`."""
+        """(file offsets, bytes to read at each, result shape) of `rows[key]`."""
         if isinstance(key, tuple):
             rows, cols = (np.asarray(k, dtype=np.int64) for k in key)
             starts = self.offset + rows * self.sample_bytes + cols * self.entry_bytes
-            return starts, self.entry_bytes, rows.shape + self.shape[2:]
+            return starts, self.read_bytes, rows.shape + self.shape[2:]
         rows = np.asarray(key, dtype=np.int64)
+        if self.read_bytes != self.entry_bytes:
+            raise ValueError(f"/{self.name}: a field is read one entry per (row, view) pair")
         return self.offset + rows * self.sample_bytes, self.sample_bytes, rows.shape + self.shape[1:]
 
 

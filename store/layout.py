@@ -117,6 +117,32 @@ def key_to_path(key: str) -> str:
             "topk_values": S.TOPK_VALUES, "logits": S.LOGITS, "view_params": S.VIEW_PARAMS}[key]
 
 
+def file_datasets(layout: StoreLayout) -> dict[str, tuple[tuple[int, ...], np.dtype, tuple[str, ...]]]:
+    """What `finish` writes from the blocks: dataset path -> (shape after the row axis, dtype, the block keys it
+    is made of). A top-k store's class ids and values become one dataset of entries (schema v3)."""
+    out = {}
+    for key, (shape, dtype) in block_keys(layout).items():
+        if key == "topk_indices":
+            out[S.TOPK_ENTRIES] = ((layout.num_views,), S.topk_entry_dtype(layout.topk), (key, "topk_values"))
+        elif key != "topk_values":
+            out[key_to_path(key)] = (shape, dtype, (key,))
+    return out
+
+
+def file_rows(block: dict[str, np.ndarray], keys: tuple[str, ...]) -> np.ndarray:
+    """A block's rows of one file dataset (file_datasets' keys), C-contiguous."""
+    if len(keys) == 1:
+        return np.ascontiguousarray(block[keys[0]])
+    return packed_topk(block[keys[0]], block[keys[1]])
+
+
+def packed_topk(indices: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """[..., k] class ids and values as [...] entries of S.topk_entry_dtype(k): each entry's ids then its values."""
+    out = np.empty(indices.shape[:-1], dtype=S.topk_entry_dtype(indices.shape[-1]))
+    out[S.TOPK_FIELDS[0]], out[S.TOPK_FIELDS[1]] = indices, values
+    return out
+
+
 def normalise_header(header: dict, layout: StoreLayout) -> dict:
     try:
         header = json.loads(json.dumps(header, sort_keys=True))

@@ -7,8 +7,9 @@ every unit is done. Three loops:
 - `read_half_rows`: float16 entries (targets, logits, features) widened to float32 in their output row, exactly
   (every pattern: tests), by the CPU's own conversion where it has one (x86's F16C; 64-bit ARM, not tried):
   ~10x faster than integer operations, which other CPUs use; a NaN stays a NaN, quieted as torch quiets it;
-- `read_topk_rows`: a top-k entry's indices and values read and densified in place, with the same float32
-  operations in the same order as values.densify_topk, so both give the same bits.
+- `read_topk_rows`: a top-k entry's indices and values read (one read where they lie side by side, as in a v3
+  store; two in a v2 store) and densified in place, with the same float32 operations in the same order as
+  values.densify_topk, so both give the same bits.
 Widening and densifying where the entries land means they run on every reading thread, not after the reads on
 one. entry_reads imports this module when a store is first read in place, so numba is loaded only then; where
 numba or libc's pread is missing the import fails and entry_reads reads in Python.
@@ -168,8 +169,8 @@ def read_half_rows(fd, starts, out, state, chunk):
 @numba.njit(nogil=True)
 def read_topk_rows(fd, index_starts, value_starts, out, state, chunk, k):
     n, classes = out.shape
-    indices = np.empty(k, dtype=np.int32)
-    half = np.empty(k, dtype=np.uint16)
+    entry = np.empty(6 * k, dtype=np.uint8)  # class ids, then values: one read where the file keeps them so (v3)
+    indices, half = entry[:4 * k].view(np.int32), entry[4 * k:].view(np.uint16)
     widened = np.empty(k, dtype=np.uint32)
     values = widened.view(np.float32)
     share = np.float32(classes - k)
@@ -179,8 +180,12 @@ def read_topk_rows(fd, index_starts, value_starts, out, state, chunk, k):
             return
         failed, bad = 0, 0
         for r in range(lo, hi):
-            if not (read_whole(fd, indices.ctypes.data, 4 * k, index_starts[r])
-                    and read_whole(fd, half.ctypes.data, 2 * k, value_starts[r])):
+            if value_starts[r] == index_starts[r] + 4 * k:
+                whole = read_whole(fd, entry.ctypes.data, 6 * k, index_starts[r])
+            else:  # a v2 store: two datasets
+                whole = (read_whole(fd, entry.ctypes.data, 4 * k, index_starts[r])
+                         and read_whole(fd, entry.ctypes.data + 4 * k, 2 * k, value_starts[r]))
+            if not whole:
                 failed += 1
                 continue
             widen(half, widened)

@@ -34,6 +34,14 @@ def entries_of(tables, rows: np.ndarray, cols: np.ndarray) -> list[np.ndarray]:
     return [t[rows, cols] for t in tables]
 
 
+def topk_fields(entries) -> tuple:
+    """A v3 store's top-k entries as (class ids, values): fields of the array in memory, or of the rows in place."""
+    index, value = S.TOPK_FIELDS
+    if isinstance(entries, DatasetRows):
+        return entries.field(index), entries.field(value)
+    return entries[index], entries[value]
+
+
 class LabelStore:
     """A validated, read-only label store; `load` then `gather` for training.
 
@@ -54,6 +62,7 @@ class LabelStore:
         self.num_classes: int = facts["num_classes"]
         self.topk: int | None = facts["topk"]
         self.is_topk: bool = self.topk is not None
+        self.topk_packed: bool = facts["topk_packed"]  # v3: ids and values side by side in one dataset
         self.has_logits: bool = facts["has_logits"]
         self.feature_dims: dict[str, int] = facts["features"]
         self.feature_taps: list[str] = list(self.feature_dims)
@@ -127,7 +136,7 @@ class LabelStore:
 
     def _signal_paths(self, signal: str) -> tuple[str, ...]:
         if signal == S.SIGNAL_TARGETS and self.is_topk:
-            return (S.TOPK_INDICES, S.TOPK_VALUES)
+            return (S.TOPK_ENTRIES,) if self.topk_packed else (S.TOPK_INDICES, S.TOPK_VALUES)
         return (S.signal_path(signal),)
 
     def _in_place(self, f: h5py.File, path: str) -> DatasetRows | None:
@@ -166,6 +175,8 @@ class LabelStore:
             for signal in todo:
                 arrays = [self._in_place(f, p) for p in self._signal_paths(signal)]
                 arrays = [self._read(f, p) if a is None else a for a, p in zip(arrays, self._signal_paths(signal))]
+                if signal == S.SIGNAL_TARGETS and self.topk_packed:
+                    arrays = topk_fields(arrays[0])
                 self._mem[signal] = ("topk", *arrays) if len(arrays) == 2 else ("dense", arrays[0])
 
     def gather(self, indices: torch.Tensor, views: torch.Tensor | None = None,
@@ -202,8 +213,7 @@ class LabelStore:
 
         The first read of a dataset streams all of it once through sha256 (constant memory, one extra pass)."""
         self.require(signal)
-        paths = (S.TOPK_INDICES, S.TOPK_VALUES) if signal == S.SIGNAL_TARGETS and self.is_topk \
-            else (S.signal_path(signal),)
+        paths = self._signal_paths(signal)
         with open_h5(self.path) as f:
             for path in paths:
                 if path not in self._streamed:
@@ -214,6 +224,8 @@ class LabelStore:
             except OSError as exc:
                 raise StoreError(f"{self.path}: {signal} failed to read ({exc}); the file is corrupt: "
                                  f"run labelopt labels verify and regenerate it")
+        if signal == S.SIGNAL_TARGETS and self.topk_packed:
+            parts = topk_fields(parts[0])
         if len(parts) == 2:
             return densify_topk(parts[0], parts[1], self.num_classes)
         return as_float32(parts[0])

@@ -1,4 +1,4 @@
-"""Label store schema v2: names, dtypes and the one error type every store module raises.
+"""Label store schema v3: names, dtypes and the one error type every store module raises.
 
 Kept free of h5py so that anything (docs tooling, the CLI) can import the constants cheaply.
 """
@@ -9,7 +9,11 @@ import math
 import numpy as np
 
 FORMAT = "labelopt.labels"
-SCHEMA_VERSION = 2  # v2: the root `digest` attribute; v1 stores are refused (regenerate them)
+# v2: the root `digest` attribute; v1 stores are refused (regenerate them).
+# v3: a top-k store keeps each entry's class ids and values side by side in one dataset (TOPK_ENTRIES), so a
+# reader fetches an entry in one read instead of two; v2's two datasets (TOPK_INDICES, TOPK_VALUES) are still read.
+SCHEMA_VERSION = 3
+READS_VERSIONS = (2, 3)
 
 # Root attributes. JSON ones hold dicts; the others are plain scalars/strings.
 ATTR_FORMAT = "format"
@@ -27,8 +31,9 @@ JSON_ATTRS = (ATTR_DATASET, ATTR_GENERATOR, ATTR_VIEWS)
 # Dataset paths (relative to the root, no leading slash: the same spelling is used as
 # the key of the `checksums` attribute).
 TARGETS = "targets"
-TOPK_INDICES = "topk/indices"
-TOPK_VALUES = "topk/values"
+TOPK_ENTRIES = "topk/entries"  # v3
+TOPK_INDICES = "topk/indices"  # v2
+TOPK_VALUES = "topk/values"  # v2
 LOGITS = "logits"
 VIEW_PARAMS = "views/params"
 FEATURES_GROUP = "features"
@@ -44,6 +49,22 @@ DTYPES = {
     LABELS: np.dtype("<i8"),
 }
 FEATURE_DTYPE = np.dtype("<f2")
+TOPK_FIELDS = ("index", "value")  # the fields of a TOPK_ENTRIES entry, in file order
+
+
+def topk_entry_dtype(k: int) -> np.dtype:
+    """One top-k entry of a v3 store: k class ids (int32), then their k values (float16), 6k bytes, packed.
+    The only compound dtype a store may hold (validation.check_storage)."""
+    return np.dtype([(TOPK_FIELDS[0], DTYPES[TOPK_INDICES], (k,)), (TOPK_FIELDS[1], DTYPES[TOPK_VALUES], (k,))])
+
+
+def topk_entry_width(dtype: np.dtype) -> int | None:
+    """k when `dtype` is exactly topk_entry_dtype(k), else None."""
+    fields = dtype.fields
+    if fields is None or tuple(dtype.names) != TOPK_FIELDS:
+        return None
+    k = fields[TOPK_FIELDS[0]][0].shape
+    return k[0] if len(k) == 1 and k[0] >= 1 and dtype == topk_entry_dtype(k[0]) else None
 
 # Compression: gzip is readable everywhere HDF5 is; lzf is faster but h5py-only; "none" is the contiguous layout
 # (contiguous, unfiltered, page-aligned: read in place, store/contiguous.py). Same schema either way.

@@ -37,18 +37,20 @@ def _attr_int(f: h5py.File, name: str):
         return None
 
 
-def check_format(f: h5py.File) -> None:
+def check_format(f: h5py.File) -> int:
+    """The schema version, when this labelopt reads it."""
     name = f.filename
     if f.attrs.get(S.ATTR_FORMAT) != S.FORMAT:
         raise StoreError(f"{name} is not a labelopt label store (format attribute is not {S.FORMAT!r})")
     version = _attr_int(f, S.ATTR_SCHEMA_VERSION)
-    if version is not None and version < S.SCHEMA_VERSION:
+    if version is not None and version < min(S.READS_VERSIONS):
         raise StoreError(f"{name} is a schema {version} label store, older than this labelopt reads "
-                         f"({S.SCHEMA_VERSION}: its attributes carry a digest); regenerate it with labelopt "
+                         f"({min(S.READS_VERSIONS)}: its attributes carry a digest); regenerate it with labelopt "
                          f"generate-labels")
-    if version != S.SCHEMA_VERSION:
+    if version not in S.READS_VERSIONS:
         raise StoreError(f"{name}: schema version {version} is not supported by this labelopt "
-                         f"(reads {S.SCHEMA_VERSION}): upgrade labelopt")
+                         f"(reads {', '.join(map(str, S.READS_VERSIONS))}): upgrade labelopt")
+    return version
 
 
 def root_attrs(f: h5py.File) -> dict:
@@ -111,6 +113,7 @@ def parse_attrs(f: h5py.File) -> dict:
     for key in (S.ATTR_CREATED_UTC, S.ATTR_LABELOPT_VERSION):
         value = f.attrs.get(key, "")
         meta[key] = value if isinstance(value, str) else ""
+    meta[S.ATTR_SCHEMA_VERSION] = _attr_int(f, S.ATTR_SCHEMA_VERSION)  # which top-k datasets to expect
     return meta
 
 
@@ -146,11 +149,14 @@ def all_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
 
 
 def check_storage(f: h5py.File) -> None:
-    """Only plain numeric, in-file datasets: no external raw storage, no object/vlen/compound dtypes."""
+    """Only plain numeric, in-file datasets: no external raw storage, no object/vlen dtypes, and no compound dtype
+    but the top-k entry's (class ids and values side by side)."""
     for name, dset in all_datasets(f).items():
         if dset.external:
             raise StoreError(f"{f.filename}: dataset /{name} uses external storage; refusing it: regenerate the store")
         dtype = dset.dtype
+        if name == S.TOPK_ENTRIES and S.topk_entry_width(dtype) is not None:
+            continue
         if dtype.kind not in "fiub" or dtype.fields is not None or h5py.check_vlen_dtype(dtype) is not None:
             raise StoreError(f"{f.filename}: dataset /{name} has non-numeric dtype {dtype}; refusing it "
                              f"(label stores hold plain numbers only): regenerate the store")
@@ -182,12 +188,19 @@ def check_shapes(f: h5py.File, meta: dict) -> dict:
     if S.TARGETS in dsets:
         expect(S.TARGETS, lambda s: s == (n, v, c), f"({n}, {v}, {c})")
         facts["topk"] = None
+    elif (meta.get(S.ATTR_SCHEMA_VERSION) or 0) >= 3:
+        k = S.topk_entry_width(expect(S.TOPK_ENTRIES, lambda s: s == (n, v), f"({n}, {v})").dtype)
+        if k is None or k > c:
+            raise StoreError(f"{name}: dataset /{S.TOPK_ENTRIES} is not K class ids and K values per entry with "
+                             f"K <= {c}; regenerate the store")
+        facts["topk"] = k
     else:
         idx = expect(S.TOPK_INDICES, lambda s: len(s) == 3 and s[:2] == (n, v) and 1 <= s[2] <= c,
                      f"({n}, {v}, K<={c})")
         k = idx.shape[2]
         expect(S.TOPK_VALUES, lambda s: s == (n, v, k), f"({n}, {v}, {k})")
         facts["topk"] = k
+    facts["topk_packed"] = facts["topk"] is not None and S.TOPK_ENTRIES in dsets
     facts["has_logits"] = S.LOGITS in dsets
     if facts["has_logits"]:
         expect(S.LOGITS, lambda s: s == (n, v, c), f"({n}, {v}, {c})")

@@ -26,8 +26,8 @@ from . import schema as S
 from .disk import check_free_space, free_mib, is_disk_full, write_bytes_atomic
 from .integrity import root_digest
 from .contiguous import ALIGNMENT
-from .layout import (JOB_FILE, JOB_KIND, SHARED_PARAMS_FILE, StoreLayout, block_keys, key_to_path,  # noqa: F401
-                     expect_array, normalise_header, npy_bytes, partial_dir, top_k)
+from .layout import (JOB_FILE, JOB_KIND, SHARED_PARAMS_FILE, StoreLayout, block_keys, file_datasets,  # noqa: F401
+                     file_rows, expect_array, normalise_header, npy_bytes, partial_dir, top_k)
 from .schema import StoreError
 
 
@@ -241,7 +241,6 @@ class StoreWriter:
 
     def _assemble(self, tmp: Path) -> None:
         lay = self.layout
-        keys = block_keys(lay)
         chunk_rows = min(lay.block_rows, lay.num_samples)
         hashes = {}
         with h5py.File(tmp, "w", **file_options(self.compression)) as f:
@@ -253,10 +252,9 @@ class StoreWriter:
                 f.attrs[key] = json.dumps(self.header[key], sort_keys=True)
 
             dsets = {}
-            for key, (shape, dtype) in keys.items():
-                path = key_to_path(key)
-                dsets[key] = f.create_dataset(path, shape=(lay.num_samples, *shape), dtype=dtype,
-                                              **storage_options(self.compression, shape, chunk_rows))
+            for path, (shape, dtype, keys) in file_datasets(lay).items():
+                dsets[path] = (f.create_dataset(path, shape=(lay.num_samples, *shape), dtype=dtype,
+                                                **storage_options(self.compression, shape, chunk_rows)), keys)
                 # Blocks arrive in row order and each is C-contiguous, so hashing them in turn
                 # equals hashing the whole dataset's C-order bytes.
                 hashes[path] = hashlib.sha256()
@@ -264,10 +262,10 @@ class StoreWriter:
                           disable=not sys.stderr.isatty(), leave=False):
                 start, stop = lay.block_range(b)
                 data = self._load_block(b)
-                for key, dset in dsets.items():
-                    arr = np.ascontiguousarray(data[key])
+                for path, (dset, keys) in dsets.items():
+                    arr = file_rows(data, keys)
                     dset[start:stop] = arr
-                    hashes[key_to_path(key)].update(arr.tobytes())
+                    hashes[path].update(arr.reshape(-1).view(np.uint8))
             if self.shared_view_params is not None:
                 params = self.shared_view_params
                 f.create_dataset(S.VIEW_PARAMS, data=params,

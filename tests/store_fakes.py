@@ -80,3 +80,38 @@ def forge(path, edit):
                      if isinstance(obj, h5py.Dataset) else None)
         f.attrs["checksums"] = json.dumps(sums)
         f.attrs["digest"] = independent_digest(f)
+
+
+def as_schema_v2(path, out, piece_rows=65536):
+    """A copy of a (v3) top-k store written as schema 2 wrote one: /topk/indices and /topk/values apart, in the
+    same storage (gzip chunks, or contiguous at page-aligned offsets), checksums and digest recomputed. Copied
+    in pieces of rows, so a store larger than memory converts too (benchmarks/store_scale.py --v2)."""
+    with h5py.File(path, "r") as src:
+        compressed = src["labels"].chunks is not None
+        names = []
+        src.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) else None)
+        with h5py.File(out, "w", **({} if compressed else {"alignment_threshold": 1, "alignment_interval": 4096})) \
+                as dst:
+            for name in src.attrs:
+                dst.attrs[name] = src.attrs[name]
+            sums = {}
+            for name in sorted(names):
+                dset = src[name]
+                parts = ({"topk/indices": "index", "topk/values": "value"} if name == "topk/entries"
+                         else {name: None})
+                for part, field in parts.items():
+                    base = dset.dtype if field is None else dset.dtype.fields[field][0]
+                    shape = dset.shape + base.shape
+                    storage = {"chunks": (min(4, len(dset)), *shape[1:]), "compression": "gzip",
+                               "fletcher32": True} if compressed else {}
+                    copy, digest = dst.create_dataset(part, shape=shape, dtype=base.base, **storage), hashlib.sha256()
+                    for lo in range(0, len(dset), piece_rows):
+                        rows = dset[lo:lo + piece_rows]
+                        rows = np.ascontiguousarray(rows if field is None else rows[field])
+                        copy[lo:lo + len(rows)] = rows
+                        digest.update(rows.tobytes())
+                    sums[part] = digest.hexdigest()
+            dst.attrs["schema_version"] = np.int64(2)
+            dst.attrs["checksums"] = json.dumps(dict(sorted(sums.items())))
+            dst.attrs["digest"] = independent_digest(dst)
+    return out

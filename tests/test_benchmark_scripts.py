@@ -118,8 +118,11 @@ def test_store_scale_measures_a_store_with_one_and_two_reader_processes(tmp_path
     assert 0 <= warm["gathers_reading_storage"] <= warm["gathers"] == 33 and warm["storage_read_mib"] >= 0
     assert warm["gathers_reading_storage"] == 33 or warm["p99_in_page_cache_ms"] > 0
     assert [len(row["together"][k]["peak_kib"]) for k in ("1", "2")] == [1, 2]
+    paired = row["v2_side_by_side"]  # the same gathers from a schema 2 copy (removed: one .h5 above)
+    assert paired["v3"]["gathers"] == paired["v2"]["gathers"] == 33 and paired["p50_ratio_v2_over_v3"] > 0
     table = store_scale.table([row], empty_kib=reader["memory_end_kib"]["VmHWM"])
     assert "| top-10 | contiguous | 700 | 3 |" in table and "| 2 |" in table and " of 33, " in table
+    assert "| top-10 N=700 V=3 | " in table and "schema 2: two reads" in table
     goals = store_scale.goals([row], reader["memory_end_kib"]["VmHWM"])
     assert goals["contiguous_peak_over_empty_mib"] == 0 and len(goals["two_readers_cache_growth_ratio"]) == 1
 

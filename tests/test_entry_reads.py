@@ -147,25 +147,32 @@ def test_both_widening_loops_are_exact_for_every_bit_pattern(widen):
     if widen == "widen_in_software":  # it keeps NaN payloads too, as numpy does
         assert np.array_equal(out, want.view(np.uint32))
 
-def topk_file(tmp_path, ids, values):
-    path = tmp_path / "topk.bin"
-    path.write_bytes(ids.astype("<i4").tobytes() + values.astype("<f2").tobytes())
-    return path, ids.size * 4
+def topk_file(tmp_path, ids, values, side_by_side):
+    """A file of top-k entries as a v3 store keeps them (each row's ids, then its values) or as v2 did (all ids,
+    then all values); and a function giving the (ids, values) offsets of rows."""
+    path, k = tmp_path / "topk.bin", ids.shape[1]
+    ids, values = ids.astype("<i4"), values.astype("<f2")
+    if side_by_side:
+        path.write_bytes(b"".join(i.tobytes() + v.tobytes() for i, v in zip(ids, values)))
+        return path, lambda rows: (rows * 6 * k, rows * 6 * k + 4 * k)
+    path.write_bytes(ids.tobytes() + values.tobytes())
+    return path, lambda rows: (rows * 4 * k, ids.size * 4 + rows * 2 * k)
 
 
+@pytest.mark.parametrize("side_by_side", [True, False], ids=["v3", "v2"])
 @pytest.mark.parametrize("classes", [40, 7])  # k < C; k == C (nothing left to spread)
-def test_topk_rows_densify_to_the_same_bits_as_densify_topk(tmp_path, kernel, classes):
+def test_topk_rows_densify_to_the_same_bits_as_densify_topk(tmp_path, kernel, classes, side_by_side):
     rng = np.random.default_rng(classes)
     rows, k = 300, 7
     ids = np.stack([rng.permutation(classes)[:k] for _ in range(rows)])
     values = (rng.dirichlet(np.ones(classes), rows)[:, :k] * rng.uniform(0.5, 1.6, (rows, 1))).astype(np.float16)
     values[:3] = [np.float16(0.3)] * k  # 2.1 kept: clamped to nothing missing
     values[3, 0] = np.float16(6e-8)  # a subnormal
-    path, values_at = topk_file(tmp_path, ids, values)
+    path, offsets = topk_file(tmp_path, ids, values, side_by_side)
     pick = rng.permutation(rows)
     fd = os.open(path, os.O_RDONLY)
     try:
-        out, failed, bad = entry_reads.read_topk_rows(fd, pick * k * 4, values_at + pick * k * 2, k, classes)
+        out, failed, bad = entry_reads.read_topk_rows(fd, *offsets(pick), k, classes)
     finally:
         os.close(fd)
     assert failed == 0 and bad == 0
@@ -173,16 +180,16 @@ def test_topk_rows_densify_to_the_same_bits_as_densify_topk(tmp_path, kernel, cl
     assert np.array_equal(out.view(np.uint32), want.view(np.uint32))
 
 
-def test_topk_rows_count_class_ids_out_of_range_and_short_reads(tmp_path, kernel):
+@pytest.mark.parametrize("side_by_side", [True, False], ids=["v3", "v2"])
+def test_topk_rows_count_class_ids_out_of_range_and_short_reads(tmp_path, kernel, side_by_side):
     ids = np.array([[0, 1], [2, 9], [-1, 3]] * 10)
     values = np.full(ids.shape, 0.25, np.float16)
-    path, values_at = topk_file(tmp_path, ids, values)
+    path, offsets = topk_file(tmp_path, ids, values, side_by_side)
     fd = os.open(path, os.O_RDONLY)
     try:
-        rows = np.arange(30)
-        _, failed, bad = entry_reads.read_topk_rows(fd, rows * 8, values_at + rows * 4, 2, 4)
+        _, failed, bad = entry_reads.read_topk_rows(fd, *offsets(np.arange(30)), 2, 4)
         assert failed == 0 and bad == 20  # 9 and -1, ten times each: never written outside the row
-        _, failed, _ = entry_reads.read_topk_rows(fd, np.array([0, 10 ** 6]), np.array([values_at, 10 ** 6]), 2, 4)
-        assert failed > 0  # the second row's offsets are past the end
+        _, failed, _ = entry_reads.read_topk_rows(fd, *offsets(np.array([0, 29, 30, 10 ** 6])), 2, 4)
+        assert failed > 0  # rows 30 and 10**6 lie past the end of the file
     finally:
         os.close(fd)

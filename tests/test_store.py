@@ -52,7 +52,7 @@ def test_dense_round_trip_with_logits_features_and_shared_params(tmp_path):
     assert store.dataset["num_samples"] == N and store.views["num_views"] == V
     assert store.generator["teachers"][0]["arch"] == "resnet"
     with h5py.File(path, "r") as f:
-        assert f.attrs["complete"] == 1 and f.attrs["schema_version"] == 2
+        assert f.attrs["complete"] == 1 and f.attrs["schema_version"] == 3
         assert f["targets"].dtype == np.float16 and f["targets"].fletcher32
         assert f["targets"].chunks == (4, V, C)
         assert np.array_equal(f["targets"][()], data["targets"].astype(np.float16))
@@ -89,7 +89,8 @@ def test_topk_round_trip_with_per_sample_params(tmp_path):
     assert store.is_topk and store.topk == 3 and store.per_sample_params
     probs = data["targets"]
     with h5py.File(path, "r") as f:
-        idx, vals = f["topk/indices"][()], f["topk/values"][()]
+        entries = f["topk/entries"][()]
+        idx, vals = entries["index"], entries["value"]
         assert idx.dtype == np.int32 and vals.dtype == np.float16
     want_vals = -np.sort(-probs, axis=-1)[..., :3]
     assert np.array_equal(vals, want_vals.astype(np.float16))
@@ -261,12 +262,14 @@ def test_truncated_file_is_refused(good_store):
 
 @pytest.mark.parametrize("damage, words", [
     (lambda f: f.attrs.__delitem__("complete"), "incomplete store"),
-    (lambda f: f.attrs.__setitem__("schema_version", 3), "schema version 3 is not supported"),
+    (lambda f: f.attrs.__setitem__("schema_version", 4), "schema version 4 is not supported"),
     (lambda f: f.attrs.__setitem__("schema_version", 1), "schema 1 label store, older than this labelopt reads"),
     (lambda f: f.__setitem__("x", h5py.ExternalLink("other.h5", "/")), "external link"),
     (lambda f: f.__setitem__("y", h5py.SoftLink("/nowhere")), "dangling soft link"),
     (lambda f: f.create_dataset("notes", data=np.array(["a"], dtype=h5py.string_dtype())), "non-numeric dtype"),
     (lambda f: f.create_dataset("objs", shape=(2,), dtype=h5py.vlen_dtype(np.int32)), "non-numeric dtype"),
+    (lambda f: f.create_dataset("pairs", shape=(2,), dtype=[("index", "<i4", (1,)), ("value", "<f2", (1,))]),
+     "non-numeric dtype"),  # the top-k entry's compound type is allowed at /topk/entries only
     (lambda f: f.attrs.__setitem__("format", "something.else"), "not a labelopt label store"),
 ])
 def test_damaged_store_is_refused_on_open(good_store, damage, words):

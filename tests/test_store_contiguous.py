@@ -13,7 +13,8 @@ from click.testing import CliRunner
 from labelopt.cli import main
 from labelopt.store import LabelStore, StoreError, StoreLayout, contiguous, reader, verify
 from labelopt.store.layout import CONTIGUOUS_FROM_BYTES, compression_for
-from labelopt.tests.store_fakes import build, make_data, make_layout
+from labelopt.store.repack import repack
+from labelopt.tests.store_fakes import as_schema_v2, build, forge, make_data, make_layout
 
 SHAPES = {
     "dense, shared params": dict(logits=True, features={"pool": 5}),
@@ -57,17 +58,18 @@ def test_both_layouts_hold_the_same_schema_bytes_and_gathers(pair):
 def test_a_inplace_is_plain_hdf5_at_page_aligned_offsets(pair):
     _, inplace = pair
     with h5py.File(inplace.path, "r") as f:
-        for name in ("labels", "views/params", *(["topk/indices"] if inplace.is_topk else ["targets"])):
+        for name in ("labels", "views/params", *(["topk/entries"] if inplace.is_topk else ["targets"])):
             dset = f[name]
             assert dset.chunks is None and dset.compression is None and not dset.fletcher32
             assert dset.id.get_offset() % contiguous.ALIGNMENT == 0
         # Any HDF5 reader sees the same numbers the in-place reader gathers.
-        key = "topk/values" if inplace.is_topk else "targets"
+        whole = f["topk/entries"][()]["value"] if inplace.is_topk else f["targets"][()]
         inplace.load()
         got = inplace._mem["targets"]  # ("dense", values) or ("topk", indices, values)
         rows, views = np.arange(inplace.num_samples), np.arange(inplace.num_samples) % inplace.num_views
-        assert np.array_equal(f[key][()][rows, views], got[-1][rows, views])
-        assert np.array_equal(f[key][()][[4, 2]], got[-1][[4, 2]])
+        assert np.array_equal(whole[rows, views], got[-1][rows, views])
+        if not inplace.is_topk:  # a field is read one entry per (row, view) pair
+            assert np.array_equal(whole[[4, 2]], got[-1][[4, 2]])
         assert isinstance(got[-1], contiguous.DatasetRows)  # read from the file per entry, not loaded
 
 
@@ -196,3 +198,42 @@ def test_rows_handed_out_stay_valid_after_their_store_object_is_gone(tmp_path):
         assert np.array_equal(table[[3, 1]], data["view_params"][[3, 1]])
     finally:
         other.close()
+
+
+# -- schema 2 top-k stores (class ids and values in two datasets) are still read ---------------------------------
+
+@pytest.mark.parametrize("compression", ["gzip", "none"])
+def test_a_schema_2_topk_store_is_read_verified_and_repacked_as_the_v3_one(tmp_path, compression):
+    new, _ = build(tmp_path / "v3.h5", make_layout(topk=3, per_sample_params=True, param_size=2),
+                   compression=compression)
+    old = as_schema_v2(new, tmp_path / "v2.h5")
+    v3, v2 = LabelStore.open(new), LabelStore.open(old)
+    assert (v3.topk_packed, v2.topk_packed) == (True, False) and v3.layout == v2.layout
+    rng = np.random.default_rng(2)
+    idx, views = torch.from_numpy(rng.integers(0, v3.num_samples, 64)), torch.from_numpy(rng.integers(0, 3, 64))
+    assert torch.equal(v3.gather(idx, views), v2.gather(idx, views))
+    assert np.array_equal(v3.rows("targets", 2, 7), v2.rows("targets", 2, 7))
+    for a, b in zip(v3.topk_entries(idx, views), v2.topk_entries(idx, views)):
+        assert np.array_equal(a, b)
+    assert verify(old)["ok"] and verify(new)["ok"]
+    other = "compressed" if compression == "none" else "contiguous"
+    moved = LabelStore.open(repack(old, tmp_path / "moved.h5", other))
+    assert moved.layout == other and not moved.topk_packed
+    assert torch.equal(moved.gather(idx, views), v3.gather(idx, views))
+
+
+def test_topk_datasets_of_the_other_schema_or_an_odd_entry_type_are_refused(tmp_path):
+    path, _ = build(tmp_path / "k.h5", make_layout(topk=3), compression="none")
+    old = as_schema_v2(path, tmp_path / "v2.h5")
+    forge(old, lambda f: f.attrs.__setitem__("schema_version", np.int64(3)))  # v3 must keep /topk/entries
+    with pytest.raises(StoreError, match="required dataset /topk/entries is missing"):
+        LabelStore.open(old)
+
+    def wider_ids(f):
+        entries = f["topk/entries"][()]
+        del f["topk/entries"]
+        wide = np.dtype([("index", "<i8", (3,)), ("value", "<f2", (3,))])
+        f.create_dataset("topk/entries", data=np.array(entries.tolist(), dtype=wide))
+    forge(path, wider_ids)
+    with pytest.raises(StoreError, match="/topk/entries has non-numeric dtype"):
+        LabelStore.open(path)

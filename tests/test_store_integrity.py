@@ -50,7 +50,7 @@ def test_checksums_and_digest_match_their_documented_definitions(tmp_path):
         for name in names:
             assert sums[name] == hashlib.sha256(f[name][()].tobytes()).hexdigest(), name
         assert f.attrs["digest"] == independent_digest(f)
-        assert f.attrs["schema_version"] == 2
+        assert f.attrs["schema_version"] == 3
 
 
 # -- content: every reader checks what it reads ---------------------------------------------------
@@ -83,8 +83,8 @@ def test_a_rewritten_dataset_is_refused_by_the_reader_that_reads_it(tmp_path, da
 def test_rewritten_topk_values_and_shared_params_are_refused(tmp_path):
     path, _ = build(tmp_path / "k.h5", make_layout(topk=2))
     with h5py.File(path, "r+") as f:
-        rewrite(f, "topk/values")
-    with pytest.raises(StoreError, match="/topk/values "):
+        rewrite(f, "topk/entries")
+    with pytest.raises(StoreError, match="/topk/entries "):
         LabelStore.open(path).gather(torch.tensor([0]), torch.tensor([0]))
     shared, _ = build(tmp_path / "p.h5", shared_view_params=np.arange(V)[:, None] * 3)
     with h5py.File(shared, "r+") as f:
@@ -194,8 +194,9 @@ def test_topk_rows_sum_to_one_keep_their_values_and_spread_the_rest(tmp_path):
     views = torch.arange(V).repeat(N)
     got = store.gather(idx, views).numpy().astype(np.float64)  # [N*V, C]
     with h5py.File(path) as f:
-        kept_idx = f["topk/indices"][()].reshape(N * V, 3)
-        kept = f["topk/values"][()].reshape(N * V, 3).astype(np.float64)
+        entries = f["topk/entries"][()]
+        kept_idx = entries["index"].reshape(N * V, 3)
+        kept = entries["value"].reshape(N * V, 3).astype(np.float64)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-6)
     assert np.array_equal(np.take_along_axis(got, kept_idx, 1), kept)  # stored values exactly
     others = np.ones_like(got, bool)

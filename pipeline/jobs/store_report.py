@@ -86,8 +86,11 @@ def label_quality(store: LabelStore, n_bins: int = 15, block_rows: int = REPORT_
 
 def shapes(store: LabelStore) -> dict:
     n, v, c = store.num_samples, store.num_views, store.num_classes
-    out = {"topk/indices": [n, v, store.topk], "topk/values": [n, v, store.topk]} if store.is_topk \
-        else {"targets": [n, v, c]}
+    if store.is_topk:  # v3: one dataset of entries, each k class ids and k values; v2: two datasets
+        names = (schema.TOPK_ENTRIES,) if store.topk_packed else (schema.TOPK_INDICES, schema.TOPK_VALUES)
+        out = {name: [n, v, store.topk] for name in names}
+    else:
+        out = {"targets": [n, v, c]}
     if store.has_logits:
         out["logits"] = [n, v, c]
     for tap, dim in store.feature_dims.items():

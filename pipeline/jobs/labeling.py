@@ -258,7 +258,9 @@ def label_block(labeler, views: ViewSpace, options: GenerateOptions, num_classes
     params = views.views_of(indices.numpy(), images.shape[2], images.shape[3])  # [rows, V, P]
     flat_params = torch.from_numpy(params.reshape(rows * v, -1))
     row_of = torch.arange(rows).repeat_interleave(v)
-    probs = torch.empty(rows * v, num_classes, dtype=torch.float32)
+    # The block's outputs stay on the device until its last slice: copying each slice out would make the host
+    # wait for the GPU every slice (bare inference does not), and a per-slice host copy runs on every core.
+    probs = torch.empty(rows * v, num_classes, dtype=torch.float32, device=device)
     logits_out = torch.empty_like(probs) if options.logits else None
     feats_out: dict[str, torch.Tensor] = {}
     for start in range(0, rows * v, options.batch_size):
@@ -267,13 +269,13 @@ def label_block(labeler, views: ViewSpace, options: GenerateOptions, num_classes
         viewed = views.pixels(images[r], flat_params[sl])
         with autocast(device, options.bf16):
             out = labeler(LabelRequest(viewed, indices[row_of[sl]], labels[r], tuple(options.features)))
-        probs[sl] = out.probs.float().cpu()
+        probs[sl] = out.probs.float()
         if logits_out is not None:
-            logits_out[sl] = out.logits.float().cpu()
+            logits_out[sl] = out.logits.float()
         for tap, value in out.features.items():
-            feats_out.setdefault(tap, torch.empty(rows * v, value.shape[1]))[sl] = value.float().cpu()
+            feats_out.setdefault(tap, torch.empty(rows * v, value.shape[1], device=device))[sl] = value.float()
         bar.update(sl.stop - sl.start)
-    shape = lambda t: t.view(rows, v, -1).numpy()
+    shape = lambda t: t.cpu().view(rows, v, -1).numpy()
     return {"targets": shape(probs), "labels": labels.cpu().numpy(),
             "logits": shape(logits_out) if logits_out is not None else None,
             "features": {k: shape(t) for k, t in feats_out.items()} or None,

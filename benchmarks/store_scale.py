@@ -40,7 +40,8 @@ pass's latency and the mapped file pages it leaves in the reader's resident set)
     .venv/bin/python benchmarks/store_scale.py [--sizes 50000,320000,1280000] [--dense-views 5] [--topk-views 100]
         [--batch 512] [--only dense|top-10] [--keep DIR] [--json-only] [--smoke]
 
-Needs about 2.2x the largest store free on disk (a top-10 store and its schema 2 copy: 2x) while it is written (its blocks, then the file). Prints JSON,
+Needs about 2.2x the largest store free on disk while it is written (its blocks, then the file; a top-10 store and
+its schema 2 copy: 2x). Prints JSON,
 then tables. Absolute times depend on the machine (printed with the results).
 """
 from __future__ import annotations
@@ -396,8 +397,8 @@ def table(rows: list[dict], empty_kib: int) -> str:
                              f"({(m['VmHWM'] - empty_kib) / 1024:+.0f}) | {m['RssFile'] / 1024:.0f} MiB |")
     paired = [r for r in rows if r.get("v2_side_by_side")]
     if paired:
-        lines += ["", "| store | schema 3: one read per entry, p50 / p99 | schema 2: two reads, p50 / p99 | p50 ratio |",
-                  "|" + " --- |" * 4]
+        lines += ["", "| store | schema 3: one read per entry, p50 / p99 | schema 2: two reads, p50 / p99 "
+                      "| p50 ratio |", "|" + " --- |" * 4]
         for r in paired:
             p = r["v2_side_by_side"]
             lines.append(f"| top-10 N={r['n']:,} V={r['views']} | {p['v3']['p50_ms']:.2f} / {p['v3']['p99_ms']:.2f} ms "

@@ -70,7 +70,7 @@ def _copy_dataset(dset: h5py.Dataset, dst: h5py.File, name: str, compression: st
                   source: Path) -> None:
     chunk_rows = dset.chunks[0] if dset.chunks else min(DEFAULT_CHUNK_ROWS, dset.shape[0])
     out = dst.create_dataset(name, shape=dset.shape, dtype=dset.dtype,
-                             **storage_options(compression, dset.shape[1:], chunk_rows))
+                             **storage_options(compression, dset.shape[1:], chunk_rows, dset.dtype))
     row_bytes = max(1, dset.dtype.itemsize * int(np.prod(dset.shape[1:])))
     step = max(chunk_rows, PIECE_BYTES // row_bytes // chunk_rows * chunk_rows)
     digest = hashlib.sha256()

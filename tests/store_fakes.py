@@ -102,8 +102,8 @@ def as_schema_v2(path, out, piece_rows=65536):
                 for part, field in parts.items():
                     base = dset.dtype if field is None else dset.dtype.fields[field][0]
                     shape = dset.shape + base.shape
-                    storage = {"chunks": (min(4, len(dset)), *shape[1:]), "compression": "gzip",
-                               "fletcher32": True} if compressed else {}
+                    storage = {"chunks": (dset.chunks[0], *shape[1:]), "compression": "gzip",
+                               "compression_opts": 4, "fletcher32": True} if compressed else {}
                     copy, digest = dst.create_dataset(part, shape=shape, dtype=base.base, **storage), hashlib.sha256()
                     for lo in range(0, len(dset), piece_rows):
                         rows = dset[lo:lo + piece_rows]

@@ -184,11 +184,12 @@ def check_shapes(f: h5py.File, meta: dict) -> dict:
         return dset
 
     facts = {"num_samples": n, "num_views": v, "num_classes": c}
+    packed = (meta.get(S.ATTR_SCHEMA_VERSION) or 0) >= 3  # top-k entries in one dataset (v3) or two (v2)
     expect(S.LABELS, lambda s: s == (n,), f"({n},)")
     if S.TARGETS in dsets:
         expect(S.TARGETS, lambda s: s == (n, v, c), f"({n}, {v}, {c})")
         facts["topk"] = None
-    elif (meta.get(S.ATTR_SCHEMA_VERSION) or 0) >= 3:
+    elif packed:
         k = S.topk_entry_width(expect(S.TOPK_ENTRIES, lambda s: s == (n, v), f"({n}, {v})").dtype)
         if k is None or k > c:
             raise StoreError(f"{name}: dataset /{S.TOPK_ENTRIES} is not K class ids and K values per entry with "
@@ -200,7 +201,7 @@ def check_shapes(f: h5py.File, meta: dict) -> dict:
         k = idx.shape[2]
         expect(S.TOPK_VALUES, lambda s: s == (n, v, k), f"({n}, {v}, {k})")
         facts["topk"] = k
-    facts["topk_packed"] = facts["topk"] is not None and S.TOPK_ENTRIES in dsets
+    facts["topk_packed"] = facts["topk"] is not None and packed
     facts["has_logits"] = S.LOGITS in dsets
     if facts["has_logits"]:
         expect(S.LOGITS, lambda s: s == (n, v, c), f"({n}, {v}, {c})")

@@ -41,8 +41,7 @@ pass's latency and the mapped file pages it leaves in the reader's resident set)
         [--batch 512] [--only dense|top-10] [--keep DIR] [--json-only] [--smoke]
 
 Needs about 2.2x the largest store free on disk while it is written (its blocks, then the file; a top-10 store and
-its schema 2 copy: 2x). Prints JSON,
-then tables. Absolute times depend on the machine (printed with the results).
+its schema 2 copy: 2x). Prints JSON, then tables. Absolute times depend on the machine (printed with the results).
 """
 from __future__ import annotations
 
@@ -401,7 +400,8 @@ def table(rows: list[dict], empty_kib: int) -> str:
                       "| p50 ratio |", "|" + " --- |" * 4]
         for r in paired:
             p = r["v2_side_by_side"]
-            lines.append(f"| top-10 N={r['n']:,} V={r['views']} | {p['v3']['p50_ms']:.2f} / {p['v3']['p99_ms']:.2f} ms "
+            lines.append(f"| top-10 N={r['n']:,} V={r['views']} "
+                         f"| {p['v3']['p50_ms']:.2f} / {p['v3']['p99_ms']:.2f} ms "
                          f"| {p['v2']['p50_ms']:.2f} / {p['v2']['p99_ms']:.2f} ms | {p['p50_ratio_v2_over_v3']:.2f}x |")
     together = [r for r in rows if r.get("together")]
     if together:

@@ -12,7 +12,7 @@
 #   --dry-run  print the commands; run none.
 #   --smoke    tiny sizes on whatever device there is, fp32, an identity store: checks the plumbing only.
 #
-# Environment (defaults in brackets): GEN_IMAGES [50000] identity images for stage one; CROP_FLIP_IMAGES [1000]
+# Environment (defaults in brackets): GEN_IMAGES [50000] identity images for stage one; CROP_FLIP_IMAGES [5000]
 # images x 162 views for stage one's crop-flip part; STAGE2_IMAGES [10000] images of stage two; STAGE2_VIEWS
 # [cifar-crop-flip] its store's views (162 per image, so 162 x STAGE2_IMAGES teacher passes first); EPOCHS [4] student epochs per setup (epoch 1
 # holds numba's compile and is not timed); IMAGENET [1] runs the ImageNet-shaped part (0 skips it);
@@ -47,7 +47,7 @@ if [ "$SMOKE" = 1 ]; then
   IMAGENET_IMAGES=${IMAGENET_IMAGES:-8} IMAGENET_VIEWS=${IMAGENET_VIEWS:-2} IMAGENET_CLASSES=${IMAGENET_CLASSES:-4}
   IMAGENET_SIZES=(--topk 2 --long-side 64 --batch-size 8 --repeats 1)
 else
-  GEN_IMAGES=${GEN_IMAGES:-50000} CROP_FLIP_IMAGES=${CROP_FLIP_IMAGES:-1000} STAGE2_IMAGES=${STAGE2_IMAGES:-10000}
+  GEN_IMAGES=${GEN_IMAGES:-50000} CROP_FLIP_IMAGES=${CROP_FLIP_IMAGES:-5000} STAGE2_IMAGES=${STAGE2_IMAGES:-10000}
   STAGE2_VIEWS=${STAGE2_VIEWS:-cifar-crop-flip} EPOCHS=${EPOCHS:-4} PRECISION=(--bf16) DEVICE=cuda
   IMAGENET_IMAGES=${IMAGENET_IMAGES:-2000} IMAGENET_VIEWS=${IMAGENET_VIEWS:-8} IMAGENET_CLASSES=${IMAGENET_CLASSES:-1000}
   IMAGENET_SIZES=()

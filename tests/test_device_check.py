@@ -31,6 +31,7 @@ def test_dry_run_lists_the_four_parts_on_the_gpu_in_bf16(tmp_path):
     assert len(commands) == 4 and not out.exists()
     gen, two, ddp, imagenet = commands
     assert gen[1].endswith("generate_labels.py") and gen[gen.index("--images") + 1] == "50000"
+    assert gen[gen.index("--crop-flip-images") + 1] == "5000"  # 1,000 x 162 views ran 4 s: too short to judge
     assert imagenet[1].endswith("generate_labels_imagenet.py")
     assert [imagenet[imagenet.index(flag) + 1] for flag in ("--images", "--views-per-image", "--classes")] == [
         "2000", "8", "1000"]

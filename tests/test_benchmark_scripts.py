@@ -115,7 +115,10 @@ def test_store_scale_measures_a_store_with_one_and_two_reader_processes(tmp_path
     assert reader["warm"]["p99_ms"] == sorted(run["p99_ms"] for run in reader["warm"]["runs"])[1]  # the median
     assert reader["emptied_by"] in ("drop_caches", "fadvise")
     warm = reader["warm"]  # gathers that read from storage are counted; the page-cache p99 is over the others
-    assert 0 <= warm["gathers_reading_storage"] <= warm["gathers"] == 33 and warm["storage_read_mib"] >= 0
+    runs = warm["runs"]
+    assert warm["gathers"] == 33 and warm["gathers_reading_storage"] == sum(r["gathers_reading_storage"] for r in runs)
+    assert warm["storage_read_mib"] == pytest.approx(sum(r["storage_read_mib"] for r in runs))
+    assert (warm["storage_read_mib"] > 0) == (warm["gathers_reading_storage"] > 0)  # counted from the same bytes
     assert warm["gathers_reading_storage"] == 33 or warm["p99_in_page_cache_ms"] > 0
     assert [len(row["together"][k]["peak_kib"]) for k in ("1", "2")] == [1, 2]
     paired = row["v2_side_by_side"]  # the same gathers from a schema 2 copy (removed: one .h5 above)

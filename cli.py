@@ -135,19 +135,19 @@ def registered_schedules():
 
 
 def mix_policies():
-    from .pipeline.data.mixes import mix_policy_names
+    from .pipeline.views.mixes import mix_policy_names
 
     return mix_policy_names()
 
 
 def augment_policies():
-    from .pipeline.data.views import view_policy_names
+    from .pipeline.views.policies import view_policy_names
 
     return ["auto", *view_policy_names()]
 
 
 def store_view_specs():
-    from .pipeline.data.store_views import store_view_specs as specs
+    from .pipeline.views.store_sets import store_view_specs as specs
 
     return specs()
 
@@ -304,6 +304,7 @@ def methods(as_json):
                         else "online (--teacher)"),
              "not_from_store": cls.why_not_store() or None,
              "mix": {"no": "-", "optional": "--mix optional", "required": "--mix required"}[cls.mixes],
+             "compile": {"graphs": "CUDA graphs", "eager": "eager (hooks)"}[cls.capture],
              "summary": cls.summary} for name, cls in DISTILLERS.items()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -313,7 +314,8 @@ def methods(as_json):
                       else ", ".join(v)) or "-"
     click.echo(format_table([{k: text(v) if isinstance(v, (list, dict)) else v for k, v in r.items()} for r in rows],
                             [("method", "method"), ("teacher_signals", "teacher signals"),
-                             ("source", "served by"), ("mix", "mixed images"), ("defaults", "defaults"),
+                             ("source", "served by"), ("mix", "mixed images"), ("compile", "--compile"),
+                             ("defaults", "defaults"),
                              ("summary", "loss")]))
 
 
@@ -337,6 +339,11 @@ def training_options(command):
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
         click.option("--bf16", is_flag=True, help="bf16 autocast (GPU)."),
         click.option("--channels-last", is_flag=True, help="channels_last memory format."),
+        click.option("--compile", is_flag=True,
+                     help="Compile the student's forward and backward with torch.compile; on one GPU, capture them "
+                          "in CUDA graphs (where the method allows: labelopt methods). The first step pays the "
+                          "compile, reported once and left out of the epoch's img/s. Every step's batch is full: "
+                          "an epoch's last partial batch is always dropped. Off by default."),
         click.option("--workers", "num_workers", type=number("num_workers"), default=None,
                      help="FFCV decoding threads [default: all cores]."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
@@ -360,7 +367,8 @@ def as_plain(kwargs: dict) -> dict:
               help="View policy; auto picks by image size.")
 def train(milestones, **kwargs):
     """Train a model from scratch (teachers, vanilla and label-smoothing baselines)."""
-    from .pipeline.run.training import TrainOptions, train as run_train
+    from .pipeline.run.options import TrainOptions
+    from .pipeline.run.training import train as run_train
 
     options = TrainOptions(milestones=int_list(milestones), **as_plain(kwargs))
     out = run_train(options, log=lambda m: click.echo(m, err=True))

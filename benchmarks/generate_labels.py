@@ -75,7 +75,9 @@ def make_teacher(root: Path, data_folder: Path, arch: str, epochs: int, device: 
     from labelopt.pipeline.run.checkpoints import save_checkpoint
     from labelopt.pipeline.data.datasets import open_dataset
     from labelopt.pipeline.run.runtime import seed_everything
-    from labelopt.pipeline.run.training import TrainOptions, checkpoint_payload, train
+    from labelopt.pipeline.run.options import TrainOptions
+    from labelopt.pipeline.run.train_loop import checkpoint_payload
+    from labelopt.pipeline.run.training import train
 
     if epochs > 0:
         log(f"training the {arch} teacher {epochs} epoch(s) on {open_dataset(data_folder).num_samples('train')} "
@@ -104,9 +106,11 @@ def time_bare(folder: Path, teacher_path: Path, spec: str, batch_size: int, devi
               bf16: bool) -> dict:
     """The ceiling: generate-labels' loader, views and forward slices, with nothing kept or written."""
     from labelopt.pipeline.data.datasets import open_dataset
-    from labelopt.pipeline.jobs.labeling import block_loader, load_teachers, store_views
+    from labelopt.pipeline.data.loading import block_loader
+    from labelopt.pipeline.run.checkpoints import load_teachers
+    from labelopt.pipeline.views.store_sets import store_views
     from labelopt.pipeline.run.runtime import autocast
-    from labelopt.pipeline.data.views import IdentityView
+    from labelopt.pipeline.views.policies import IdentityView
 
     data = open_dataset(folder)
     teacher = load_teachers([teacher_path], data, device)[0]
@@ -179,7 +183,8 @@ def time_generate(folder: Path, teacher_path: Path, spec: str, out: Path, args, 
 
 def warm_up(root: Path, images: np.ndarray, labels: np.ndarray, teacher: Path, args, device: torch.device) -> str:
     from labelopt.pipeline.data.datasets import open_dataset
-    from labelopt.pipeline.jobs.labeling import load_teachers, store_views
+    from labelopt.pipeline.run.checkpoints import load_teachers
+    from labelopt.pipeline.views.store_sets import store_views
 
     n = min(WARMUP_IMAGES, len(images))
     folder = write_prepared(root / "warmup", images[:n], labels[:n])

@@ -31,7 +31,8 @@ def make_dataset(root: Path, n: int):
 def time_labelopt(folder: Path, batch_size: int, workers: int) -> dict:
     from labelopt.pipeline.data.datasets import open_dataset
     from labelopt.pipeline.data.loading import make_loader
-    from labelopt.pipeline.data.views import Normalizer, get_view_policy
+    from labelopt.pipeline.views.policies import get_view_policy
+    from labelopt.pipeline.data.normalize import Normalizer
 
     data = open_dataset(folder)
     loader = make_loader(data, "train", batch_size, shuffle=True, seed=0, drop_last=False, num_workers=workers)

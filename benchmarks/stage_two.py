@@ -63,7 +63,8 @@ def save_teacher(folder: Path, out: Path) -> Path:
     from labelopt.pipeline.run.checkpoints import save_checkpoint
     from labelopt.pipeline.data.datasets import open_dataset
     from labelopt.pipeline.run.runtime import seed_everything
-    from labelopt.pipeline.run.training import TrainOptions, checkpoint_payload
+    from labelopt.pipeline.run.options import TrainOptions
+    from labelopt.pipeline.run.train_loop import checkpoint_payload
 
     data = open_dataset(folder)
     seed_everything(0)
@@ -93,7 +94,8 @@ def timing(run: Path, setup: str) -> dict:
 def run_setups(root: Path, args, device: str) -> dict:
     from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
     from labelopt.pipeline.jobs.student import StudentOptions, train_student
-    from labelopt.pipeline.run.training import TrainOptions, train
+    from labelopt.pipeline.run.options import TrainOptions
+    from labelopt.pipeline.run.training import train
     from labelopt.store import LabelStore
 
     log(f"stage_two: writing {args.images} CIFAR-shaped images under {root}")

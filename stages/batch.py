@@ -5,7 +5,7 @@ teacher code.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,3 +19,11 @@ class ViewedBatch:
     # Mixed images (mixup, CutMix, RICAP): each part's class and share, on the device; None when not mixed.
     mix_labels: torch.Tensor | None = None  # int64 [B, parts], part 0 = labels
     mix_weights: torch.Tensor | None = None  # float32 [B, parts], rows summing to 1
+    # Teacher signals gathered from a label store for (indices, views) by the batch loader, on the device; empty
+    # when the teacher runs online (stages/teacher_sources.py).
+    teacher: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def device_tensors(self) -> list[torch.Tensor]:
+        """The tensors that live on the training device (indices and views stay on the CPU)."""
+        tensors = [self.images, self.labels, self.mix_labels, self.mix_weights, *self.teacher.values()]
+        return [t for t in tensors if t is not None]

@@ -13,8 +13,8 @@ from typing import Sequence
 import torch
 
 from ..store import LabelStore
-from .batch import ViewedBatch  # noqa: F401  (re-exported: where the teacher sources' callers find it)
-from .distillers import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS
+from .batch import ViewedBatch
+from ..store.schema import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS
 from .labelers import LabelRequest
 
 
@@ -44,6 +44,7 @@ class StoreSource(TeacherSource):
     def __init__(self, store: LabelStore, temperature: float | None):
         self.store = store
         self.target_temperature = temperature
+        self.names: tuple[str, ...] = ()
 
     def missing(self, signal):
         if signal == SIGNAL_LOGITS and self.store.generator.get("method") in ENSEMBLE_METHODS:
@@ -57,11 +58,21 @@ class StoreSource(TeacherSource):
         return None
 
     def load(self, names: Sequence[str]) -> None:
-        self.store.load(tuple(names))
+        """Ready the store for `names`: the signals `rows` gathers from now on."""
+        self.names = tuple(names)
+        self.store.load(self.names)
+
+    def rows(self, indices: torch.Tensor, views: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """float32 rows of every loaded signal for keys (indices[i], views[i]), on the CPU: the batch loader
+        gathers them for a step's drawn views, ahead of the step."""
+        return {name: self.store.gather(indices, views, name) for name in self.names}
 
     def signals(self, batch, names):
-        return {name: self.store.gather(batch.indices, batch.views, name).to(batch.images.device, non_blocking=True)
-                for name in names}
+        missing = [name for name in names if name not in batch.teacher]
+        if missing:
+            raise ValueError(f"the batch carries no store rows for {', '.join(missing)}: the batch loader gathers "
+                             f"them (pass StoreSource.rows as its teacher_rows)")
+        return {name: batch.teacher[name] for name in names}
 
     def describe(self):
         s = self.store

@@ -22,7 +22,7 @@ from .contiguous import (DatasetRows, ReadHandle, dataset_region, dense_topk_ent
                          take_entries)
 from .memory import available_memory_bytes
 from .validation import all_datasets, check_file, identity_mismatches, open_h5, read_dataset, stream_check, validate
-from .values import as_float32, densify_topk  # noqa: F401  (as_float32: tests read it from here)
+from .values import as_float32, densify_topk
 
 MEMORY_SHARE = 0.5  # a compressed store may take at most this share of the available memory when loaded
 

@@ -31,7 +31,8 @@ def tiny_cifar_dir(tmp_path_factory) -> Path:
 def tiny_teacher(tiny_cifar_dir, tmp_path_factory) -> Path:
     """A resnet20 trained one epoch on tiny_cifar_dir (its last.pt): the teacher of every module that needs one
     and does not care how good it is. Tests must not write into its run folder."""
-    from labelopt.pipeline.run.training import TrainOptions, train
+    from labelopt.pipeline.run.options import TrainOptions
+    from labelopt.pipeline.run.training import train
 
     out = tmp_path_factory.mktemp("tiny-teacher") / "run"
     train(TrainOptions(data=str(tiny_cifar_dir), arch="resnet20", out=str(out), epochs=1, batch_size=32,

@@ -3,7 +3,7 @@ import torch
 
 from labelopt.models import FeatureTaps, create_model, feature_shapes
 from labelopt.stages.distillers import FEATURE_PREFIX, DistillContext
-from labelopt.stages.teacher_sources import ViewedBatch
+from labelopt.stages.batch import ViewedBatch
 
 
 def term_trace(cls, part: str, steps: int, *, teacher_train_mode: bool = False, lr: float = 0.05,

@@ -12,11 +12,12 @@ from labelopt.models import FeatureTaps, create_model, feature_shapes
 from labelopt.pipeline.run.runtime import seed_everything
 from labelopt.pipeline.run.schedules import Schedule
 from labelopt.pipeline.jobs.student import StudentOptions, train_student
-from labelopt.pipeline.run.training import TrainOptions, train
+from labelopt.pipeline.run.options import TrainOptions
+from labelopt.pipeline.run.training import train
 from labelopt.stages.distillers import FEATURE_PREFIX, DistillContext
 from labelopt.stages.distillers.ab import ActivationBoundaries
 from labelopt.stages.distillers.ft import FactorTransfer
-from labelopt.stages.teacher_sources import ViewedBatch
+from labelopt.stages.batch import ViewedBatch
 from labelopt.tests.distill_fakes import term_trace
 
 B = 4

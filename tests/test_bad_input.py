@@ -17,7 +17,9 @@ from labelopt import cli
 from labelopt.cli import Number, main
 from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.limits import BOUNDS
-from labelopt.pipeline.run.training import TrainOptions, TrainingDiverged, cross_entropy_objective, train
+from labelopt.pipeline.run.options import TrainOptions
+from labelopt.pipeline.run.train_loop import TrainingDiverged
+from labelopt.pipeline.run.training import cross_entropy_objective, train
 
 
 def quiet(_):

@@ -13,10 +13,11 @@ import torch.nn.functional as F
 import labelopt.stages.distillers as distillers
 from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.jobs.student import StudentOptions, train_student
-from labelopt.pipeline.run.training import TrainOptions, train
+from labelopt.pipeline.run.options import TrainOptions
+from labelopt.pipeline.run.training import train
 from labelopt.stages.distillers.base import DistillContext
 from labelopt.stages.distillers.crd import ContrastiveRepresentation, CRDWithKD
-from labelopt.stages.teacher_sources import ViewedBatch
+from labelopt.stages.batch import ViewedBatch
 
 N, B, K, D, S_DIM, T_DIM, CLASSES = 12, 4, 5, 3, 4, 5, 3
 CONTEXT = DistillContext(num_classes=CLASSES, num_samples=N, student_shapes={"pool": (S_DIM,)},
@@ -224,7 +225,7 @@ import os, sys, torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from labelopt.stages.distillers.base import DistillContext
 from labelopt.stages.distillers.crd import ContrastiveRepresentation
-from labelopt.stages.teacher_sources import ViewedBatch
+from labelopt.stages.batch import ViewedBatch
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 given = torch.load(sys.argv[1], weights_only=True)

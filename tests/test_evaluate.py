@@ -14,9 +14,11 @@ from labelopt.models import create_model
 from labelopt.pipeline.run.checkpoints import save_checkpoint
 from labelopt.pipeline.data.datasets import open_dataset
 from labelopt.pipeline.jobs import reports
-from labelopt.pipeline.jobs.evaluation import COMPARISON_PNG, checkpoint_names, eval_loader, plot_file_names, predict
-from labelopt.pipeline.run.training import TrainOptions, train
-from labelopt.pipeline.data.views import Normalizer
+from labelopt.pipeline.jobs.evaluation import COMPARISON_PNG, checkpoint_names, plot_file_names
+from labelopt.pipeline.run.prediction import eval_loader, predict
+from labelopt.pipeline.run.options import TrainOptions
+from labelopt.pipeline.run.training import train
+from labelopt.pipeline.data.normalize import Normalizer
 from labelopt.stages.metrics import CalibrationBins, classification_metrics
 
 

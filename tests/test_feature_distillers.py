@@ -10,7 +10,7 @@ from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.jobs.student import StudentOptions, train_student
 from labelopt.stages.distillers import FEATURE_PREFIX, DistillContext, get_distiller
-from labelopt.stages.teacher_sources import ViewedBatch
+from labelopt.stages.batch import ViewedBatch
 from labelopt.tests.distill_fakes import term_trace
 from labelopt.tests.run_checks import assert_last_checkpoint_matches_log
 

@@ -16,7 +16,8 @@ from labelopt.pipeline.run.checkpoints import save_checkpoint
 from labelopt.pipeline.data.datasets import open_dataset
 from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.data.loading import make_loader
-from labelopt.pipeline.data.views import Normalizer, PadCropFlipView
+from labelopt.pipeline.views.policies import PadCropFlipView
+from labelopt.pipeline.data.normalize import Normalizer
 from labelopt.store import LabelStore
 from labelopt.tests.two_nodes import run_two_nodes
 
@@ -132,7 +133,7 @@ def test_random_and_ensemble_methods(teacher, tiny_cifar_dir, tmp_path):
 def test_sl_enc_labels_follow_prototypes_as_confident_as_the_teacher(teacher, tiny_cifar_dir, tmp_path):
     from labelopt.pipeline.data.datasets import open_dataset
     from labelopt.pipeline.data.loading import make_loader
-    from labelopt.pipeline.jobs.labeling import load_teachers
+    from labelopt.pipeline.run.checkpoints import load_teachers
     from labelopt.stages.labelers import mean_confidence
 
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(tmp_path / "enc.h5"), method="sl-enc",

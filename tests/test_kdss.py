@@ -9,10 +9,11 @@ import labelopt.stages.distillers
 from labelopt.models import create_model
 from labelopt.pipeline.run.runtime import seed_everything
 from labelopt.pipeline.jobs.student import StudentOptions, train_student
-from labelopt.pipeline.run.training import TrainOptions, train
+from labelopt.pipeline.run.options import TrainOptions
+from labelopt.pipeline.run.training import train
 from labelopt.stages.distillers import DistillContext
 from labelopt.stages.distillers.kdss import SelfSupervisedKD, kept_rows
-from labelopt.stages.teacher_sources import ViewedBatch
+from labelopt.stages.batch import ViewedBatch
 
 B, CLASSES, S_DIM, T_DIM = 3, 5, 4, 6
 
@@ -125,8 +126,8 @@ def np_pad_crop(image, dy, dx, flip):
 def test_each_rotated_copy_gets_its_own_crop_and_the_image_s_one_flip():
     """crop_each_rotation 1 (default): the sampler draws four views per image, each a pad-4 crop of its own and
     all with one flip (the authors' loader); 0: one view, the same crop in all four blocks."""
-    from labelopt.pipeline.data.view_sampling import AugmentViews, CopiedViews, with_copies
-    from labelopt.pipeline.data.views import PadCropFlipView
+    from labelopt.pipeline.views.draws import AugmentViews, CopiedViews, with_copies
+    from labelopt.pipeline.views.policies import PadCropFlipView
 
     images = torch.tensor(np.random.default_rng(0).integers(1, 255, (16, 3, 8, 8)), dtype=torch.uint8)
     plain = AugmentViews(PadCropFlipView(pad=4))
@@ -157,8 +158,8 @@ def test_each_rotated_copy_gets_its_own_crop_and_the_image_s_one_flip():
 
 def test_copies_need_freshly_drawn_views():
     from labelopt.pipeline.errors import UserError
-    from labelopt.pipeline.data.view_sampling import AugmentViews, with_copies
-    from labelopt.pipeline.data.views import IdentityView
+    from labelopt.pipeline.views.draws import AugmentViews, with_copies
+    from labelopt.pipeline.views.policies import IdentityView
 
     with pytest.raises(UserError, match="freshly drawn views"):
         with_copies(AugmentViews(IdentityView(), store_view=0), 4)

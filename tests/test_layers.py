@@ -13,8 +13,12 @@ ALLOWED = {
     "stages": {"models", "store"},
     "pipeline.shared": {"store"},  # errors, atomic, locks, limits: used by every group
     "pipeline.data": {"pipeline.shared", "models", "store"},
-    "pipeline.run": {"pipeline.shared", "pipeline.data", "models", "stages"},
-    "pipeline.jobs": {"pipeline.shared", "pipeline.data", "pipeline.run", "models", "stages", "store"},
+    # mix_choice reads a method's `mixes` declaration; the rest of views needs no method
+    "pipeline.views": {"pipeline.shared", "pipeline.data", "models", "store", "stages"},
+    # the run joins .beton rows and store rows in its batch loader; teachers' checkpoint hashes come from store
+    "pipeline.run": {"pipeline.shared", "pipeline.data", "pipeline.views", "models", "stages", "store"},
+    "pipeline.jobs": {"pipeline.shared", "pipeline.data", "pipeline.views", "pipeline.run", "models", "stages",
+                      "store"},
 }
 SHARED = {"errors", "atomic", "locks", "limits"}
 
@@ -25,7 +29,7 @@ def part_of(module: str) -> str | None:
         return None
     if parts[0] != "pipeline":
         return parts[0] if parts[0] in ALLOWED else None
-    if len(parts) > 1 and parts[1] in ("data", "run", "jobs"):
+    if len(parts) > 1 and parts[1] in ("data", "views", "run", "jobs"):
         return f"pipeline.{parts[1]}"
     return "pipeline.shared" if len(parts) == 1 or parts[1] in SHARED else None
 
@@ -66,15 +70,27 @@ def test_imports_follow_the_layers(path):
     assert wrong == [], f"{own} may import only {sorted(ALLOWED[own])}"
 
 
-def test_no_function_over_60_lines_and_no_file_over_300():
-    long_functions, long_files = [], []
+# A file holds one concept whole. Past SOFT_FILE_LINES it is probably two concepts: split it, or name it here with
+# the reason it stays one file (docs/architecture.md, "Size rules").
+SOFT_FILE_LINES = 400
+LONG_FILES: dict[str, str] = {}
+MAX_FUNCTION_LINES = 60
+
+
+def test_no_function_over_60_lines():
+    long_functions = []
     for path in package_files():
-        text = path.read_text()
-        if len(text.splitlines()) > 300:
-            long_files.append(f"{path.relative_to(ROOT)} ({len(text.splitlines())})")
-        for node in ast.walk(ast.parse(text)):
+        for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 length = node.end_lineno - node.lineno + 1
-                if length > 60:
+                if length > MAX_FUNCTION_LINES:
                     long_functions.append(f"{path.relative_to(ROOT)}:{node.name} ({length})")
-    assert (long_functions, long_files) == ([], [])
+    assert long_functions == []
+
+
+def test_files_past_the_soft_limit_are_named_with_a_reason():
+    long_files = sorted(str(path.relative_to(ROOT)) for path in package_files()
+                        if len(path.read_text().splitlines()) > SOFT_FILE_LINES)
+    unnamed = [f for f in long_files if f not in LONG_FILES]
+    stale = [f for f in LONG_FILES if f not in long_files]  # an exception that no longer applies goes
+    assert (unnamed, stale) == ([], [])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from labelopt.stages.distillers import SIGNAL_LOGITS, SIGNAL_TARGETS, DistillContext, get_distiller
-from labelopt.stages.teacher_sources import ViewedBatch
+from labelopt.stages.batch import ViewedBatch
 
 B, C = 6, 10
 LABELS = np.array([3, 0, 9, 3, 5, 1])

@@ -7,10 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from labelopt.pipeline.data.mix_views import FreshMixes
-from labelopt.pipeline.data.mixes import MIX_SCALE, CutMix, Mixup, Ricap, get_mix_policy, numpy_rng
-from labelopt.pipeline.data.view_sampling import AugmentViews
-from labelopt.pipeline.data.views import IdentityView
+from labelopt.pipeline.views.mixed import FreshMixes
+from labelopt.pipeline.views.mixes import MIX_SCALE, CutMix, Mixup, Ricap, get_mix_policy, numpy_rng
+from labelopt.pipeline.views.draws import AugmentViews
+from labelopt.pipeline.views.policies import IdentityView
 from labelopt.pipeline.errors import UserError
 from labelopt.stages.batch import ViewedBatch
 from labelopt.stages.losses import batch_cross_entropy

@@ -73,7 +73,7 @@ def test_dense_round_trip_with_logits_features_and_shared_params(tmp_path):
 
 
 def test_float16_widening_is_exact_for_every_bit_pattern():
-    from labelopt.store.reader import as_float32
+    from labelopt.store.values import as_float32
 
     every = np.arange(2 ** 16, dtype=np.uint16).view(np.float16).reshape(256, 256)[:, ::3]  # strided too
     widened = as_float32(every)

@@ -14,7 +14,8 @@ from labelopt.cli import main
 from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.jobs.student import StudentOptions, train_student
-from labelopt.pipeline.run.training import TrainOptions, train
+from labelopt.pipeline.run.options import TrainOptions
+from labelopt.pipeline.run.training import train
 from labelopt.stages.distillers.sl import SoftLabels
 from labelopt.store import LabelStore
 from labelopt.tests.run_checks import assert_last_checkpoint_matches_log
@@ -95,7 +96,7 @@ def test_stored_mixes_equal_the_teacher_online_on_the_same_mixes_step_by_step(st
     """Aug-SL paid once: a store of K CutMix records per image against the teacher run online on the same record
     space (the seed's records, rebuilt without the store): the same mixed pixels, parts, targets and loss."""
     from labelopt.pipeline.data.datasets import open_dataset
-    from labelopt.pipeline.data.store_views import store_views
+    from labelopt.pipeline.views.store_sets import store_views
     from labelopt.pipeline.jobs import student as student_job
 
     seen = []
@@ -269,7 +270,7 @@ def test_aug_sl_online_labels_each_mixed_image_with_the_teacher(teacher, tiny_ci
     """aug-sl's target is the teacher's own label of the pixels the student sees (the mixed image), and aug-sl-kd's
     hard part is the parts' classes by share."""
     from labelopt.pipeline.data.datasets import open_dataset
-    from labelopt.pipeline.jobs.labeling import load_teachers
+    from labelopt.pipeline.run.checkpoints import load_teachers
     from labelopt.stages.distillers.aug_sl import AugSoftLabelsKD
 
     seen = []
@@ -362,7 +363,7 @@ def test_two_nodes_train_one_student_and_resume_without_the_run_folder_on_the_se
 def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar_dir, tmp_path, monkeypatch):
     from labelopt.pipeline.data.datasets import open_dataset
     from labelopt.pipeline.data.loading import make_loader
-    from labelopt.pipeline.data.view_space import ViewSpace, sampler_for_store
+    from labelopt.pipeline.views.space import ViewSpace, sampler_for_store
 
     from labelopt.store.contiguous import DatasetRows
 
@@ -382,7 +383,7 @@ def test_sampled_store_replays_each_samples_own_stored_boxes(teacher, tiny_cifar
     assert torch.equal(viewed, sampler.policy.apply(images, params))
     store.load()
     # The label gathered for (index, view) is the teacher's answer for these very pixels.
-    from labelopt.pipeline.jobs.labeling import load_teachers
+    from labelopt.pipeline.run.checkpoints import load_teachers
     logits, _ = load_teachers([str(teacher)], data, torch.device("cpu"))[0].outputs(viewed)
     assert torch.allclose(store.gather(indices, views), torch.softmax(logits / 4.0, 1), atol=2e-3)
     out = train_student(student(tiny_cifar_dir, tmp_path / "run", labels=str(path), epochs=1), log=quiet)
@@ -434,3 +435,64 @@ def test_a_methods_warmup_phase_and_expanded_batches(tiny_cifar_dir, tmp_path, m
         assert line["train_loss"] == pytest.approx(2 * line["train_loss_parts"]["ce"], rel=1e-5)
     last = torch.load(out / "last.pt", weights_only=True)
     assert last["epoch"] == 1 and last["training"]["extra"]["scale"] != 1.0  # trained, and saved for resume
+
+
+@pytest.mark.parametrize("name", ["identity", "crop_flip", "mix"])
+def test_the_batch_loader_hands_over_the_inline_batches_views_and_store_rows(stores, tiny_cifar_dir, name):
+    """A thread ahead of the step, the loader gives exactly what reading the .beton, drawing the views and gathering
+    the store's rows one after the other in the step gave: pixels, labels, indices, view keys, mixes and rows."""
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.data.loading import make_loader
+    from labelopt.pipeline.jobs.student import open_store_source
+    from labelopt.pipeline.run.batches import BatchLoader
+    from labelopt.stages.distillers import get_distiller
+
+    data = open_dataset(tiny_cifar_dir)
+    options = student(tiny_cifar_dir, "unused", labels=str(stores[name]), method="aug-sl" if name == "mix" else "sl")
+    source, sampler = open_store_source(options, get_distiller(options.method), data)
+    loader = make_loader(data, "train", 32, shuffle=True, seed=3, drop_last=True)
+    for epoch in (0, 1):
+        inline_draws = torch.Generator().manual_seed(epoch)
+        expected = []
+        for images, labels, indices in loader.epoch(epoch):
+            drawn = sampler.draw(images, indices, inline_draws)
+            expected.append((drawn, labels, indices, source.store.gather(indices, drawn.views, "targets")))
+        batches = BatchLoader(loader, sampler, torch.device("cpu"), source.rows, ahead=2)
+        got = list(batches.epoch(epoch, torch.Generator().manual_seed(epoch)))
+        assert len(got) == len(expected) == len(batches) == 3
+        for batch, (drawn, labels, indices, rows) in zip(got, expected):
+            assert torch.equal(batch.images, drawn.images) and torch.equal(batch.labels, labels)
+            assert torch.equal(batch.indices, indices) and torch.equal(batch.views, drawn.views)
+            assert torch.equal(batch.teacher["targets"], rows)
+            if name == "mix":
+                assert torch.equal(batch.mix_labels, drawn.mix.labels)
+                assert torch.equal(batch.mix_weights, drawn.mix.weights)
+            else:
+                assert batch.mix_labels is None and drawn.mix is None
+        if name == "crop_flip":  # the 162 views are drawn, not one
+            assert len(torch.unique(torch.cat([b.views for b in got]))) > 20
+
+
+def test_the_batch_loader_stops_its_thread_and_passes_on_its_errors(stores, tiny_cifar_dir):
+    import threading
+
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.data.loading import make_loader
+    from labelopt.pipeline.run.batches import BatchLoader
+    from labelopt.pipeline.views.draws import AugmentViews
+    from labelopt.pipeline.views.policies import PadCropFlipView
+
+    data = open_dataset(tiny_cifar_dir)
+    loader = make_loader(data, "train", 32, shuffle=True, seed=3, drop_last=True)
+    batches = BatchLoader(loader, AugmentViews(PadCropFlipView()), torch.device("cpu"), ahead=1)
+    for batch in batches.epoch(0, torch.Generator().manual_seed(0)):
+        break  # a step that stops early (a diverged loss) leaves no thread behind
+    assert not [t for t in threading.enumerate() if t.name.startswith("labelopt-batches")]
+
+    def failing_rows(indices, views):
+        raise UserError("store rows unreadable")
+
+    failing = BatchLoader(loader, AugmentViews(PadCropFlipView()), torch.device("cpu"), failing_rows, ahead=2)
+    with pytest.raises(UserError, match="store rows unreadable"):
+        list(failing.epoch(0, torch.Generator().manual_seed(0)))
+    assert not [t for t in threading.enumerate() if t.name.startswith("labelopt-batches")]

@@ -9,7 +9,8 @@ from click.testing import CliRunner
 from labelopt.cli import main
 from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.run.schedules import Schedule, default_milestones, resolve_milestones
-from labelopt.pipeline.run.training import TrainOptions, train
+from labelopt.pipeline.run.options import TrainOptions
+from labelopt.pipeline.run.training import train
 
 
 class Crash(Exception):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from labelopt.pipeline.data.store_views import store_views
-from labelopt.pipeline.data.view_sampling import AugmentViews
-from labelopt.pipeline.data.view_space import ViewSpace, sampler_for_store
-from labelopt.pipeline.data.views import PadCropFlipView, ResizedCropFlipView
+from labelopt.pipeline.views.store_sets import store_views
+from labelopt.pipeline.views.draws import AugmentViews
+from labelopt.pipeline.views.space import ViewSpace, sampler_for_store
+from labelopt.pipeline.views.policies import PadCropFlipView, ResizedCropFlipView
 from labelopt.pipeline.errors import UserError
 
 

@@ -2,8 +2,9 @@
 import torch
 import torch.nn.functional as F
 
-from labelopt.pipeline.data.views import (IdentityView, Normalizer, PadCropFlipView, ResizedCropFlipView,
+from labelopt.pipeline.views.policies import (IdentityView, PadCropFlipView, ResizedCropFlipView,
                                      get_view_policy)
+from labelopt.pipeline.data.normalize import Normalizer
 from labelopt.pipeline.errors import UserError
 
 import pytest

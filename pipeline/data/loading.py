@@ -67,16 +67,21 @@ class SplitLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
-    def epoch(self, epoch: int):
+    def host_batches(self, epoch: int, *, pin: bool = False):
+        """One epoch of (images uint8 [B,3,H,W], labels int64 [B], indices int64 [B]), all on the CPU, copied out
+        of FFCV's buffers (it reuses them); `pin`: the images in pinned memory, for a copy that does not block."""
         # FFCV's random order is seeded with seed + epoch; setting the epoch makes resume exact.
         self.loader.next_epoch = epoch
         for images, labels, indices in self.loader:
-            # FFCV reuses its output buffers: copy before handing a batch on.
-            yield (
-                images.permute(0, 3, 1, 2).to(self.device, memory_format=torch.contiguous_format, copy=True),
-                labels.view(-1).to(self.device, torch.long, copy=True),
-                indices.view(-1).to(torch.long, copy=True),  # on the CPU: they key view tables and stores
-            )
+            chw = images.permute(0, 3, 1, 2)
+            yield (torch.empty(chw.shape, dtype=torch.uint8, pin_memory=pin).copy_(chw),
+                   labels.view(-1).to(torch.long, copy=True),
+                   indices.view(-1).to(torch.long, copy=True))  # they key view tables and stores
+
+    def epoch(self, epoch: int):
+        """One epoch with images and labels on the device, indices on the CPU."""
+        for images, labels, indices in self.host_batches(epoch):
+            yield images.to(self.device), labels.to(self.device), indices
 
 
 def block_loader(data: PreparedDataset, split: str, rows, batch: int, train_decode: bool) -> Loader:

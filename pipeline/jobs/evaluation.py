@@ -12,9 +12,9 @@ from ..atomic import ensure_writable_dir, write_json_atomic
 from ..run.checkpoints import build_model_from_checkpoint, load_checkpoint, trained_elsewhere, training_stats
 from ..data.datasets import PreparedDataset, open_dataset
 from ..locks import output_lock
-from ..run.prediction import eval_loader, predict  # noqa: F401  (also this module's public API)
+from ..run.prediction import eval_loader, predict
 from ..run.runtime import check_precision, resolve_device
-from ..data.views import Normalizer
+from ..data.normalize import Normalizer
 
 METRIC_KEYS = ("top1", "top5", "nll", "ece")
 

@@ -17,23 +17,23 @@ from ... import __version__
 from ...models import tap_names
 from ...stages.labelers import DEFAULT_TEMPERATURE, LABELERS, LabelRequest
 from ...stages.teachers import Teacher
-from ...store import StoreError, StoreLayout, StoreWriter, file_sha256
+from ...store import StoreError, StoreLayout, StoreWriter
 from ...store.layout import compression_for
 from ...store.schema import STORABLE_TAPS
-from ..run.checkpoints import build_model_from_checkpoint, load_checkpoint, training_stats
+from ..run.checkpoints import load_teachers
 from ..data.datasets import PreparedDataset, open_dataset
 from ..atomic import check_output_file
 from ..errors import UserError
 from ..limits import check_all
 from ..locks import output_lock
-from ..data.loading import block_loader  # noqa: F401  (block_loader: also used from here)
+from ..data.loading import block_loader
 from ..run.runtime import (autocast, barrier, check_precision, check_same_inputs, describe_job, device_for,
                            init_distributed)
-from ..data.store_views import store_views
-from ..data.view_space import ViewSpace
+from ..views.store_sets import store_views
+from ..views.space import ViewSpace
 from .label_ranks import open_on_main, wait_for_blocks
 from .prototypes import build_prototypes, share_prototypes
-from ..data.views import IdentityView, Normalizer
+from ..views.policies import IdentityView
 
 
 @dataclass
@@ -78,24 +78,6 @@ def generate_command(options: GenerateOptions) -> str:
     args += ["--logits"] * options.logits + ["--bf16"] * options.bf16
     # No --out: a store's bytes do not depend on where it was written (a moved or copied store stays identical).
     return " ".join(shlex.quote(a) for a in args)
-
-
-def load_teachers(paths, data: PreparedDataset, device: torch.device) -> list[Teacher]:
-    teachers = []
-    for path in paths:
-        body = load_checkpoint(path)
-        model = build_model_from_checkpoint(body, path, num_classes=data.num_classes).to(device)
-        stats = body.get("dataset", {})
-        # A teacher sees images normalised as in its own training.
-        normalize = Normalizer(*training_stats(body, data.mean, data.std), device)
-        teachers.append(Teacher(model, body["arch"], normalize,
-                                {"arch": body["arch"], "checkpoint": Path(path).name,
-                                 "checkpoint_sha256": file_sha256(Path(path)),
-                                 "trained_on": {k: stats.get(k) for k in ("name", "fingerprint")},
-                                 # what the checkpoint reports of itself (for a store's card), where it does
-                                 "test_top1": body.get("metrics", {}).get("test_top1"),
-                                 "epoch": body.get("epoch")}))
-    return teachers
 
 
 def check_method(options: GenerateOptions, labeler_cls) -> None:

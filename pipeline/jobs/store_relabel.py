@@ -24,10 +24,12 @@ from ...stages.labelers import LABELERS, LabelRequest
 from ...store import LabelStore, StoreError, file_sha256
 from ..data.datasets import PreparedDataset, open_dataset
 from ..errors import UserError
-from .labeling import block_loader, load_teachers, store_views
+from ..data.loading import block_loader
+from ..run.checkpoints import load_teachers
+from ..views.store_sets import store_views
 from .prototypes import build_prototypes
 from ..run.runtime import resolve_device
-from ..data.views import IdentityView
+from ..views.policies import IdentityView
 
 RTOL = 2.0 ** -10
 ATOL = 2.0 ** -14

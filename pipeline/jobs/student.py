@@ -17,18 +17,20 @@ from ...models import FeatureTaps, UnknownModelError, create_model, feature_shap
 from ...stages.distillers import (FEATURE_PREFIX, SIGNAL_TARGETS, DistillContext, Distiller, UnknownMethodError,
                                  get_distiller)
 from ...stages.labelers import DEFAULT_TEMPERATURE, EnsembleLabeler, SoftLabeler
-from ...stages.teacher_sources import OnlineSource, StoreSource, TeacherSource, ViewedBatch
+from ...stages.batch import ViewedBatch
+from ...stages.teacher_sources import OnlineSource, StoreSource, TeacherSource
 from ...store import LabelStore, StoreError
 from ...store.remote import is_url, local_store
 from ..data.datasets import PreparedDataset, open_dataset
 from ..errors import UserError
-from .labeling import load_teachers
+from ..run.checkpoints import load_teachers
 from ..run.runtime import check_precision, device_for, init_distributed, seed_everything
-from ..run.training import TrainOptions, default_augment, fit, resolve_options
-from ..data.view_sampling import AugmentViews, ViewSampler, with_copies
-from ..data.view_space import sampler_for_store
-from .mixing import check_mix_choice, check_store_mixes, mixed_sampler
-from ..data.views import get_view_policy
+from ..run.options import TrainOptions, resolve_options
+from ..run.training import fit
+from ..views.draws import AugmentViews, ViewSampler, with_copies
+from ..views.space import sampler_for_store
+from ..views.mix_choice import check_mix_choice, check_store_mixes, mixed_sampler
+from ..views.policies import default_augment, get_view_policy
 
 NAMED_FLAGS = ("ce_weight", "kd_weight", "label_smoothing", "temperature")  # options with a flag of their own
 
@@ -201,6 +203,8 @@ def train_student(options: StudentOptions, *, cache_dir=None, on_epoch_end=None,
     if source is not None and is_url(options.labels):  # the URL, not this machine's cache: a resume may use another
         config["teacher_source"]["path"] = options.labels
     return fit(options, data, model, make_objective(distiller, source, options.arch), dist_info, device,
-               command="train-student", sampler=sampler, extra_modules=distiller, phases=distiller.phases(),
+               command="train-student", sampler=sampler,
+               teacher_rows=source.rows if isinstance(source, StoreSource) else None, capture=method.capture,
+               extra_modules=distiller, phases=distiller.phases(),
                config_extra=config,
                on_epoch_start=distiller.set_epoch, on_epoch_end=on_epoch_end, log=log)

@@ -11,7 +11,10 @@ from pathlib import Path
 import torch
 
 from ...models import UnknownModelError, create_model
+from ...stages.teachers import Teacher
 from ..atomic import write_bytes_atomic
+from ..data.datasets import PreparedDataset
+from ..data.normalize import Normalizer
 from ..errors import UserError
 
 CHECKPOINT_FORMAT = "labelopt.checkpoint"
@@ -114,3 +117,23 @@ def trained_elsewhere(body: dict, data) -> str | None:
         return None
     return (f"trained on {stats.get('name', '?')} (train fingerprint {str(stats['fingerprint'])[:12]}), not on the "
             f"evaluated {data.name} (train fingerprint {data.fingerprint('train')[:12]})")
+
+
+def load_teachers(paths, data: PreparedDataset, device: torch.device) -> list[Teacher]:
+    """Frozen teachers from checkpoints, each fed images normalised as in its own training."""
+    from ...store.tools import file_sha256  # here: `labelopt train` loads no store (h5py)
+    teachers = []
+    for path in paths:
+        body = load_checkpoint(path)
+        model = build_model_from_checkpoint(body, path, num_classes=data.num_classes).to(device)
+        stats = body.get("dataset", {})
+        # A teacher sees images normalised as in its own training.
+        normalize = Normalizer(*training_stats(body, data.mean, data.std), device)
+        teachers.append(Teacher(model, body["arch"], normalize,
+                                {"arch": body["arch"], "checkpoint": Path(path).name,
+                                 "checkpoint_sha256": file_sha256(Path(path)),
+                                 "trained_on": {k: stats.get(k) for k in ("name", "fingerprint")},
+                                 # what the checkpoint reports of itself (for a store's card), where it does
+                                 "test_top1": body.get("metrics", {}).get("test_top1"),
+                                 "epoch": body.get("epoch")}))
+    return teachers

@@ -5,7 +5,7 @@ import torch
 
 from ..data.datasets import PreparedDataset
 from ..data.loading import SplitLoader, make_loader
-from ..data.views import Normalizer
+from ..data.normalize import Normalizer
 from .runtime import autocast
 
 EVAL_BATCH_SIZE = 256

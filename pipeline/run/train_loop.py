@@ -71,22 +71,41 @@ class EpochTotals:
         self.seen += rows
 
 
-def train_step(run: TrainingRun, epoch: int, step: int, images, labels, indices, views_rng: torch.Generator,
-               watch: DivergenceWatch):
-    """One optimizer step at the schedule's lr; returns (loss, logits, parts) for the epoch's totals."""
+def train_step(run: TrainingRun, epoch: int, step: int, batch: ViewedBatch, watch: DivergenceWatch):
+    """One optimizer step at the schedule's lr on a finished batch; returns (loss, logits, parts) for the totals."""
     lr = run.schedule.lr(epoch, step)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    drawn = run.sampler.draw(images, indices, views_rng)
-    mix = (None, None) if drawn.mix is None else (t.to(run.device, non_blocking=True) for t in drawn.mix)
-    batch = ViewedBatch(drawn.images, labels, indices, drawn.views, *mix)
+    if run.step_mode.graphs:
+        torch.compiler.cudagraph_mark_step_begin()
     with autocast(run.device, run.options.bf16):
-        loss, logits, parts = run.objective(run.train_model, run.normalize(drawn.images), batch, run.train_extra)
+        loss, logits, parts = run.objective(run.train_model, run.normalize(batch.images), batch, run.train_extra)
     watch.observe(loss, step)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
     return loss, logits, parts
+
+
+class CompileClock:
+    """Times the first step of a compiled student, which holds the compile: it is reported once (an epoch record's
+    compile_seconds) and left out of that epoch's train_seconds and img/s."""
+
+    def __init__(self, run: TrainingRun):
+        self.mode, self.device = run.step_mode, run.device
+        self.seconds, self.rows, self.started = 0.0, 0, None
+
+    def start(self) -> None:
+        if self.mode.compile_pending:
+            self.started = time.perf_counter()
+
+    def stop(self, rows: int) -> None:
+        if self.started is None:
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # once per process: the compiled step has really run
+        self.seconds, self.rows, self.started = time.perf_counter() - self.started, rows, None
+        self.mode.compile_pending = False
 
 
 def train_epoch(run: TrainingRun, epoch: int) -> dict:
@@ -97,22 +116,28 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
     run.train_model.train()
     if run.train_extra is not None:
         run.train_extra.train()
-    totals, watch, steps = EpochTotals(run.device), DivergenceWatch(run.device), len(run.train_loader)
-    bar = tqdm(run.train_loader.epoch(epoch), total=steps, desc=f"epoch {epoch + 1}/{run.total_epochs}",
+    totals, watch, steps = EpochTotals(run.device), DivergenceWatch(run.device), len(run.batches)
+    bar = tqdm(run.batches.epoch(epoch, views_rng), total=steps, desc=f"epoch {epoch + 1}/{run.total_epochs}",
                unit="batch", leave=False, disable=None if run.dist_info.is_main else True)
-    for step, (images, labels, indices) in enumerate(bar):
-        loss, logits, parts = train_step(run, epoch, step, images, labels, indices, views_rng, watch)
-        totals.add(loss, logits, labels, parts)
+    compiling = CompileClock(run)
+    for step, batch in enumerate(bar):
+        compiling.start()
+        loss, logits, parts = train_step(run, epoch, step, batch, watch)
+        totals.add(loss, logits, batch.labels, parts)
+        compiling.stop(batch.labels.shape[0])
         if step % 20 == 0:
             watch.check(epoch, run.total_epochs, steps, run.out, run.dist_info)
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.schedule.lr(epoch, step):.4g}")
     bar.close()
     watch.check(epoch, run.total_epochs, steps, run.out, run.dist_info)  # before anything of the epoch is saved
-    seconds = time.perf_counter() - started
+    seconds = time.perf_counter() - started - compiling.seconds  # the compile is reported on its own
+    timed_rows = max(totals.seen - compiling.rows, 1)
     record = {"epoch": epoch, "phase": run.phases.phase_of(epoch),
               "lr": run.schedule.lr(epoch, 0), "train_loss": (totals.loss / totals.seen).item(),
               "train_top1": 100.0 * totals.correct.item() / totals.seen, "train_seconds": round(seconds, 3),
-              "train_img_per_s": round(totals.seen * run.dist_info.world_size / seconds, 1)}
+              "train_img_per_s": round(timed_rows * run.dist_info.world_size / max(seconds, 1e-9), 1)}
+    if compiling.rows:
+        record["compile_seconds"] = round(compiling.seconds, 3)
     if totals.parts:
         record["train_loss_parts"] = {name: (total / totals.seen).item() for name, total in totals.parts.items()}
     return record
@@ -162,4 +187,7 @@ def epoch_line(record: dict, epochs: int) -> str:
             f"train {record['train_top1']:.2f}%")
     if "test_top1" in record:
         text += f"  test {record['test_top1']:.2f}%  nll {record['test_nll']:.4f}  ece {record['test_ece']:.4f}"
-    return text + f"  {record['train_img_per_s']:.0f} img/s"
+    text += f"  {record['train_img_per_s']:.0f} img/s"
+    if "compile_seconds" in record:
+        text += f"  (compiling the step took {record['compile_seconds']:.1f} s, not counted)"
+    return text

@@ -2,7 +2,7 @@
 optimizer, the loaders and the schedule, gathered in one `TrainingRun` that the epoch loop reads."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -13,13 +13,15 @@ from .checkpoints import load_checkpoint, save_checkpoint
 from ...stages.phases import Phases
 from ..data.datasets import PreparedDataset
 from ..errors import UserError
+from .options import TrainOptions
 from .prediction import eval_loader
 from ..data.loading import SplitLoader, make_loader
+from .batches import BatchLoader, TeacherRows
 from .runs import MetricsLog
 from .runtime import DistInfo, from_main
 from .schedules import Schedule
-from ..data.view_sampling import ViewSampler
-from ..data.views import Normalizer
+from ..views.draws import ViewSampler
+from ..data.normalize import Normalizer
 
 
 @dataclass
@@ -27,7 +29,7 @@ class TrainingRun:
     """Everything an epoch needs; `model` and `extra_modules` are the bare modules (evaluation, checkpoints),
     `train_model` and `train_extra` the ones the steps call (DDP-wrapped when distributed)."""
 
-    options: object  # TrainOptions
+    options: TrainOptions
     data: PreparedDataset
     out: Path
     dist_info: DistInfo
@@ -37,16 +39,16 @@ class TrainingRun:
     extra_modules: torch.nn.Module | None
     train_extra: torch.nn.Module | None
     objective: Callable
-    sampler: ViewSampler
     phases: Phases
     optimizer: torch.optim.Optimizer
     schedule: Schedule
-    train_loader: SplitLoader
+    batches: BatchLoader  # the training split's finished batches: views drawn, store rows gathered
     test_loader: SplitLoader | None
     normalize: Normalizer
     metrics_log: MetricsLog | None
     best: dict
     start_epoch: int
+    step_mode: StepMode = field(default_factory=lambda: StepMode())
 
     @property
     def total_epochs(self) -> int:
@@ -65,7 +67,7 @@ def restore_best(out: Path, state: dict) -> None:
     save_checkpoint(best_path, {k: v for k, v in state.items() if k not in ("training", "format", "version")})
 
 
-def place_modules(options, model, extra_modules, warmup: bool, state: dict | None, dist_info: DistInfo,
+def place_modules(options: TrainOptions, model, extra_modules, warmup: bool, state: dict | None, dist_info: DistInfo,
                   device: torch.device):
     """The model and a method's modules on the device with any resumed weights, then their DDP wrappers.
 
@@ -93,26 +95,57 @@ def place_modules(options, model, extra_modules, warmup: bool, state: dict | Non
     return model, train_model, train_extra
 
 
-def make_optimizer(options, model, extra_modules) -> torch.optim.Optimizer:
+@dataclass
+class StepMode:
+    """How the student's step runs: eager, compiled, or compiled and captured in CUDA graphs (which then start
+    each step with a mark, so a step's outputs are read before the next replay overwrites them)."""
+
+    compiled: bool = False
+    graphs: bool = False
+    compile_pending: bool = False  # the first compiled step, whose time is the compile's, is still to come
+
+    def describe(self) -> str:
+        return "CUDA graphs" if self.graphs else "compiled" if self.compiled else "eager"
+
+
+def compile_student(options: TrainOptions, train_model, capture: str, dist_info: DistInfo, device: torch.device,
+                    log) -> tuple[torch.nn.Module, StepMode]:
+    """The module the steps call under --compile: torch.compile of the student (its forward and backward), in CUDA
+    graphs on a single GPU where the method allows; the method's loss and the optimizer stay eager (a few kernels)."""
+    if not options.compile:
+        return train_model, StepMode()
+    if capture == "eager":
+        log("--compile: this method reads the student's features through forward hooks added every step, which a "
+            "compiled student would not run; it trains eager")
+        return train_model, StepMode()
+    # DDP's gradient all-reduce runs inside backward, which CUDA graphs cannot hold: compiled without graphs.
+    graphs = device.type == "cuda" and not dist_info.enabled
+    compiled = torch.compile(train_model, mode="reduce-overhead" if graphs else "default")
+    return compiled, StepMode(compiled=True, graphs=graphs, compile_pending=True)
+
+
+def make_optimizer(options: TrainOptions, model, extra_modules) -> torch.optim.Optimizer:
     trainable = list(model.parameters())
     if extra_modules is not None:
         trainable += [p for p in extra_modules.parameters() if p.requires_grad]
     return torch.optim.SGD(trainable, lr=options.lr, momentum=options.momentum, weight_decay=options.weight_decay)
 
 
-def make_loaders(options, data: PreparedDataset, dist_info: DistInfo, device: torch.device):
-    """(train loader, test loader or None: only rank 0 evaluates, and only where the data has a test split)."""
+def make_loaders(options: TrainOptions, data: PreparedDataset, dist_info: DistInfo, device: torch.device,
+                 sampler: ViewSampler, teacher_rows: TeacherRows | None):
+    """(the training batches, test loader or None: only rank 0 evaluates, and only where there is a test split)."""
     train_loader = make_loader(data, "train", options.batch_size, shuffle=True, seed=options.seed, drop_last=True,
                                distributed=dist_info.enabled, device=device, num_workers=options.num_workers)
     if len(train_loader) == 0:
         raise UserError(f"--batch-size {options.batch_size} is larger than the training split "
                         f"({data.num_samples('train')} images); use a smaller batch")
     test_loader = eval_loader(data, "test", device) if dist_info.is_main and "test" in data.splits else None
-    return train_loader, test_loader
+    return BatchLoader(train_loader, sampler, device, teacher_rows), test_loader
 
 
-def set_up_run(options, data: PreparedDataset, model, objective, sampler: ViewSampler, extra_modules,
-               phases: Phases, dist_info: DistInfo, device: torch.device) -> TrainingRun:
+def set_up_run(options: TrainOptions, data: PreparedDataset, model, objective, sampler: ViewSampler,
+               teacher_rows: TeacherRows | None, extra_modules, phases: Phases, dist_info: DistInfo,
+               device: torch.device, capture: str = "graphs", log=print) -> TrainingRun:
     """A TrainingRun from a prepared run folder (a new one, or one to resume from its last.pt)."""
     out = Path(options.out)
     # Rank 0's last.pt for every rank: the run folder may be on rank 0's node alone.
@@ -121,6 +154,7 @@ def set_up_run(options, data: PreparedDataset, model, objective, sampler: ViewSa
         restore_best(out, state)
     model, train_model, train_extra = place_modules(options, model, extra_modules, phases.warmup_epochs > 0, state,
                                                     dist_info, device)
+    train_model, step_mode = compile_student(options, train_model, capture, dist_info, device, log)
     optimizer = make_optimizer(options, model, extra_modules)
     start_epoch, best = 0, {"top1": -1.0, "epoch": -1}
     if state is not None:
@@ -128,14 +162,14 @@ def set_up_run(options, data: PreparedDataset, model, objective, sampler: ViewSa
         start_epoch = int(state["epoch"]) + 1
         best = dict(state["training"]["best"])
         torch.set_rng_state(state["training"]["torch_rng"])
-    train_loader, test_loader = make_loaders(options, data, dist_info, device)
-    schedule = Schedule(options.schedule, options.lr, options.epochs, len(train_loader), options.milestones,
+    batches, test_loader = make_loaders(options, data, dist_info, device, sampler, teacher_rows)
+    schedule = Schedule(options.schedule, options.lr, options.epochs, len(batches), options.milestones,
                         options.gamma, hold_epochs=phases.warmup_epochs, hold_milestones=phases.warmup_milestones,
                         hold_lr=phases.warmup_lr)
     metrics_log = None
     if dist_info.is_main:
         metrics_log = MetricsLog(out / "metrics.jsonl", keep_through_epoch=start_epoch - 1 if state else None)
     return TrainingRun(options, data, out, dist_info, device, model, train_model, extra_modules, train_extra,
-                       objective, sampler, phases, optimizer, schedule, train_loader, test_loader,
+                       objective, phases, optimizer, schedule, batches, test_loader,
                        Normalizer(data.mean, data.std, device, channels_last=options.channels_last), metrics_log,
-                       best, start_epoch)
+                       best, start_epoch, step_mode)

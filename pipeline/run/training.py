@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -15,61 +14,16 @@ from ...stages.losses import batch_cross_entropy
 from ...stages.phases import NO_PHASES, Phases
 from ..data.datasets import PreparedDataset, open_dataset
 from ..errors import UserError
-from ..limits import check_all
 from ..locks import output_lock
 from .runs import prepare_run_dir, provenance, read_config, write_config
 from .runtime import (DistInfo, barrier, check_precision, check_same_inputs, describe_job, device_for,
                       from_main, init_distributed, seed_everything)
-from .schedules import check_schedule_name, resolve_milestones
-from .train_loop import (TrainingDiverged, checkpoint_payload, epoch_line, evaluate_epoch,  # noqa: F401
-                         save_epoch, train_epoch)
+from .train_loop import epoch_line, evaluate_epoch, save_epoch, train_epoch
+from .batches import TeacherRows
 from .train_setup import set_up_run
-from ..data.view_sampling import AugmentViews, ViewSampler
-from ..data.views import default_augment, get_view_policy, view_policy_names  # noqa: F401  (default_augment: also from here)
-
-# Options that may differ between a run and its --resume without changing the result.
-RESUME_FREE_OPTIONS = {"out", "resume", "overwrite", "device", "num_workers"}
-
-
-@dataclass
-class TrainOptions:
-    data: str
-    arch: str
-    out: str
-    epochs: int = 240
-    batch_size: int = 64
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "step"
-    milestones: tuple[int, ...] | None = None
-    gamma: float = 0.1
-    label_smoothing: float = 0.0
-    augment: str = "auto"
-    seed: int = 0
-    device: str = "auto"
-    bf16: bool = False
-    channels_last: bool = False
-    num_workers: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-
-
-NUMERIC_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "gamma", "seed", "num_workers",
-                   "label_smoothing")
-
-
-def resolve_options(options: TrainOptions, data: PreparedDataset) -> TrainOptions:
-    check_all(options, NUMERIC_OPTIONS)
-    if options.resume and options.overwrite:
-        raise UserError("--resume continues a run and --overwrite replaces it: pass only one")
-    check_schedule_name(options.schedule)
-    augment = default_augment(data) if options.augment == "auto" else options.augment
-    if augment not in view_policy_names():
-        raise UserError(f"unknown --augment '{augment}'; known: auto, {', '.join(view_policy_names())}")
-    milestones = resolve_milestones(options.epochs, tuple(options.milestones) if options.milestones else None)
-    return dataclasses.replace(options, augment=augment, milestones=milestones)
-
+from ..views.draws import AugmentViews, ViewSampler
+from ..views.policies import get_view_policy
+from .options import RESUME_FREE_OPTIONS, TrainOptions, resolve_options
 
 def cross_entropy_objective(label_smoothing: float):
     def objective(model, inputs, batch: ViewedBatch, extra=None):
@@ -138,13 +92,15 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
 
 def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, objective, dist_info: DistInfo,
             device: torch.device, *, command: str, sampler: ViewSampler | None = None,
-            extra_modules: torch.nn.Module | None = None, phases: Phases = NO_PHASES, config_extra: dict | None = None,
+            teacher_rows: TeacherRows | None = None, capture: str = "graphs", extra_modules: torch.nn.Module | None = None, phases: Phases = NO_PHASES, config_extra: dict | None = None,
             on_epoch_start=None, on_epoch_end=None, log=print) -> Path:
     """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume.
 
     `objective(model, inputs, batch, extra)` returns (loss, logits, parts), parts the named terms of the loss
     (averaged per epoch into metrics.jsonl's train_loss_parts); `sampler` draws each step's views
-    (default: fresh views of options.augment); `extra_modules` (a method's trainable parts) join the
+    (default: fresh views of options.augment); `teacher_rows` gathers a label store's rows for the drawn views,
+    ahead of the step, in the batch loader (None: no store); `capture`: what --compile may do for the method
+    (stages.distillers.Distiller.capture); `extra_modules` (a method's trainable parts) join the
     optimizer and last.pt, and reach the objective as `extra` (wrapped for DDP when they have parameters,
     so their gradients are averaged across ranks like the model's); `phases`: the method's warm-up, run before
     the recipe's epochs.
@@ -162,7 +118,8 @@ def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module
     from_main(dist_info, prepare_on_main)
     if dist_info.is_main and dist_info.enabled:
         log(f"{command}: {describe_job(dist_info)}")
-    run = set_up_run(options, data, model, objective, sampler, extra_modules, phases, dist_info, device)
+    run = set_up_run(options, data, model, objective, sampler, teacher_rows, extra_modules, phases, dist_info,
+                     device, capture, log if dist_info.is_main else lambda _: None)
     if dist_info.is_main:
         write_config(out, config)
     if run.start_epoch >= run.total_epochs:

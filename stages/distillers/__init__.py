@@ -4,7 +4,8 @@ The imports register the methods in this order, which is the order `labelopt met
 """
 from __future__ import annotations
 
-from .base import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS, DistillContext, Distiller
+from ...store.schema import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS
+from .base import DistillContext, Distiller
 from .registry import DISTILLERS, UnknownMethodError, get_distiller, register_method
 from . import vanilla, ls, sl, sl_kd, kd, aug_sl  # noqa: E401,F401  (label methods)
 from . import fitnet, at, sp, vid, rkd, pkt, ab, ft, crd, kdss  # noqa: E401,F401  (distillation baselines)

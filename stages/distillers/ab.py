@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FEATURE_PREFIX, Distiller
+from ...store.schema import FEATURE_PREFIX
+from .base import Distiller
 from .maps import map_shapes
 from .registry import register_method
 

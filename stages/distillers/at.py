@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from .base import FEATURE_PREFIX, Distiller
+from ...store.schema import FEATURE_PREFIX
+from .base import Distiller
 from .maps import match_spatial
 from .registry import register_method
 

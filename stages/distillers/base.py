@@ -16,9 +16,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..losses import batch_cross_entropy, kd_divergence, soft_cross_entropy  # noqa: F401  (methods: from here)
+from ..losses import batch_cross_entropy
 from ..phases import Phases
-from ...store.schema import FEATURE_PREFIX, SIGNAL_LOGITS, SIGNAL_TARGETS, STORABLE_TAPS, store_can_hold
+from ...store.schema import FEATURE_PREFIX, STORABLE_TAPS, store_can_hold
 from .options import NoOptions, build_options, check_declaration, option_types
 
 
@@ -54,6 +54,10 @@ class Distiller(nn.Module, ABC):
     student_learns_in_warmup: ClassVar[bool] = True
     needs_train_labels: ClassVar[bool] = False  # context.train_labels filled in
     warmup_lr_decay_at: ClassVar[tuple[float, ...]] = ()  # fractions of the warm-up (default: a constant lr)
+    # Derived (never set by hand): what --compile does for the method. "graphs": the student is compiled and, on
+    # a GPU, captured in CUDA graphs; "eager": it reads student features through forward hooks that it adds and
+    # removes every step (models stay unmodified), which a compiled, captured student would not run.
+    capture: ClassVar[str] = "graphs"
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -63,6 +67,7 @@ class Distiller(nn.Module, ABC):
                                 f"store_refusal instead (docs/methods.md)")
         check_declaration(cls.Options, cls.__name__)
         cls.store_servable = not cls.why_not_store()
+        cls.capture = "eager" if cls.student_taps else "graphs"
 
     @classmethod
     def why_not_store(cls) -> str:
@@ -146,5 +151,5 @@ class Distiller(nn.Module, ABC):
         """Loss parts for one step; "loss" is the total that is minimised.
 
         logits: the student's [B, C]; student: its taps; teacher: the requested signals;
-        batch: the step's `stages.sources.ViewedBatch` (labels, sample indices, views).
+        batch: the step's `stages.batch.ViewedBatch` (labels, sample indices, views).
         """

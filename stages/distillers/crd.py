@@ -47,7 +47,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FEATURE_PREFIX, SIGNAL_LOGITS, DistillContext, Distiller, kd_divergence
+from ..losses import kd_divergence
+from ...store.schema import FEATURE_PREFIX, SIGNAL_LOGITS
+from .base import DistillContext, Distiller
 from .registry import register_method
 
 TAP = "pool"

@@ -3,7 +3,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import SIGNAL_LOGITS, Distiller, kd_divergence
+from ..losses import kd_divergence
+from ...store.schema import SIGNAL_LOGITS
+from .base import Distiller
 from .registry import register_method
 
 

@@ -3,7 +3,7 @@ Self-Supervision", ECCV 2020).
 
 Every step shows the student and the (online) teacher each image in four rotations. With `crop_each_rotation` 1
 (the default, the authors' loader) the view sampler draws four views of every image, each with its own crop and
-all with the image's one flip (`pipeline.view_sampling.CopiedViews`, from the run's view generator, so a resumed
+all with the image's one flip (`pipeline.views.draws.CopiedViews`, from the run's view generator, so a resumed
 run draws the same ones), in blocks: rows [kB, (k+1)B) hold copy k. With 0, one view per image is drawn and
 copied four times (one crop for all rotations). `expand` rotates block k by k * 90 degrees, k = 0..3 (block 0 is
 not turned), `torch.rot90(x, k, dims=(H, W))` (from the H axis towards the W axis, which is numpy's `np.rot90`
@@ -59,7 +59,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import FEATURE_PREFIX, SIGNAL_LOGITS, Distiller, kd_divergence
+from ..losses import kd_divergence
+from ...store.schema import FEATURE_PREFIX, SIGNAL_LOGITS
+from .base import Distiller
 from .registry import register_method
 
 TAP = "pool"

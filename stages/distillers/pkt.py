@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import FEATURE_PREFIX, Distiller
+from ...store.schema import FEATURE_PREFIX
+from .base import Distiller
 from .registry import register_method
 
 TAP = "pool"

@@ -3,7 +3,9 @@
 The loss is the seed's: soft cross-entropy between the labels and the student's
 softmax at the labels' temperature, scaled by T^2.
 """
-from .base import SIGNAL_TARGETS, Distiller, soft_cross_entropy
+from ..losses import soft_cross_entropy
+from ...store.schema import SIGNAL_TARGETS
+from .base import Distiller
 from .registry import register_method
 
 

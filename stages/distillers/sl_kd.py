@@ -4,7 +4,9 @@ With a multi-teacher store this is the seed's SL-KD row (KD-SL in its follow-up)
 """
 from dataclasses import dataclass
 
-from .base import SIGNAL_TARGETS, Distiller, kd_divergence
+from ..losses import kd_divergence
+from ...store.schema import SIGNAL_TARGETS
+from .base import Distiller
 from .registry import register_method
 
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .base import FEATURE_PREFIX, Distiller
+from ...store.schema import FEATURE_PREFIX
+from .base import Distiller
 from .registry import register_method
 
 TAP = "stage3"

@@ -6,7 +6,7 @@ A store's labels are keyed by (sample index, view position). The `ViewSpace` own
 - stage two (`draw`) picks one position per sample per step and shows the student `pixels` of that position's
   stored parameters, returning the positions as the key of their labels.
 
-The same parameters through the same policy give the same pixels (views.py), so the label gathered for a key is the
+The same parameters through the same policy give the same pixels (policies.py), so the label gathered for a key is the
 teacher's answer for the pixels shown. For an enumerated space (cifar-crop-flip: position v holds view id v) the
 draw is the policy's own training draw (`uniform_view_ids`), so a seed shows a student the same pixels whether its
 labels come from the store or from the teacher run online: stored == online, step by step.
@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .mix_views import MixedView  # registers the "mix" policy a store's record may name
-from .pixel_bank import PixelBank
-from .view_sampling import AugmentViews, Drawn, MixParts, ViewSampler
-from .views import VIEW_POLICY_CLASSES, IdentityView, ResizedCropFlipView, ViewPolicy, uniform_view_ids
+from .mixed import MixedView  # registers the "mix" policy a store's record may name
+from ..data.pixel_bank import PixelBank
+from .draws import AugmentViews, Drawn, MixParts, ViewSampler
+from .policies import VIEW_POLICY_CLASSES, IdentityView, ResizedCropFlipView, ViewPolicy, uniform_view_ids
 
 if TYPE_CHECKING:  # annotations only: `labelopt train` draws views without importing the store (h5py)
     from ...store import LabelStore

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 import torch
 
 from .mixes import MIX_POLICIES, MixPolicy, numpy_rng
-from .pixel_bank import PixelBank
-from .view_sampling import Drawn, MixParts, ViewSampler
-from .views import VIEW_POLICY_CLASSES, ViewPolicy
+from ..data.pixel_bank import PixelBank
+from .draws import Drawn, MixParts, ViewSampler
+from .policies import VIEW_POLICY_CLASSES, ViewPolicy
 
 
 class FreshMixes(ViewSampler):

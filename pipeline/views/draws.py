@@ -2,7 +2,7 @@
 
 `AugmentViews` draws fresh views from a policy (vanilla training, online teachers,
 identity stores paired with separately augmented images); `CopiedViews` several per
-image. A store's own views are drawn by its `ViewSpace` (view_space.py), which pairs
+image. A store's own views are drawn by its `ViewSpace` (space.py), which pairs
 each view with the key of its label. Draws use a CPU generator: a seed gives the same
 views anywhere.
 """
@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import UserError
-from .views import ViewPolicy
+from .policies import ViewPolicy
 
 
 class MixParts(NamedTuple):

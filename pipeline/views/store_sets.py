@@ -8,11 +8,11 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
-from .datasets import PreparedDataset
-from .mix_views import MixedView
+from ..data.datasets import PreparedDataset
+from .mixed import MixedView
 from .mixes import MIX_POLICIES, get_mix_policy
-from .view_space import ViewSpace
-from .views import IdentityView, PadCropFlipView, ResizedCropFlipView, default_augment, get_view_policy
+from .space import ViewSpace
+from .policies import IdentityView, PadCropFlipView, ResizedCropFlipView, default_augment, get_view_policy
 
 
 @dataclass(frozen=True)

@@ -5,11 +5,11 @@ import torch
 
 from ...stages.distillers import DISTILLERS, Distiller
 from ..data.datasets import PreparedDataset
-from ..data.mix_views import FreshMixes
-from ..data.mixes import get_mix_policy
-from ..data.view_sampling import AugmentViews, ViewSampler
-from ..data.view_space import ViewSpace
-from ..data.views import get_view_policy
+from .mixed import FreshMixes
+from .mixes import get_mix_policy
+from .draws import AugmentViews, ViewSampler
+from .space import ViewSpace
+from .policies import get_view_policy
 from ..errors import UserError
 
 

@@ -1,0 +1,64 @@
+"""--compile: the student's forward and backward through torch.compile (inductor on the CPU here; CUDA graphs on
+a GPU) train as the eager step does, the compile is reported once, and methods it cannot capture run eager."""
+import json
+
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from labelopt.cli import main
+from labelopt.pipeline.data.datasets import open_dataset
+from labelopt.pipeline.run.options import TrainOptions
+from labelopt.pipeline.run.runtime import init_distributed
+from labelopt.pipeline.run.train_setup import compile_student
+from labelopt.pipeline.run.training import cross_entropy_objective, fit
+
+
+def small_net(classes: int) -> nn.Module:
+    """Small enough that inductor compiles its forward and backward in seconds on 2 cores."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                         nn.Flatten(), nn.Linear(32, classes))
+
+
+def train_small(data_dir, out, compile_step: bool, lines: list):
+    data = open_dataset(data_dir)
+    options = TrainOptions(data=str(data_dir), arch="resnet20", out=str(out), epochs=2, batch_size=32, lr=0.05,
+                           seed=0, device="cpu", augment="cifar-crop-flip", milestones=(), compile=compile_step)
+    fit(options, data, small_net(data.num_classes), cross_entropy_objective(0.0), init_distributed("cpu"),
+        torch.device("cpu"), command="train", log=lines.append)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return torch.load(out / "last.pt", weights_only=True)["model"], records
+
+
+def test_a_compiled_step_trains_as_the_eager_one_and_reports_its_compile_once(tiny_cifar_dir, tmp_path):
+    eager_lines, compiled_lines = [], []
+    eager, eager_records = train_small(tiny_cifar_dir, tmp_path / "eager", False, eager_lines)
+    compiled, compiled_records = train_small(tiny_cifar_dir, tmp_path / "compiled", True, compiled_lines)
+    worst = max(((eager[k].float() - compiled[k].float()).abs().max() / (eager[k].float().abs().max() + 1e-12))
+                .item() for k in eager)
+    assert worst < 1e-4, f"compiled weights differ from eager by {worst:.2e} (relative) after 6 steps"
+    for a, b in zip(eager_records, compiled_records):
+        assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 * abs(a["train_loss"])
+    assert "compile_seconds" in compiled_records[0] and compiled_records[0]["compile_seconds"] > 0
+    assert all("compile_seconds" not in r for r in compiled_records[1:] + eager_records)
+    assert "compiling the step took" in compiled_lines[0] and "compiling" not in compiled_lines[1]
+
+
+def test_a_method_that_taps_the_student_runs_eager_under_compile_and_says_so():
+    lines = []
+    options = TrainOptions(data="-", arch="resnet20", out="-", compile=True)
+    model = nn.Linear(2, 2)
+    same, mode = compile_student(options, model, "eager", init_distributed("cpu"), torch.device("cpu"), lines.append)
+    assert same is model and not mode.compiled and len(lines) == 1 and "trains eager" in lines[0]
+    compiled, mode = compile_student(options, model, "graphs", init_distributed("cpu"), torch.device("cpu"),
+                                     lines.append)
+    assert compiled is not model and mode.compiled and not mode.graphs and len(lines) == 1  # no graphs on a CPU
+
+
+def test_methods_lists_what_compile_does_for_each():
+    result = CliRunner().invoke(main, ["methods", "--json"])
+    assert result.exit_code == 0, result.output
+    modes = {row["method"]: row["compile"] for row in json.loads(result.output)}
+    assert modes["sl"] == modes["kd"] == modes["vanilla"] == "CUDA graphs"
+    assert modes["fitnet"] == modes["crd"] == modes["kdss"] == "eager (hooks)"

@@ -1,30 +1,35 @@
 #!/usr/bin/env bash
 # The GPU figures in one run on one GPU, then one table: stage one (generate-labels, bf16, 50,000 CIFAR-shaped
 # images) against bare teacher inference, stage two (resnet20 bf16 epochs: vanilla, from a 162-view store, with
-# an online resnet56 teacher), one NCCL DDP process (torchrun) training from the same store, and stage one at
-# ImageNet shape (sampled:K rrc-flip views, top-10, resnet18, 1000 classes, over generated JPEGs).
+# an online resnet56 teacher, against the anchor: the same student in a plain loop over images already on the
+# GPU, eager and in CUDA graphs), one NCCL DDP process (torchrun) training from the same store, stage two again at
+# batch 128 under --compile against the anchor at batch 128, and stage one at ImageNet shape (sampled:K rrc-flip
+# views, top-10, resnet18, 1000 classes, over generated JPEGs).
 #
 #   benchmarks/device_check.sh OUT [--dry-run] [--smoke]
 #
-#   OUT gets generate_labels.json, stage_two.json, ddp/ (the torchrun run folder), generate_labels_imagenet.json,
-#   logs/, device_check.json and device_check.md (the table). Each part runs under its own time limit, so one that
-#   hangs or fails leaves the others' figures; the table names what is missing.
+#   OUT gets generate_labels.json, stage_two.json, ddp/ (the torchrun run folder), stage_two_compiled.json,
+#   generate_labels_imagenet.json, logs/, device_check.json and device_check.md (the table). Each part runs under
+#   its own time limit, so one that hangs or fails leaves the others' figures; the table names what is missing.
 #   --dry-run  print the commands; run none.
 #   --smoke    tiny sizes on whatever device there is, fp32, an identity store: checks the plumbing only.
 #
 # Environment (defaults in brackets): GEN_IMAGES [50000] identity images for stage one; CROP_FLIP_IMAGES [5000]
 # images x 162 views for stage one's crop-flip part; STAGE2_IMAGES [10000] images of stage two; STAGE2_VIEWS
-# [cifar-crop-flip] its store's views (162 per image, so 162 x STAGE2_IMAGES teacher passes first); EPOCHS [4] student epochs per setup (epoch 1
-# holds numba's compile and is not timed); IMAGENET [1] runs the ImageNet-shaped part (0 skips it);
-# IMAGENET_IMAGES [2000] generated JPEGs x IMAGENET_VIEWS [8] views in IMAGENET_CLASSES [1000] classes;
-# PART_LIMIT [240] seconds per part; PYTHON [python].
+# [cifar-crop-flip] its store's views (162 per image, so 162 x STAGE2_IMAGES teacher passes first); EPOCHS [4]
+# student epochs per setup (epoch 1 holds numba's compile and is not timed); the compiled part uses the same
+# images, views and epochs; IMAGENET [1] runs the ImageNet-shaped part (0 skips it); IMAGENET_IMAGES [2000]
+# generated JPEGs x IMAGENET_VIEWS [8] views in IMAGENET_CLASSES [1000] classes; PART_LIMIT [240] seconds per
+# part; PYTHON [python].
 #
-# Sized for under 8 minutes on one H100/H200; the four parts are benchmarks/generate_labels.py,
-# benchmarks/stage_two.py, `labelopt train-student` under torchrun and benchmarks/generate_labels_imagenet.py, run
-# with the sizes above.
+# The five parts, in order: benchmarks/generate_labels.py; benchmarks/stage_two.py at batch 64, eager, with its
+# anchor at batch 64 (stage_two); `labelopt train-student` under torchrun (ddp); benchmarks/stage_two.py
+# --batch-size 128 --compile --mix none, the goal's batch, with its anchor at batch 128 (stage_two_compiled);
+# benchmarks/generate_labels_imagenet.py. Sized for under 8 minutes on one H100/H200 before the anchors and the
+# compiled part were added; not yet measured with them (each part still stops at PART_LIMIT).
 set -euo pipefail
 
-usage() { sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 OUT="" DRY=0 SMOKE=0
 while [ $# -gt 0 ]; do
@@ -96,6 +101,11 @@ part ddp "$OUT/logs/ddp.stdout" \
   "$PYTHON" -m torch.distributed.run --standalone --nproc-per-node 1 -m labelopt train-student \
   --student resnet20 --method sl --labels "$STORE" --data "$OUT/stage_two/bench" --epochs "$EPOCHS" \
   --batch-size 64 --seed 0 --device "$DEVICE" "${PRECISION[@]}" --out "$OUT/ddp"
+# The goal's batch under --compile (CUDA graphs), against the anchor at the same batch: the project's captured step
+# beside the captured in-memory loop.
+part stage_two_compiled "$OUT/stage_two_compiled.json" \
+  "$PYTHON" "$HERE/stage_two.py" --device "$DEVICE" "${PRECISION[@]}" --images "$STAGE2_IMAGES" \
+  --views "$STAGE2_VIEWS" --epochs "$EPOCHS" --batch-size 128 --compile --mix none --json-only
 if [ "$IMAGENET" = 1 ]; then
   part generate_labels_imagenet "$OUT/generate_labels_imagenet.json" \
     "$PYTHON" "$HERE/generate_labels_imagenet.py" --device "$DEVICE" "${PRECISION[@]}" --images "$IMAGENET_IMAGES" \

@@ -2,7 +2,8 @@
 
     python benchmarks/device_check_report.py OUT
 
-A part that failed or did not run shows as missing, with its exit status from OUT/logs/parts.txt.
+A part that failed or did not run shows as missing, with its exit status from OUT/logs/parts.txt (the
+ImageNet-shaped and the compiled stage-two parts only when they ran and failed: a run may leave them out).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import json
 import statistics
 import sys
 from pathlib import Path
+
+GOAL_OVER_CAPTURED_ANCHOR = 0.8  # stage_two.py's goal: project img/s over the captured anchor's, batch 128, bf16
 
 
 def read_json(path: Path) -> dict | None:
@@ -73,7 +76,40 @@ def stage_two_rows(two: dict) -> list[dict]:
                  "against": "break-even vs online: " + (f"{b:.1f} student epochs"
                                                         if (b := two["summary"]["break_even_epochs_vs_online"])
                                                         else "never")})
+    return rows + anchor_rows(two)
+
+
+def cell(text: str) -> str:
+    """Text fit for one markdown table cell: one line, no column bar."""
+    return " ".join(text.split()).replace("|", "/")
+
+
+def anchor_rows(two: dict) -> list[dict]:
+    """stage_two.py's anchors (the same student in a plain loop over images on the device), each with project / it
+    in img/s; none when the run skipped them."""
+    rows, s = [], two["summary"]
+    for name, anchor in (two.get("anchor") or {}).items():
+        what = f"anchor {name}: resnet20 in a plain loop over images on the device, batch {two['batch_size']}"
+        if "img_per_s" not in anchor:
+            rows.append({"what": what, "figure": "failed", "against": cell(anchor.get("error", ""))[:120]})
+            continue
+        ratios = [f"{key} {s[f'ratio_{key}_over_anchor_{name}']:.3f}x" for key in ("vanilla", "store")]
+        rows.append({"what": what, "figure": f"{anchor['img_per_s']:.0f} img/s ({anchor['mode']})",
+                     "against": "project / anchor: " + ", ".join(ratios)})
     return rows
+
+
+def compiled_rows(two: dict) -> list[dict]:
+    """stage_two_compiled.json: vanilla and the store run at the goal's batch under --compile, against the captured
+    anchor at that batch; then the anchors."""
+    rows, s = [], two["summary"]
+    for key in ("vanilla", "store"):
+        setup, ratio = two["setups"][key], s.get(f"ratio_{key}_over_anchor_captured")
+        rows.append({"what": f"train-student {setup['setup']}, batch {two['batch_size']}, --compile",
+                     "figure": f"{setup['median_img_per_s']:.0f} img/s ({setup['median_epoch_seconds']:.2f} s/epoch)",
+                     "against": f"{ratio:.3f}x the captured anchor (goal >= {GOAL_OVER_CAPTURED_ANCHOR})"
+                     if ratio is not None else "no captured anchor"})
+    return rows + anchor_rows(two)
 
 
 def ddp_row(seconds: list[float], two: dict | None, backend: str) -> dict:
@@ -97,6 +133,11 @@ def build(out: Path) -> dict:
     rows.append(ddp_row(ddp, two, backend) if len(ddp) >= 2
                 else {"what": "torchrun DDP", "figure": "missing", "against": ""})
     status = part_status(out)
+    compiled = read_json(out / "stage_two_compiled.json")
+    if compiled:
+        rows += compiled_rows(compiled)
+    elif "stage_two_compiled" in status:  # run and failed; a folder from before the part existed has no row
+        rows.append({"what": "stage_two.py --batch-size 128 --compile", "figure": "missing", "against": ""})
     imagenet = read_json(out / "generate_labels_imagenet.json")
     if imagenet:
         rows += imagenet_rows(imagenet)
@@ -105,6 +146,7 @@ def build(out: Path) -> dict:
     return {"benchmark": "device_check", "parts": status, "rows": rows, "machine": machine,
             "bf16": (two or gen or {}).get("bf16"), "ddp_epoch_seconds": ddp,
             "generate_labels": gen and gen.get("summary"), "stage_two": two and two.get("summary"),
+            "stage_two_compiled": compiled and compiled.get("summary"),
             "generate_labels_imagenet": imagenet and imagenet.get("summary")}
 
 

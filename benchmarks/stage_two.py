@@ -21,8 +21,20 @@ the break-even is the number of student epochs after which it is paid back again
 gen_seconds / (online_epoch - store_epoch). Both terms grow linearly with the number of images, so the
 break-even does not depend on --images.
 
+The anchor (the limit the setups are measured against; --no-anchor skips it), after the setups in the same process:
+the same student, batch and precision in a plain PyTorch loop (SGD lr 0.05, momentum 0.9, wd 5e-4, cross-entropy)
+over every training image already on the device as one uint8 tensor: each step gathers a random batch of rows (one
+permutation per epoch), crops and flips it on the device, normalises it, and steps. Two variants: eager, and
+captured (the student through torch.compile: mode reduce-overhead, i.e. CUDA graphs, on a GPU; the default mode on
+a CPU). Each runs ANCHOR_WARMUP_STEPS untimed steps (they hold the compile), then epochs 2..N of the project's
+epoch size (images // batch steps), timed with the device synchronised; its figure is the median img/s. The ratios
+project / anchor compare the setups' median img/s with it; the goal (GPU, resnet20, batch 128, bf16): vanilla and
+store at least GOAL_PROJECT_OVER_CAPTURED_ANCHOR of the captured anchor. --compile trains every project setup under
+train-student's --compile (their first compiled step, the compile, is left out of their epoch times).
+
     .venv/bin/python benchmarks/stage_two.py [--images N] [--epochs 5] [--batch-size 64] [--device auto]
                                              [--bf16] [--views V] [--workers N] [--keep DIR] [--json-only]
+                                             [--compile] [--no-anchor]
 
 --images defaults to 50,000 (CIFAR's training split) on a GPU and to 512 on a CPU: there, stage one costs 162
 resnet56 passes per image (83k teacher passes for 512 images), which is what bounds the run to ~10 min on
@@ -38,6 +50,7 @@ import sys
 import time
 from pathlib import Path
 
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import add_run_arguments, checked_device, machine_facts, work_folder  # noqa: E402
@@ -51,6 +64,9 @@ GOAL_STORE_OVER_VANILLA = 1.05
 DEFAULT_MIX, DEFAULT_MIX_VIEWS = "ricap", 8
 SETUP_ORDER = ("vanilla", "vanilla_student", "store", "online", "vanilla_mix", "aug_sl_store")
 GOAL_AUG_STORE_OVER_VANILLA_MIX = 1.10
+ANCHOR_WARMUP_STEPS = 10  # untimed steps before the anchor's clock starts: they hold the captured variant's compile
+ANCHOR_LR, ANCHOR_MOMENTUM, ANCHOR_WEIGHT_DECAY = 0.05, 0.9, 5e-4
+GOAL_PROJECT_OVER_CAPTURED_ANCHOR = 0.8  # on a GPU, resnet20, batch 128, bf16: vanilla and store alike
 
 
 def log(message: str) -> None:
@@ -88,7 +104,14 @@ def timing(run: Path, setup: str) -> dict:
             "first_epoch_seconds": seconds[0], "median_epoch_seconds": statistics.median(steady),
             "min_epoch_seconds": min(steady),
             "epochs_in_median": len(steady) if len(seconds) > 1 else 0,
-            "median_img_per_s": statistics.median(r["train_img_per_s"] for r in (records[1:] or records))}
+            "median_img_per_s": statistics.median(r["train_img_per_s"] for r in (records[1:] or records)),
+            **compile_timing(records)}
+
+
+def compile_timing(records: list[dict]) -> dict:
+    """Under --compile: the seconds of the step that compiled (left out of its epoch's train_seconds)."""
+    seconds = [r["compile_seconds"] for r in records if "compile_seconds" in r]
+    return {"compile_seconds": sum(seconds)} if seconds else {}
 
 
 def run_setups(root: Path, args, device: str) -> dict:
@@ -102,7 +125,7 @@ def run_setups(root: Path, args, device: str) -> dict:
     folder, _, _ = make_dataset(root, args.images)
     teacher = save_teacher(folder, root / f"teacher-{TEACHER}.pt")
     common = dict(data=str(folder), arch=STUDENT, epochs=args.epochs, batch_size=args.batch_size, seed=0,
-                  device=device, bf16=args.bf16, num_workers=args.workers)
+                  device=device, bf16=args.bf16, num_workers=args.workers, compile=args.compile)
     runs = root / "runs"
 
     log("stage_two: (a) vanilla")
@@ -166,6 +189,122 @@ def run_mix_pair(root: Path, args, device: str, folder: Path, teacher: Path, com
             "mix_generation": {"seconds": seconds, "views": spec, "teacher_passes": args.images * args.mix_views}}
 
 
+def measure(root: Path, args, device: str) -> dict:
+    """The setups, then (unless --no-anchor) the anchor over the same prepared images."""
+    measured = run_setups(root, args, device)
+    if not args.no_anchor:
+        measured["anchor"] = run_anchors(root / "bench", args, device)
+    return measured
+
+
+def device_images(folder: Path, batch: int, device, workers: int | None = None):
+    """Every training image of the prepared dataset as one uint8 [N,3,H,W] tensor on the device, its labels
+    (int64 [N]) there too, and the dataset (read once, in order, through labelopt's loader)."""
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.data.loading import make_loader
+
+    data = open_dataset(folder)
+    images, labels = [], []
+    for x, y, _ in make_loader(data, "train", batch, shuffle=False, num_workers=workers).epoch(0):
+        images.append(x)
+        labels.append(y)
+    return torch.cat(images).to(device), torch.cat(labels).to(device), data
+
+
+def anchor_rows(count: int, batch: int, steps: int, device):
+    """[steps, batch] rows of the device's images: one random permutation per epoch of count // batch steps (the
+    rest of each is dropped, as the project's loader drops it)."""
+    per_epoch = count // batch
+    epochs = -(-steps // per_epoch)
+    perms = [torch.randperm(count, device=device)[:per_epoch * batch] for _ in range(epochs)]
+    return torch.cat(perms).view(-1, batch)[:steps]
+
+
+def anchor_step(forward, optimizer, images, labels, normalize, device, bf16: bool, graphs: bool):
+    """The anchor's step on rows of the device's images: crop + flip on the device, normalise, forward (the
+    student, eager or compiled) with the loss, backward, SGD. Returns step(rows) -> the loss (a device tensor,
+    never read inside the timed loop)."""
+    import torch.nn.functional as F
+    from labelopt.pipeline.run.runtime import autocast
+    from labelopt.pipeline.views.policies import PadCropFlipView
+
+    crop = PadCropFlipView()
+
+    def step(rows):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        views = torch.randint(0, crop.num_views, (rows.shape[0], 1), device=device)
+        inputs = normalize(crop.apply(images[rows], views))
+        with autocast(device, bf16):
+            loss = F.cross_entropy(forward(inputs), labels[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    return step
+
+
+def time_anchor(model, images, labels, normalize, *, batch: int, steps_per_epoch: int, epochs: int, device,
+                bf16: bool = False, captured: bool = False, warmup: int = ANCHOR_WARMUP_STEPS) -> dict:
+    """The anchor loop on `model` (trained in place): `warmup` untimed steps, then `epochs` timed epochs of
+    `steps_per_epoch` steps each, the device synchronised before every clock reading."""
+    device = torch.device(device)
+    graphs = captured and device.type == "cuda"
+    forward = torch.compile(model, mode="reduce-overhead" if graphs else "default") if captured else model
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=ANCHOR_LR, momentum=ANCHOR_MOMENTUM,
+                                weight_decay=ANCHOR_WEIGHT_DECAY)
+    step = anchor_step(forward, optimizer, images, labels, normalize, device, bf16, graphs)
+
+    def clock() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    started = clock()
+    for rows in anchor_rows(len(images), batch, warmup, device):
+        step(rows)
+    warmup_seconds, seconds = clock() - started, []
+    for _ in range(epochs):
+        rows = anchor_rows(len(images), batch, steps_per_epoch, device)
+        started = clock()
+        for row in rows:
+            loss = step(row)
+        seconds.append(clock() - started)
+    per_epoch = steps_per_epoch * batch
+    return {"mode": "CUDA graphs (reduce-overhead)" if graphs else "compiled (default)" if captured else "eager",
+            "batch_size": batch, "warmup_steps": warmup, "warmup_seconds": warmup_seconds,
+            "steps_per_epoch": steps_per_epoch, "images_per_epoch": per_epoch, "epoch_seconds": seconds,
+            "median_epoch_seconds": statistics.median(seconds), "min_epoch_seconds": min(seconds),
+            "img_per_s": statistics.median(per_epoch / s for s in seconds), "final_loss": float(loss)}
+
+
+def run_anchors(folder: Path, args, device: str) -> dict:
+    """The eager and the captured anchor, each from a freshly initialised student; the captured one records its
+    error instead of ending the run when torch.compile fails (the setups' figures are kept)."""
+    from labelopt.models import create_model
+    from labelopt.pipeline.data.normalize import Normalizer
+
+    images, labels, data = device_images(folder, args.batch_size, device, args.workers)
+    sizes = dict(batch=args.batch_size, steps_per_epoch=len(images) // args.batch_size,
+                 epochs=max(args.epochs - 1, 1), device=device, bf16=args.bf16)
+    normalize = Normalizer(data.mean, data.std, device)
+    anchors = {}
+    for name, captured in (("eager", False), ("captured", True)):
+        log(f"stage_two: anchor, {name}: {len(images)} images on {device}, batch {args.batch_size}")
+        torch.manual_seed(0)
+        model = create_model(STUDENT, data.num_classes).to(device)
+        try:
+            anchors[name] = time_anchor(model, images, labels, normalize, captured=captured, **sizes)
+        except Exception as exc:  # noqa: BLE001  (a compile failure must not lose the setups' figures)
+            if not captured:
+                raise
+            log(f"stage_two: the captured anchor failed: {type(exc).__name__}: {exc}")
+            anchors[name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    return anchors
+
+
 def summarize(result: dict) -> dict:
     vanilla, store, online = (result["setups"][k]["median_epoch_seconds"] for k in ("vanilla", "store", "online"))
     gen = result["generation"]["seconds"]
@@ -185,6 +324,7 @@ def summarize(result: dict) -> dict:
         "break_even_epochs_vs_online_fastest": gen / (fastest["online"] - fastest["store"])
         if fastest["online"] > fastest["store"] else None,
         **mix_summary(result["setups"]),
+        **anchor_summary(result["setups"], result.get("anchor")),
     }
 
 
@@ -198,6 +338,57 @@ def mix_summary(setups: dict) -> dict:
             "goal_aug_sl_met": ratio <= GOAL_AUG_STORE_OVER_VANILLA_MIX}
 
 
+def anchor_summary(setups: dict, anchors: dict | None) -> dict:
+    """project / anchor in img/s (above 1: the project is the faster) for vanilla and store against each anchor
+    that ran, and the goal against the captured one."""
+    if not anchors:
+        return {}
+    ratios = {f"ratio_{setup}_over_anchor_{name}": setups[setup]["median_img_per_s"] / anchor["img_per_s"]
+              for setup in ("vanilla", "store") for name, anchor in anchors.items() if "img_per_s" in anchor}
+    captured = [ratios.get(f"ratio_{setup}_over_anchor_captured") for setup in ("vanilla", "store")]
+    return {**ratios, "goal_over_anchor_captured": GOAL_PROJECT_OVER_CAPTURED_ANCHOR,
+            "goal_over_anchor_captured_met": None if None in captured
+            else all(r >= GOAL_PROJECT_OVER_CAPTURED_ANCHOR for r in captured)}
+
+
+def anchor_table_rows(result: dict) -> list[dict]:
+    """The anchors as rows of the setups' table (no epoch 1: their warm-up steps are reported on their own)."""
+    vanilla = result["setups"]["vanilla"]["median_epoch_seconds"]
+    rows = []
+    for name, anchor in (result.get("anchor") or {}).items():
+        if "img_per_s" not in anchor:
+            rows.append({"setup": f"anchor {name}: failed", "all": anchor.get("error", "")[:60]})
+            continue
+        rows.append({"setup": f"anchor {name} (images on the device)", "median": anchor["median_epoch_seconds"],
+                     "min": anchor["min_epoch_seconds"], "img_s": anchor["img_per_s"],
+                     "vs_vanilla": anchor["median_epoch_seconds"] / vanilla,
+                     "all": ", ".join(f"{x:.2f}" for x in anchor["epoch_seconds"])})
+    return rows
+
+
+def print_anchor_lines(result: dict) -> None:
+    """Under the table: --compile's compile times, then project / anchor as ratios of img/s."""
+    s, anchors = result["summary"], result.get("anchor") or {}
+    compiles = {k: row["compile_seconds"] for k, row in result["setups"].items() if "compile_seconds" in row}
+    if compiles:
+        print("--compile: the compiling first step, left out of the epochs: "
+              + ", ".join(f"{k} {seconds:.1f} s" for k, seconds in compiles.items()))
+    for name, anchor in anchors.items():
+        if "img_per_s" in anchor:
+            print(f"anchor {name}: {anchor['mode']}, {anchor['img_per_s']:.0f} img/s (median of "
+                  f"{len(anchor['epoch_seconds'])} epochs of {anchor['images_per_epoch']} images, after "
+                  f"{anchor['warmup_steps']} warm-up steps in {anchor['warmup_seconds']:.1f} s)")
+            print(f"  project / anchor {name}: vanilla {s[f'ratio_vanilla_over_anchor_{name}']:.3f}x, "
+                  f"store {s[f'ratio_store_over_anchor_{name}']:.3f}x (img/s)")
+        else:
+            print(f"anchor {name}: failed ({anchor.get('error')})")
+    met = s.get("goal_over_anchor_captured_met")
+    if met is not None:
+        print(f"goal (GPU, batch 128, bf16): vanilla and store >= {GOAL_PROJECT_OVER_CAPTURED_ANCHOR}x the captured "
+              f"anchor: {'met' if met else 'missed'} here (batch {result['batch_size']}, "
+              f"{'bf16' if result['bf16'] else 'fp32'}, {result['machine']['device']})")
+
+
 def print_table(result: dict) -> None:
     from labelopt.pipeline.jobs.reports import format_table
 
@@ -209,7 +400,10 @@ def print_table(result: dict) -> None:
                      "img_s": row["median_img_per_s"], "first": row["first_epoch_seconds"],
                      "vs_vanilla": row["median_epoch_seconds"] / result["setups"]["vanilla"]["median_epoch_seconds"],
                      "all": ", ".join(f"{x:.2f}" for x in row["epoch_seconds"])})
-    print(format_table(rows, [("setup", f"{STUDENT}, {result['images']} images, batch {result['batch_size']}"),
+    rows += anchor_table_rows(result)
+    compiled = ", --compile" if result.get("compile") else ""
+    print(format_table(rows, [("setup", f"{STUDENT}, {result['images']} images, batch {result['batch_size']}"
+                                        f"{compiled}"),
                               ("median", "s/epoch (median 2..N)"), ("min", "fastest"), ("img_s", "img/s"),
                               ("first", "epoch 1 s"), ("vs_vanilla", "x vanilla"), ("all", "every epoch s")]))
     gen = result["generation"]
@@ -234,12 +428,13 @@ def print_table(result: dict) -> None:
     else:
         print(f"break-even vs online: {s['break_even_epochs_vs_online']:.1f} student epochs "
               f"(generation {gen['seconds']:.1f} s / {s['seconds_saved_per_epoch_vs_online']:.2f} s saved per epoch)")
+    print_anchor_lines(result)
     print(f"device {facts['device']} ({facts['device_name']}), {facts['cpu_affinity']} cores, torch {facts['torch']}, "
           f"load average {facts['loadavg_before'][0]:.2f} before / {facts['loadavg_after'][0]:.2f} after; "
           f"whole script {result['script_seconds']:.0f} s")
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=None,
                         help=f"CIFAR-shaped training images [{GPU_IMAGES} on a GPU, {CPU_IMAGES} on a CPU]")
@@ -252,7 +447,16 @@ def main(argv=None) -> int:
                         help=f"The mix of the vanilla-mix / aug-sl-from-store pair [{DEFAULT_MIX}]; none skips it.")
     parser.add_argument("--mix-views", type=int, default=DEFAULT_MIX_VIEWS,
                         help=f"Mix records per image in the aug-sl store [{DEFAULT_MIX_VIEWS}].")
+    parser.add_argument("--compile", action="store_true",
+                        help="Train every project setup under --compile (torch.compile; CUDA graphs on a GPU).")
+    parser.add_argument("--no-anchor", action="store_true",
+                        help="Skip the anchor (the plain loop over images already on the device).")
     add_run_arguments(parser, keeps="data, teacher, store and run folders")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
     device = checked_device(parser, args)
 
@@ -269,7 +473,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         with work_folder(args.keep, "labelopt-stage-two-") as root:
-            measured = run_setups(root, args, str(device))
+            measured = measure(root, args, str(device))
     except UserError as exc:
         log(f"stage_two: {exc}")
         return 1
@@ -279,12 +483,14 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "stage_two",
         "images": args.images, "epochs": args.epochs, "batch_size": args.batch_size, "bf16": args.bf16,
+        "compile": args.compile,
         "workers": args.workers or worker_count(), "teacher": TEACHER, "student": STUDENT, "method": "sl",
         "temperature": TEMPERATURE, "timed": "median train_seconds of epochs 2..N (metrics.jsonl)",
         "machine": machine,
         "setups": {k: measured[k] for k in SETUP_ORDER if k in measured},
         "generation": measured["generation"],
         "mix_generation": measured.get("mix_generation"),
+        "anchor": measured.get("anchor"),
         "script_seconds": script_seconds,
         "kept": str(args.keep) if args.keep is not None else None,
     }

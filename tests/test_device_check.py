@@ -23,13 +23,13 @@ def load_report():
     return load_script("device_check_report")
 
 
-def test_dry_run_lists_the_four_parts_on_the_gpu_in_bf16(tmp_path):
+def test_dry_run_lists_the_five_parts_on_the_gpu_in_bf16(tmp_path):
     out = tmp_path / "out"
     done = run_script(out, "--dry-run")
     assert done.returncode == 0, done.stderr
     commands = [line.split() for line in done.stdout.splitlines()]
-    assert len(commands) == 4 and not out.exists()
-    gen, two, ddp, imagenet = commands
+    assert len(commands) == 5 and not out.exists()
+    gen, two, ddp, compiled, imagenet = commands
     assert gen[1].endswith("generate_labels.py") and gen[gen.index("--images") + 1] == "50000"
     assert gen[gen.index("--crop-flip-images") + 1] == "5000"  # 1,000 x 162 views ran 4 s: too short to judge
     assert imagenet[1].endswith("generate_labels_imagenet.py")
@@ -42,6 +42,13 @@ def test_dry_run_lists_the_four_parts_on_the_gpu_in_bf16(tmp_path):
     # The DDP run trains from stage two's store and data, with its epochs
     assert ddp[ddp.index("--labels") + 1].startswith(str(out / "stage_two" / "labels"))
     assert ddp[ddp.index("--epochs") + 1] == two[two.index("--epochs") + 1] == "4"
+    # Stage two again at the goal's batch under --compile, with stage two's images, views and epochs, against the
+    # anchor (on by default), without the mix pair; stage two itself stays eager at the recipe's batch.
+    assert compiled[1].endswith("stage_two.py") and "--compile" in compiled and "--no-anchor" not in compiled
+    assert compiled[compiled.index("--batch-size") + 1] == "128" and compiled[compiled.index("--mix") + 1] == "none"
+    for flag in ("--images", "--views", "--epochs"):
+        assert compiled[compiled.index(flag) + 1] == two[two.index(flag) + 1]
+    assert "--compile" not in two and "--batch-size" not in two and "--keep" not in compiled
 
 
 def load_script(name: str):
@@ -60,12 +67,16 @@ def test_smoke_runs_the_imagenet_part_at_sizes_its_script_accepts(tmp_path, monk
     args, device = load_script("generate_labels_imagenet").parse_args(imagenet[2:])
     assert (args.images, args.views_per_image, args.classes, args.repeats) == (8, 2, 4, 1)
     assert args.topk < args.classes and args.long_side <= 64
+    compiled = next(line.split() for line in done.stdout.splitlines() if "--compile" in line)
+    args = load_script("stage_two").make_parser().parse_args(compiled[2:])
+    assert (args.images, args.epochs, args.batch_size, args.views) == (128, 2, 128, "identity")
+    assert args.compile and not args.bf16 and not args.no_anchor and args.mix == "none"
 
 
 def test_imagenet_0_leaves_the_imagenet_part_out(tmp_path):
     done = run_script(tmp_path / "out", "--dry-run", IMAGENET="0")
     assert done.returncode == 0, done.stderr
-    assert len(done.stdout.splitlines()) == 3 and "generate_labels_imagenet" not in done.stdout
+    assert len(done.stdout.splitlines()) == 4 and "generate_labels_imagenet" not in done.stdout
 
 
 @pytest.mark.parametrize("env, message", [
@@ -152,3 +163,59 @@ def test_report_adds_the_imagenet_rows_and_marks_the_part_missing_when_it_failed
     (tmp_path / "logs" / "parts.txt").write_text("")  # IMAGENET=0: no status, no file, no row
     (tmp_path / "generate_labels_imagenet.json").unlink()
     assert not any("imagenet" in row["what"] for row in report.build(tmp_path)["rows"])
+
+
+def stage_two_json(batch: int, anchor: dict | None) -> dict:
+    """A stage_two.py result as the report reads it: every setup at 2 s/epoch and 1,000 img/s, the store at 1,200."""
+    setups = {k: {"setup": k, "median_epoch_seconds": 2.0, "median_img_per_s": 1000.0}
+              for k in ("vanilla", "vanilla_student", "store", "online")}
+    setups["store"]["median_img_per_s"] = 1200.0
+    summary = {"break_even_epochs_vs_online": 3.0}
+    for name, row in (anchor or {}).items():
+        if "img_per_s" in row:
+            summary.update({f"ratio_{k}_over_anchor_{name}": setups[k]["median_img_per_s"] / row["img_per_s"]
+                            for k in ("vanilla", "store")})
+    return {"images": 10, "batch_size": batch, "compile": batch == 128, "machine": {"device": "cuda"},
+            "setups": setups, "generation": {"num_views": 162, "seconds": 1.0, "teacher_passes_per_s": 1.0},
+            "anchor": anchor, "summary": summary}
+
+
+def test_report_shows_the_compiled_part_against_the_captured_anchor(tmp_path):
+    report = load_report()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "parts.txt").write_text("stage_two ok 100\nstage_two_compiled ok 150\n")
+    anchor = {"eager": {"img_per_s": 2000.0, "mode": "eager"},
+              "captured": {"img_per_s": 1250.0, "mode": "CUDA graphs (reduce-overhead)"}}
+    (tmp_path / "stage_two.json").write_text(json.dumps(stage_two_json(64, None)))  # --no-anchor: no anchor rows
+    (tmp_path / "stage_two_compiled.json").write_text(json.dumps(stage_two_json(128, anchor)))
+    result = report.build(tmp_path)
+    rows = {row["what"]: (row["figure"], row["against"]) for row in result["rows"]}
+    goal = "the captured anchor (goal >= 0.8)"
+    assert rows["train-student vanilla, batch 128, --compile"] == ("1000 img/s (2.00 s/epoch)", f"0.800x {goal}")
+    assert rows["train-student store, batch 128, --compile"] == ("1200 img/s (2.00 s/epoch)", f"0.960x {goal}")
+    plain = "resnet20 in a plain loop over images on the device, batch 128"
+    assert rows[f"anchor eager: {plain}"] == ("2000 img/s (eager)", "project / anchor: vanilla 0.500x, store 0.600x")
+    assert rows[f"anchor captured: {plain}"] == ("1250 img/s (CUDA graphs (reduce-overhead))",
+                                                 "project / anchor: vanilla 0.800x, store 0.960x")
+    assert not any("batch 64" in what for what in rows)  # stage two ran without its anchor
+    assert result["stage_two_compiled"]["ratio_store_over_anchor_captured"] == 0.96
+    assert "| train-student store, batch 128, --compile | 1200 img/s" in report.markdown(result)
+
+
+def test_report_marks_the_compiled_part_missing_and_a_failed_captured_anchor(tmp_path):
+    report = load_report()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "parts.txt").write_text("stage_two ok 100\nstage_two_compiled failed:124 240\n")
+    anchor = {"eager": {"img_per_s": 2000.0, "mode": "eager"},
+              "captured": {"error": "BackendCompilerFailed: no | compiler\nfound"}}
+    (tmp_path / "stage_two.json").write_text(json.dumps(stage_two_json(64, anchor)))
+    assert report.main([str(tmp_path)]) == 1
+    result = json.loads((tmp_path / "device_check.json").read_text())
+    rows = {row["what"]: (row["figure"], row["against"]) for row in result["rows"]}
+    assert rows["stage_two.py --batch-size 128 --compile"] == ("missing", "")
+    plain = "resnet20 in a plain loop over images on the device, batch 64"
+    assert rows[f"anchor eager: {plain}"] == ("2000 img/s (eager)", "project / anchor: vanilla 0.500x, store 0.600x")
+    assert rows[f"anchor captured: {plain}"] == ("failed", "BackendCompilerFailed: no / compiler found")
+    assert "stage_two_compiled failed:124 240" in (tmp_path / "device_check.md").read_text()
+    (tmp_path / "logs" / "parts.txt").write_text("stage_two ok 100\n")  # a folder from before the part: no row
+    assert not any("--compile" in row["what"] for row in report.build(tmp_path)["rows"])

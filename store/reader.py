@@ -18,20 +18,13 @@ import torch
 
 from . import schema as S
 from .schema import StoreError
-from .contiguous import (DatasetRows, ReadHandle, dataset_region, dense_topk_entries, float32_entries,
-                         take_entries)
+from .contiguous import DatasetRows, ReadHandle, dataset_region
 from .memory import available_memory_bytes
 from .validation import all_datasets, check_file, identity_mismatches, open_h5, read_dataset, stream_check, validate
+from .signal_rows import TopkInMemory, signal_rows
 from .values import as_float32, densify_topk
 
 MEMORY_SHARE = 0.5  # a compressed store may take at most this share of the available memory when loaded
-
-
-def entries_of(tables, rows: np.ndarray, cols: np.ndarray) -> list[np.ndarray]:
-    """table[rows, cols] for each table: in memory, or read in place (all of them in one batch of reads)."""
-    if all(isinstance(t, DatasetRows) for t in tables):
-        return take_entries([(t, (rows, cols)) for t in tables])
-    return [t[rows, cols] for t in tables]
 
 
 def topk_fields(entries) -> tuple:
@@ -71,7 +64,7 @@ class LabelStore:
         self._shared_params = shared_params
         self._storage = storage  # dataset path -> (region or None, shape, dtype)
         self._file: ReadHandle | None = None  # contiguous datasets are read through it
-        self._mem: dict[str, tuple] = {}  # signal -> ("dense", values) or ("topk", indices, values)
+        self._mem: dict = {}  # signal -> its rows, loaded (store/signal_rows.py: one class per storage kind)
         self._streamed: set[str] = set()  # datasets whose sha256 has been checked in full
 
     @classmethod
@@ -177,7 +170,7 @@ class LabelStore:
                 arrays = [self._read(f, p) if a is None else a for a, p in zip(arrays, self._signal_paths(signal))]
                 if signal == S.SIGNAL_TARGETS and self.topk_packed:
                     arrays = topk_fields(arrays[0])
-                self._mem[signal] = ("topk", *arrays) if len(arrays) == 2 else ("dense", arrays[0])
+                self._mem[signal] = signal_rows(arrays, self.num_classes)
 
     def gather(self, indices: torch.Tensor, views: torch.Tensor | None = None,
                signal: str = S.SIGNAL_TARGETS) -> torch.Tensor:
@@ -190,14 +183,7 @@ class LabelStore:
         # whose cores are busy (FFCV's loader threads) each split waits for a time slice: ms instead of us.
         rows = torch.as_tensor(indices, dtype=torch.long).cpu().numpy()
         cols = np.zeros_like(rows) if views is None else torch.as_tensor(views, dtype=torch.long).cpu().numpy()
-        entry = self._mem[signal]
-        if entry[0] == "dense":
-            if isinstance(entry[1], DatasetRows):  # widened as it is read, on every reading thread
-                return torch.from_numpy(float32_entries(entry[1], (rows, cols)))
-            return torch.from_numpy(as_float32(entry[1][rows, cols]))
-        if all(isinstance(table, DatasetRows) for table in entry[1:]):  # densified as it is read
-            return torch.from_numpy(dense_topk_entries(entry[1], entry[2], (rows, cols), self.num_classes))
-        return torch.from_numpy(densify_topk(entry[1][rows, cols], entry[2][rows, cols], self.num_classes))
+        return torch.from_numpy(self._mem[signal].gather(rows, cols))
 
     def topk_entries(self, indices, views) -> tuple[np.ndarray, np.ndarray]:
         """A top-k store's stored (class ids int64 [B, k], values float32 [B, k]) for rows (indices, views)."""
@@ -205,7 +191,8 @@ class LabelStore:
             raise StoreError(f"store {self.path} is dense; it has no top-k entries")
         self.load((S.SIGNAL_TARGETS,))
         rows, cols = np.asarray(indices, dtype=np.int64), np.asarray(views, dtype=np.int64)
-        idx, vals = entries_of(self._mem[S.SIGNAL_TARGETS][1:], rows, cols)
+        targets: TopkInMemory = self._mem[S.SIGNAL_TARGETS]  # a top-k kind, in memory or in place
+        idx, vals = targets.entries(rows, cols)
         return idx.astype(np.int64), as_float32(vals)
 
     def rows(self, signal: str, start: int, stop: int) -> np.ndarray:

@@ -9,9 +9,9 @@ For each step the `BatchLoader`, in its own thread and `ahead` batches in advanc
    blocking on a side stream, and the step's stream waits on an event; nothing in the step syncs with the host.
 
 A store-backed run and an online one differ only in `teacher_rows`: the store's rows come with the batch, an online
-teacher runs in the step. `ahead=0` does the same work inline, in the step's thread: the default on a CPU, where
-the step and the loader share the cores (there is no idle device to overlap with) and where a run must repeat
-bit for bit: with the loader's torch work running beside the step, oneDNN's convolution weight gradients came out
+teacher runs in the step. `ahead=0` does the same work inline, in the step's thread: the default off CUDA. A CPU
+has no idle device to overlap with (the step and the loader share its cores), and there a run must repeat bit for
+bit; with the loader's torch work running beside the step, oneDNN's convolution weight gradients came out
 different in their last bits from one run to the next (seen on 2 cores).
 """
 from __future__ import annotations
@@ -36,7 +36,7 @@ class BatchLoader:
                  teacher_rows: TeacherRows | None = None, ahead: int | None = None):
         self.loader, self.sampler, self.device = loader, sampler, device
         self.teacher_rows = teacher_rows
-        self.ahead = (0 if device.type == "cpu" else 2) if ahead is None else ahead
+        self.ahead = (2 if device.type == "cuda" else 0) if ahead is None else ahead
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     def __len__(self) -> int:
@@ -111,6 +111,8 @@ class BatchLoader:
 
     def _produce(self, epoch, generator, ready: queue.Queue, stop: threading.Event) -> None:
         try:
+            if self.copy_stream is not None:
+                torch.cuda.set_device(self.device)  # a new thread starts on GPU 0; a torchrun rank has its own
             for host in self.loader.host_batches(epoch, pin=self.copy_stream is not None):
                 if stop.is_set() or not _put(ready, self._finish(host, generator), stop):
                     return

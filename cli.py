@@ -344,6 +344,9 @@ def training_options(command):
                           "in CUDA graphs (where the method allows: labelopt methods). The first step pays the "
                           "compile, reported once and left out of the epoch's img/s. Every step's batch is full: "
                           "an epoch's last partial batch is always dropped. Off by default."),
+        click.option("--resolution", type=number("resolution"), default=None, metavar="PIXELS",
+                     help="JPEG datasets (imagenet): the side models train and are evaluated at, cropped from "
+                          "decodes of PIXELS*256/224 [default: 224]; a small one (64, 128) makes a quick run."),
         click.option("--workers", "num_workers", type=number("num_workers"), default=None,
                      help="FFCV decoding threads [default: all cores]."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
@@ -438,7 +441,9 @@ def method_option_values(method: str, items) -> dict:
 @main.command()
 @click.argument("checkpoints", nargs=-1, required=True)
 @click.option("--data", required=True, type=click.Path(path_type=Path), help="A prepared dataset folder.")
-@click.option("--split", default="test", show_default=True)
+@click.option("--split", default=None, help="The split to score [default: the held-out one: test, else val].")
+@click.option("--resolution", type=number("resolution"), default=None, metavar="PIXELS",
+              help="JPEG datasets: the side models see [default: each checkpoint's training --resolution, else 224].")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder for metrics.json and reliability PNGs.")
 @click.option("--bins", type=number("bins"), default=15, show_default=True, help="ECE confidence bins.")
 @click.option("--device", default="auto", show_default=True)
@@ -446,13 +451,13 @@ def method_option_values(method: str, items) -> dict:
 @click.option("--compare", is_flag=True, help="Different models side by side: rows named by run folder, no mean ± std; with --out also one "
                    "figure with every run's calibration curve.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
-def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json):
+def evaluate(checkpoints, data, split, resolution, out, bins, device, bf16, compare, as_json):
     """Top-1, top-5, NLL, ECE and reliability diagrams; mean ± std over several checkpoints."""
     from .pipeline.jobs.evaluation import evaluate_checkpoints, result_json
     from .pipeline.jobs.reports import format_table
 
     result = evaluate_checkpoints(list(checkpoints), str(data), split=split, device=device, bf16=bf16,
-                                  out=str(out) if out else None, n_bins=bins, compare=compare)
+                                  out=str(out) if out else None, n_bins=bins, compare=compare, resolution=resolution)
     for run in result["runs"]:
         if run.get("note"):
             click.echo(f"note: {run['checkpoint']} was {run['note']}", err=True)
@@ -500,6 +505,10 @@ def evaluate(checkpoints, data, split, out, bins, device, bf16, compare, as_json
               help="Samples per block: the unit of resume and of the work split between torchrun ranks.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--bf16", is_flag=True, help="bf16 autocast (GPU).")
+@click.option("--channels-last", is_flag=True, help="The teacher in channels_last memory format (faster on a GPU).")
+@click.option("--compile", is_flag=True,
+              help="Compile the teacher's forward with torch.compile, captured in CUDA graphs on a GPU (not with "
+                   "--features, whose taps are hooks). The first batches pay the compile.")
 @click.option("--layout", type=click.Choice(["auto", "compressed", "contiguous"]), default="auto", show_default=True,
               help="compressed: gzip, loaded whole by each student process; contiguous: uncompressed, read in place "
                    "(larger than memory, one copy per node); auto: contiguous from 1 GiB.")

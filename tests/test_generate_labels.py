@@ -298,3 +298,23 @@ def test_two_nodes_that_do_not_share_the_stores_folder_are_refused_before_labell
     for code, log in results:
         assert code != 0 and "rank 1 (node 1, " in log and "must be on a filesystem every node shares" in log, log
     assert [list(out.parent.iterdir()) for out in outs] == [[], []]  # nothing written on either "node"
+
+def test_channels_last_and_a_compiled_teacher_label_as_the_eager_one(teacher, tiny_cifar_dir, tmp_path):
+    """--channels-last and --compile change how the teacher runs, not its answers (float rounding aside); the card's
+    command names them; with --features the teacher stays eager and says so."""
+    made = {}
+    for name, extra in (("eager", {}), ("fast", {"channels_last": True, "compile": True})):
+        made[name] = tmp_path / f"{name}.h5"
+        generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(made[name]), teachers=(str(teacher),),
+                                        split="test", views="identity", logits=True, device="cpu", **extra),
+                        log=quiet)
+    eager, fast = (LabelStore.open(made[k]) for k in ("eager", "fast"))
+    rows = torch.arange(eager.num_samples)
+    for signal in ("targets", "logits"):
+        assert torch.allclose(eager.gather(rows, None, signal), fast.gather(rows, None, signal), atol=2e-3, rtol=0)
+    assert "--channels-last --compile" in fast.generator["command"]
+    assert fast.generator["options"]["channels_last"] and fast.generator["options"]["compile"]
+    lines = []
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(tmp_path / "taps.h5"), teachers=(str(teacher),),
+                                    split="test", features=("pool",), compile=True, device="cpu"), log=lines.append)
+    assert any("the teacher runs eager" in line for line in lines)

@@ -27,10 +27,11 @@ from ..errors import UserError
 from ..limits import check_all
 from ..locks import output_lock
 from ..data.loading import block_loader
-from ..run.runtime import (autocast, barrier, check_precision, check_same_inputs, describe_job, device_for,
+from ..run.runtime import (autocast, to_device, barrier, check_precision, check_same_inputs, describe_job, device_for,
                            init_distributed)
 from ..views.store_sets import store_views
 from ..views.space import ViewSpace
+from .block_writes import BlockWrites
 from .label_ranks import open_on_main, wait_for_blocks
 from .prototypes import build_prototypes, share_prototypes
 from ..views.policies import IdentityView
@@ -55,6 +56,8 @@ class GenerateOptions:
     block_rows: int = 256
     device: str = "auto"
     bf16: bool = False
+    channels_last: bool = False  # the teacher's input and weights in channels_last (faster convolutions on a GPU)
+    compile: bool = False  # torch.compile the teacher's forward (CUDA graphs on a GPU; not with --features)
     layout: str = "auto"  # how the store is written: compressed, contiguous (read in place), auto (contiguous from 1 GiB)
     overwrite: bool = False
 
@@ -75,7 +78,8 @@ def generate_command(options: GenerateOptions) -> str:
             args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
     for tap in options.features:
         args += ["--features", tap]
-    args += ["--logits"] * options.logits + ["--bf16"] * options.bf16
+    args += ["--logits"] * options.logits + ["--bf16"] * options.bf16 + ["--channels-last"] * options.channels_last
+    args += ["--compile"] * options.compile
     # No --out: a store's bytes do not depend on where it was written (a moved or copied store stays identical).
     return " ".join(shlex.quote(a) for a in args)
 
@@ -142,8 +146,9 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
     n, num_classes = data.num_samples(options.split), data.num_classes
     if options.topk is not None and not 1 <= options.topk < num_classes:
         raise UserError(f"--topk must be between 1 and {num_classes - 1} for {num_classes} classes")
-    teachers = load_teachers(options.teachers, data, device)
+    teachers = load_teachers(options.teachers, data, device, channels_last=options.channels_last)
     check_taps(options, teachers)
+    compile_teachers(options, teachers, device, log if dist_info.is_main else lambda _: None)
     views = store_views(options.views, data, options.seed, options.split, options.mix_alpha)
     views.attach_bank(data, options.split)  # mixed views: every partner's pixels (refused where they do not fit)
     if views.mixed and dist_info.is_main:
@@ -170,7 +175,9 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
         "generator": {"method": options.method, "temperature": options.temperature,
                       "command": generate_command(options),
                       "options": {"mix_gt": options.mix_gt, "seed": options.seed, "topk": options.topk,
-                                  "bf16": options.bf16, "device_type": device.type, **fitted},
+                                  "bf16": options.bf16, "channels_last": options.channels_last,
+                                  "compile": options.compile,
+                                  "device_type": device.type, **fitted},
                       "teachers": [t.identity for t in teachers]},
         "views": views.record(),
     }
@@ -202,14 +209,11 @@ def write_store(options: GenerateOptions, header: dict, layout: StoreLayout, vie
         loader = block_loader(data, options.split, rows, options.block_rows * per_batch,
                               train_decode=not isinstance(views.policy, IdentityView))
         total = int(len(rows)) * views.num_views
-        with tqdm(total=total, unit="img", desc="labelling", disable=None if dist_info.is_main else True) as bar:
+        with tqdm(total=total, unit="img", desc="labelling", disable=None if dist_info.is_main else True) as bar, \
+                BlockWrites(writer, layout, device) as writes:
             for group, (images, labels, indices) in zip(groups, loader):
-                labelled = label_block(labeler, views, options, num_classes, images, labels, indices, device, bar)
-                start = 0
-                for b in group:
-                    lo, hi = layout.block_range(b)
-                    writer.write_block(b, **rows_of(labelled, start, start + hi - lo))
-                    start += hi - lo
+                writes.submit(group, label_block(labeler, views, options, num_classes, images, labels, indices,
+                                                 device, bar))
     barrier(dist_info)
     if not dist_info.is_main:
         return Path(options.out)
@@ -230,11 +234,27 @@ def open_writer(options: GenerateOptions, header: dict, layout: StoreLayout, vie
         raise UserError(str(exc)) from None
 
 
+def compile_teachers(options: GenerateOptions, teachers: list[Teacher], device: torch.device, log) -> None:
+    """--compile: each teacher's forward through torch.compile, captured in CUDA graphs on a GPU. Taps are forward
+    hooks added per batch, which a compiled model would not run: with --features the teachers stay eager."""
+    if not options.compile:
+        return
+    if options.features:
+        log("generate-labels --compile: --features reads the teacher through forward hooks, which a compiled model "
+            "would not run; the teacher runs eager")
+        return
+    mode = "reduce-overhead" if device.type == "cuda" else "default"
+    for teacher in teachers:
+        teacher.model = torch.compile(teacher.model, mode=mode)
+
+
 def label_block(labeler, views: ViewSpace, options: GenerateOptions, num_classes: int, images, labels, indices,
                 device, bar) -> dict:
-    """Teacher outputs for every (row, view) of one block, in [rows, V, ...] arrays."""
-    images = images.permute(0, 3, 1, 2).to(device, memory_format=torch.contiguous_format, copy=True)
-    labels = labels.view(-1).to(device, torch.long, copy=True)
+    """Teacher outputs for every (row, view) of one block, [rows, V, ...] tensors left on the device (BlockWrites
+    copies them out), with the host labels and view parameters."""
+    images = to_device(images.permute(0, 3, 1, 2), device)  # out of FFCV's reused buffer first
+    host_labels = labels.view(-1).to(torch.long, copy=True)
+    labels = to_device(host_labels, device)
     indices = indices.view(-1).to(torch.long, copy=True)
     rows, v = images.shape[0], views.num_views
     params = views.views_of(indices.numpy(), images.shape[2], images.shape[3])  # [rows, V, P]
@@ -249,6 +269,8 @@ def label_block(labeler, views: ViewSpace, options: GenerateOptions, num_classes
         sl = slice(start, min(start + options.batch_size, rows * v))
         r = row_of[sl].to(device)
         viewed = views.pixels(images[r], flat_params[sl])
+        if options.compile and device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # the previous slice's outputs are already copied out
         with autocast(device, options.bf16):
             out = labeler(LabelRequest(viewed, indices[row_of[sl]], labels[r], tuple(options.features)))
         probs[sl] = out.probs.float()
@@ -257,16 +279,8 @@ def label_block(labeler, views: ViewSpace, options: GenerateOptions, num_classes
         for tap, value in out.features.items():
             feats_out.setdefault(tap, torch.empty(rows * v, value.shape[1], device=device))[sl] = value.float()
         bar.update(sl.stop - sl.start)
-    shape = lambda t: t.cpu().view(rows, v, -1).numpy()
-    return {"targets": shape(probs), "labels": labels.cpu().numpy(),
+    shape = lambda t: t.view(rows, v, -1)  # on the device: BlockWrites copies them out
+    return {"targets": shape(probs), "labels": host_labels.numpy(),
             "logits": shape(logits_out) if logits_out is not None else None,
             "features": {k: shape(t) for k, t in feats_out.items()} or None,
             "view_params": params if views.per_sample else None}
-
-
-def rows_of(labelled: dict, start: int, stop: int) -> dict:
-    """Rows [start, stop) of label_block's arrays (one block of a multi-block batch)."""
-    part = lambda a: None if a is None else a[start:stop]
-    return {"targets": part(labelled["targets"]), "labels": part(labelled["labels"]),
-            "logits": part(labelled["logits"]), "view_params": part(labelled["view_params"]),
-            "features": None if labelled["features"] is None else {k: part(v) for k, v in labelled["features"].items()}}

@@ -25,6 +25,7 @@ import torch
 from ...stages.batch import ViewedBatch
 from ..data.loading import SplitLoader
 from ..views.draws import ViewSampler
+from .runtime import to_device
 
 # (sample indices int64 [B], store view positions int64 [B] or None) -> {signal: float32 rows}, on the CPU
 TeacherRows = Callable[[torch.Tensor, "torch.Tensor | None"], dict]
@@ -70,10 +71,9 @@ class BatchLoader:
         teacher = {}
         if self.teacher_rows is not None:
             rows = self.teacher_rows(indices, drawn.views)
-            teacher = {name: _to_device(t, self.device, pinned) for name, t in rows.items()}
-        mix = (None, None) if drawn.mix is None else (_to_device(t, self.device, pinned) for t in drawn.mix)
-        return ViewedBatch(drawn.images, labels.to(self.device, non_blocking=pinned), indices, drawn.views, *mix,
-                           teacher=teacher)
+            teacher = {name: to_device(t, self.device) for name, t in rows.items()}
+        mix = (None, None) if drawn.mix is None else (to_device(t, self.device) for t in drawn.mix)
+        return ViewedBatch(drawn.images, to_device(labels, self.device), indices, drawn.views, *mix, teacher=teacher)
 
     def _on_step_stream(self, finished) -> ViewedBatch:
         batch, event = finished
@@ -130,9 +130,3 @@ def _put(ready: queue.Queue, item, stop: threading.Event) -> bool:
         except queue.Full:
             continue
     return False
-
-
-def _to_device(tensor: torch.Tensor, device: torch.device, pinned: bool) -> torch.Tensor:
-    if pinned and tensor.device.type == "cpu":
-        tensor = tensor.pin_memory()
-    return tensor.to(device, non_blocking=pinned)

@@ -119,16 +119,20 @@ def trained_elsewhere(body: dict, data) -> str | None:
             f"evaluated {data.name} (train fingerprint {data.fingerprint('train')[:12]})")
 
 
-def load_teachers(paths, data: PreparedDataset, device: torch.device) -> list[Teacher]:
-    """Frozen teachers from checkpoints, each fed images normalised as in its own training."""
+def load_teachers(paths, data: PreparedDataset, device: torch.device, *, channels_last: bool = False
+                  ) -> list[Teacher]:
+    """Frozen teachers from checkpoints, each fed images normalised as in its own training (in channels_last with
+    its weights, when asked)."""
     from ...store.tools import file_sha256  # here: `labelopt train` loads no store (h5py)
     teachers = []
     for path in paths:
         body = load_checkpoint(path)
-        model = build_model_from_checkpoint(body, path, num_classes=data.num_classes).to(device)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        model = build_model_from_checkpoint(body, path, num_classes=data.num_classes).to(device,
+                                                                                          memory_format=memory_format)
         stats = body.get("dataset", {})
         # A teacher sees images normalised as in its own training.
-        normalize = Normalizer(*training_stats(body, data.mean, data.std), device)
+        normalize = Normalizer(*training_stats(body, data.mean, data.std), device, channels_last=channels_last)
         teachers.append(Teacher(model, body["arch"], normalize,
                                 {"arch": body["arch"], "checkpoint": Path(path).name,
                                  "checkpoint_sha256": file_sha256(Path(path)),

@@ -38,6 +38,15 @@ def autocast(device: torch.device, bf16: bool):
     return contextlib.nullcontext()
 
 
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A contiguous copy of a host tensor on `device`. To a GPU through pinned memory, without blocking: a copy from
+    pageable memory would make the host wait for every kernel queued before it."""
+    if device.type != "cuda":
+        return tensor.to(device, memory_format=torch.contiguous_format, copy=True)
+    pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True).copy_(tensor)
+    return pinned.to(device, non_blocking=True)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

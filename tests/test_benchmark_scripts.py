@@ -211,3 +211,19 @@ def test_generate_labels_imagenet_smoke_labels_a_generated_jpeg_tree(tmp_path):
 def test_generate_labels_imagenet_refuses_bad_sizes_in_one_line(tmp_path, flags, message):
     run = run_imagenet_bench(tmp_path, *flags, "--device", "cpu")
     assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr
+
+
+def test_packed_measures_each_pack_size_against_its_students_one_after_another(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import packed
+
+    assert packed.main(["--members", "1,2", "--batch-size", "4", "--steps", "1", "--device", "cpu",
+                        "--json-only"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["members"] for r in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        students = row["members"] * 4
+        assert row["packed_img_per_s"] == pytest.approx(students / row["packed_seconds"])
+        assert row["speedup"] == pytest.approx(row["separate_seconds"] / row["packed_seconds"])
+    with pytest.raises(SystemExit):
+        packed.main(["--members", "0"])

@@ -1,35 +1,42 @@
 #!/usr/bin/env bash
 # The GPU figures in one run on one GPU, then one table: stage one (generate-labels, bf16, 50,000 CIFAR-shaped
-# images) against bare teacher inference, stage two (resnet20 bf16 epochs: vanilla, from a 162-view store, with
-# an online resnet56 teacher, against the anchor: the same student in a plain loop over images already on the
-# GPU, eager and in CUDA graphs), one NCCL DDP process (torchrun) training from the same store, stage two again at
-# batch 128 under --compile against the anchor at batch 128, and stage one at ImageNet shape (sampled:K rrc-flip
-# views, top-10, resnet18, 1000 classes, over generated JPEGs).
+# images) against bare teacher inference, stage one again at batch 1024 with the teacher in channels_last under
+# --compile against its anchor (the same resnet56 over images already on the GPU, eager and in CUDA graphs), stage
+# two (resnet20 bf16 epochs: vanilla, from a 162-view store, with an online resnet56 teacher, against the anchor:
+# the same student in a plain loop over images already on the GPU, eager and in CUDA graphs), one NCCL DDP process
+# (torchrun) training from the same store, stage two again at batch 128 under --compile against the anchor at
+# batch 128, and stage one at ImageNet shape (sampled:K rrc-flip views, top-10, resnet18, 1000 classes, over
+# generated JPEGs).
 #
 #   benchmarks/device_check.sh OUT [--dry-run] [--smoke]
 #
-#   OUT gets generate_labels.json, stage_two.json, ddp/ (the torchrun run folder), stage_two_compiled.json,
-#   generate_labels_imagenet.json, logs/, device_check.json and device_check.md (the table). Each part runs under
-#   its own time limit, so one that hangs or fails leaves the others' figures; the table names what is missing.
+#   OUT gets generate_labels.json, generate_labels_fast.json, stage_two.json, ddp/ (the torchrun run folder),
+#   stage_two_compiled.json, generate_labels_imagenet.json, logs/, device_check.json and device_check.md (the
+#   table). Each part runs under its own time limit, so one that hangs or fails leaves the others' figures; the
+#   table names what is missing.
 #   --dry-run  print the commands; run none.
 #   --smoke    tiny sizes on whatever device there is, fp32, an identity store: checks the plumbing only.
 #
 # Environment (defaults in brackets): GEN_IMAGES [50000] identity images for stage one; CROP_FLIP_IMAGES [5000]
-# images x 162 views for stage one's crop-flip part; STAGE2_IMAGES [10000] images of stage two; STAGE2_VIEWS
-# [cifar-crop-flip] its store's views (162 per image, so 162 x STAGE2_IMAGES teacher passes first); EPOCHS [4]
-# student epochs per setup (epoch 1 holds numba's compile and is not timed); the compiled part uses the same
-# images, views and epochs; IMAGENET [1] runs the ImageNet-shaped part (0 skips it); IMAGENET_IMAGES [2000]
-# generated JPEGs x IMAGENET_VIEWS [8] views in IMAGENET_CLASSES [1000] classes; PART_LIMIT [240] seconds per
-# part; PYTHON [python].
+# images x 162 views for stage one's crop-flip part (both stage-one parts use the same); STAGE2_IMAGES [10000]
+# images of stage two; STAGE2_VIEWS [cifar-crop-flip] its store's views (162 per image, so 162 x STAGE2_IMAGES
+# teacher passes first); EPOCHS [4] student epochs per setup (epoch 1 holds numba's compile and is not timed); the
+# compiled part uses the same images, views and epochs; IMAGENET [1] runs the ImageNet-shaped part (0 skips it);
+# IMAGENET_IMAGES [2000] generated JPEGs x IMAGENET_VIEWS [8] views in IMAGENET_CLASSES [1000] classes; PART_LIMIT
+# [240] seconds per part; GEN_FAST_LIMIT [2 x PART_LIMIT] seconds for generate_labels_fast (it compiles the
+# teacher in each of its four generate-labels runs and in its captured anchors); PYTHON [python].
 #
-# The five parts, in order: benchmarks/generate_labels.py; benchmarks/stage_two.py at batch 64, eager, with its
-# anchor at batch 64 (stage_two); `labelopt train-student` under torchrun (ddp); benchmarks/stage_two.py
-# --batch-size 128 --compile --mix none, the goal's batch, with its anchor at batch 128 (stage_two_compiled);
-# benchmarks/generate_labels_imagenet.py. Sized for under 8 minutes on one H100/H200 before the anchors and the
-# compiled part were added; not yet measured with them (each part still stops at PART_LIMIT).
+# The six parts, in order: benchmarks/generate_labels.py --no-anchor (generate_labels); benchmarks/generate_labels.py
+# --batch-size 1024 --channels-last --compile with its anchor at batch 1024, the goal's setup: generate-labels
+# identity and cifar-crop-flip at least 0.7x the eager anchor (generate_labels_fast; --smoke: batch 64);
+# benchmarks/stage_two.py at batch 64, eager, with its anchor at batch 64 (stage_two); `labelopt train-student`
+# under torchrun (ddp); benchmarks/stage_two.py --batch-size 128 --compile --mix none, the goal's batch, with its
+# anchor at batch 128 (stage_two_compiled); benchmarks/generate_labels_imagenet.py. Sized for under 8 minutes on
+# one H100/H200 before the anchors and the compiled parts were added; not yet measured with them (each part still
+# stops at its limit).
 set -euo pipefail
 
-usage() { sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
 OUT="" DRY=0 SMOKE=0
 while [ $# -gt 0 ]; do
@@ -48,11 +55,13 @@ PYTHON=${PYTHON:-python}
 PART_LIMIT=${PART_LIMIT:-240}
 if [ "$SMOKE" = 1 ]; then
   GEN_IMAGES=${GEN_IMAGES:-128} CROP_FLIP_IMAGES=${CROP_FLIP_IMAGES:-2} STAGE2_IMAGES=${STAGE2_IMAGES:-128}
+  GEN_FAST_BATCH=64
   STAGE2_VIEWS=${STAGE2_VIEWS:-identity} EPOCHS=${EPOCHS:-2} PRECISION=() DEVICE=auto
   IMAGENET_IMAGES=${IMAGENET_IMAGES:-8} IMAGENET_VIEWS=${IMAGENET_VIEWS:-2} IMAGENET_CLASSES=${IMAGENET_CLASSES:-4}
   IMAGENET_SIZES=(--topk 2 --long-side 64 --batch-size 8 --repeats 1)
 else
   GEN_IMAGES=${GEN_IMAGES:-50000} CROP_FLIP_IMAGES=${CROP_FLIP_IMAGES:-5000} STAGE2_IMAGES=${STAGE2_IMAGES:-10000}
+  GEN_FAST_BATCH=1024
   STAGE2_VIEWS=${STAGE2_VIEWS:-cifar-crop-flip} EPOCHS=${EPOCHS:-4} PRECISION=(--bf16) DEVICE=cuda
   IMAGENET_IMAGES=${IMAGENET_IMAGES:-2000} IMAGENET_VIEWS=${IMAGENET_VIEWS:-8} IMAGENET_CLASSES=${IMAGENET_CLASSES:-1000}
   IMAGENET_SIZES=()
@@ -62,16 +71,20 @@ IMAGENET=${IMAGENET:-1}
 for name in GEN_IMAGES CROP_FLIP_IMAGES STAGE2_IMAGES EPOCHS PART_LIMIT IMAGENET_IMAGES IMAGENET_VIEWS IMAGENET_CLASSES; do
   [[ ${!name} =~ ^[1-9][0-9]*$ ]] || { echo "$name must be a positive integer (got '${!name}')" >&2; exit 2; }
 done
+GEN_FAST_LIMIT=${GEN_FAST_LIMIT:-$((2 * PART_LIMIT))}
+[[ $GEN_FAST_LIMIT =~ ^[1-9][0-9]*$ ]] ||
+  { echo "GEN_FAST_LIMIT must be a positive integer (got '$GEN_FAST_LIMIT')" >&2; exit 2; }
 [ "$EPOCHS" -ge 2 ] || { echo "EPOCHS must be at least 2: epoch 1 holds numba's compile and is not timed" >&2; exit 2; }
 
-# One part: its command under the time limit, stdout to a file, stderr to its log. A failed part is recorded
-# and the next one runs.
+# One part: its command under its time limit (PART_LIMIT; GEN_FAST_LIMIT for generate_labels_fast), stdout to a
+# file, stderr to its log. A failed part is recorded and the next one runs.
 part() {
   local name=$1 stdout=$2; shift 2
   if [ "$DRY" = 1 ]; then echo "$*"; return 0; fi
   echo "device_check: $name ($(date +%T))" >&2
-  local started=$SECONDS
-  if timeout "$PART_LIMIT" "$@" > "$stdout" 2> "$OUT/logs/$name.log"; then
+  local started=$SECONDS limit=$PART_LIMIT
+  [ "$name" != generate_labels_fast ] || limit=$GEN_FAST_LIMIT
+  if timeout "$limit" "$@" > "$stdout" 2> "$OUT/logs/$name.log"; then
     echo "$name ok $((SECONDS - started))" >> "$OUT/logs/parts.txt"
   else
     local rc=$?
@@ -88,9 +101,15 @@ if [ "$DRY" = 0 ]; then
   "$PYTHON" -c "import torch; print('device_check: torch', torch.__version__, 'cuda', torch.cuda.is_available())" >&2
 fi
 
+# Stage one as it was sized (eager, batch 512, no anchor), then the goal's setup against its anchor: the teacher in
+# channels_last under --compile (CUDA graphs) at batch 1024, over the same images.
 part generate_labels "$OUT/generate_labels.json" \
   "$PYTHON" "$HERE/generate_labels.py" --device "$DEVICE" "${PRECISION[@]}" --teacher-arch resnet56 \
-  --images "$GEN_IMAGES" --crop-flip-images "$CROP_FLIP_IMAGES" --json-only
+  --images "$GEN_IMAGES" --crop-flip-images "$CROP_FLIP_IMAGES" --no-anchor --json-only
+part generate_labels_fast "$OUT/generate_labels_fast.json" \
+  "$PYTHON" "$HERE/generate_labels.py" --device "$DEVICE" "${PRECISION[@]}" --teacher-arch resnet56 \
+  --images "$GEN_IMAGES" --crop-flip-images "$CROP_FLIP_IMAGES" --batch-size "$GEN_FAST_BATCH" --channels-last \
+  --compile --json-only
 part stage_two "$OUT/stage_two.json" \
   "$PYTHON" "$HERE/stage_two.py" --device "$DEVICE" "${PRECISION[@]}" --images "$STAGE2_IMAGES" \
   --views "$STAGE2_VIEWS" --epochs "$EPOCHS" --keep "$OUT/stage_two" --json-only

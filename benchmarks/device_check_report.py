@@ -3,7 +3,8 @@
     python benchmarks/device_check_report.py OUT
 
 A part that failed or did not run shows as missing, with its exit status from OUT/logs/parts.txt (the
-ImageNet-shaped and the compiled stage-two parts only when they ran and failed: a run may leave them out).
+ImageNet-shaped, the compiled stage-two and the fast stage-one parts only when they ran and failed: a run may leave
+them out, and a folder from before a part existed has none).
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import sys
 from pathlib import Path
 
 GOAL_OVER_CAPTURED_ANCHOR = 0.8  # stage_two.py's goal: project img/s over the captured anchor's, batch 128, bf16
+GOAL_OVER_EAGER_ANCHOR = 0.7  # generate_labels.py's goal: generate-labels passes/s over the eager anchor's, batch 1024
+GOAL_PARTS = ("identity", "cifar-crop-flip")  # the stage-one setups the goal is for (not the top-k store)
 
 
 def read_json(path: Path) -> dict | None:
@@ -48,6 +51,43 @@ def stage_one_rows(gen: dict) -> list[dict]:
                      "against": f"bare {bare['img_per_s']:.0f}/s: {part['ratio_generate_over_bare']:.3f}x"
                      if bare else f"{part['ratio_generate_over_bare']:.3f}x the dense bare run"})
     return rows
+
+
+def teacher_flags(gen: dict) -> str:
+    return "".join(f" --{flag.replace('_', '-')}" for flag in ("channels_last", "compile") if gen.get(flag))
+
+
+def stage_one_anchor_rows(gen: dict) -> list[dict]:
+    """generate_labels.py's anchors (the same teacher over images already on the device, per view set), each with
+    generate / it for the setups measured against it; none when the run skipped them."""
+    rows, s = [], gen.get("summary") or {}
+    for spec, variants in (gen.get("anchor") or {}).items():
+        for name, anchor in variants.items():
+            what = (f"anchor {name}: {gen.get('teacher_arch', 'the teacher')} over images on the device, {spec}, "
+                    f"batch {gen['batch_size']}")
+            if "img_per_s" not in anchor:
+                rows.append({"what": what, "figure": "failed", "against": cell(anchor.get("error", ""))[:120]})
+                continue
+            ratios = s.get(f"ratio_generate_over_anchor_{name}", {})
+            mine = [f"{part} {r:.3f}x" for part, r in ratios.items() if part.split()[0] == spec]
+            rows.append({"what": what, "figure": f"{anchor['img_per_s']:.0f} teacher passes/s ({anchor['mode']})",
+                         "against": "generate / anchor: " + (", ".join(mine) or "-")})
+    return rows
+
+
+def fast_rows(gen: dict) -> list[dict]:
+    """generate_labels_fast.json: each generate-labels setup at the goal's batch with its flags, against the eager
+    anchor over the same view set (the goal for identity and cifar-crop-flip); then the anchors."""
+    rows, s = [], gen.get("summary") or {}
+    eager = s.get("ratio_generate_over_anchor_eager", {})
+    for name, part in gen["throughput"].items():
+        made, ratio = part["generate"], eager.get(name)
+        goal = f" (goal >= {GOAL_OVER_EAGER_ANCHOR})" if name in GOAL_PARTS else ""
+        rows.append({"what": f"generate-labels {name}, batch {gen['batch_size']}{teacher_flags(gen)}: "
+                             f"{made['images']} images x {made['views']} views",
+                     "figure": f"{made['img_per_s']:.0f} teacher passes/s",
+                     "against": f"{ratio:.3f}x the eager anchor{goal}" if ratio is not None else "no eager anchor"})
+    return rows + stage_one_anchor_rows(gen)
 
 
 def imagenet_rows(gen: dict) -> list[dict]:
@@ -126,13 +166,20 @@ def build(out: Path) -> dict:
     gen, two = read_json(out / "generate_labels.json"), read_json(out / "stage_two.json")
     ddp = epoch_seconds(out / "ddp")
     rows = []
-    rows += stage_one_rows(gen) if gen else [{"what": "generate_labels.py", "figure": "missing", "against": ""}]
+    rows += stage_one_rows(gen) + stage_one_anchor_rows(gen) if gen else [
+        {"what": "generate_labels.py", "figure": "missing", "against": ""}]
+    status = part_status(out)
+    fast = read_json(out / "generate_labels_fast.json")
+    if fast:
+        rows += fast_rows(fast)
+    elif "generate_labels_fast" in status:  # run and failed; a folder from before the part existed has no row
+        rows.append({"what": "generate_labels.py --batch-size 1024 --channels-last --compile", "figure": "missing",
+                     "against": ""})
     rows += stage_two_rows(two) if two else [{"what": "stage_two.py", "figure": "missing", "against": ""}]
-    machine = (two or gen or {}).get("machine", {})
+    machine = (two or gen or fast or {}).get("machine", {})
     backend = "NCCL" if str(machine.get("device", "")).startswith("cuda") else "gloo"
     rows.append(ddp_row(ddp, two, backend) if len(ddp) >= 2
                 else {"what": "torchrun DDP", "figure": "missing", "against": ""})
-    status = part_status(out)
     compiled = read_json(out / "stage_two_compiled.json")
     if compiled:
         rows += compiled_rows(compiled)
@@ -144,8 +191,9 @@ def build(out: Path) -> dict:
     elif "generate_labels_imagenet" in status:  # run and failed; IMAGENET=0 leaves no status and no row
         rows.append({"what": "generate_labels_imagenet.py", "figure": "missing", "against": ""})
     return {"benchmark": "device_check", "parts": status, "rows": rows, "machine": machine,
-            "bf16": (two or gen or {}).get("bf16"), "ddp_epoch_seconds": ddp,
-            "generate_labels": gen and gen.get("summary"), "stage_two": two and two.get("summary"),
+            "bf16": (two or gen or fast or {}).get("bf16"), "ddp_epoch_seconds": ddp,
+            "generate_labels": gen and gen.get("summary"),
+            "generate_labels_fast": fast and fast.get("summary"), "stage_two": two and two.get("summary"),
             "stage_two_compiled": compiled and compiled.get("summary"),
             "generate_labels_imagenet": imagenet and imagenet.get("summary")}
 

@@ -29,11 +29,32 @@ on the N images; the labels are random, so it mostly grows confident on memorise
 
     .venv/bin/python benchmarks/generate_labels.py [--images 50000] [--crop-flip-images M] [--teacher-arch resnet20]
         [--batch-size 512] [--device auto] [--bf16] [--topk 10] [--train-teacher-epochs 0] [--keep DIR] [--json-only]
+        [--channels-last] [--compile] [--no-anchor]
 
 On a CPU each cifar-crop-flip image costs 162 teacher passes, three times over (bare, dense, top-k): resnet20
 does about 150-300 passes/s on 2 cores, so the CPU defaults take ~40 min there; pass a smaller
 --crop-flip-images for a quick run. Gathers are timed with torch's threads and with one thread: under
 contention for the cores a multi-threaded 512-row gather waits for its helper thread.
+
+The anchor (the limit generate-labels is measured against; --no-anchor skips it), after every generate-labels
+setup in the same process: the same teacher checkpoint (loaded as generate-labels loads it, in channels_last under
+--channels-last) over every image of the part's dataset already on the device as one uint8 [N, 3, H, W] tensor
+(read once through the row loader, untimed): the (image, view) pairs are enumerated on the device in the store's
+order, each batch of --batch-size pairs gathers its images, applies its views with the policy's own apply on the
+device, normalises them on the device and runs the teacher under torch.no_grad (bf16 autocast under --bf16);
+nothing is kept. Only whole batches are timed (the rest of the pairs is left out, so every timed batch has one
+shape). Two variants: eager, and captured (the teacher through torch.compile: mode reduce-overhead, i.e. CUDA
+graphs, on a GPU; the default mode on a CPU; dynamo is reset first, so it is compiled afresh). Each runs
+ANCHOR_WARMUP_BATCHES untimed batches (they hold the compile and the graph capture), then one timed pass over the
+whole batches with the device synchronised before each clock reading; its figure is teacher passes/s. The ratios
+project / anchor divide each setup's passes/s (generate and bare; the top-k store against the cifar-crop-flip
+anchor) by the anchor's. The goal (GPU, resnet56, batch 1024, bf16, --channels-last --compile): generate-labels
+identity and cifar-crop-flip at least GOAL_OVER_EAGER_ANCHOR of the eager anchor. On a CPU the anchors add two
+passes over each part's pairs: pass --no-anchor (or small sizes) for a quick run.
+
+--channels-last and --compile go to generate-labels (GenerateOptions.channels_last / .compile); --channels-last
+also to the bare run, the warm-up and the anchor; the bare run stays eager under --compile (its timing would hold
+the compile), and the anchor has its eager and captured variants either way.
 
 Absolute times depend on the machine (printed with the results); compare the ratios. Prints JSON, then tables.
 """
@@ -60,6 +81,8 @@ CPU_CROP_FLIP_IMAGES = 1000
 WARMUP_IMAGES = 512
 GATHER_ROWS, GATHER_REPS, OPEN_REPS = 512, 200, 5
 GOAL_RATIO, GOAL_GATHER_US = 0.9, 1000.0
+ANCHOR_WARMUP_BATCHES = 5  # untimed anchor batches: they hold the captured variant's compile and CUDA graph capture
+GOAL_OVER_EAGER_ANCHOR = 0.7  # generate-labels identity and cifar-crop-flip over the eager anchor (GPU, batch 1024)
 VIEW_SPECS = ("identity", "cifar-crop-flip")
 
 
@@ -103,8 +126,9 @@ def sync(device: torch.device) -> None:
 
 @torch.no_grad()
 def time_bare(folder: Path, teacher_path: Path, spec: str, batch_size: int, device: torch.device,
-              bf16: bool) -> dict:
-    """The ceiling: generate-labels' loader, views and forward slices, with nothing kept or written."""
+              bf16: bool, channels_last: bool = False) -> dict:
+    """The ceiling: generate-labels' loader, views and forward slices, with nothing kept or written (the teacher
+    eager, in channels_last when asked)."""
     from labelopt.pipeline.data.datasets import open_dataset
     from labelopt.pipeline.data.loading import block_loader
     from labelopt.pipeline.run.checkpoints import load_teachers
@@ -113,7 +137,7 @@ def time_bare(folder: Path, teacher_path: Path, spec: str, batch_size: int, devi
     from labelopt.pipeline.views.policies import IdentityView
 
     data = open_dataset(folder)
-    teacher = load_teachers([teacher_path], data, device)[0]
+    teacher = load_teachers([teacher_path], data, device, channels_last=channels_last)[0]
     views = store_views(spec, data, seed=0)
     n, v = data.num_samples("train"), views.num_views
     rows = np.arange(n, dtype=np.uint64)
@@ -167,7 +191,9 @@ def time_generate(folder: Path, teacher_path: Path, spec: str, out: Path, args, 
 
     options = GenerateOptions(data=str(folder), out=str(out), teachers=(str(teacher_path),), method="sl",
                               views=spec, temperature=TEMPERATURE, topk=topk, device=str(device), bf16=args.bf16,
-                              batch_size=args.batch_size, block_rows=BLOCK_ROWS)
+                              batch_size=args.batch_size, block_rows=BLOCK_ROWS,
+                              channels_last=getattr(args, "channels_last", False),  # generate_labels_imagenet.py's
+                              compile=getattr(args, "compile", False))  # args have neither
     with finish_timer() as finish:
         started, cpu_started = time.perf_counter(), time.process_time()
         generate_labels(options, log=log)
@@ -195,10 +221,126 @@ def warm_up(root: Path, images: np.ndarray, labels: np.ndarray, teacher: Path, a
     params = torch.arange(args.batch_size)[:, None] % views.num_views
     from labelopt.pipeline.run.runtime import autocast
     with torch.no_grad(), autocast(device, args.bf16):
-        load_teachers([teacher], data, device)[0].outputs(views.policy.apply(batch, params))
+        load_teachers([teacher], data, device, channels_last=args.channels_last)[0].outputs(
+            views.policy.apply(batch, params))
     sync(device)
     return (f"generate-labels identity over a separate {n}-image dataset, then one {args.batch_size}-view "
             f"cifar-crop-flip teacher forward; not timed")
+
+
+# -- the anchor: the same teacher over images already on the device -----------------------------------
+
+def device_split(folder: Path, views, device) -> torch.Tensor:
+    """Every image of the prepared train split as one uint8 [N, 3, H, W] tensor on the device, read once in order
+    through generate-labels' own row loader (with the decode plan it uses for these views)."""
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.data.loading import block_loader
+    from labelopt.pipeline.views.policies import IdentityView
+
+    data = open_dataset(folder)
+    rows = np.arange(data.num_samples("train"), dtype=np.uint64)
+    loader = block_loader(data, "train", rows, BLOCK_ROWS, train_decode=not isinstance(views.policy, IdentityView))
+    # Each batch out of FFCV's reused buffer before the next one overwrites it.
+    blocks = [images.permute(0, 3, 1, 2).contiguous() for images, _, _ in loader]
+    return torch.cat(blocks).to(device)
+
+
+def anchor_batches(count: int, num_views: int, batch: int, device) -> torch.Tensor:
+    """int64 [B, batch] flat (image, view) pair ids p (image p // num_views, view p % num_views), enumerated on the
+    device in the store's order. Whole batches only (every timed batch has one shape); one short batch of every
+    pair when there are fewer than `batch`."""
+    pairs = count * num_views
+    whole = pairs // batch
+    if whole == 0:
+        return torch.arange(pairs, device=device).view(1, pairs)
+    return torch.arange(whole * batch, device=device).view(whole, batch)
+
+
+def anchor_pass(forward, normalize, views, images: torch.Tensor, device: torch.device, bf16: bool, graphs: bool):
+    """infer(pairs) -> the teacher's logits for a batch of flat pair ids: their images gathered on the device, their
+    views applied by the policy on the device, normalised on the device, then `forward` (the teacher's model,
+    eager or compiled) under bf16 autocast when asked. Enumerated view sets only (a shared [V, P] table)."""
+    from labelopt.pipeline.run.runtime import autocast
+
+    if views.shared_params is None:
+        raise ValueError(f"the anchor enumerates views; {views.policy.name} draws them per sample")
+    table, v = views.shared_params.to(device), views.num_views
+
+    def infer(pairs: torch.Tensor) -> torch.Tensor:
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous batch's outputs are not read again
+        pixels = views.policy.apply(images[pairs // v], table[pairs % v])
+        with autocast(device, bf16):
+            return forward(normalize(pixels))
+
+    return infer
+
+
+@torch.no_grad()
+def time_anchor(teacher, views, images: torch.Tensor, *, batch: int, device, bf16: bool = False,
+                captured: bool = False, warmup: int = ANCHOR_WARMUP_BATCHES, keep: bool = False):
+    """The anchor over `images` (uint8 [N, 3, H, W] on the device) and every view of `views`: `warmup` untimed
+    batches, then one timed pass over the whole batches, the device synchronised before each clock reading.
+    Returns (its figures, and with `keep` the float32 logits of every timed pair in order, else None)."""
+    device = torch.device(device)
+    graphs = captured and device.type == "cuda"
+    forward = torch.compile(teacher.model, mode="reduce-overhead" if graphs else "default") if captured \
+        else teacher.model
+    infer = anchor_pass(forward, teacher.normalize, views, images, device, bf16, graphs)
+    batches = anchor_batches(len(images), views.num_views, batch, device)
+
+    def clock() -> float:
+        sync(device)
+        return time.perf_counter()
+
+    started = clock()
+    for step in range(warmup):
+        infer(batches[step % len(batches)])
+    warmup_seconds = clock() - started
+    kept = []
+    started = clock()
+    for pairs in batches:
+        logits = infer(pairs)
+        if keep:
+            kept.append(logits.float().clone())  # a captured graph's output is overwritten by its next replay
+    seconds = clock() - started
+    passes = batches.numel()
+    return {"mode": "CUDA graphs (reduce-overhead)" if graphs else "compiled (default)" if captured else "eager",
+            "images": len(images), "views": views.num_views, "batch_size": batches.shape[1],
+            "batches": len(batches), "teacher_passes": passes, "pairs_left_out": len(images) * views.num_views - passes,
+            "warmup_batches": warmup, "warmup_seconds": warmup_seconds, "seconds": seconds,
+            "img_per_s": passes / seconds}, (torch.cat(kept) if keep else None)
+
+
+def run_anchors(folders: dict, teacher_path: Path, args, device: torch.device) -> dict:
+    """{view spec: {"eager": figures, "captured": figures}}, each variant from the checkpoint loaded afresh; the
+    captured one records its error instead of ending the run when torch.compile fails (the setups' figures stay)."""
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.run.checkpoints import load_teachers
+    from labelopt.pipeline.views.store_sets import store_views
+
+    anchors = {}
+    for spec in VIEW_SPECS:
+        data = open_dataset(folders[spec])
+        views = store_views(spec, data, seed=0)
+        images = device_split(folders[spec], views, device)
+        anchors[spec] = {}
+        for name, captured in (("eager", False), ("captured", True)):
+            log(f"{spec}: anchor, {name}: {len(images)} images x {views.num_views} views on {device}, "
+                f"batch {args.batch_size}")
+            if captured:
+                torch._dynamo.reset()  # compiled afresh: nothing cached from generate-labels' --compile
+            teacher = load_teachers([teacher_path], data, device, channels_last=args.channels_last)[0]
+            try:
+                anchors[spec][name], _ = time_anchor(teacher, views, images, batch=args.batch_size, device=device,
+                                                     bf16=args.bf16, captured=captured)
+            except Exception as exc:  # noqa: BLE001  (a compile failure must not lose the setups' figures)
+                if not captured:
+                    raise
+                log(f"{spec}: the captured anchor failed: {type(exc).__name__}: {exc}")
+                anchors[spec][name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+        del images
+    return anchors
 
 
 # -- stores -----------------------------------------------------------------------------------------
@@ -300,7 +442,7 @@ def run(root: Path, args, device: torch.device) -> dict:
     parts, store_paths = {}, {}
     for spec in VIEW_SPECS:
         log(f"{spec}: bare teacher inference")
-        bare = time_bare(folders[spec], teacher, spec, args.batch_size, device, args.bf16)
+        bare = time_bare(folders[spec], teacher, spec, args.batch_size, device, args.bf16, args.channels_last)
         log(f"{spec}: generate-labels ({bare['img_per_s']:.0f} img/s bare)")
         store_paths[spec] = stores_dir / f"{spec}.h5"
         gen = time_generate(folders[spec], teacher, spec, store_paths[spec], args, device)
@@ -313,11 +455,13 @@ def run(root: Path, args, device: torch.device) -> dict:
     # No bare run of its own: the teacher's work is the dense cifar-crop-flip one's.
     parts[topk_name] = {"generate": topk_gen, **ratios(topk_gen, parts["cifar-crop-flip"]["bare"]),
                         "torch_threads": torch.get_num_threads()}
+    anchors = None if args.no_anchor else run_anchors(folders, teacher, args, device)
 
     log("store sizes, open, load and gather")
     sizes = {name: store_size(path) for name, path in store_paths.items()}
     access = {name: time_open_gather(path) for name, path in store_paths.items()}
-    return {"warmup": warmup, "teacher_checkpoint": str(teacher), "throughput": parts, "stores": sizes,
+    return {"warmup": warmup, "teacher_checkpoint": str(teacher), "throughput": parts, "anchor": anchors,
+            "stores": sizes,
             "projected_full_store": projected_full(sizes["cifar-crop-flip"], sizes[topk_name]),
             "open_gather": access}
 
@@ -342,7 +486,29 @@ def summarize(result: dict) -> dict:
             "ratio_goal_met": all(r >= GOAL_RATIO for r in wall.values()),
             "ratio_goal_met_cpu_time": all(r >= GOAL_RATIO for r in cpu.values()),
             "worst_gather_median_us": worst_gather, "goal_gather_us": GOAL_GATHER_US,
-            "gather_goal_met": worst_gather < GOAL_GATHER_US}
+            "gather_goal_met": worst_gather < GOAL_GATHER_US, **anchor_summary(parts, result.get("anchor"))}
+
+
+def anchor_of(part: str) -> str:
+    """The anchor a part is measured against: its view set's ("cifar-crop-flip top10" -> "cifar-crop-flip")."""
+    return part.split()[0]
+
+
+def anchor_summary(parts: dict, anchors: dict | None) -> dict:
+    """project / anchor in teacher passes/s (above 1: the project is the faster): {part: ratio} for generate (every
+    part) and bare (the parts with a bare run) against each anchor variant that ran, and the goal against the eager
+    anchor for generate-labels identity and cifar-crop-flip (None when an eager anchor is missing)."""
+    if not anchors:
+        return {}
+    out = {}
+    for name in ("eager", "captured"):
+        for kind in ("generate", "bare"):
+            out[f"ratio_{kind}_over_anchor_{name}"] = {
+                part: row[kind]["img_per_s"] / anchor["img_per_s"] for part, row in parts.items()
+                if row.get(kind) and "img_per_s" in (anchor := anchors.get(anchor_of(part), {}).get(name, {}))}
+    goal = [out["ratio_generate_over_anchor_eager"].get(part) for part in VIEW_SPECS]
+    return {**out, "goal_over_anchor_eager": GOAL_OVER_EAGER_ANCHOR,
+            "goal_over_anchor_eager_met": None if None in goal else all(r >= GOAL_OVER_EAGER_ANCHOR for r in goal)}
 
 
 # -- output -----------------------------------------------------------------------------------------
@@ -384,14 +550,63 @@ def machine_line(facts: dict, script_seconds: float) -> str:
             f"whole script {script_seconds:.0f} s")
 
 
+def teacher_flags(result: dict) -> str:
+    """The teacher's new generate-labels flags as given ('' when neither is on)."""
+    return "".join(f" --{flag.replace('_', '-')}" for flag in ("channels_last", "compile") if result.get(flag))
+
+
+def anchor_table(anchors: dict) -> str:
+    """One row per anchor variant that ran (or failed) over each view set."""
+    from labelopt.pipeline.jobs.reports import format_table
+
+    rows = []
+    for spec, variants in anchors.items():
+        for name, a in variants.items():
+            if "img_per_s" not in a:
+                error = " ".join(a.get("error", "").split())[:60]
+                rows.append({"anchor": f"{spec} {name}", "mode": f"failed: {error}"})
+                continue
+            rows.append({"anchor": f"{spec} {name}", "mode": a["mode"], "images": a["images"], "views": a["views"],
+                         "passes": a["teacher_passes"], "left": a["pairs_left_out"], "img_s": a["img_per_s"],
+                         "seconds": a["seconds"], "warmup": a["warmup_seconds"]})
+    return format_table(rows, [("anchor", "anchor"), ("mode", "mode"), ("images", "images"), ("views", "V"),
+                               ("passes", "teacher passes timed"), ("left", "left out"),
+                               ("img_s", "anchor img/s"), ("seconds", "s"), ("warmup", "warm-up s")])
+
+
+def print_anchor_lines(result: dict) -> None:
+    """The anchors' table, project / anchor for each setup in teacher passes/s, and the goal."""
+    anchors, s = result.get("anchor"), result["summary"]
+    if not anchors:
+        return
+    precision = "bf16" if result["bf16"] else "fp32"
+    print()
+    print(f"anchor: the same teacher over images already on {result['machine']['device']}, views applied and "
+          f"normalised there, batch {result['batch_size']}, {precision}{teacher_flags(result)}; "
+          f"{ANCHOR_WARMUP_BATCHES} warm-up batches, then one pass over the whole batches")
+    print(anchor_table(anchors))
+    for name in ("eager", "captured"):
+        gen, bare = s.get(f"ratio_generate_over_anchor_{name}"), s.get(f"ratio_bare_over_anchor_{name}")
+        if gen:
+            print(f"project / anchor {name}: generate " + ", ".join(f"{k} {r:.3f}x" for k, r in gen.items())
+                  + "; bare " + ", ".join(f"{k} {r:.3f}x" for k, r in bare.items()) + " (teacher passes/s)")
+    met = s.get("goal_over_anchor_eager_met")
+    if met is not None:
+        print(f"goal (GPU, resnet56, batch 1024, bf16): generate-labels {' and '.join(VIEW_SPECS)} >= "
+              f"{GOAL_OVER_EAGER_ANCHOR}x the eager anchor: {'met' if met else 'missed'} here "
+              f"({result['teacher_arch']}, batch {result['batch_size']}, {precision}{teacher_flags(result)}, "
+              f"{result['machine']['device']})")
+
+
 def print_tables(result: dict) -> None:
     from labelopt.pipeline.jobs.reports import format_table
 
     print(f"generate-labels sl, T {TEMPERATURE:g}, teacher {result['teacher_arch']} "
-          f"({result['teacher_trained_epochs']} training epochs), batch {result['batch_size']}, "
+          f"({result['teacher_trained_epochs']} training epochs), batch {result['batch_size']}{teacher_flags(result)}, "
           f"blocks of {BLOCK_ROWS} rows; img/s = teacher passes ((image, view) pairs) per second")
     print(throughput_table(result["throughput"]))
     print("(the top-k row's gen/bare is against the dense cifar-crop-flip bare run)")
+    print_anchor_lines(result)
 
     print()
     rows = []
@@ -434,7 +649,7 @@ def print_tables(result: dict) -> None:
     print(machine_line(result["machine"], result["script_seconds"]))
 
 
-def main(argv=None) -> int:
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=FULL_IMAGES, help="Images for the identity part [50000].")
     parser.add_argument("--crop-flip-images", type=int, default=None,
@@ -445,7 +660,19 @@ def main(argv=None) -> int:
     parser.add_argument("--topk", type=int, default=10, help="K of the top-k cifar-crop-flip store [10].")
     parser.add_argument("--train-teacher-epochs", type=int, default=0,
                         help="Train the teacher this many epochs first (labelopt train defaults) [0: fresh weights].")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="generate-labels --channels-last: the teacher in channels_last (also the bare run, the "
+                             "warm-up and the anchor).")
+    parser.add_argument("--compile", action="store_true",
+                        help="generate-labels --compile: torch.compile of the teacher (CUDA graphs on a GPU).")
+    parser.add_argument("--no-anchor", action="store_true",
+                        help="Skip the anchor (the same teacher over images already on the device).")
     add_run_arguments(parser, keeps="data, teacher and stores")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = make_parser()
     args = parser.parse_args(argv)
     device = checked_device(parser, args)
     if args.crop_flip_images is None:
@@ -466,7 +693,7 @@ def main(argv=None) -> int:
                             f"cifar-crop-flip top{args.topk}": args.crop_flip_images},
         "teacher_arch": args.teacher_arch, "teacher_trained_epochs": args.train_teacher_epochs,
         "method": "sl", "temperature": TEMPERATURE, "batch_size": args.batch_size, "block_rows": BLOCK_ROWS,
-        "bf16": args.bf16, "topk": args.topk,
+        "bf16": args.bf16, "topk": args.topk, "channels_last": args.channels_last, "compile": args.compile,
         "img_per_s_counts": "teacher passes, i.e. (image, view) pairs",
         **measured, **facts,
     }

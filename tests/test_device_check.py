@@ -23,15 +23,23 @@ def load_report():
     return load_script("device_check_report")
 
 
-def test_dry_run_lists_the_five_parts_on_the_gpu_in_bf16(tmp_path):
+def test_dry_run_lists_the_six_parts_on_the_gpu_in_bf16(tmp_path):
     out = tmp_path / "out"
     done = run_script(out, "--dry-run")
     assert done.returncode == 0, done.stderr
     commands = [line.split() for line in done.stdout.splitlines()]
-    assert len(commands) == 5 and not out.exists()
-    gen, two, ddp, compiled, imagenet = commands
+    assert len(commands) == 6 and not out.exists()
+    gen, fast, two, ddp, compiled, imagenet = commands
     assert gen[1].endswith("generate_labels.py") and gen[gen.index("--images") + 1] == "50000"
     assert gen[gen.index("--crop-flip-images") + 1] == "5000"  # 1,000 x 162 views ran 4 s: too short to judge
+    # Stage one as it was sized (no anchor, the script's batch, eager), then the goal's setup against its anchor:
+    # batch 1024, the teacher in channels_last under --compile, over the same images with the same teacher.
+    assert "--no-anchor" in gen and not {"--batch-size", "--channels-last", "--compile"} & set(gen)
+    assert fast[1].endswith("generate_labels.py") and fast[fast.index("--batch-size") + 1] == "1024"
+    assert "--channels-last" in fast and "--compile" in fast and "--no-anchor" not in fast and "--keep" not in fast
+    for flag in ("--images", "--crop-flip-images", "--teacher-arch"):
+        assert fast[fast.index(flag) + 1] == gen[gen.index(flag) + 1]
+    assert fast[fast.index("--teacher-arch") + 1] == "resnet56"
     assert imagenet[1].endswith("generate_labels_imagenet.py")
     assert [imagenet[imagenet.index(flag) + 1] for flag in ("--images", "--views-per-image", "--classes")] == [
         "2000", "8", "1000"]
@@ -67,7 +75,11 @@ def test_smoke_runs_the_imagenet_part_at_sizes_its_script_accepts(tmp_path, monk
     args, device = load_script("generate_labels_imagenet").parse_args(imagenet[2:])
     assert (args.images, args.views_per_image, args.classes, args.repeats) == (8, 2, 4, 1)
     assert args.topk < args.classes and args.long_side <= 64
-    compiled = next(line.split() for line in done.stdout.splitlines() if "--compile" in line)
+    fast = next(line.split() for line in done.stdout.splitlines() if "--channels-last" in line)
+    args = load_script("generate_labels").make_parser().parse_args(fast[2:])
+    assert (args.images, args.crop_flip_images, args.batch_size, args.teacher_arch) == (128, 2, 64, "resnet56")
+    assert args.channels_last and args.compile and not args.bf16 and not args.no_anchor and args.device == "auto"
+    compiled = next(line.split() for line in done.stdout.splitlines() if "stage_two.py" in line and "--compile" in line)
     args = load_script("stage_two").make_parser().parse_args(compiled[2:])
     assert (args.images, args.epochs, args.batch_size, args.views) == (128, 2, 128, "identity")
     assert args.compile and not args.bf16 and not args.no_anchor and args.mix == "none"
@@ -76,7 +88,7 @@ def test_smoke_runs_the_imagenet_part_at_sizes_its_script_accepts(tmp_path, monk
 def test_imagenet_0_leaves_the_imagenet_part_out(tmp_path):
     done = run_script(tmp_path / "out", "--dry-run", IMAGENET="0")
     assert done.returncode == 0, done.stderr
-    assert len(done.stdout.splitlines()) == 4 and "generate_labels_imagenet" not in done.stdout
+    assert len(done.stdout.splitlines()) == 5 and "generate_labels_imagenet" not in done.stdout
 
 
 @pytest.mark.parametrize("env, message", [
@@ -86,6 +98,7 @@ def test_imagenet_0_leaves_the_imagenet_part_out(tmp_path):
     ({"STAGE2_IMAGES": "0"}, "STAGE2_IMAGES must be a positive integer"),
     ({"GEN_IMAGES": "-5"}, "GEN_IMAGES must be a positive integer"),
     ({"PART_LIMIT": "nan"}, "PART_LIMIT must be a positive integer"),
+    ({"GEN_FAST_LIMIT": "0"}, "GEN_FAST_LIMIT must be a positive integer"),
 ])
 def test_bad_sizes_are_refused_in_one_line(tmp_path, env, message):
     done = run_script(tmp_path / "out", "--dry-run", **env)
@@ -219,3 +232,75 @@ def test_report_marks_the_compiled_part_missing_and_a_failed_captured_anchor(tmp
     assert "stage_two_compiled failed:124 240" in (tmp_path / "device_check.md").read_text()
     (tmp_path / "logs" / "parts.txt").write_text("stage_two ok 100\n")  # a folder from before the part: no row
     assert not any("--compile" in row["what"] for row in report.build(tmp_path)["rows"])
+
+
+def generate_labels_fast_json(captured_error: str | None = None) -> dict:
+    """A generate_labels.py result at batch 1024 with --channels-last --compile as the report reads it, its summary
+    made by the script's own anchor_summary: generate-labels identity 7,000 passes/s, cifar-crop-flip 6,000 and its
+    top-10 store 6,500, against eager anchors of 10,000 (identity) and 8,000 (cifar-crop-flip) passes/s."""
+    parts = {"identity": {"bare": {"img_per_s": 7500.0}, "generate": {"images": 50000, "views": 1, "img_per_s": 7000.0},
+                          "ratio_generate_over_bare": 0.933},
+             "cifar-crop-flip": {"bare": {"img_per_s": 7000.0},
+                                 "generate": {"images": 5000, "views": 162, "img_per_s": 6000.0},
+                                 "ratio_generate_over_bare": 0.857},
+             "cifar-crop-flip top10": {"generate": {"images": 5000, "views": 162, "img_per_s": 6500.0},
+                                       "ratio_generate_over_bare": 0.929}}
+    captured = {"error": captured_error} if captured_error else {"img_per_s": 16000.0,
+                                                                 "mode": "CUDA graphs (reduce-overhead)"}
+    anchors = {"identity": {"eager": {"img_per_s": 10000.0, "mode": "eager"},
+                            "captured": {"img_per_s": 14000.0, "mode": "CUDA graphs (reduce-overhead)"}},
+               "cifar-crop-flip": {"eager": {"img_per_s": 8000.0, "mode": "eager"}, "captured": captured}}
+    summary = load_script("generate_labels").anchor_summary(parts, anchors)
+    return {"bf16": True, "batch_size": 1024, "channels_last": True, "compile": True, "teacher_arch": "resnet56",
+            "machine": {"device": "cuda"}, "throughput": parts, "anchor": anchors, "summary": summary}
+
+
+def test_report_shows_the_fast_stage_one_part_against_the_eager_anchor(tmp_path):
+    report = load_report()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "parts.txt").write_text("generate_labels ok 90\ngenerate_labels_fast ok 300\n")
+    (tmp_path / "generate_labels_fast.json").write_text(json.dumps(generate_labels_fast_json()))
+    result = report.build(tmp_path)
+    rows = {row["what"]: (row["figure"], row["against"]) for row in result["rows"]}
+    fast = "batch 1024 --channels-last --compile"
+    goal = "the eager anchor (goal >= 0.7)"
+    assert rows[f"generate-labels identity, {fast}: 50000 images x 1 views"] == (
+        "7000 teacher passes/s", f"0.700x {goal}")
+    assert rows[f"generate-labels cifar-crop-flip, {fast}: 5000 images x 162 views"] == (
+        "6000 teacher passes/s", f"0.750x {goal}")
+    assert rows[f"generate-labels cifar-crop-flip top10, {fast}: 5000 images x 162 views"] == (
+        "6500 teacher passes/s", "0.812x the eager anchor")  # the top-k store is not in the goal
+    plain = "resnet56 over images on the device"
+    assert rows[f"anchor eager: {plain}, identity, batch 1024"] == (
+        "10000 teacher passes/s (eager)", "generate / anchor: identity 0.700x")
+    assert rows[f"anchor captured: {plain}, identity, batch 1024"] == (
+        "14000 teacher passes/s (CUDA graphs (reduce-overhead))", "generate / anchor: identity 0.500x")
+    assert rows[f"anchor eager: {plain}, cifar-crop-flip, batch 1024"] == (
+        "8000 teacher passes/s (eager)", "generate / anchor: cifar-crop-flip 0.750x, cifar-crop-flip top10 0.812x")
+    assert rows[f"anchor captured: {plain}, cifar-crop-flip, batch 1024"][1] == (
+        "generate / anchor: cifar-crop-flip 0.375x, cifar-crop-flip top10 0.406x")
+    assert result["generate_labels_fast"]["goal_over_anchor_eager_met"] is True
+    assert result["generate_labels"] is None and rows["generate_labels.py"] == ("missing", "")
+    table = report.markdown(result)  # the machine line comes from the fast part when it is the only one
+    assert "| generate-labels identity, batch 1024 --channels-last --compile" in table
+    assert "bf16 True; parts: generate_labels ok 90, generate_labels_fast ok 300" in table
+
+
+def test_report_marks_the_fast_part_missing_and_a_failed_captured_anchor(tmp_path):
+    report = load_report()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "parts.txt").write_text("generate_labels_fast failed:124 480\n")
+    assert report.main([str(tmp_path)]) == 1
+    rows = {row["what"]: row["figure"] for row in json.loads((tmp_path / "device_check.json").read_text())["rows"]}
+    assert rows["generate_labels.py --batch-size 1024 --channels-last --compile"] == "missing"
+    assert "| generate_labels.py --batch-size 1024 --channels-last --compile | missing |" in (
+        tmp_path / "device_check.md").read_text()
+    (tmp_path / "logs" / "parts.txt").write_text("")  # a folder from before the part: no row
+    assert not any("--compile" in row["what"] for row in report.build(tmp_path)["rows"])
+    fast = generate_labels_fast_json(captured_error="BackendCompilerFailed: no | compiler\nfound")
+    (tmp_path / "generate_labels_fast.json").write_text(json.dumps(fast))
+    rows = {row["what"]: (row["figure"], row["against"]) for row in report.build(tmp_path)["rows"]}
+    assert rows["anchor captured: resnet56 over images on the device, cifar-crop-flip, batch 1024"] == (
+        "failed", "BackendCompilerFailed: no / compiler found")
+    assert rows["generate-labels cifar-crop-flip, batch 1024 --channels-last --compile: 5000 images x 162 views"][1] \
+        == "0.750x the eager anchor (goal >= 0.7)"  # the eager anchor still gives the goal's ratio

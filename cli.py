@@ -29,13 +29,13 @@ class LabeloptGroup(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):  # --help, a refused option: as they are
+            raise
         except user_errors() as exc:
             raise click.ClickException(str(exc)) from None
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
-        except (click.exceptions.Exit, click.ClickException, SystemExit):
-            raise
         except OSError as exc:
             raise click.ClickException(system_error_line(exc)) from None
         except Exception as exc:  # a bug of ours: the user gets one line, the traceback goes to a file
@@ -110,20 +110,21 @@ class RegistryChoice(click.Choice):
         return super().convert(value, param, ctx)
 
 
+# The registries' names, from modules that import no torch: --help, --version and a refused option stay fast.
 def registered_methods():
-    from .stages.distillers import DISTILLERS
+    from .stages.names import method_names
 
-    return list(DISTILLERS)
+    return method_names()
 
 
 def registered_labelers():
-    from .stages.labelers import LABELERS
+    from .stages.names import labeler_names
 
-    return list(LABELERS)
+    return labeler_names()
 
 
 def registered_models():
-    from .models import model_names
+    from .models.names import model_names
 
     return model_names()
 
@@ -135,21 +136,21 @@ def registered_schedules():
 
 
 def mix_policies():
-    from .pipeline.views.mixes import mix_policy_names
+    from .pipeline.views.names import MIX_POLICY_NAMES
 
-    return mix_policy_names()
+    return list(MIX_POLICY_NAMES)
 
 
 def augment_policies():
-    from .pipeline.views.policies import view_policy_names
+    from .pipeline.views.names import VIEW_POLICY_NAMES
 
-    return ["auto", *view_policy_names()]
+    return ["auto", *VIEW_POLICY_NAMES]
 
 
 def store_view_specs():
-    from .pipeline.views.store_sets import store_view_specs as specs
+    from .pipeline.views.names import STORE_VIEW_SPECS
 
-    return specs()
+    return list(STORE_VIEW_SPECS)
 
 
 def system_error_line(exc: OSError) -> str:
@@ -215,6 +216,13 @@ def cache_dir_option(command):
                              "$XDG_CACHE_HOME/labelopt/stores, else ~/.cache/labelopt/stores].")(command)
 
 
+def expect_digest_option(command):
+    """--expect-digest for the commands that read one label store: a pin of its root digest."""
+    return click.option("--expect-digest", default=None, metavar="HEX",
+                        help="Refuse the store unless its root digest (labels inspect and labels card print it) "
+                             "is HEX.")(command)
+
+
 STORE_HELP = "a path or a URL (https://, s3://, gs://, hf://: fetched once, checked, then cached)"
 
 
@@ -245,8 +253,9 @@ def main():
       evaluate         top-1/top-5, NLL, ECE, reliability diagrams; runs side by side
 
     \b
-    Listings: models, methods (stage-two methods and their options). Stores: labels inspect/verify/card/combine
-    (inspect, verify, card and train-student --labels also take a store's URL, with --cache-dir).
+    Listings: models, methods (stage-two methods and their options).
+    Stores: labels inspect, verify, card, combine, repack (inspect, verify, card and
+    train-student --labels also take a store's URL, with --cache-dir).
     """
 
 
@@ -287,14 +296,15 @@ def models(classes, as_json):
         click.echo(json.dumps(rows, indent=2))
     else:
         click.echo(format_table(rows, [("name", "model"), ("family", "family"), ("input", "input"),
-                                       ("parameters", f"params ({classes} classes)"), ("taps", "feature taps")]))
+                                       ("parameters", f"params ({classes} classes)"), ("taps", "feature taps")],
+                                width=table_width()))
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
 def methods(as_json):
     """List the stage-two methods: teacher signals, student taps, default options, store or online."""
-    from .pipeline.jobs.reports import format_table
+    from .pipeline.jobs.reports import format_methods
     from .stages.distillers import DISTILLERS
 
     rows = [{"method": name, "teacher_signals": list(cls.teacher_signals), "student_taps": list(cls.student_taps),
@@ -309,14 +319,14 @@ def methods(as_json):
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    value = lambda x: f"{x:g}" if isinstance(x, float) else str(x).lower()  # ints stay 16384, bools true/false
-    text = lambda v: (", ".join(f"{k}={value(x)}" for k, x in v.items()) if isinstance(v, dict)
-                      else ", ".join(v)) or "-"
-    click.echo(format_table([{k: text(v) if isinstance(v, (list, dict)) else v for k, v in r.items()} for r in rows],
-                            [("method", "method"), ("teacher_signals", "teacher signals"),
-                             ("source", "served by"), ("mix", "mixed images"), ("compile", "--compile"),
-                             ("defaults", "defaults"),
-                             ("summary", "loss")]))
+    click.echo(format_methods(rows, table_width()))
+
+
+def table_width() -> int:
+    """The terminal's width for a wide table (its text columns wrap to fit); 100 when output is not a terminal."""
+    import shutil
+
+    return shutil.get_terminal_size((100, 24)).columns
 
 
 def training_options(command):
@@ -387,6 +397,7 @@ def train(milestones, **kwargs):
 @click.option("--labels", default=None, metavar="STORE",
               help=f"A label store (generate-labels): {STORE_HELP}.")
 @cache_dir_option
+@expect_digest_option
 @click.option("--teacher", "teachers", multiple=True,
               help="Online teacher checkpoint instead of a store (repeat for an ensemble).")
 @training_options
@@ -504,6 +515,8 @@ def evaluate(checkpoints, data, split, resolution, out, bins, device, bf16, comp
 @click.option("--block-rows", type=number("block_rows"), default=256, show_default=True,
               help="Samples per block: the unit of resume and of the work split between torchrun ranks.")
 @click.option("--device", default="auto", show_default=True)
+@click.option("--resolution", type=number("resolution"), default=None, metavar="PIXELS",
+              help="JPEG datasets (imagenet): the side the teacher sees, as train --resolution [default: 224].")
 @click.option("--bf16", is_flag=True, help="bf16 autocast (GPU).")
 @click.option("--channels-last", is_flag=True, help="The teacher in channels_last memory format (faster on a GPU).")
 @click.option("--compile", is_flag=True,
@@ -532,11 +545,12 @@ def labels():
 @click.option("--bins", type=number("bins"), default=15, show_default=True, help="ECE confidence bins.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
 @cache_dir_option
-def labels_inspect(store, bins, as_json, cache_dir):
+@expect_digest_option
+def labels_inspect(store, bins, as_json, cache_dir, expect_digest):
     """Provenance, shapes, size on disk and the quality of the stored labels. STORE: a path or a URL."""
     from .pipeline.jobs.store_report import format_inspection, inspect_store
 
-    report = inspect_store(store, n_bins=bins, cache_dir=cache_dir)
+    report = inspect_store(store, n_bins=bins, cache_dir=cache_dir, expect_digest=expect_digest)
     click.echo(json.dumps(report, indent=2) if as_json else format_inspection(report))
 
 
@@ -550,13 +564,15 @@ def labels_inspect(store, bins, as_json, cache_dir):
 @click.option("--device", default="auto", show_default=True, help="Where to re-label: auto, cpu, cuda, cuda:N.")
 @click.option("--json", "as_json", is_flag=True, help="JSON for programs.")
 @cache_dir_option
-def labels_verify(store, data, teachers, sample, device, as_json, cache_dir):
+@expect_digest_option
+def labels_verify(store, data, teachers, sample, device, as_json, cache_dir, expect_digest):
     """Schema, digest, every dataset's checksum, with --data the fingerprint, and with --teacher a re-label of
     --sample random rows compared within float16 tolerance; exit 0 only when all hold. STORE: a path or a URL."""
     from .pipeline.jobs.store_report import format_relabel, verify_store
     from .pipeline.jobs.reports import format_table
 
-    result = verify_store(store, data, teachers=teachers, sample=sample, device=device, cache_dir=cache_dir)
+    result = verify_store(store, data, teachers=teachers, sample=sample, device=device, cache_dir=cache_dir,
+                          expect_digest=expect_digest)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
@@ -574,12 +590,13 @@ def labels_verify(store, data, teachers, sample, device, as_json, cache_dir):
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Write the card here (.md) [stdout].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
 @cache_dir_option
-def labels_card(store, out, overwrite, cache_dir):
+@expect_digest_option
+def labels_card(store, out, overwrite, cache_dir, expect_digest):
     """A short Markdown card for sharing a store: data and fingerprint, teachers and their accuracy, method,
     temperature, views, size, checksums and the command that made it. STORE: a path or a URL."""
     from .pipeline.jobs.store_card import write_store_card
 
-    text = write_store_card(store, out, overwrite, cache_dir=cache_dir)
+    text = write_store_card(store, out, overwrite, cache_dir=cache_dir, expect_digest=expect_digest)
     click.echo(f"card: {out}" if out is not None else text, nl=out is not None)
 
 
@@ -590,12 +607,16 @@ def labels_card(store, out, overwrite, cache_dir):
 @click.option("--layout", type=click.Choice(["auto", "compressed", "contiguous"]), default="auto", show_default=True,
               help="As generate-labels --layout.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def labels_combine(stores, out, weights, layout, overwrite):
+@click.option("--expect-digest", "expect_digests", multiple=True, metavar="HEX",
+              help="Pins, one per STORE in their order: refuse a store whose root digest differs.")
+def labels_combine(stores, out, weights, layout, overwrite, expect_digests):
     """A new ensemble store: the weighted mean of stores made from the same data and views."""
     from .pipeline.jobs.store_report import combine_stores
 
     parsed = float_list(weights, "combine_weight", "--weights")
-    click.echo(f"label store: {combine_stores(list(stores), out, parsed, overwrite=overwrite, layout=layout)}")
+    made = combine_stores(list(stores), out, parsed, overwrite=overwrite, layout=layout,
+                          expect_digests=list(expect_digests) or None)
+    click.echo(f"label store: {made}")
 
 
 @labels.command("repack")
@@ -604,12 +625,42 @@ def labels_combine(stores, out, weights, layout, overwrite):
               help="contiguous: uncompressed, read in place by students; compressed: gzip, smaller to share.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="The repacked store (.h5).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
-def labels_repack(store, layout, out, overwrite):
+@expect_digest_option
+def labels_repack(store, layout, out, overwrite, expect_digest):
     """The same store in another layout: every dataset's bytes and every attribute kept (same checksums and
     digest), each dataset checked against its sha256 as it is copied."""
     from .pipeline.jobs.store_report import repack_store
 
-    click.echo(f"label store: {repack_store(store, out, layout, overwrite=overwrite)}")
+    click.echo(f"label store: {repack_store(store, out, layout, overwrite=overwrite, expect_digest=expect_digest)}")
+
+
+# One line per command in the group's --help, whole (click cuts a docstring's first sentence at about 45 columns).
+SHORT_HELP = {
+    "prepare": "Dataset files to FFCV .beton splits and meta.json.",
+    "models": "List the architectures and their parameter counts.",
+    "methods": "List the stage-two methods, their signals and defaults.",
+    "train": "Train a teacher, or a vanilla or label-smoothing baseline.",
+    "train-student": "Stage two: a student from a label store or online teachers.",
+    "evaluate": "Top-1, top-5, NLL, ECE and reliability diagrams.",
+    "generate-labels": "Stage one: a teacher's soft labels into a label store.",
+    "labels": "Label store tools: inspect, verify, card, combine, repack.",
+    "labels inspect": "A store's provenance, shapes, size and label quality.",
+    "labels verify": "Check a store's checksums, data and (with --teacher) labels.",
+    "labels card": "A Markdown card to share a store with.",
+    "labels combine": "An ensemble store: the weighted mean of stores.",
+    "labels repack": "The same store in another layout, checksums kept.",
+}
+
+
+def set_short_help() -> None:
+    for path, text in SHORT_HELP.items():
+        command = main
+        for name in path.split():
+            command = command.commands[name]
+        command.short_help = text
+
+
+set_short_help()
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import os
 import click
 
 from .pipeline.errors import UserError
-from .pipeline.run.recipes import METHOD_OPTIONS_KEY, load_recipe, rerun_notes, shipped_names
+from .pipeline.run.recipes import COMMANDS, METHOD_OPTIONS_KEY, load_recipe, rerun_notes, shipped_names
 
 REPEATED_METHOD_OPTION = "extra_options"  # cli.train_student's parameter behind --method-option NAME=VALUE
 
@@ -29,7 +29,10 @@ def recipe_option(command):
     return click.option(
         "--config", cls=RecipeOption, is_eager=True, expose_value=False, metavar="FILE|NAME",
         help=f"Options from a TOML recipe, a shipped one by name ({', '.join(shipped_names())}) or a run's "
-             "config.json (rerun it: needs --out); flags on the command line override it.")(command)
+             "config.json (rerun it: needs --out); flags on the command line override it. A recipe's [COMMAND] "
+             "table is that command's alone; its top-level keys go to each command that takes them, but "
+             "generate-labels reads batch_size, seed, method, temperature, teacher, mix_alpha and out only from "
+             "its own table.")(command)
 
 
 def accepted_keys(params) -> dict[str, str]:
@@ -45,10 +48,20 @@ def accepted_keys(params) -> dict[str, str]:
     return keys
 
 
+def recipe_keys(ctx: click.Context) -> dict[str, dict[str, str]]:
+    """Every key each command that takes --config accepts: a recipe's top-level keys go to the commands that take
+    them, and a key that none takes is refused."""
+    root = ctx.find_root().command
+    commands = getattr(root, "commands", {ctx.command.name: ctx.command})
+    return {name: accepted_keys(p for p in commands[name].params if p.expose_value and p.name)
+            for name in COMMANDS if name in commands}
+
+
 def apply_recipe(ctx: click.Context, spec: str, given) -> None:
     params = {p.name: p for p in ctx.command.params if p.expose_value and p.name}
     try:
-        recipe = load_recipe(spec, ctx.command.name, accepted_keys(params.values()), dict(given))
+        keys = {**recipe_keys(ctx), ctx.command.name: accepted_keys(params.values())}
+        recipe = load_recipe(spec, ctx.command.name, keys, dict(given))
     except UserError as exc:
         raise click.BadParameter(str(exc), ctx=ctx, param_hint="'--config'") from None
     for name, value in recipe.values.items():
@@ -57,9 +70,10 @@ def apply_recipe(ctx: click.Context, spec: str, given) -> None:
             recipe.values[name] = value = [value]
         check_value(ctx, param, value, f"'{recipe.keys[name]}' in {recipe.path}")
     ctx.default_map = {**(ctx.default_map or {}), **recipe.values}
-    note = rerun_notes(recipe, dict(given))
-    if note and os.environ.get("RANK", "0") == "0":  # once under torchrun
-        click.echo(note, err=True)
+    notes = [*recipe.notes, rerun_notes(recipe, dict(given))]
+    for note in notes:
+        if note and os.environ.get("RANK", "0") == "0":  # once under torchrun
+            click.echo(note, err=True)
 
 
 def check_value(ctx: click.Context, param: click.Parameter, value, where: str) -> None:

@@ -7,6 +7,7 @@ from typing import Callable
 from torch import nn
 
 from . import cifar_resnet, imagenet_resnet
+from .names import CIFAR_NAMES, IMAGENET_NAMES
 
 
 @dataclass(frozen=True)
@@ -34,13 +35,10 @@ def _imagenet(name: str) -> ModelSpec:
     return ModelSpec(name, "imagenet", getattr(imagenet_resnet, name), _IMAGENET_STAGES, 224)
 
 
-_CIFAR_NAMES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4")
-_IMAGENET_NAMES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
-
 # Insertion order is the listing order: CIFAR models first, then ImageNet, each by size.
 _REGISTRY: dict[str, ModelSpec] = {
-    **{n: _cifar(n) for n in _CIFAR_NAMES},
-    **{n: _imagenet(n) for n in _IMAGENET_NAMES},
+    **{n: _cifar(n) for n in CIFAR_NAMES},
+    **{n: _imagenet(n) for n in IMAGENET_NAMES},
 }
 
 

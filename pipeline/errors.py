@@ -1,4 +1,5 @@
 """The one exception type that reaches a user as a single line."""
+import sys
 
 
 class UserError(Exception):
@@ -9,7 +10,7 @@ class UserError(Exception):
 
 
 def user_errors() -> tuple[type[Exception], ...]:
-    """Every exception type whose message is written for the user: ours and the label store's."""
-    from ..store import StoreError
-
-    return (UserError, StoreError)
+    """Every exception type whose message is written for the user: ours and the label store's. The store's type is
+    read only where the store is loaded (importing it loads torch and h5py), since only then can one be raised."""
+    store_schema = sys.modules.get(f"{__name__.rsplit('.', 2)[0]}.store.schema")
+    return (UserError,) if store_schema is None else (UserError, store_schema.StoreError)

@@ -70,6 +70,7 @@ BOUNDS: dict[str, Bound] = {
     "block_rows": int_range(1, 1_000_000),
     "bins": int_range(1, 1000),
     "max_side": int_range(8, 16_384),
+    "resolution": int_range(16, 4096),  # JPEG datasets: the side models see
     "jpeg_quality": int_range(1, 100),
     "classes": int_range(1, 100_000),
     "milestone": int_range(1, 100_000),

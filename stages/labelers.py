@@ -7,12 +7,14 @@ features. Methods are registered by name in LABELERS.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..store.schema import StoreError
 from .teachers import Teacher
 
 # The one default label temperature, for stores (generate-labels) and online teachers (train-student) alike: the
@@ -35,6 +37,66 @@ class LabelRequest:
     taps: tuple[str, ...] = ()
 
 
+class TeacherOutputError(StoreError):
+    """A teacher whose weights or outputs are not finite: it gives no label, so nothing is stored or trained from it.
+    A StoreError (what would have become a store's rows, or a student's targets, refused), so every command reports
+    it as its one line."""
+
+
+MAX_UNCHECKED = 8  # CUDA: batches whose verdict may still be on its way before the host waits for the oldest
+
+
+class FiniteWatch:
+    """Refuses teacher outputs that are not finite (NaN or inf), naming the teacher's checkpoint and the first bad
+    sample: a label that is no label is never stored nor trained on.
+
+    Off CUDA each batch is checked as it is made. On CUDA the check never makes the host wait for the device (stage
+    one and stage two both keep it ahead of the device): a batch's verdict (its first bad row, or -1) is copied to
+    pinned memory behind an event and read at a later call, once the device has got there, or at `flush`. What a
+    run's last batches leave unread, the store's writer (stage one) and the loss's own watch (stage two) refuse."""
+
+    def __init__(self):
+        self.pending: deque = deque()  # (verdict on the host, its event, teacher name, sample indices)
+
+    def observe(self, teacher: Teacher, indices: torch.Tensor, logits: torch.Tensor, features: dict) -> None:
+        if logits.shape[0] == 0:
+            return
+        ok = torch.isfinite(logits).all(1)
+        for value in features.values():
+            ok &= torch.isfinite(value.flatten(1)).all(1)
+        bad = torch.where(ok.all(), -1, (~ok).int().argmax())
+        if bad.device.type != "cuda":
+            self._refuse_if(int(bad), teacher.name, indices)
+            return
+        host = torch.empty((), dtype=bad.dtype, pin_memory=True)
+        host.copy_(bad, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record(torch.cuda.current_stream(bad.device))
+        self.pending.append((host, done, teacher.name, indices.detach().clone()))
+        self.poll()
+
+    def poll(self, wait: bool = False) -> None:
+        """Read every verdict the device has delivered (`wait`: every one, waiting for the device); wait for the
+        oldest only when too many are on their way."""
+        while self.pending and (wait or self.pending[0][1].query() or len(self.pending) > MAX_UNCHECKED):
+            host, done, name, indices = self.pending.popleft()
+            done.synchronize()
+            self._refuse_if(int(host), name, indices)
+
+    def flush(self) -> None:
+        """Every verdict still on its way, waited for (the end of a run's labelling)."""
+        self.poll(wait=True)
+
+    @staticmethod
+    def _refuse_if(row: int, name: str, indices: torch.Tensor) -> None:
+        if row < 0:
+            return
+        raise TeacherOutputError(
+            f"teacher {name} gave outputs that are not finite (NaN or inf) for sample {int(indices[row])}: it labels "
+            f"nothing there, so nothing is stored or trained from it; use a sound checkpoint (its weights may have "
+            f"overflowed: check it with labelopt evaluate)")
+
+
 def mix_ground_truth(probs: torch.Tensor, labels: torch.Tensor, weight: float) -> torch.Tensor:
     """(1 - w) * p + w * onehot(y): the seed's --use_gt."""
     if weight == 0.0:
@@ -50,9 +112,20 @@ class SoftLabeler:
 
     def __init__(self, teachers: list[Teacher], temperature: float, mix_gt: float = 0.0, **_):
         self.teachers, self.temperature, self.mix_gt = teachers, temperature, mix_gt
+        self.watch = FiniteWatch()
+
+    def teacher_outputs(self, teacher: Teacher, req: LabelRequest, taps=None) -> tuple[torch.Tensor, dict]:
+        """The teacher's logits and taps for the request's images, refused when they are not finite (FiniteWatch)."""
+        logits, features = teacher.outputs(req.images, req.taps if taps is None else taps)
+        self.watch.observe(teacher, req.indices, logits, features)
+        return logits, features
+
+    def check_outputs(self) -> None:
+        """Every teacher output so far proved finite (waits for the device's last verdicts)."""
+        self.watch.flush()
 
     def __call__(self, req: LabelRequest) -> LabelBatch:
-        logits, features = self.teachers[0].outputs(req.images, req.taps)
+        logits, features = self.teacher_outputs(self.teachers[0], req)
         probs = torch.softmax(logits / self.temperature, dim=1)
         return LabelBatch(mix_ground_truth(probs, req.labels, self.mix_gt), logits, features)
 
@@ -67,7 +140,7 @@ class EnsembleLabeler(SoftLabeler):
     min_teachers, max_teachers = 2, None
 
     def __call__(self, req: LabelRequest) -> LabelBatch:
-        all_logits = [t.outputs(req.images)[0] for t in self.teachers]
+        all_logits = [self.teacher_outputs(t, req, ())[0] for t in self.teachers]
         probs = torch.stack([torch.softmax(l / self.temperature, 1) for l in all_logits]).mean(0)
         return LabelBatch(mix_ground_truth(probs, req.labels, self.mix_gt), None)
 
@@ -112,7 +185,7 @@ class EncoderLabeler(SoftLabeler):
         return self.cosine_scale
 
     def __call__(self, req: LabelRequest) -> LabelBatch:
-        logits, features = self.teachers[0].outputs(req.images, tuple(dict.fromkeys(("pool",) + req.taps)))
+        logits, features = self.teacher_outputs(self.teachers[0], req, tuple(dict.fromkeys(("pool",) + req.taps)))
         similarity = F.normalize(features["pool"], dim=1) @ self.prototypes.to(features["pool"].device).T
         # Centred per row (softmax is unchanged): cosines that are all near 1 keep their differences in float16.
         encoder_logits = (similarity - similarity.mean(1, keepdim=True)) / self.cosine_scale
@@ -151,6 +224,9 @@ class RandomLabeler:
 
     def __init__(self, teachers, temperature, num_classes: int, seed: int = 0, **_):
         self.num_classes, self.seed = num_classes, seed
+
+    def check_outputs(self) -> None:
+        """Nothing to wait for: no teacher runs."""
 
     def __call__(self, req: LabelRequest) -> LabelBatch:
         rows = [np.random.default_rng([self.seed, int(i)]).random(self.num_classes) for i in req.indices.tolist()]

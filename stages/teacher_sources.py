@@ -118,7 +118,8 @@ class OnlineSource(TeacherSource):
                 out[SIGNAL_LOGITS] = result.logits.float()
             features = result.features
         else:
-            _, features = self.teachers[0].outputs(batch.images, taps)
+            _, features = self.labeler.teacher_outputs(self.teachers[0], LabelRequest(batch.images, batch.indices,
+                                                                                        batch.labels, taps))
         out.update({FEATURE_PREFIX + tap: features[tap].float() for tap in taps})
         return {name: out[name] for name in names}
 

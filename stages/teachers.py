@@ -21,6 +21,24 @@ class Teacher:
         self.model.eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        self.check_weights()
+
+    @property
+    def name(self) -> str:
+        """How refusals name the teacher: its checkpoint's file name (else its architecture)."""
+        return str(self.identity.get("checkpoint") or self.arch)
+
+    def check_weights(self) -> None:
+        """Weights or statistics that are NaN or inf make every output NaN: refused on load, before anything runs."""
+        tensors = [*self.model.named_parameters(), *self.model.named_buffers()]
+        for name, tensor in tensors:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                from .labelers import TeacherOutputError  # here: `labelopt train` loads neither labelers nor the store
+
+                raise TeacherOutputError(
+                    f"teacher checkpoint {self.name} holds weights that are not finite (NaN or inf) in {name}: its "
+                    f"outputs would be NaN, so it labels nothing; use a sound checkpoint (its run diverged or the "
+                    f"file was damaged)")
 
     @torch.no_grad()
     def outputs(self, images: torch.Tensor, taps: Sequence[str] = ()) -> tuple[torch.Tensor, dict]:

@@ -1,6 +1,6 @@
 """Open a label store safely and gather soft labels for (sample index, view id) pairs.
 
-Everything is validated on open, so a student fails before training rather than mid-epoch.
+Everything is validated on open (store/validation.py), so a student fails before training rather than mid-epoch.
 Nothing is ever unpickled: only plain numeric dtypes are accepted and read.
 
 Two storages, one schema: a compressed store (gzip/lzf chunks) is loaded into memory once; a contiguous store
@@ -38,8 +38,8 @@ def topk_fields(entries) -> tuple:
 class LabelStore:
     """A validated, read-only label store; `load` then `gather` for training.
 
-    Every dataset is checked against its recorded sha256 as it is read (load, rows, labels, view_params),
-    so a store edited after it was written is refused before anything trains on it.
+    Every dataset is checked against its recorded sha256, and its values for being finite, as it is read (load,
+    rows, labels, view_params), so a store edited after it was written is refused before anything trains on it.
     """
 
     def __init__(self, path: Path, meta: dict, facts: dict, shared_params: np.ndarray | None, storage: dict):
@@ -61,6 +61,7 @@ class LabelStore:
         self.feature_taps: list[str] = list(self.feature_dims)
         self.per_sample_params: bool = facts["per_sample_params"]
         self._temperature: float = facts["temperature"]
+        self.digest: str = facts["digest"]  # the root digest: what a pin (expect_digest) names
         self._shared_params = shared_params
         self._storage = storage  # dataset path -> (region or None, shape, dtype)
         self._file: ReadHandle | None = None  # contiguous datasets are read through it
@@ -68,11 +69,13 @@ class LabelStore:
         self._streamed: set[str] = set()  # datasets whose sha256 has been checked in full
 
     @classmethod
-    def open(cls, path) -> "LabelStore":
+    def open(cls, path, expect_digest: str | None = None) -> "LabelStore":
+        """The store at `path`, validated (store/validation.py); `expect_digest`: a pin of its root digest (64 hex
+        digits), refused when the store's differs."""
         path = Path(path)
         check_file(path)
         with open_h5(path) as f:
-            meta, facts = validate(f)
+            meta, facts = validate(f, expect_digest)
             shared = None if facts["per_sample_params"] else read_dataset(f, S.VIEW_PARAMS, meta[S.ATTR_CHECKSUMS])
             storage = {name: (dataset_region(d), d.shape, d.dtype) for name, d in all_datasets(f).items()}
         return cls(path, meta, facts, shared, storage)
@@ -138,9 +141,7 @@ class LabelStore:
         region, shape, dtype = self._storage[path]
         if region is None:
             return None
-        if path not in self._streamed:
-            stream_check(f, path, self.checksums)
-            self._streamed.add(path)
+        self._stream(f, (path,))
         if self._file is None:
             self._file = ReadHandle(self.path)
         return DatasetRows(self._file, self.path, path, region, shape, dtype)
@@ -202,10 +203,7 @@ class LabelStore:
         self.require(signal)
         paths = self._signal_paths(signal)
         with open_h5(self.path) as f:
-            for path in paths:
-                if path not in self._streamed:
-                    stream_check(f, path, self.checksums)
-                    self._streamed.add(path)
+            self._stream(f, paths)
             try:
                 parts = [f[path][start:stop] for path in paths]
             except OSError as exc:
@@ -216,6 +214,19 @@ class LabelStore:
         if len(parts) == 2:
             return densify_topk(parts[0], parts[1], self.num_classes)
         return as_float32(parts[0])
+
+    def check(self, signal: str = S.SIGNAL_TARGETS) -> None:
+        """Prove a signal's datasets whole now (sha256 and finite values, streamed, nothing kept): a tool that
+        writes from them (combine) refuses a damaged member before it writes anything."""
+        self.require(signal)
+        with open_h5(self.path) as f:
+            self._stream(f, self._signal_paths(signal))
+
+    def _stream(self, f: h5py.File, paths) -> None:
+        for path in paths:
+            if path not in self._streamed:
+                stream_check(f, path, self.checksums)
+                self._streamed.add(path)
 
     def labels(self) -> np.ndarray:
         """Ground-truth labels seen at generation, int64 [N]."""

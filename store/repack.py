@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .disk import check_free_space, free_mib, is_disk_full
-from .integrity import check_digest_of
+from .integrity import check_digest_of, check_finite, first_non_finite
 from . import schema as S
 from .reader import LabelStore
 from .schema import StoreError
@@ -29,10 +29,12 @@ PIECE_BYTES = 64 * 2 ** 20  # rows copied per step: constant memory whatever the
 DEFAULT_CHUNK_ROWS = 256
 
 
-def repack(path: Path, out: Path, layout: str, *, overwrite: bool = False) -> Path:
-    """Write `path` to `out` in `layout` (compressed or contiguous); returns `out`."""
+def repack(path: Path, out: Path, layout: str, *, overwrite: bool = False, expect_digest: str | None = None
+           ) -> Path:
+    """Write `path` to `out` in `layout` (compressed or contiguous); returns `out`. `expect_digest`: a pin of the
+    store's root digest."""
     path, out = Path(path), Path(out)
-    store = LabelStore.open(path)  # the whole validation first: structure, digest, shapes
+    store = LabelStore.open(path, expect_digest)  # the whole validation first: structure, digest, shapes
     if out.resolve() == path.resolve():
         raise StoreError(f"--out {out} is the store itself; repack writes a new file: choose another --out")
     if out.exists() and not overwrite:
@@ -73,7 +75,7 @@ def _copy_dataset(dset: h5py.Dataset, dst: h5py.File, name: str, compression: st
                              **storage_options(compression, dset.shape[1:], chunk_rows, dset.dtype))
     row_bytes = max(1, dset.dtype.itemsize * int(np.prod(dset.shape[1:])))
     step = max(chunk_rows, PIECE_BYTES // row_bytes // chunk_rows * chunk_rows)
-    digest = hashlib.sha256()
+    digest, bad_row = hashlib.sha256(), None
     for start in tqdm(range(0, dset.shape[0], step), desc=f"repacking /{name}", unit="piece",
                       disable=not sys.stderr.isatty(), leave=False):
         try:
@@ -82,5 +84,9 @@ def _copy_dataset(dset: h5py.Dataset, dst: h5py.File, name: str, compression: st
             raise StoreError(f"{source}: dataset /{name} failed to read ({exc}); the file is corrupt: "
                              f"re-fetch or regenerate it") from None
         digest.update(piece.reshape(-1).view(np.uint8))
+        if bad_row is None:
+            row = first_non_finite(piece)
+            bad_row = None if row is None else start + row
         out[start:start + step] = piece
     check_digest_of(source, name, digest.hexdigest(), checksums)
+    check_finite(source, name, bad_row)

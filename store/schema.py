@@ -39,6 +39,11 @@ VIEW_PARAMS = "views/params"
 FEATURES_GROUP = "features"
 LABELS = "labels"
 
+# The groups a store may hold; with the datasets above (features/<tap> for any tap name), every object a store may
+# hold (schema_kind). Anything else is refused on open, before a byte of it is read.
+GROUPS = ("topk", "views", FEATURES_GROUP)
+TOPK_PATHS = {3: (TOPK_ENTRIES,), 2: (TOPK_INDICES, TOPK_VALUES)}  # a top-k store's datasets, by schema version
+
 # Storage dtypes: float16 halves the size of soft labels and is plenty for probabilities.
 DTYPES = {
     TARGETS: np.dtype("<f2"),
@@ -108,6 +113,20 @@ def check_tap_name(tap: str) -> str:
     if not isinstance(tap, str) or not tap or "/" in tap or tap in (".", "..") or "\x00" in tap:
         raise ValueError(f"feature tap name {tap!r} is not usable as an HDF5 name (no '/', not empty)")
     return tap
+
+
+def schema_kind(name: str, version: int | None) -> str | None:
+    """"group" or "dataset" when a store of this schema version may hold an object at `name` (a path without its
+    leading slash), else None (version None: the names of every version read)."""
+    if name in GROUPS:
+        return "group"
+    topk = TOPK_PATHS.get(version, tuple(p for paths in TOPK_PATHS.values() for p in paths))
+    if name in (TARGETS, LOGITS, LABELS, VIEW_PARAMS, *topk):
+        return "dataset"
+    group, _, tap = name.partition("/")
+    if group == FEATURES_GROUP and tap and "/" not in tap and tap not in (".", ".."):
+        return "dataset"
+    return None
 
 
 def signal_path(signal: str) -> str:

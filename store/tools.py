@@ -9,7 +9,7 @@ import numpy as np
 from . import validation as R
 from . import schema as S
 from .reader import LabelStore
-from .integrity import dataset_sha256
+from .integrity import check_finite, check_pin, scan_dataset
 from .schema import StoreError
 from .layout import compression_for
 from .writer import StoreLayout, StoreWriter
@@ -25,8 +25,9 @@ def file_sha256(path) -> str:
 
 # -- verify -----------------------------------------------------------------------------------
 
-def verify(path, identity: dict | None = None) -> dict:
-    """Every check as {"name", "ok", "detail"}; never raises on a bad file, it reports."""
+def verify(path, identity: dict | None = None, expect_digest: str | None = None) -> dict:
+    """Every check as {"name", "ok", "detail"}; never raises on a bad file, it reports. `expect_digest`: a pin of
+    the store's root digest (64 hex digits), checked as "pin"."""
     path = Path(path)
     checks: list[dict] = []
 
@@ -47,27 +48,47 @@ def verify(path, identity: dict | None = None) -> dict:
     with f:
         run("format", lambda: R.check_format(f))
         run("complete", lambda: R.check_complete(f))
-        run("digest", lambda: R.check_digest(f))
+        digest_ok, digest = run("digest", lambda: R.check_digest(f))
+        if expect_digest is not None:
+            run("pin", lambda: _check_pin(f.filename, digest if digest_ok else None, expect_digest))
         attrs_ok, meta = run("attributes", lambda: R.parse_attrs(f))
         if attrs_ok:
             run("temperature", lambda: f"{R.check_temperature(f, meta):g}")
-        links_ok, _ = run("links", lambda: R.check_links(f))
-        storage_ok, _ = run("storage", lambda: R.check_storage(f))
+        objects_ok, _ = run("objects", lambda: R.check_objects(f))
+        # Storage is looked at only once every object is known to be one of the schema's, under its one name.
+        storage_ok = objects_ok and run("storage", lambda: R.check_storage(f))[0]
         if attrs_ok:
             run("shapes", lambda: R.check_shapes(f, meta))
-        # Reading a dataset with external storage or an odd dtype is exactly what we refuse to do.
-        if links_ok and storage_ok:
+        # Reading a dataset that is virtual, external, never written or of an odd dtype is what we refuse to do.
+        if storage_ok:
             _check_contents(f, meta if attrs_ok else None, run)
         if identity is not None and attrs_ok:
             run("identity", lambda: _check_identity(meta[S.ATTR_DATASET], identity))
     return {"ok": all(c["ok"] for c in checks), "checks": checks}
 
 
+def _check_pin(filename, digest: str | None, expected: str) -> str:
+    if digest is None:
+        raise StoreError("the store's root digest does not hold (see digest), so it matches no pin")
+    check_pin(filename, digest, expected)
+    return f"root digest {digest} as pinned"
+
+
 def _check_contents(f, meta, run) -> None:
     expected = dict(meta[S.ATTR_CHECKSUMS]) if meta else {}
+    bad_rows: dict[str, int | None] = {}  # per dataset: its first row holding NaN or inf, found by the same pass
+
+    def scan(dset, name):
+        digest, bad_rows[name] = scan_dataset(dset)
+        return digest
+
     for name, dset in sorted(R.all_datasets(f).items()):
-        ok, digest = run(f"chunks:{name}", lambda d=dset: dataset_sha256(d))
-        if not ok or meta is None:
+        ok, digest = run(f"chunks:{name}", lambda d=dset, name=name: scan(d, name))
+        if not ok:
+            continue
+        if dset.dtype.kind == "f" or dset.dtype.fields is not None:
+            run(f"finite:{name}", lambda name=name: check_finite(f.filename, name, bad_rows[name]))
+        if meta is None:
             continue
         want = expected.pop(name, None)
 
@@ -122,20 +143,27 @@ def _same_source(stores: list[LabelStore]) -> None:
 
 
 def combine(paths: list[Path], out: Path, weights: list[float] | None = None, *, overwrite: bool = False,
-            labelopt_version: str = "", layout: str = "auto") -> Path:
+            labelopt_version: str = "", layout: str = "auto", expect_digests: list | None = None) -> Path:
     """A new store whose soft labels are the weighted mean of the members' (made at one temperature).
 
     It holds no logits: the mean of the members' logits is not the ensemble's label (softmax of a mean is
     not the mean of softmaxes), so a kd student would learn from a distribution no member nor the mean gave.
-    Top-k members are read densified (values.densify_topk) before averaging."""
+    Top-k members are read densified (values.densify_topk) before averaging. `expect_digests`: a pin per member,
+    in order (None: that member unpinned)."""
     if len(paths) < 2:
         raise StoreError("combine needs at least two label stores")
     weights = [1.0] * len(paths) if weights is None else [float(w) for w in weights]
     if len(weights) != len(paths) or any(not np.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
         raise StoreError(f"combine weights must be {len(paths)} non-negative numbers with a positive sum, got {weights}")
     weights = [w / sum(weights) for w in weights]
-    stores = [LabelStore.open(p) for p in paths]
+    pins = [None] * len(paths) if expect_digests is None else list(expect_digests)
+    if len(pins) != len(paths):
+        raise StoreError(f"combine takes one --expect-digest per store, in their order: {len(paths)} stores, "
+                         f"{len(pins)} digests")
+    stores = [LabelStore.open(p, expect_digest=pin) for p, pin in zip(paths, pins)]
     _same_source(stores)
+    for store in stores:
+        store.check(S.SIGNAL_TARGETS)  # every member proved whole before the new store's first byte
     first = stores[0]
 
     ks = {s.topk for s in stores}

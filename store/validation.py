@@ -1,10 +1,15 @@
 """Validation of a label store on open, step by step (tools.verify runs the steps one by one): the file, its format,
-digest and attributes, its links, storage and shapes, and each dataset's checksum as it is read.
+digest (and a pin of it) and attributes, its objects and links, storage and shapes, and each dataset's checksum and
+finite values as it is read. Every reader (LabelStore.open, labels verify, and through them inspect, card, combine,
+repack, train-student and a fetched URL) goes through these steps, so a store is refused the same way everywhere.
 
-Nothing is ever unpickled: only plain numeric dtypes are accepted and read."""
+Nothing is ever unpickled: only plain numeric dtypes are accepted and read; nothing is read (not even a fill
+value) before the file is proved to hold only the schema's objects, in full, in this file."""
 from __future__ import annotations
 
 import json
+import math
+import os
 from pathlib import Path
 
 import h5py
@@ -71,14 +76,6 @@ def check_complete(f: h5py.File) -> None:
                          f"regenerate it")
 
 
-def check_attrs(f: h5py.File) -> dict:
-    """Format, version, completeness, the digest and the JSON attributes; returns them parsed."""
-    check_format(f)
-    check_complete(f)
-    check_digest(f)
-    return parse_attrs(f)
-
-
 def check_temperature(f: h5py.File, meta: dict) -> float:
     try:
         return S.generator_temperature(meta[S.ATTR_GENERATOR])
@@ -117,24 +114,44 @@ def parse_attrs(f: h5py.File) -> dict:
     return meta
 
 
-def check_links(f: h5py.File) -> None:
-    """Refuse links that leave the file (external, user-defined) or that do not resolve."""
-    external, soft = [], []
-
-    def visit(link_name, link):
+def check_objects(f: h5py.File) -> None:
+    """Before anything is read: every link a plain hard link, every object one the schema names (of the kind it
+    names), reachable by that one name, with no attributes of its own. So no soft, external or user-defined link,
+    no second name for a dataset, nothing hidden beside the schema's objects."""
+    version = _attr_int(f, S.ATTR_SCHEMA_VERSION)
+    links = []
+    f.visititems_links(lambda name, link: links.append((name, link)))
+    for name, link in links:
         if isinstance(link, h5py.SoftLink):
-            soft.append(link_name)
-        elif not isinstance(link, h5py.HardLink):
-            external.append(link_name)
+            # Resolving it is safe only once no link leaves the file: report what it is first, then where it goes.
+            if any(not isinstance(other, (h5py.HardLink, h5py.SoftLink)) for _, other in links):
+                continue
+            what = "a dangling soft link" if f.get(name) is None else f"a soft link to {link.path}"
+            raise StoreError(f"{f.filename} has {what} at /{name}; a label store holds only its own datasets, each "
+                             f"under its one name: regenerate it (or re-fetch the original)")
+        if not isinstance(link, h5py.HardLink):
+            raise StoreError(f"{f.filename} has an external link at /{name}; refusing to follow links out of a "
+                             f"label store: regenerate it")
+    for name, _ in links:
+        _check_object(f, name, version)
 
-    f.visititems_links(visit)
-    if external:
-        raise StoreError(f"{f.filename} has an external link at /{external[0]}; refusing to follow links "
-                         f"out of a label store: regenerate it")
-    for link_name in soft:
-        # Safe to resolve now: with no external links, a soft link can only land inside this file.
-        if f.get(link_name) is None:
-            raise StoreError(f"{f.filename} has a dangling soft link at /{link_name}; regenerate the store")
+
+def _check_object(f: h5py.File, name: str, version: int | None) -> None:
+    want = S.schema_kind(name, version)
+    if want is None:
+        raise StoreError(f"{f.filename} has an object /{name} that is not part of a label store (schema "
+                         f"{version}); refusing it: a store holds only the datasets docs/label-store.md lists, "
+                         f"regenerate it (or re-fetch the original)")
+    obj = f[name]
+    kind = "group" if isinstance(obj, h5py.Group) else "dataset" if isinstance(obj, h5py.Dataset) else "datatype"
+    if kind != want:
+        raise StoreError(f"{f.filename}: /{name} is a {kind}, where a label store has a {want}; regenerate it")
+    if h5py.h5o.get_info(obj.id).rc != 1:
+        raise StoreError(f"{f.filename}: the object at /{name} has another name in the file too (a second hard "
+                         f"link); a store's datasets each have one name: regenerate it")
+    if len(obj.attrs):
+        raise StoreError(f"{f.filename}: /{name} carries attributes of its own, which a label store never has "
+                         f"(all of a store's attributes are on its root, under the digest): regenerate it")
 
 
 def all_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
@@ -149,17 +166,75 @@ def all_datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
 
 
 def check_storage(f: h5py.File) -> None:
-    """Only plain numeric, in-file datasets: no external raw storage, no object/vlen dtypes, and no compound dtype
-    but the top-k entry's (class ids and values side by side)."""
+    """Only plain numeric datasets whose every byte is in this file: no virtual dataset (its values would come from
+    other files), no external raw storage, no object/vlen dtypes and no compound dtype but the top-k entry's (class
+    ids and values side by side); and each dataset's storage written in full (check_allocated)."""
+    file_bytes = os.path.getsize(f.filename)
+    declared = 0
     for name, dset in all_datasets(f).items():
+        if dset.is_virtual:
+            raise StoreError(f"{f.filename}: dataset /{name} is an HDF5 virtual dataset (its values are read from "
+                             f"other files); a label store must hold its own labels: regenerate it")
         if dset.external:
             raise StoreError(f"{f.filename}: dataset /{name} uses external storage; refusing it: regenerate the store")
         dtype = dset.dtype
-        if name == S.TOPK_ENTRIES and S.topk_entry_width(dtype) is not None:
-            continue
-        if dtype.kind not in "fiub" or dtype.fields is not None or h5py.check_vlen_dtype(dtype) is not None:
+        if not (name == S.TOPK_ENTRIES and S.topk_entry_width(dtype) is not None) and (
+                dtype.kind not in "fiub" or dtype.fields is not None or h5py.check_vlen_dtype(dtype) is not None):
             raise StoreError(f"{f.filename}: dataset /{name} has non-numeric dtype {dtype}; refusing it "
                              f"(label stores hold plain numbers only): regenerate the store")
+        check_filters(f.filename, name, dset)
+        declared += check_allocated(f.filename, name, dset, file_bytes)
+    if declared > MAX_COMPRESSION * file_bytes:
+        raise StoreError(f"{f.filename} declares {declared / 2**30:.1f} GiB of datasets, more than its "
+                         f"{file_bytes / 2**20:.1f} MiB could hold at any compression: it is not a complete store; "
+                         f"regenerate it")
+
+
+# deflate, the best of the store's filters, never packs more than 1032 bytes into one: a file of S bytes cannot hold
+# datasets of more than 1032 S bytes.
+MAX_COMPRESSION = 1032
+# The HDF5 filters a compressed store's chunks go through (docs/label-store.md): gzip or lzf, shuffle, fletcher32.
+STORE_FILTERS = {h5py.h5z.FILTER_DEFLATE: "gzip", h5py.h5z.FILTER_LZF: "lzf", h5py.h5z.FILTER_SHUFFLE: "shuffle",
+                 h5py.h5z.FILTER_FLETCHER32: "fletcher32"}
+
+
+def check_filters(filename, name: str, dset: h5py.Dataset) -> None:
+    """No filter but the store's own: another (a plugin, szip, scale-offset) would not be read alike everywhere,
+    and could pack more than MAX_COMPRESSION into the file."""
+    plist = dset.id.get_create_plist()
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code not in STORE_FILTERS:
+            raise StoreError(f"{filename}: dataset /{name} is stored through HDF5 filter {code}, which label stores "
+                             f"never use (only {', '.join(STORE_FILTERS.values())}): regenerate it")
+
+
+def check_allocated(filename, name: str, dset: h5py.Dataset, file_bytes: int) -> int:
+    """A complete store has every byte of every dataset written: a chunked dataset has all its chunks, a contiguous
+    one its whole extent inside the file. Counted from the file's own index, before a byte is read, so a file that
+    declares more than it holds (a huge dataset never written, read back as fill values) is refused at once.
+    Returns the dataset's declared bytes."""
+    declared = int(dset.size) * dset.dtype.itemsize
+    if declared == 0:
+        return 0
+    layout = dset.id.get_create_plist().get_layout()
+    if layout == h5py.h5d.CHUNKED:
+        expected = math.prod(-(-size // chunk) for size, chunk in zip(dset.shape, dset.chunks))
+        written = dset.id.get_num_chunks()
+        if written < expected:
+            raise StoreError(f"{filename}: dataset /{name} declares {dset.shape} ({declared / 2**30:.3g} GiB) but "
+                             f"only {written} of its {expected} chunks were ever written: it is not a complete "
+                             f"store; regenerate it")
+    elif layout == h5py.h5d.CONTIGUOUS:
+        offset = dset.id.get_offset()
+        if offset is None or dset.id.get_storage_size() < declared or offset + declared > file_bytes:
+            raise StoreError(f"{filename}: dataset /{name} declares {dset.shape} ({declared / 2**30:.3g} GiB) but "
+                             f"the file does not hold its bytes (never written, or the file is truncated): "
+                             f"regenerate it")
+    elif layout != h5py.h5d.COMPACT or dset.id.get_storage_size() < declared:
+        raise StoreError(f"{filename}: dataset /{name} is not stored in this file as a label store's datasets are; "
+                         f"regenerate it")
+    return declared
 
 
 def check_shapes(f: h5py.File, meta: dict) -> dict:
@@ -187,6 +262,10 @@ def check_shapes(f: h5py.File, meta: dict) -> dict:
     packed = (meta.get(S.ATTR_SCHEMA_VERSION) or 0) >= 3  # top-k entries in one dataset (v3) or two (v2)
     expect(S.LABELS, lambda s: s == (n,), f"({n},)")
     if S.TARGETS in dsets:
+        both = [p for paths in S.TOPK_PATHS.values() for p in paths if p in dsets]
+        if both:
+            raise StoreError(f"{name}: it holds both /{S.TARGETS} and /{both[0]}; a store is dense or top-k, never "
+                             f"both: regenerate it")
         expect(S.TARGETS, lambda s: s == (n, v, c), f"({n}, {v}, {c})")
         facts["topk"] = None
     elif packed:
@@ -218,13 +297,20 @@ def check_shapes(f: h5py.File, meta: dict) -> dict:
     return facts
 
 
-def validate(f: h5py.File) -> tuple[dict, dict]:
-    meta = check_attrs(f)
-    check_links(f)
+def validate(f: h5py.File, expect_digest: str | None = None) -> tuple[dict, dict]:
+    """Every check of an opened store, in the order that reads nothing it has not proved safe to read; facts
+    include its root digest (checked against `expect_digest`, a pin, when one is given)."""
+    check_format(f)
+    check_complete(f)
+    digest = check_digest(f)
+    integrity.check_pin(f.filename, digest, expect_digest)
+    check_objects(f)
     check_storage(f)
+    meta = parse_attrs(f)
     check_listing(f, meta)
     facts = check_shapes(f, meta)
     facts["temperature"] = check_temperature(f, meta)
+    facts["digest"] = digest
     return meta, facts
 
 
@@ -239,13 +325,15 @@ def read_dataset(f: h5py.File, path: str, checksums: dict) -> np.ndarray:
 
 
 def stream_check(f: h5py.File, path: str, checksums: dict) -> None:
-    """Check a dataset's sha256 chunk by chunk, keeping none of it (for readers of slices)."""
+    """Check a dataset's sha256 and that its values are finite, chunk by chunk, keeping none of it (for readers of
+    slices and of datasets read in place)."""
     try:
-        digest = integrity.dataset_sha256(f[path])
+        digest, bad_row = integrity.scan_dataset(f[path])
     except OSError as exc:
         raise StoreError(f"{f.filename}: dataset /{path} failed to read ({exc}); the file is corrupt: "
                          f"run labelopt labels verify and regenerate it")
     integrity.check_digest_of(f.filename, path, digest, checksums)
+    integrity.check_finite(f.filename, path, bad_row)
 
 
 def identity_mismatches(dataset: dict, identity: dict) -> list[tuple[str, object, object]]:

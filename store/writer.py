@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import schema as S
 from .disk import check_free_space, free_mib, is_disk_full, write_bytes_atomic
-from .integrity import root_digest
+from .integrity import first_non_finite, root_digest
 from .contiguous import ALIGNMENT
 from .layout import (JOB_FILE, JOB_KIND, SHARED_PARAMS_FILE, StoreLayout, block_keys, file_datasets,  # noqa: F401
                      file_rows, expect_array, normalise_header, npy_bytes, partial_dir, top_k)
@@ -197,9 +197,26 @@ class StoreWriter:
             arrays["view_params"] = expect_array(view_params, "view_params", (rows, v, lay.param_size),
                                                  "iub").astype(S.DTYPES[S.VIEW_PARAMS])
 
+        self._check_finite(start, {"targets": targets, **arrays})
         buf = io.BytesIO()
         np.savez(buf, **arrays)
         write_bytes_atomic(self.block_file(b), buf.getvalue())
+
+    def _check_finite(self, start: int, arrays: dict) -> None:
+        """A block whose labels, logits or features hold NaN or inf (or values past float16's range, stored as inf)
+        is refused unwritten, naming the first sample and the teachers: no store holds a label that is no label."""
+        for key, array in arrays.items():
+            row = None if array is None else first_non_finite(np.asarray(array))
+            if row is None:
+                continue
+            what = {"targets": "soft labels", "topk_values": "soft labels", "logits": "logits"}.get(
+                key, f"{key.replace('.', ' ', 1)}")
+            teachers = [str(t.get("checkpoint")) for t in self.header[S.ATTR_GENERATOR].get("teachers") or []
+                        if isinstance(t, dict)]
+            source = f"teacher {', '.join(teachers)}" if teachers else "their source"
+            raise StoreError(f"{self.path}: the {what} of sample {start + row} are not finite (NaN or inf, or past "
+                             f"float16's 65504): {source} gave no usable output there, so nothing of it is stored; "
+                             f"label with a sound checkpoint")
 
     def _load_block(self, b: int) -> dict[str, np.ndarray]:
         start, stop = self.layout.block_range(b)

@@ -261,3 +261,19 @@ def test_a_checkpoint_is_fed_its_own_preprocessing_and_other_data_are_named(two_
     same = CliRunner().invoke(main, ["evaluate", str(two_seeds[0]), "--data", str(tiny_cifar_dir), "--json",
                                      "--device", "cpu"])
     assert "note" not in json.loads(same.stdout)["runs"][0] and "note:" not in same.stderr
+
+
+def test_runs_whose_points_coincide_stay_visible_side_by_side(tmp_path):
+    same = bins_of([0.95, 0.9, 0.5, 0.45], [1, 1, 0, 1])
+    fig = reports.comparison_figure([("a", same), ("b", same)], "t")
+    ax = fig.axes[0]
+    first, second = ax.get_lines()[1:]
+    assert first.get_linestyle() != second.get_linestyle()  # the line drawn last lets the first one's colour through
+    points = ax.collections
+    assert len(points) == 2
+    for collection in points:  # hollow: a marker never covers another
+        assert collection.get_facecolor().size == 0 or collection.get_facecolor()[:, 3].max() == 0
+    assert points[0].get_paths()[0].vertices.tolist() != points[1].get_paths()[0].vertices.tolist()  # other shapes
+    assert (points[1].get_sizes() > points[0].get_sizes()).all()  # the second run's markers round the first's
+    reports.save_png(fig, tmp_path / "same.png")
+    assert (tmp_path / "same.png").stat().st_size > 0

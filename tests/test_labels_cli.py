@@ -69,7 +69,10 @@ def test_inspect_topk_store_and_unlabelled_rows(tmp_path):
     data["labels"][:] = -1  # an unlabeled split: quality against ground truth does not exist
     path, _ = build(tmp_path / "k.h5", layout, data)
     report = json.loads(run("labels", "inspect", path, "--json").output)
-    assert report["storage"] == "top-2" and report["shapes"]["topk/entries"] == [10, 3, 2]
+    # as docs/label-store.md has it: [N, V] entries, each K class ids and K values
+    assert report["storage"] == "top-2" and report["shapes"]["topk/entries"] == [10, 3]
+    text = run("labels", "inspect", path).output
+    assert "/topk/entries [10, 3] of {index: int32[2], value: float16[2]}" in text
     assert report["labels"]["top1"] is None and report["labels"]["ece"] is None
     top2 = np.sort(data["targets"], -1)[..., -2:].astype(np.float16).astype(np.float64)
     assert report["labels"]["mean_confidence"] == pytest.approx(top2[..., -1].mean(), rel=1e-4)

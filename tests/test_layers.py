@@ -11,7 +11,7 @@ ALLOWED = {
     "models": set(),
     "store": set(),
     "stages": {"models", "store"},
-    "pipeline.shared": {"store"},  # errors, atomic, locks, limits: used by every group
+    "pipeline.shared": {"store"},  # errors, atomic, locks, limits, progress: used by every group
     "pipeline.data": {"pipeline.shared", "models", "store"},
     # mix_choice reads a method's `mixes` declaration; the rest of views needs no method
     "pipeline.views": {"pipeline.shared", "pipeline.data", "models", "store", "stages"},
@@ -20,7 +20,7 @@ ALLOWED = {
     "pipeline.jobs": {"pipeline.shared", "pipeline.data", "pipeline.views", "pipeline.run", "models", "stages",
                       "store"},
 }
-SHARED = {"errors", "atomic", "locks", "limits"}
+SHARED = {"errors", "atomic", "locks", "limits", "progress"}
 
 
 def part_of(module: str) -> str | None:

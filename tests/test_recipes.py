@@ -81,11 +81,63 @@ def test_student_recipe_aliases_and_method_options(captured, tmp_path):
 
 
 def test_generate_labels_recipe(captured, tmp_path):
-    recipe = write(tmp_path / "g.toml", 'method = "sl-ens"\nteachers = ["a.pt", "b.pt"]\nviews = "cifar-crop-flip"\n'
-                                        'temperature = 2\nlogits = true\nfeatures = ["pool"]\ntopk = 5\n')
+    # its own keys at the top level; what it shares with the training commands (method, teachers, temperature)
+    # under another meaning, in its table
+    recipe = write(tmp_path / "g.toml", 'views = "cifar-crop-flip"\nlogits = true\nfeatures = ["pool"]\ntopk = 5\n'
+                                        '[generate-labels]\nmethod = "sl-ens"\nteachers = ["a.pt", "b.pt"]\n'
+                                        'temperature = 2\n')
     options = options_of(captured, ["generate-labels", "--data", "d", "--out", "s.h5", "--config", recipe])
     assert (options.method, options.teachers, options.views) == ("sl-ens", ("a.pt", "b.pt"), "cifar-crop-flip")
     assert (options.temperature, options.logits, options.features, options.topk) == (2.0, True, ("pool",), 5)
+
+
+GENERATE = ["generate-labels", "--data", "d", "--out", "s.h5"]
+
+
+def test_one_recipe_serves_every_command_it_names(captured, tmp_path):
+    recipe = write(tmp_path / "flow.toml", 'data = "data/c100"\nepochs = 9\nbatch_size = 128\nseed = 3\n'
+                                           'views = "cifar-crop-flip"\n'
+                                           '[train]\narch = "resnet56"\n'
+                                           '[train-student]\nstudent = "resnet20"\nmethod = "sl"\n'
+                                           'labels = "labels/c100.h5"\n'
+                                           '[generate-labels]\nteacher = "runs/r56/last.pt"\nbatch_size = 512\n')
+    teacher = options_of(captured, ["train", "--config", recipe, "--out", "o"])
+    assert (teacher.arch, teacher.data, teacher.epochs, teacher.batch_size, teacher.seed) == (
+        "resnet56", "data/c100", 9, 128, 3)
+    student = options_of(captured, ["train-student", "--config", recipe, "--out", "o"])
+    assert (student.arch, student.method, student.labels, student.batch_size) == ("resnet20", "sl", "labels/c100.h5", 128)
+    result = invoke(["generate-labels", "--config", recipe, "--out", "s.h5"])
+    assert result.exit_code == 0
+    assert result.stderr == ("note: flow.toml: seed at its top level is for train and train-student; generate-labels "
+                             "reads its own from a [generate-labels] table\n")
+    store = captured[-1]
+    # the teacher's batch is its table's, never the students' top-level one; the seed is the training runs'
+    assert (store.data, store.teachers, store.batch_size, store.seed, store.views) == (
+        "data/c100", ("runs/r56/last.pt",), 512, 0, "cifar-crop-flip")
+
+
+@pytest.mark.parametrize("name", sorted(["crd-benchmark", "seed", "label-enhancement", "label-enhancement-long",
+                                         "label-enhancement-imagenet"]))
+def test_a_shipped_training_recipe_sets_nothing_for_generate_labels_and_says_so(captured, name):
+    result = invoke(GENERATE + ["--config", name])
+    assert result.exit_code == 0, result.stderr
+    assert captured[-1].batch_size is None  # the teacher's default batch, not the recipe's training batch
+    assert result.stderr == (f"note: {name}.toml: it sets no option of labelopt generate-labels; batch_size at its "
+                             f"top level is for train and train-student; generate-labels reads its own from a "
+                             f"[generate-labels] table\n")
+
+
+@pytest.mark.parametrize("epochs, milestones", [(10, (3, 6, 8)), (2, (1,)), (1, None), (200, (60, 120, 160)),
+                                                (400, (120, 240, 320))])
+def test_a_recipes_milestones_follow_a_new_epochs_flag_at_the_same_fractions(captured, epochs, milestones):
+    result = invoke(TRAIN + ["--config", "seed", "--epochs", epochs])
+    assert result.exit_code == 0, result.stderr
+    assert captured[-1].milestones == milestones
+    scaled = ",".join(map(str, milestones or ())) or "none"
+    expected = ("" if epochs == 200 else f"note: seed.toml's milestones 60,120,160 of 200 epochs are scaled to "
+                f"--epochs {epochs}: {scaled} (pass --milestones for others)\n")
+    assert result.stderr == expected
+    assert options_of(captured, TRAIN + ["--config", "seed", "--epochs", 10, "--milestones", "5"]).milestones == (5,)
 
 
 # epochs, lr, batch, weight decay, milestones: the numbers each source gives (see the recipe files' comments)
@@ -146,7 +198,11 @@ def test_default_milestones_of_a_run_follow_a_new_epochs_flag(captured, tmp_path
     assert options_of(captured, ["train-student", "--config", path, "--out", "b", "--epochs", "4"]).milestones is None
     fixed = write(tmp_path / "fixed.json", json.dumps(student_record(milestones=[5, 10])))
     result = invoke(["train-student", "--config", fixed, "--out", "b", "--epochs", "4"])
-    assert result.exit_code == 2 and "do not fit --epochs 4" in result.stderr
+    assert result.exit_code == 0 and captured[-1].milestones == (1, 3)  # 5 and 10 of 15 epochs, as 1 and 3 of 4
+    assert "milestones 5,10 of 15 epochs are scaled to --epochs 4: 1,3" in result.stderr
+    loose = write(tmp_path / "loose.toml", "milestones = [5, 10]\n")  # no epochs: the fractions are unknown
+    one_line(invoke(TRAIN + ["--config", loose, "--epochs", "8"]),
+             "sets milestones 5,10 but not the epochs they were set for", "('' for the default of 8 epochs)")
 
 
 def test_a_store_with_many_views_keeps_its_own_augmentation(captured, tmp_path):
@@ -176,7 +232,7 @@ BAD_FILES = {
     "text for a flag": ('bf16 = "yes"\n', ["'bf16' in", "not true or false"]),
     "list for a text option": ('device = ["cpu"]\n', ["'device' in", "not a string"]),
     "milestones decrease": ("milestones = [5, 3]\n", ["milestones = [5, 3]", "strictly increasing"]),
-    "method options for train": ("[method_options]\nx = 1\n", ["unknown key 'method_options'"]),
+    "a key of no command": ("[method_option]\nx = 1\n", ["unknown key 'method_option'"]),
     "not TOML": ("epochs = = 3\n", ["is not valid TOML"]),
     "a table of the command that is not a table": ('train = "x"\n', ["'train' must be a table"]),
 }
@@ -279,10 +335,12 @@ def test_a_rerun_names_what_differs_from_the_recorded_run(captured, tiny_cifar_d
 def test_the_readmes_example_recipe_reads_as_it_says(captured, tmp_path):
     text = (REPO / "README.md").read_text()
     example = text.split("```toml\n", 1)[1].split("```", 1)[0]
-    recipe = write(tmp_path / "my-student.toml", example)
+    recipe = write(tmp_path / "my-recipe.toml", example)
     student = options_of(captured, ["train-student", "--config", recipe, "--data", "d", "--out", "o", "--lr", "0.05"])
     assert (student.epochs, student.lr, student.batch_size, student.milestones) == (200, 0.05, 128, (60, 120, 160))
     assert (student.arch, student.method, student.method_options) == ("resnet20", "sl-kd", {"ce_weight": 0.1})
     assert student.teachers == ("runs/r32/last.pt", "runs/r44/last.pt")
     teacher = options_of(captured, ["train", "--config", recipe, "--data", "d", "--arch", "resnet32", "--out", "o"])
     assert (teacher.epochs, teacher.lr) == (200, 0.1)
+    store = options_of(captured, ["generate-labels", "--config", recipe, "--data", "d", "--out", "s.h5"])
+    assert (store.teachers, store.batch_size) == (("runs/r32/last.pt",), 512)  # its table's batch, not the students'

@@ -135,8 +135,13 @@ def test_a_deleted_or_added_dataset_is_refused_on_open(tmp_path):
         LabelStore.open(path)
     extra, _ = build(tmp_path / "e.h5")
     with h5py.File(extra, "r+") as f:
-        f.create_dataset("more", data=np.zeros(3))
-    with pytest.raises(StoreError, match="/more has no entry in the checksums"):
+        f.create_dataset("features/more", data=np.zeros(3))  # a name the schema has: caught by the listing
+    with pytest.raises(StoreError, match="/features/more has no entry in the checksums"):
+        LabelStore.open(extra)
+    with h5py.File(extra, "r+") as f:
+        del f["features"]
+        f.create_dataset("more", data=np.zeros(3))  # a name it has not: refused before the listing is read
+    with pytest.raises(StoreError, match="/more that is not part of a label store"):
         LabelStore.open(extra)
 
 

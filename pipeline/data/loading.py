@@ -16,7 +16,7 @@ from ffcv.loader import Loader, OrderOption
 from ffcv.transforms import ToTensor
 
 from .beton import worker_count
-from .datasets import EVAL_SIDE, TRAIN_DECODE_SIDE, PreparedDataset
+from .datasets import PreparedDataset
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,12 @@ def field_pipelines(decode: tuple) -> dict:
 
 
 def decode_plan(data: PreparedDataset, train: bool) -> tuple:
-    """Fixed-size images decode as they are; JPEG trees decode to a centred square."""
+    """Fixed-size images decode as they are; JPEG trees decode to a centred square: the whole of it for training
+    (data.decode_side, before the view's crop), its centre at the models' side for evaluation."""
     if data.fixed_size:
         return ("simple",)
-    return ("center", TRAIN_DECODE_SIDE, 1.0) if train else ("center", EVAL_SIDE, EVAL_SIDE / TRAIN_DECODE_SIDE)
+    side, decoded = data.input_size, data.decode_side
+    return ("center", decoded, 1.0) if train else ("center", side, side / decoded)
 
 
 class SplitLoader:
@@ -66,6 +68,12 @@ class SplitLoader:
 
     def __len__(self) -> int:
         return len(self.loader)
+
+    def num_images(self) -> int:
+        """The images of one epoch: this process's share of the split (under torchrun), less a dropped partial
+        batch."""
+        share = len(self.loader.first_traversal_order)
+        return share - share % self.loader.batch_size if self.loader.drop_last else share
 
     def host_batches(self, epoch: int, *, pin: bool = False):
         """One epoch of (images uint8 [B,3,H,W], labels int64 [B], indices int64 [B]), all on the CPU, copied out

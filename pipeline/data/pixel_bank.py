@@ -18,8 +18,9 @@ import torch
 
 from ..atomic import write_bytes_atomic
 from ..errors import UserError
+from ..progress import Progress
 from ...store.memory import available_memory_bytes
-from .datasets import TRAIN_DECODE_SIDE, PreparedDataset
+from .datasets import PreparedDataset
 from .loading import block_loader
 from .pixel_bank_file import bank_path, can_write_beside, file_bytes, folder_lock, identity, new_buffer, open_bank
 
@@ -28,7 +29,7 @@ DECODE_BATCH = 512
 
 
 def bank_shape(data: PreparedDataset, split: str) -> tuple[int, int, int]:
-    side = data.input_size if data.fixed_size else TRAIN_DECODE_SIDE
+    side = data.decode_side
     return data.num_samples(split), side, side
 
 
@@ -119,10 +120,12 @@ def _decode_into(data: PreparedDataset, split: str, labels: np.ndarray, images: 
     n = len(labels)
     labels[:] = -1
     loader = block_loader(data, split, np.arange(n, dtype=np.uint64), DECODE_BATCH, train_decode=True)
-    for batch_images, batch_labels, batch_indices in loader:
-        if tuple(batch_images.shape[1:3]) != images.shape[2:]:
-            raise UserError(f"the {split} split decodes to {tuple(batch_images.shape[1:3])} pixels, not the "
-                            f"{images.shape[2:]} its metadata gives; prepare the dataset again")
-        rows = batch_indices.view(-1).long().numpy()
-        images[rows] = batch_images.permute(0, 3, 1, 2).numpy()
-        labels[rows] = batch_labels.view(-1).long().numpy()
+    with Progress(n, f"decoding the {split} split's pixels") as bar:
+        for batch_images, batch_labels, batch_indices in loader:
+            if tuple(batch_images.shape[1:3]) != images.shape[2:]:
+                raise UserError(f"the {split} split decodes to {tuple(batch_images.shape[1:3])} pixels, not the "
+                                f"{images.shape[2:]} its metadata gives; prepare the dataset again")
+            rows = batch_indices.view(-1).long().numpy()
+            images[rows] = batch_images.permute(0, 3, 1, 2).numpy()
+            labels[rows] = batch_labels.view(-1).long().numpy()
+            bar.update(len(rows))

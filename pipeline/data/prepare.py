@@ -6,15 +6,14 @@ import math
 import shutil
 from pathlib import Path
 
-from tqdm import tqdm
-
 from ... import __version__
 from ..atomic import atomic_directory, write_json_atomic
 from .beton import write_beton
 from .datasets import DATASET_FORMAT
 from ..errors import UserError
-from .fingerprint import channel_stats, split_fingerprint
+from .fingerprint import channel_stats, file_record, split_fingerprint
 from ..locks import output_lock
+from ..progress import Progress
 from .sources import load_source
 
 
@@ -45,12 +44,14 @@ def write_prepared(source, final: Path, overwrite: bool, max_side: int, jpeg_qua
         for split_name, split in source.splits.items():
             log(f"prepare: {source.name}/{split_name}: {len(split)} images")
             write_beton(split, tmp / f"{split_name}.beton", source.storage, max_side, jpeg_quality)
-            with tqdm(total=len(split), desc=f"fingerprint {split_name}", unit="img", leave=False) as bar:
+            written = file_record(tmp / f"{split_name}.beton")  # every open checks the file against it
+            with Progress(len(split), f"prepare: fingerprint of {split_name}") as bar:
                 fingerprint = split_fingerprint(split, progress=bar.update)
             splits[split_name] = {
                 "file": f"{split_name}.beton",
                 "num_samples": len(split),
                 "fingerprint": fingerprint,
+                **written,
             }
         mean, std = channel_stats(source.splits["train"])
         meta = {

@@ -12,9 +12,10 @@ from ..atomic import ensure_writable_dir, write_json_atomic
 from ..run.checkpoints import build_model_from_checkpoint, load_checkpoint, trained_elsewhere, training_stats
 from ..data.datasets import PreparedDataset, open_dataset
 from ..locks import output_lock
-from ..run.prediction import eval_loader, predict
+from ..run.prediction import eval_loader, held_out_split, predict
 from ..run.runtime import check_precision, resolve_device
 from ..data.normalize import Normalizer
+from ..errors import UserError
 
 METRIC_KEYS = ("top1", "top5", "nll", "ece")
 
@@ -74,18 +75,26 @@ def epochs_done(body: dict) -> int | None:
     return None if body.get("epoch") is None else int(body["epoch"]) + 1
 
 
-def evaluate_checkpoints(checkpoints: list[str], data_path: str, *, split: str = "test", device: str = "auto",
-                         bf16: bool = False, out: str | None = None, n_bins: int = 15, compare: bool = False) -> dict:
+def evaluate_checkpoints(checkpoints: list[str], data_path: str, *, split: str | None = None, device: str = "auto",
+                         bf16: bool = False, out: str | None = None, n_bins: int = 15, compare: bool = False,
+                         resolution: int | None = None) -> dict:
     """Metrics per checkpoint and mean ± std across them; under `out` metrics.json and a reliability diagram per
-    checkpoint, and with `compare` one figure with every checkpoint's calibration curve."""
+    checkpoint, and with `compare` one figure with every checkpoint's calibration curve. `split`: None for the
+    held-out split (test, else val); `resolution`: JPEG datasets' side, None for each checkpoint's own."""
 
     data = open_dataset(data_path)
+    split = split or held_out_split(data)
+    if split is None:
+        raise UserError(f"{data.path} has no held-out split (test or val); it has: {', '.join(data.splits)}; "
+                        f"pass --split")
+    data.split_meta(split)  # a split the data lacks is refused before any model is built
     dev = resolve_device(device)
     check_precision(dev, bf16)
     models = []
     for path in checkpoints:  # validate all before spending time on any
         body = load_checkpoint(path)
-        models.append((path, body, build_model_from_checkpoint(body, path, num_classes=data.num_classes)))
+        seen = data.at_resolution(resolution or trained_resolution(body, data))
+        models.append((path, body, build_model_from_checkpoint(body, path, num_classes=data.num_classes), seen))
     out_dir = Path(out) if out else None
     if out_dir is None:
         return measure(models, data, split, dev, bf16, n_bins, None, compare)
@@ -94,29 +103,40 @@ def evaluate_checkpoints(checkpoints: list[str], data_path: str, *, split: str =
         return measure(models, data, split, dev, bf16, n_bins, out_dir, compare)
 
 
+def trained_resolution(body: dict, data: PreparedDataset) -> int | None:
+    """The side a checkpoint's model was trained at on a JPEG dataset (its record of input_size), else None."""
+    side = (body.get("dataset") or {}).get("input_size")
+    return None if data.fixed_size or isinstance(side, bool) or not isinstance(side, int) else side
+
+
 def measure(models: list, data: PreparedDataset, split: str, dev: torch.device, bf16: bool, n_bins: int,
             out_dir: Path | None, compare: bool) -> dict:
     from .reports import plot_comparison, plot_reliability  # matplotlib only when plotting
 
-    checkpoints = [path for path, _, _ in models]
+    checkpoints = [path for path, _, _, _ in models]
     names = checkpoint_names([str(p) for p in checkpoints])
     files = plot_file_names(names, [str(p) for p in checkpoints])
-    loader = eval_loader(data, split, dev)
-    per_run, curves = [], []
-    for (path, body, model), name, file in zip(models, names, files):
+    per_run, curves, plots = [], [], []
+    for (path, body, model, seen), name, file in zip(models, names, files):
         normalize = Normalizer(*training_stats(body, data.mean, data.std), dev)  # the model's own preprocessing
-        logits, labels = predict(model.to(dev), loader, normalize, bf16=bf16)
+        logits, labels = predict(model.to(dev), eval_loader(seen, split, dev), normalize, bf16=bf16,
+                                 desc=f"{name} on {split}")
+        check_finite_outputs(logits, path, split)
         metrics = classification_metrics(logits, labels, n_bins=n_bins)
         record = {"checkpoint": str(path), "run": name, "arch": body["arch"], "epoch": epochs_done(body), **metrics}
+        if not data.fixed_size:
+            record["resolution"] = seen.input_size
         note = trained_elsewhere(body, data)
         if note:
             record["note"] = note
         if out_dir is not None:
             bins = calibration_bins(torch.softmax(logits.double(), 1), labels, n_bins=n_bins)
-            plot_reliability(bins, out_dir / file, title=run_title(record, f"{data.name}/{split}"))
+            plots.append((bins, out_dir / file, run_title(record, f"{data.name}/{split}")))
             record["reliability_png"] = str(out_dir / file)
             curves.append((name, bins))
         per_run.append(record)
+    for bins, png, title in plots:  # once every model has scored: a refused one leaves no file behind
+        plot_reliability(bins, png, title=title)
     result = {
         "dataset": data.identity(split),
         "runs": per_run,
@@ -128,6 +148,16 @@ def measure(models: list, data: PreparedDataset, split: str, dev: torch.device, 
     if out_dir is not None:
         write_json_atomic(out_dir / "metrics.json", result)
     return result
+
+
+def check_finite_outputs(logits: torch.Tensor, path, split: str) -> None:
+    """A model whose outputs are NaN or inf scores nothing: said so, rather than metrics of nan."""
+    finite = torch.isfinite(logits).all(1)
+    if not bool(finite.all()):
+        first = int((~finite).int().argmax())
+        raise UserError(f"{path}: the model's outputs are not finite (NaN or inf) on {int((~finite).sum())} of "
+                        f"{len(finite)} {split} images (the first: sample {first}), so it has no accuracy to report; "
+                        f"its weights are damaged or its run diverged: evaluate another checkpoint")
 
 
 def run_title(record: dict, where: str) -> str:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ... import __version__
 from ...models import tap_names
@@ -26,6 +25,7 @@ from ..atomic import check_output_file
 from ..errors import UserError
 from ..limits import check_all
 from ..locks import output_lock
+from ..progress import Progress
 from ..data.loading import block_loader
 from ..run.runtime import (autocast, to_device, barrier, check_precision, check_same_inputs, describe_job, device_for,
                            init_distributed)
@@ -55,6 +55,7 @@ class GenerateOptions:
     batch_size: int | None = None  # None: default_batch_size(device)
     block_rows: int = 256
     device: str = "auto"
+    resolution: int | None = None  # JPEG datasets: the side the teacher sees (None: as prepared)
     bf16: bool = False
     channels_last: bool = False  # the teacher's input and weights in channels_last (faster convolutions on a GPU)
     compile: bool = False  # torch.compile the teacher's forward (CUDA graphs on a GPU; not with --features)
@@ -80,6 +81,8 @@ def generate_command(options: GenerateOptions) -> str:
         args += ["--features", tap]
     args += ["--logits"] * options.logits + ["--bf16"] * options.bf16 + ["--channels-last"] * options.channels_last
     args += ["--compile"] * options.compile
+    if options.resolution is not None:
+        args += ["--resolution", str(options.resolution)]
     # No --out: a store's bytes do not depend on where it was written (a moved or copied store stays identical).
     return " ".join(shlex.quote(a) for a in args)
 
@@ -90,7 +93,8 @@ def check_method(options: GenerateOptions, labeler_cls) -> None:
     if n < low or (high is not None and n > high):
         want = {(0, 0): "no --teacher", (1, 1): "exactly one --teacher", (2, None): "two or more --teacher"}[(low, high)]
         raise UserError(f"--method {options.method} takes {want} (got {n})")
-    check_all(options, ("temperature", "mix_gt", "mix_alpha", "topk", "seed", "batch_size", "block_rows"))
+    check_all(options, ("temperature", "mix_gt", "mix_alpha", "topk", "seed", "batch_size", "block_rows",
+                        "resolution"))
     if options.logits and n > 1:
         raise UserError("--logits with an ensemble: the mean of the members' logits is not the ensemble's label, so "
                         "ensemble stores hold soft labels only; drop --logits (distil from the store with sl or "
@@ -142,7 +146,7 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
     if options.batch_size is None:
         options = replace(options, batch_size=default_batch_size(device))
     check_output_file(Path(options.out), options.overwrite, "label store")
-    data = open_dataset(options.data)
+    data = open_dataset(options.data).at_resolution(options.resolution)
     n, num_classes = data.num_samples(options.split), data.num_classes
     if options.topk is not None and not 1 <= options.topk < num_classes:
         raise UserError(f"--topk must be between 1 and {num_classes - 1} for {num_classes} classes")
@@ -209,11 +213,13 @@ def write_store(options: GenerateOptions, header: dict, layout: StoreLayout, vie
         loader = block_loader(data, options.split, rows, options.block_rows * per_batch,
                               train_decode=not isinstance(views.policy, IdentityView))
         total = int(len(rows)) * views.num_views
-        with tqdm(total=total, unit="img", desc="labelling", disable=None if dist_info.is_main else True) as bar, \
+        share = f" (rank 0's share of {dist_info.world_size})" if dist_info.enabled else ""
+        with Progress(total, f"generate-labels: labelling{share}", enabled=dist_info.is_main) as bar, \
                 BlockWrites(writer, layout, device) as writes:
             for group, (images, labels, indices) in zip(groups, loader):
                 writes.submit(group, label_block(labeler, views, options, num_classes, images, labels, indices,
                                                  device, bar))
+            labeler.check_outputs()  # the last batches' verdicts, before their blocks count as written
     barrier(dist_info)
     if not dist_info.is_main:
         return Path(options.out)

@@ -7,6 +7,7 @@ import torch
 
 from ..data.datasets import PreparedDataset
 from ..data.loading import block_loader
+from ..progress import Progress
 from ..errors import UserError
 from ..run.runtime import autocast
 
@@ -28,7 +29,8 @@ def build_prototypes(labeler, data: PreparedDataset, device, batch_size: int, bf
     in_fit[torch.from_numpy(fit_rows)] = True
     share = np.arange(n, dtype=np.uint64)[dist_info.rank::dist_info.world_size] if enabled else np.arange(
         n, dtype=np.uint64)
-    sums, counts, kept, teacher_confidence = embed_classes(labeler, data, share, in_fit, device, batch_size, bf16)
+    sums, counts, kept, teacher_confidence = embed_classes(labeler, data, share, in_fit, device, batch_size, bf16,
+                                                           show=not enabled or dist_info.is_main)
     if enabled:  # every rank's sums, and rank 0 alone gets the fit rows (they can be large: rows x embedding)
         sums, counts = (all_reduced(t, device) for t in (sums, counts))
         parts = [None] * dist_info.world_size if dist_info.is_main else None
@@ -52,27 +54,30 @@ def build_prototypes(labeler, data: PreparedDataset, device, batch_size: int, bf
 
 
 def embed_classes(labeler, data: PreparedDataset, rows: np.ndarray, in_fit: torch.Tensor, device, batch_size: int,
-                  bf16: bool):
+                  bf16: bool, show: bool = True):
     """Per-class sums (float64: the same whatever order or ranks add them in, to float32 precision) and counts of
-    these rows' embeddings, and the embeddings and teacher confidences of those in the fit set."""
+    these rows' embeddings, and the embeddings and teacher confidences of those in the fit set. `show`: the
+    progress of this process (rank 0's under torchrun)."""
     loader = block_loader(data, "train", rows, batch_size, train_decode=False)
     sums, counts = None, torch.zeros(data.num_classes, dtype=torch.float64)
     kept, teacher_confidence = [torch.zeros(0, 0)], [torch.zeros(0, dtype=torch.float64)]
-    for images, labels, indices in loader:
-        images = images.permute(0, 3, 1, 2).to(device, memory_format=torch.contiguous_format, copy=True)
-        labels, indices = labels.view(-1).long().clone(), indices.view(-1).long().clone()
-        with autocast(device, bf16):
-            logits, emb = labeler.embed_with_logits(images)
-        emb, logits = emb.float().cpu(), logits.float().cpu()
-        if sums is None:
-            sums = torch.zeros(data.num_classes, emb.shape[1], dtype=torch.float64)
-            kept = [torch.zeros(0, emb.shape[1])]
-        keep = labels >= 0
-        sums.index_add_(0, labels[keep], emb[keep].double())
-        counts += torch.bincount(labels[keep], minlength=data.num_classes).double()
-        fit = keep & in_fit[indices]
-        kept.append(emb[fit])
-        teacher_confidence.append(torch.softmax(logits[fit].double(), 1).max(1).values)
+    with Progress(len(rows), "generate-labels: sl-enc prototypes", enabled=show) as bar:
+        for images, labels, indices in loader:
+            images = images.permute(0, 3, 1, 2).to(device, memory_format=torch.contiguous_format, copy=True)
+            labels, indices = labels.view(-1).long().clone(), indices.view(-1).long().clone()
+            with autocast(device, bf16):
+                logits, emb = labeler.embed_with_logits(images)
+            emb, logits = emb.float().cpu(), logits.float().cpu()
+            if sums is None:
+                sums = torch.zeros(data.num_classes, emb.shape[1], dtype=torch.float64)
+                kept = [torch.zeros(0, emb.shape[1])]
+            keep = labels >= 0
+            sums.index_add_(0, labels[keep], emb[keep].double())
+            counts += torch.bincount(labels[keep], minlength=data.num_classes).double()
+            fit = keep & in_fit[indices]
+            kept.append(emb[fit])
+            teacher_confidence.append(torch.softmax(logits[fit].double(), 1).max(1).values)
+            bar.update(len(labels))
     return sums, counts, kept, teacher_confidence
 
 

@@ -113,26 +113,39 @@ def reliability_curve(bins: CalibrationBins) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(bins.confidence)[filled], np.asarray(bins.accuracy)[filled]
 
 
+# Each run's points: a hollow marker of its own shape, a size larger than the run's before, so runs whose points
+# coincide stay visible (a circle inside a square inside a triangle); each line its own dash pattern, so identical
+# curves show every colour.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "h")
+LINE_STYLES = ("-", (0, (5, 3)), (0, (1, 2)), (0, (6, 2, 1, 2)))
+
+
 def comparison_figure(curves: list[tuple[str, CalibrationBins]], title: str):
     """Every run's calibration curve on one diagonal, one coloured line per run (legend: name and ECE).
 
     A point's area grows with its bin's share of the run's samples, so sparse bins read as such.
     """
+    from matplotlib.legend_handler import HandlerTuple
+
     fig = _figure((6.0, 5.6))
     ax = fig.add_subplot(1, 1, 1)
     _calibration_axes(ax, title)
     ax.set_xlabel("confidence (max probability)")
+    handles = []
     for i, (name, bins) in enumerate(curves):
         x, y = reliability_curve(bins)
-        # tab10 has ten colours; past them the line style changes, so no two runs look alike.
-        (line,) = ax.plot(x, y, color=f"C{i % 10}", linestyle=("-", "--", ":", "-.")[i // 10 % 4],
-                          linewidth=1.4, label=f"{name} (ECE {bins.ece():.4f})", clip_on=False)
+        # tab10's ten colours, four dash patterns and ten markers: no two of the first 20 runs look alike
+        (line,) = ax.plot(x, y, color=f"C{i % 10}", linestyle=LINE_STYLES[i % 4], linewidth=1.4,
+                          label=f"{name} (ECE {bins.ece():.4f})", clip_on=False)
         counts = np.asarray(bins.counts)
         share = counts[counts > 0] / max(int(counts.sum()), 1)
         # Unclipped: a confident run's points sit on the frame (confidence or accuracy 1.0).
-        ax.scatter(x, y, s=8 + 160 * share, color=line.get_color(), alpha=0.6, linewidths=0, zorder=3,
-                   clip_on=False)
-    ax.legend(loc="upper left", fontsize=8, frameon=False)
+        size = (14 + 160 * share) * (1 + 0.7 * (i % len(MARKERS)))  # each run's marker round the one before
+        points = ax.scatter(x, y, s=size, marker=MARKERS[i % len(MARKERS)], facecolors="none",
+                            edgecolors=line.get_color(), linewidths=1.2, zorder=3, clip_on=False)
+        handles.append((line, points))
+    ax.legend(handles, [line.get_label() for line, _ in handles], handler_map={tuple: HandlerTuple(ndivide=None)},
+              loc="upper left", fontsize=8, frameon=False)
     return fig
 
 
@@ -186,12 +199,14 @@ def _is_numeric(v) -> bool:
     return _is_mean_std(v) or (isinstance(v, numbers.Real) and not isinstance(v, bool))
 
 
-def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
+def format_table(rows: list[dict], columns: list[tuple[str, str]], width: int | None = None) -> str:
     """Render rows as an aligned plain-text table.
 
     columns is [(key, header)].  Numeric columns (numbers or {"mean","std"}
     dicts) are right-aligned so decimal places line up; others are left-aligned.
     Missing keys and None render as "-".  Every line has the same width.
+    `width`: a wider table wraps its text columns, the widest first, onto more lines per row until it fits
+    (or they are all down to WRAP_FLOOR characters).
     """
     if not columns:
         raise ValueError("format_table needs at least one column")
@@ -202,10 +217,60 @@ def format_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     for key, _ in columns:
         present = [row[key] for row in rows if row.get(key) is not None]
         right.append(bool(present) and all(_is_numeric(v) for v in present))
+    if width is not None:
+        widths = _fit_widths(widths, headers, right, width)
 
     def line(parts: list[str]) -> str:
         return "  ".join(p.rjust(w) if r else p.ljust(w) for p, w, r in zip(parts, widths, right))
 
     out = [line(headers), "  ".join("-" * w for w in widths)]
-    out.extend(line(r) for r in cells)
+    for row in cells:
+        wrapped = [[p] if r or len(p) <= w else _wrap(p, w) for p, w, r in zip(row, widths, right)]
+        out.extend(line([c[k] if k < len(c) else "" for c in wrapped]) for k in range(max(map(len, wrapped))))
     return "\n".join(out)
+
+
+WRAP_FLOOR = 12  # the narrowest a wrapped text column gets
+
+
+def _fit_widths(widths: list[int], headers: list[str], right: list[bool], width: int) -> list[int]:
+    """Column widths whose table fits `width`: the widest text column loses a character at a time."""
+    widths = list(widths)
+    floors = [max(WRAP_FLOOR, len(h)) for h in headers]
+    while sum(widths) + 2 * (len(widths) - 1) > width:
+        narrowable = [j for j, w in enumerate(widths) if not right[j] and w > floors[j]]
+        if not narrowable:
+            break
+        widest = max(narrowable, key=lambda j: widths[j])
+        widths[widest] -= 1
+    return widths
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    """Lines of at most `width` characters, broken after commas and spaces where it can be."""
+    import textwrap
+
+    return textwrap.wrap(text, width, break_on_hyphens=False) or [""]
+
+
+def format_methods(rows: list[dict], width: int) -> str:
+    """`labelopt methods` in `width` columns: a table of each method's signals, source, mixes and --compile (its
+    text columns wrapped to fit), then each method's defaults and loss as wrapped lines."""
+    import textwrap
+
+    value = lambda x: f"{x:g}" if isinstance(x, float) else str(x).lower()  # ints stay 16384, bools true/false
+    text = lambda v: (", ".join(f"{k}={value(x)}" for k, x in v.items()) if isinstance(v, dict)
+                      else ", ".join(v)) or "-"
+    flat = [{k: text(v) if isinstance(v, (list, dict)) else v for k, v in r.items()} for r in rows]
+    table = format_table(flat, [("method", "method"), ("teacher_signals", "teacher signals"), ("source", "served by"),
+                                ("mix", "mixed images"), ("compile", "--compile")], width=width)
+    name_width = max(len(r["method"]) for r in flat) + 2
+    body = max(width - name_width, 30)
+    details = ["", "defaults and loss of each method:"]
+    for r in flat:
+        for k, (label, what) in enumerate((("defaults", r["defaults"]), ("loss", r["summary"]))):
+            lines = textwrap.wrap(f"{label}: {what}", body, subsequent_indent=" " * (len(label) + 2),
+                                  break_on_hyphens=False)
+            first = r["method"] if k == 0 else ""
+            details.extend(f"{first if i == 0 else '':<{name_width}}{line}" for i, line in enumerate(lines))
+    return "\n".join([table, *details])

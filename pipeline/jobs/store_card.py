@@ -7,9 +7,7 @@ import shlex
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from ...store import schema
 from ...store.remote import is_url, local_store
-from ...store.validation import open_h5
 from ..atomic import check_output_file, write_text_atomic
 from .store_report import inspect_store, open_store
 
@@ -53,12 +51,12 @@ def _fetched(path) -> list[str]:
             f"`labelopt train-student --labels {path} ...`.", ""] if is_url(path) else []
 
 
-def store_card(path, cache_dir=None) -> str:
+def store_card(path, cache_dir=None, expect_digest: str | None = None) -> str:
+    """`expect_digest`: a pin of the store's root digest, refused when the store's differs."""
     local = local_store(path, cache_dir)
-    report = inspect_store(local)
+    report = inspect_store(local, expect_digest=expect_digest)
     checksums = open_store(local).checksums
-    with open_h5(local) as f:
-        digest = str(f.attrs.get(schema.ATTR_DIGEST, ""))
+    digest = report["digest"]
     ds, gen, q = report["dataset"], report["generator"], report["labels"]
     opts = gen.get("options") or {}
     name = Path(urlsplit(path).path).name if is_url(path) else local.name  # the cache adds a prefix to its name
@@ -73,6 +71,7 @@ def store_card(path, cache_dir=None) -> str:
         *_fetched(path),
         "| | |",
         "|---|---|",
+        f"| root digest | `{digest}` (pin it: `--expect-digest {digest}`) |",
         f"| dataset fingerprint | `{ds.get('fingerprint')}` |",
         f"| method | `{gen.get('method')}` |",
         f"| temperature | {report['temperature']:g} |",
@@ -96,7 +95,9 @@ def store_card(path, cache_dir=None) -> str:
         "",
         "## Integrity",
         "",
-        f"Root digest (sha256 over every attribute, checksums included): `{digest}`",
+        f"Root digest (sha256 over every attribute, checksums included): `{digest}`. It names this store's "
+        f"whole content: pin it where the store is read (`--expect-digest {digest}`, or `expect_digest` in a "
+        f"recipe) and labelopt refuses any other file under this name, even one whose checksums were recomputed.",
         "",
         "| dataset | sha256 |",
         "|---|---|",
@@ -108,8 +109,9 @@ def store_card(path, cache_dir=None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_store_card(path, out: Path | None, overwrite: bool = False, cache_dir=None) -> str:
-    text = store_card(path, cache_dir)
+def write_store_card(path, out: Path | None, overwrite: bool = False, cache_dir=None,
+                     expect_digest: str | None = None) -> str:
+    text = store_card(path, cache_dir, expect_digest)
     if out is not None:
         check_output_file(out, overwrite, "card")
         write_text_atomic(out, text)

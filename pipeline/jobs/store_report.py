@@ -25,9 +25,10 @@ from ..locks import output_lock
 REPORT_BLOCK_ROWS = 1024
 
 
-def open_store(path) -> LabelStore:
+def open_store(path, expect_digest: str | None = None) -> LabelStore:
+    """The store, validated (and checked against a pin of its root digest when one is given)."""
     try:
-        return LabelStore.open(path)
+        return LabelStore.open(path, expect_digest)
     except StoreError as exc:
         raise UserError(str(exc)) from None
 
@@ -86,9 +87,10 @@ def label_quality(store: LabelStore, n_bins: int = 15, block_rows: int = REPORT_
 
 def shapes(store: LabelStore) -> dict:
     n, v, c = store.num_samples, store.num_views, store.num_classes
-    if store.is_topk:  # v3: one dataset of entries, each k class ids and k values; v2: two datasets
-        names = (schema.TOPK_ENTRIES,) if store.topk_packed else (schema.TOPK_INDICES, schema.TOPK_VALUES)
-        out = {name: [n, v, store.topk] for name in names}
+    if store.is_topk and store.topk_packed:  # v3: [N, V] compound entries, each k class ids and k values
+        out = {schema.TOPK_ENTRIES: [n, v]}
+    elif store.is_topk:  # v2: two [N, V, k] datasets
+        out = {name: [n, v, store.topk] for name in (schema.TOPK_INDICES, schema.TOPK_VALUES)}
     else:
         out = {"targets": [n, v, c]}
     if store.has_logits:
@@ -99,12 +101,14 @@ def shapes(store: LabelStore) -> dict:
     return out
 
 
-def inspect_store(path, n_bins: int = 15, cache_dir=None) -> dict:
-    """A local path, or a URL fetched (and checked) into cache_dir first; "url" names it then."""
-    store = open_store(local_store(path, cache_dir))
+def inspect_store(path, n_bins: int = 15, cache_dir=None, expect_digest: str | None = None) -> dict:
+    """A local path, or a URL fetched (and checked) into cache_dir first; "url" names it then. `expect_digest`: a
+    pin of the store's root digest."""
+    store = open_store(local_store(path, cache_dir), expect_digest)
     return {
         "path": str(store.path),
         **({"url": path} if is_url(path) else {}),
+        "digest": store.digest,
         "size_bytes": store.size_bytes(),
         "created_utc": store.created_utc,
         "labelopt_version": store.labelopt_version,
@@ -137,6 +141,14 @@ def _teachers(generator: dict) -> str:
     return ", ".join(names) or "none"
 
 
+def _entry_type(name: str, report: dict) -> str:
+    """What one entry of a compound dataset holds (docs/label-store.md's words): v3's top-k entries."""
+    if name != schema.TOPK_ENTRIES:
+        return ""
+    k = report["storage"].removeprefix("top-")
+    return f" of {{index: int32[{k}], value: float16[{k}]}}"
+
+
 def format_inspection(report: dict) -> str:
     ds, gen, q = report["dataset"], report["generator"], report["labels"]
     fmt = lambda x, spec: "n/a" if x is None else format(x, spec)
@@ -145,6 +157,7 @@ def format_inspection(report: dict) -> str:
         f"{report['layout']})",
         *([f"fetched from {report['url']}"] if "url" in report else []),
         f"created      {report['created_utc']} by labelopt {report['labelopt_version']}",
+        f"digest       {report['digest']}  (pin it: --expect-digest)",
         f"dataset      {ds.get('name')}/{ds.get('split')}  N={ds.get('num_samples')}  classes={ds.get('num_classes')}"
         f"  fingerprint {str(ds.get('fingerprint'))[:16]}",
         f"generator    method {gen.get('method')}  temperature {report['temperature']:g}"
@@ -152,7 +165,7 @@ def format_inspection(report: dict) -> str:
         f"teachers     {_teachers(gen)}",
         f"views        {report['views'].get('spec', report['views'].get('policy'))}"
         f"  ({report['views'].get('num_views')} per sample{_mix_note(report['views'])})",
-        "datasets     " + "  ".join(f"/{k} {v}" for k, v in report["shapes"].items()),
+        "datasets     " + "  ".join(f"/{k} {v}{_entry_type(k, report)}" for k, v in report["shapes"].items()),
         f"signals      {', '.join(report['signals'])}",
         f"labels       top-1 vs ground truth {fmt(q['top1'], '.2f')} %  mean confidence {q['mean_confidence']:.4f}"
         f"  mean entropy {q['mean_entropy']:.4f} nats (max {q['max_entropy']:.4f})  ECE {fmt(q['ece'], '.4f')}"
@@ -171,12 +184,13 @@ def _store_split(path) -> str | None:
 
 
 def verify_store(path, data_dir=None, teachers=(), sample: int | None = None, device: str = "auto",
-                 cache_dir=None) -> dict:
+                 cache_dir=None, expect_digest: str | None = None) -> dict:
     """store.verify, plus the dataset identity of the store's split when a prepared dataset is given, plus a
     re-label of `sample` random rows with the teacher checkpoints when they (or a sample size) are given.
-    A URL is fetched into cache_dir first (a copy that fails the checks is refused there, with one line)."""
+    A URL is fetched into cache_dir first (a copy that fails the checks is refused there, with one line).
+    `expect_digest`: a pin of the store's root digest (the "pin" check)."""
     url, path = (path if is_url(path) else None), local_store(path, cache_dir)
-    identity = None
+    identity, why = None, "the store's dataset is unreadable"
     if data_dir is not None:
         data = open_dataset(data_dir)
         split = _store_split(path)
@@ -184,10 +198,13 @@ def verify_store(path, data_dir=None, teachers=(), sample: int | None = None, de
             if split not in data.splits:
                 raise UserError(f"{data_dir} has no '{split}' split, the split this store was made from; "
                                 f"pass the prepared dataset the store belongs to")
-            identity = data.identity(split)
-    result = verify(path, identity)
+            try:  # the split's .beton proved the file its fingerprint was computed with
+                identity = data.identity(split)
+            except UserError as exc:
+                why = str(exc)
+    result = verify(path, identity, expect_digest)
     if data_dir is not None and identity is None:
-        result["checks"].append({"name": "identity", "ok": False, "detail": "the store's dataset is unreadable"})
+        result["checks"].append({"name": "identity", "ok": False, "detail": why})
         result["ok"] = False
     if teachers or sample is not None:
         _add_relabel(result, path, data_dir, tuple(teachers), sample, device)
@@ -226,20 +243,22 @@ def format_relabel(relabel: dict, worst: int = 10) -> str:
                                               ("logits", "logits max |diff|"), ("ok", "result")])
 
 
-def combine_stores(paths, out, weights, *, overwrite: bool = False, layout: str = "auto"):
+def combine_stores(paths, out, weights, *, overwrite: bool = False, layout: str = "auto",
+                   expect_digests: list | None = None):
+    """`expect_digests`: one pin per store, in their order (None: none pinned)."""
     from ... import __version__
 
     out = Path(out)
     check_output_file(out, overwrite, "label store")
     with output_lock(out, "label store"):
         return combine([Path(p) for p in paths], out, weights, overwrite=overwrite, labelopt_version=__version__,
-                       layout=layout)
+                       layout=layout, expect_digests=expect_digests)
 
 
-def repack_store(path, out, layout: str, *, overwrite: bool = False):
+def repack_store(path, out, layout: str, *, overwrite: bool = False, expect_digest: str | None = None):
     from ...store.repack import repack
 
     out = Path(out)
     check_output_file(out, overwrite, "label store")
     with output_lock(out, "label store"):
-        return repack(Path(path), out, layout, overwrite=overwrite)
+        return repack(Path(path), out, layout, overwrite=overwrite, expect_digest=expect_digest)

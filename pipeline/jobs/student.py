@@ -21,11 +21,11 @@ from ...stages.batch import ViewedBatch
 from ...stages.teacher_sources import OnlineSource, StoreSource, TeacherSource
 from ...store import LabelStore, StoreError
 from ...store.remote import is_url, local_store
-from ..data.datasets import PreparedDataset, open_dataset
+from ..data.datasets import PreparedDataset
 from ..errors import UserError
 from ..run.checkpoints import load_teachers
 from ..run.runtime import check_precision, device_for, init_distributed, seed_everything
-from ..run.options import TrainOptions, resolve_options
+from ..run.options import TrainOptions, open_training_data, resolve_options
 from ..run.training import fit
 from ..views.draws import AugmentViews, ViewSampler, with_copies
 from ..views.space import sampler_for_store
@@ -38,6 +38,7 @@ NAMED_FLAGS = ("ce_weight", "kd_weight", "label_smoothing", "temperature")  # op
 @dataclass
 class StudentOptions(TrainOptions):
     labels: str | None = None  # a label store
+    expect_digest: str | None = None  # a pin of the store's root digest (--expect-digest): any other store is refused
     teachers: tuple[str, ...] = ()  # or online teachers
     method: str = "sl"
     temperature: float | None = None
@@ -49,6 +50,8 @@ class StudentOptions(TrainOptions):
 def check_source_choice(options: StudentOptions, method: type[Distiller]) -> None:
     if options.labels and options.teachers:
         raise UserError("pass either --labels STORE or --teacher CKPT, not both")
+    if options.expect_digest is not None and not options.labels:
+        raise UserError("--expect-digest pins a label store's root digest: pass it with --labels STORE")
     if method.teacher_signals and not (options.labels or options.teachers):
         raise UserError(f"--method {method.name} needs teacher signals ({', '.join(method.teacher_signals)}): "
                         f"pass --labels STORE (from labelopt generate-labels) or --teacher CKPT")
@@ -63,7 +66,7 @@ def open_store_source(options: StudentOptions, method: type[Distiller], data: Pr
                       ) -> tuple[StoreSource, ViewSampler]:
     try:
         # A URL is fetched and checked here, under a lock: every torchrun rank runs this, one of them downloads.
-        store = LabelStore.open(local_store(options.labels, cache_dir))
+        store = LabelStore.open(local_store(options.labels, cache_dir), options.expect_digest)
         store.check_dataset(data.identity("train"))
     except StoreError as exc:
         raise UserError(str(exc)) from None
@@ -169,7 +172,7 @@ def train_student(options: StudentOptions, *, cache_dir=None, on_epoch_end=None,
     dist_info = init_distributed(options.device)
     device = device_for(dist_info, options.device)
     check_precision(device, options.bf16)
-    data = open_dataset(options.data)
+    data = open_training_data(options)
     try:
         method = get_distiller(options.method)
     except UnknownMethodError as exc:

@@ -19,6 +19,7 @@ from ..errors import UserError
 
 CHECKPOINT_FORMAT = "labelopt.checkpoint"
 CHECKPOINT_VERSION = 1
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of an HDF5 file: a label store given as a checkpoint
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
@@ -33,12 +34,15 @@ def load_checkpoint(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist; pass the path of a .pt file written by labelopt train")
+    with open(path, "rb") as file:
+        if file.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+            raise UserError(f"{path} is a label store (an HDF5 file), not a model checkpoint: pass it as --labels "
+                            f"(train-student); a teacher is a run's last.pt or best.pt")
     try:
         body = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a file that is not a torch zip of plain tensors fails in many ways (KeyError, ...)
-        text = str(exc).strip()
-        reason = f"{type(exc).__name__}: {text.splitlines()[0][:160]}" if text else type(exc).__name__
-        raise UserError(f"{path} is not a labelopt checkpoint (it does not load as plain tensors: {reason})") from None
+        raise UserError(f"{path} is not a labelopt checkpoint (it does not load as plain tensors: "
+                        f"{load_failure(exc)})") from None
     if not isinstance(body, dict) or body.get("format") != CHECKPOINT_FORMAT:
         raise UserError(f"{path} is not a labelopt checkpoint (no '{CHECKPOINT_FORMAT}' header); "
                         f"use a last.pt or best.pt from a labelopt run folder")
@@ -47,6 +51,18 @@ def load_checkpoint(path: str | Path) -> dict:
                         f"{CHECKPOINT_VERSION}: upgrade labelopt")
     check_header(body, path)
     return body
+
+
+def load_failure(exc: Exception) -> str:
+    """Why torch.load refused a file, in a few words: torch's weights-only refusal is paragraphs of advice to load
+    it unsafely, of which only the unpickler's own reason (when it gives one) is about the file."""
+    text = " ".join(str(exc).split())
+    if "Weights only load failed" in text:
+        reason = text.partition("WeightsUnpickler error:")[2].partition(" Check the documentation")[0]
+        reason = reason.partition(". ")[0].strip().rstrip(".")
+        return f"torch refused it: {reason}" if reason else "torch refused it"
+    words = text[:160].rsplit(" ", 1)[0] + " ..." if len(text) > 160 else text
+    return f"{type(exc).__name__}: {words}" if words else type(exc).__name__
 
 
 def check_header(body: dict, path: Path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from ..data.datasets import PreparedDataset
+from ..data.datasets import PreparedDataset, open_dataset
 from ..errors import UserError
 from ..limits import check_all
 from ..views.policies import default_augment, view_policy_names
@@ -12,7 +12,7 @@ from .schedules import check_schedule_name, resolve_milestones
 
 # Options that may differ between a run and its --resume without changing the result.
 # --compile changes how the step runs, not what it computes (within float rounding).
-RESUME_FREE_OPTIONS = {"out", "resume", "overwrite", "device", "num_workers", "compile"}
+RESUME_FREE_OPTIONS = {"out", "resume", "overwrite", "device", "num_workers", "compile", "expect_digest"}
 
 
 @dataclass
@@ -35,13 +35,20 @@ class TrainOptions:
     bf16: bool = False
     channels_last: bool = False
     compile: bool = False  # torch.compile the student's forward and backward (CUDA graphs where they apply)
+    resolution: int | None = None  # JPEG datasets: the side models train and are evaluated at (None: 224)
     num_workers: int | None = None
     resume: bool = False
     overwrite: bool = False
 
 
 NUMERIC_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "gamma", "seed", "num_workers",
-                   "label_smoothing")
+                   "label_smoothing", "resolution")
+
+
+def open_training_data(options: TrainOptions) -> PreparedDataset:
+    """The prepared dataset of --data as the run's models see it (at --resolution)."""
+    check_all(options, ("resolution",))
+    return open_dataset(options.data).at_resolution(options.resolution)
 
 
 def resolve_options(options: TrainOptions, data: PreparedDataset) -> TrainOptions:

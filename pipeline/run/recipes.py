@@ -4,11 +4,16 @@ Keys are the names config.json records (batch_size, num_workers, milestones, met
 spelled with underscores (student, teacher, workers). The CLI applies the values as defaults, so a flag on the
 command line wins over the file and the file over the option's own default. Values are converted and checked
 by the options' own types there; this module finds the file, reads it and maps its keys to parameters.
+
+One recipe can serve every command that takes --config (command_table): a table named after a command
+(`[train-student]`, `[generate-labels]`) is that command's alone; each top-level key goes to the commands that take
+it, except that a key generate-labels shares with the training commands under another meaning (batch_size: the
+teacher's batch or the student's) is the training recipe's, and generate-labels reads its own from its table.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 try:
@@ -22,6 +27,10 @@ from .schedules import default_milestones
 
 SHIPPED = Path(__file__).resolve().parents[2] / "recipes"  # recipes/ at the package root
 COMMANDS = ("train", "train-student", "generate-labels")  # the commands that take --config: a recipe's tables
+TRAINING_COMMANDS = ("train", "train-student")
+# Top-level keys generate-labels reads although the training commands take them too: the same thing for both.
+# Its other keys that they take (batch_size, seed, method, temperature, teacher, mix_alpha, out) are theirs there.
+SAME_MEANING = frozenset({"data", "device", "bf16", "compile", "channels_last", "overwrite"})
 METHOD_OPTIONS_KEY = "method_options"  # the table behind repeated --method-option NAME=VALUE
 # Method options the CLI takes as flags of their own (and records in method_options, as cli.train_student does).
 FLAGGED_METHOD_OPTIONS = ("ce_weight", "kd_weight", "label_smoothing")
@@ -37,6 +46,7 @@ class Recipe:
     values: dict  # parameter name -> value as the file holds it
     keys: dict  # parameter name -> the key that set it (for messages)
     run: dict | None = None  # the whole config.json when the file records a run
+    notes: list = field(default_factory=list)  # lines for the user: what the file left to others, what was scaled
 
 
 def shipped_names() -> list[str]:
@@ -75,14 +85,33 @@ def read_table(path: Path) -> dict:
     return table
 
 
-def command_table(table: dict, command: str, path: Path) -> dict:
-    """The top-level keys, with the command's own table (`[train-student]`) over them; other commands' tables
-    are theirs."""
+def reads_top_level(key: str, command: str, keys_by_command: dict) -> bool:
+    """Whether `command` reads a top-level `key`: it takes the key, and (for generate-labels) the training commands
+    do not take it under another meaning."""
+    if key not in keys_by_command.get(command, {}):
+        return False
+    return (command in TRAINING_COMMANDS or key in SAME_MEANING
+            or not any(key in keys_by_command.get(c, {}) for c in TRAINING_COMMANDS))
+
+
+def command_table(table: dict, command: str, path: Path, keys_by_command: dict) -> tuple[dict, list[str]]:
+    """(the keys `command` reads, the top-level keys it takes but leaves to the training commands). Its own table
+    (`[train-student]`) wins over the top-level keys; other commands' tables and their keys are theirs; a key no
+    command takes stays in, to be refused as unknown."""
     own = table.get(command, {})
     if not isinstance(own, dict):
         raise UserError(f"{path}: '{command}' must be a table of that command's options")
-    top = {k: v for k, v in table.items() if k not in COMMANDS}
-    return {**top, **own}
+    read, left = {}, []
+    for key, value in table.items():
+        if key in COMMANDS:
+            continue
+        if reads_top_level(key, command, keys_by_command):
+            read[key] = value
+        elif key in keys_by_command.get(command, {}):
+            left.append(key)
+        elif not any(key in keys for keys in keys_by_command.values()):
+            read[key] = value
+    return {**read, **own}, [key for key in left if key not in own]
 
 
 def run_table(run: dict, command: str, path: Path) -> dict:
@@ -99,13 +128,18 @@ def run_table(run: dict, command: str, path: Path) -> dict:
     return {k: v for k, v in run.items() if k not in skip}
 
 
-def load_recipe(spec: str, command: str, keys: dict, given: dict) -> Recipe:
-    """The values `spec` sets for `command`. `keys`: every accepted key -> its parameter name; `given`: the
-    parameters set on the command line (they win; some change what the file may say, see check_overrides)."""
+def load_recipe(spec: str, command: str, keys_by_command: dict, given: dict) -> Recipe:
+    """The values `spec` sets for `command`. `keys_by_command`: for each command that takes --config, every key it
+    accepts -> its parameter name; `given`: the parameters set on the command line (they win; some change what
+    the file may say, see check_overrides)."""
     path = recipe_path(spec)
     table = read_table(path)
     run = table if "command" in table else None
-    table = run_table(table, command, path) if run is not None else command_table(table, command, path)
+    keys, left = keys_by_command[command], []
+    if run is not None:
+        table = run_table(table, command, path)
+    else:
+        table, left = command_table(table, command, path, keys_by_command)
     values, used = {}, {}
     for key, value in table.items():
         for name, item, label in key_values(key, value, keys, command, path):
@@ -113,8 +147,18 @@ def load_recipe(spec: str, command: str, keys: dict, given: dict) -> Recipe:
                 raise UserError(f"{path} sets {name} twice ({used[name]} and {label})")
             values[name], used[name] = item, label
     recipe = Recipe(path, values, used, run)
+    recipe.notes += [note for note in [left_note(recipe, command, left)] if note]
     check_overrides(recipe, given)
     return recipe
+
+
+def left_note(recipe: Recipe, command: str, left: list[str]) -> str | None:
+    """What a file that serves other commands leaves to them, where the user could expect it here."""
+    parts = [] if recipe.values else [f"it sets no option of labelopt {command}"]
+    if left:
+        parts.append(f"{', '.join(left)} at its top level {'is' if len(left) == 1 else 'are'} for train and "
+                     f"train-student; {command} reads its own from a [{command}] table")
+    return f"note: {recipe.path.name}: {'; '.join(parts)}" if parts else None
 
 
 def key_values(key: str, value, keys: dict, command: str, path: Path) -> list[tuple[str, object, str]]:
@@ -184,10 +228,25 @@ def check_overrides(recipe: Recipe, given: dict) -> None:
     if recorded and tuple(run.get("milestones") or ()) == default_milestones(recorded):
         del recipe.values["milestones"]  # the run took the default for its epochs: it follows --epochs too
         return
-    epochs, text = as_int(given["epochs"]), recipe.values["milestones"]
-    if epochs is not None and text and int(text.split(",")[-1]) >= epochs:
-        raise UserError(f"{recipe.path} sets milestones {text}, which do not fit --epochs {epochs}; pass "
-                        f"--milestones as well ('' for the default of {epochs} epochs)")
+    epochs, text, planned = as_int(given["epochs"]), recipe.values["milestones"], as_int(recipe.values.get("epochs"))
+    if epochs is None or not text or epochs == planned:
+        return
+    if planned is not None:  # the file's schedule, at the same fractions of the run
+        scaled = ",".join(map(str, scale_milestones([int(m) for m in text.split(",")], planned, epochs)))
+        recipe.values["milestones"] = scaled
+        recipe.notes.append(f"note: {recipe.path.name}'s milestones {text} of {planned} epochs are scaled to "
+                            f"--epochs {epochs}: {scaled or 'none'} (pass --milestones for others)")
+    elif int(text.split(",")[-1]) >= epochs:
+        raise UserError(f"{recipe.path} sets milestones {text} but not the epochs they were set for, and they do "
+                        f"not fit --epochs {epochs}; pass --milestones as well ('' for the default of {epochs} "
+                        f"epoch{'' if epochs == 1 else 's'})")
+
+
+def scale_milestones(milestones: list[int], planned: int, epochs: int) -> tuple[int, ...]:
+    """Milestones set for `planned` epochs at the same fractions of `epochs`: rounded (halves up), kept inside the
+    run (1 .. epochs-1), repeats merged, as default_milestones does (200 -> 10 epochs: 60,120,160 -> 3,6,8)."""
+    scaled = {min(max(1, (2 * m * epochs + planned) // (2 * planned)), epochs - 1) for m in milestones}
+    return tuple(sorted(m for m in scaled if m >= 1))
 
 
 def rerun_notes(recipe: Recipe, given: dict) -> str | None:

@@ -1,4 +1,4 @@
-"""The parts of a training run after its set-up: one epoch of steps, the epoch's test evaluation and its
+"""The parts of a training run after its set-up: one epoch of steps, the epoch's held-out evaluation and its
 checkpoints, and the watch that stops a run whose loss is no longer finite."""
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ...stages.batch import ViewedBatch
 from ...stages.metrics import classification_metrics
 from .checkpoints import save_checkpoint
 from ..data.datasets import PreparedDataset
 from ..errors import UserError
+from ..progress import Progress
 from .prediction import predict
 from .runtime import DistInfo, autocast
 from .train_setup import TrainingRun
@@ -117,18 +117,19 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
     if run.train_extra is not None:
         run.train_extra.train()
     totals, watch, steps = EpochTotals(run.device), DivergenceWatch(run.device), len(run.batches)
-    bar = tqdm(run.batches.epoch(epoch, views_rng), total=steps, desc=f"epoch {epoch + 1}/{run.total_epochs}",
-               unit="batch", leave=False, disable=None if run.dist_info.is_main else True)
+    world = run.dist_info.world_size  # every rank takes a batch per step: the bar counts the job's images
     compiling = CompileClock(run)
-    for step, batch in enumerate(bar):
-        compiling.start()
-        loss, logits, parts = train_step(run, epoch, step, batch, watch)
-        totals.add(loss, logits, batch.labels, parts)
-        compiling.stop(batch.labels.shape[0])
-        if step % 20 == 0:
-            watch.check(epoch, run.total_epochs, steps, run.out, run.dist_info)
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.schedule.lr(epoch, step):.4g}")
-    bar.close()
+    with Progress(steps * run.options.batch_size * world, f"epoch {epoch + 1}/{run.total_epochs}",
+                  enabled=run.dist_info.is_main) as bar:
+        for step, batch in enumerate(run.batches.epoch(epoch, views_rng)):
+            compiling.start()
+            loss, logits, parts = train_step(run, epoch, step, batch, watch)
+            totals.add(loss, logits, batch.labels, parts)
+            compiling.stop(batch.labels.shape[0])
+            if step % 20 == 0:
+                watch.check(epoch, run.total_epochs, steps, run.out, run.dist_info)
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.schedule.lr(epoch, step):.4g}")
+            bar.update(batch.labels.shape[0] * world)
     watch.check(epoch, run.total_epochs, steps, run.out, run.dist_info)  # before anything of the epoch is saved
     seconds = time.perf_counter() - started - compiling.seconds  # the compile is reported on its own
     timed_rows = max(totals.seen - compiling.rows, 1)
@@ -144,12 +145,14 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
 
 
 def evaluate_epoch(run: TrainingRun, record: dict) -> None:
-    """The test split's top-1, top-5, NLL and ECE into the record (rank 0, where there is a test split)."""
+    """The held-out split's top-1, top-5, NLL and ECE into the record as test_* (rank 0, where the data has a
+    held-out split: test, else val); eval_split names the split."""
     if run.test_loader is None:
         return
-    logits, labels = predict(run.model, run.test_loader, run.normalize, bf16=run.options.bf16)
+    logits, labels = predict(run.model, run.test_loader, run.normalize, bf16=run.options.bf16,
+                             desc=f"epoch {record['epoch'] + 1}/{run.total_epochs}: {run.eval_split}")
     test = classification_metrics(logits, labels)
-    record.update({f"test_{k}": test[k] for k in ("top1", "top5", "nll", "ece")})
+    record.update({f"test_{k}": test[k] for k in ("top1", "top5", "nll", "ece")}, eval_split=run.eval_split)
 
 
 def save_epoch(run: TrainingRun, epoch: int, record: dict) -> None:
@@ -186,7 +189,8 @@ def epoch_line(record: dict, epochs: int) -> str:
     text = (f"epoch {record['epoch'] + 1}/{epochs}  loss {record['train_loss']:.4f}{terms}  "
             f"train {record['train_top1']:.2f}%")
     if "test_top1" in record:
-        text += f"  test {record['test_top1']:.2f}%  nll {record['test_nll']:.4f}  ece {record['test_ece']:.4f}"
+        text += (f"  {record.get('eval_split', 'test')} {record['test_top1']:.2f}%  nll {record['test_nll']:.4f}  "
+                 f"ece {record['test_ece']:.4f}")
     text += f"  {record['train_img_per_s']:.0f} img/s"
     if "compile_seconds" in record:
         text += f"  (compiling the step took {record['compile_seconds']:.1f} s, not counted)"

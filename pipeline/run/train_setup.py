@@ -14,7 +14,7 @@ from ...stages.phases import Phases
 from ..data.datasets import PreparedDataset
 from ..errors import UserError
 from .options import TrainOptions
-from .prediction import eval_loader
+from .prediction import eval_loader, held_out_split
 from ..data.loading import SplitLoader, make_loader
 from .batches import BatchLoader, TeacherRows
 from .runs import MetricsLog
@@ -43,12 +43,13 @@ class TrainingRun:
     optimizer: torch.optim.Optimizer
     schedule: Schedule
     batches: BatchLoader  # the training split's finished batches: views drawn, store rows gathered
-    test_loader: SplitLoader | None
+    test_loader: SplitLoader | None  # the held-out split's (eval_split: test, or val for ImageNet folders)
     normalize: Normalizer
     metrics_log: MetricsLog | None
     best: dict
     start_epoch: int
     step_mode: StepMode = field(default_factory=lambda: StepMode())
+    eval_split: str | None = None  # the split test_loader reads
 
     @property
     def total_epochs(self) -> int:
@@ -132,15 +133,30 @@ def make_optimizer(options: TrainOptions, model, extra_modules) -> torch.optim.O
 
 
 def make_loaders(options: TrainOptions, data: PreparedDataset, dist_info: DistInfo, device: torch.device,
-                 sampler: ViewSampler, teacher_rows: TeacherRows | None):
-    """(the training batches, test loader or None: only rank 0 evaluates, and only where there is a test split)."""
+                 sampler: ViewSampler, teacher_rows: TeacherRows | None, log=print):
+    """(the training batches, the held-out split's loader or None: only rank 0 evaluates, and only where the data
+    has a held-out split: test, else val)."""
     train_loader = make_loader(data, "train", options.batch_size, shuffle=True, seed=options.seed, drop_last=True,
                                distributed=dist_info.enabled, device=device, num_workers=options.num_workers)
     if len(train_loader) == 0:
         raise UserError(f"--batch-size {options.batch_size} is larger than the training split "
                         f"({data.num_samples('train')} images); use a smaller batch")
-    test_loader = eval_loader(data, "test", device) if dist_info.is_main and "test" in data.splits else None
+    note = dropped_note(train_loader, data.num_samples("train"), options.batch_size, dist_info.world_size)
+    if note and dist_info.is_main:
+        log(note)
+    split = held_out_split(data)
+    test_loader = eval_loader(data, split, device) if dist_info.is_main and split is not None else None
     return BatchLoader(train_loader, sampler, device, teacher_rows), test_loader
+
+
+def dropped_note(train_loader: SplitLoader, num_samples: int, batch_size: int, world_size: int) -> str | None:
+    """The one line that says how many training images each epoch leaves out (its last partial batch), or None."""
+    kept = train_loader.num_images() * world_size
+    if kept >= num_samples:
+        return None
+    batch = f"{batch_size}" if world_size == 1 else f"{batch_size} x {world_size} processes"
+    return (f"note: each epoch trains on {kept:,} of the {num_samples:,} training images in full batches of "
+            f"{batch}; the rest ({num_samples - kept:,}, different images each epoch) is dropped as a partial batch")
 
 
 def set_up_run(options: TrainOptions, data: PreparedDataset, model, objective, sampler: ViewSampler,
@@ -162,7 +178,7 @@ def set_up_run(options: TrainOptions, data: PreparedDataset, model, objective, s
         start_epoch = int(state["epoch"]) + 1
         best = dict(state["training"]["best"])
         torch.set_rng_state(state["training"]["torch_rng"])
-    batches, test_loader = make_loaders(options, data, dist_info, device, sampler, teacher_rows)
+    batches, test_loader = make_loaders(options, data, dist_info, device, sampler, teacher_rows, log)
     schedule = Schedule(options.schedule, options.lr, options.epochs, len(batches), options.milestones,
                         options.gamma, hold_epochs=phases.warmup_epochs, hold_milestones=phases.warmup_milestones,
                         hold_lr=phases.warmup_lr)
@@ -172,4 +188,4 @@ def set_up_run(options: TrainOptions, data: PreparedDataset, model, objective, s
     return TrainingRun(options, data, out, dist_info, device, model, train_model, extra_modules, train_extra,
                        objective, phases, optimizer, schedule, batches, test_loader,
                        Normalizer(data.mean, data.std, device, channels_last=options.channels_last), metrics_log,
-                       best, start_epoch, step_mode)
+                       best, start_epoch, step_mode, held_out_split(data))

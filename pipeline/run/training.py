@@ -12,7 +12,7 @@ from ...models import UnknownModelError, create_model
 from ...stages.batch import ViewedBatch
 from ...stages.losses import batch_cross_entropy
 from ...stages.phases import NO_PHASES, Phases
-from ..data.datasets import PreparedDataset, open_dataset
+from ..data.datasets import PreparedDataset
 from ..errors import UserError
 from ..locks import output_lock
 from .runs import prepare_run_dir, provenance, read_config, write_config
@@ -20,10 +20,11 @@ from .runtime import (DistInfo, barrier, check_precision, check_same_inputs, des
                       from_main, init_distributed, seed_everything)
 from .train_loop import epoch_line, evaluate_epoch, save_epoch, train_epoch
 from .batches import TeacherRows
+from .prediction import held_out_split
 from .train_setup import set_up_run
 from ..views.draws import AugmentViews, ViewSampler
 from ..views.policies import get_view_policy
-from .options import RESUME_FREE_OPTIONS, TrainOptions, resolve_options
+from .options import RESUME_FREE_OPTIONS, TrainOptions, open_training_data, resolve_options
 
 def cross_entropy_objective(label_smoothing: float):
     def objective(model, inputs, batch: ViewedBatch, extra=None):
@@ -37,7 +38,7 @@ def train(options: TrainOptions, *, on_epoch_end: Callable[[int], None] | None =
     dist_info = init_distributed(options.device)
     device = device_for(dist_info, options.device)
     check_precision(device, options.bf16)
-    data = open_dataset(options.data)
+    data = open_training_data(options)
     options = resolve_options(options, data)
     seed_everything(options.seed)  # before the model exists: its initial weights come from the seed
     try:
@@ -59,10 +60,18 @@ def config_record(options: TrainOptions, data: PreparedDataset, dist_info: DistI
         "milestones": list(options.milestones),
         "world_size": dist_info.world_size,
         "global_batch_size": options.batch_size * dist_info.world_size,
-        "dataset": {**data.identity("train"), "path": str(data.path), "test_fingerprint": data.fingerprint("test")
-                    if "test" in data.splits else None},
+        "dataset": dataset_record(data),
         "provenance": provenance(),
     }
+
+
+def dataset_record(data: PreparedDataset) -> dict:
+    """config.json's record of the data: the training split, and the held-out split each epoch is evaluated on
+    (test_fingerprint; eval_split is written where that split is not test, e.g. ImageNet's val)."""
+    split = held_out_split(data)
+    record = {**data.identity("train"), "path": str(data.path),
+              "test_fingerprint": data.fingerprint(split) if split else None}
+    return record if split in (None, "test") else {**record, "eval_split": split}
 
 
 def check_resume_matches(out: Path, config: dict) -> None:

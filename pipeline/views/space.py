@@ -92,7 +92,7 @@ class ViewSpace(ViewSampler):
         policy = self.policy.base if self.mixed else self.policy
         if isinstance(policy, ResizedCropFlipView) and policy.size != input_size:
             raise UserError(f"label store {path} has {policy.size}-pixel views but the data is {input_size} "
-                            f"pixels; generate labels for this data")
+                            f"pixels; train at --resolution {policy.size} or generate labels for this data")
 
     # -- stage one: every position of a block of samples ---------------------------------------
 

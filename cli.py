@@ -193,6 +193,20 @@ def echo_once(text: str) -> None:
         click.echo(text)
 
 
+def seed_list(text: str | None) -> tuple[int, ...]:
+    """--seeds: comma-separated seeds, each in --seed's range."""
+    if not text:
+        return ()
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is not a comma-separated list of seeds", param_hint="--seeds") from None
+    bound = number("seed").bound
+    if not all(bound.accepts(v) for v in values):
+        raise click.BadParameter(f"'{text}': each seed must be {bound.describe()}", param_hint="--seeds")
+    return values
+
+
 def int_list(text: str | None) -> tuple[int, ...] | None:
     """--milestones: comma-separated epochs, each in range, strictly increasing."""
     if not text:
@@ -346,6 +360,9 @@ def training_options(command):
                      help="Step epochs, e.g. 150,180,210 [default: 62.5/75/87.5% of --epochs]."),
         click.option("--gamma", type=number("gamma"), default=0.1, show_default=True, help="Step decay factor."),
         click.option("--seed", type=number("seed"), default=0, show_default=True),
+        click.option("--order-seed", type=number("order_seed"), default=None,
+                     help="Seed of the data order alone [default: --seed]: a run with a pack member's --seed and "
+                          "the pack's order seed trains as that member."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
         click.option("--bf16", is_flag=True, help="bf16 autocast (GPU)."),
         click.option("--channels-last", is_flag=True, help="channels_last memory format."),
@@ -416,7 +433,12 @@ def train(milestones, **kwargs):
                    "the mixed image).")
 @click.option("--mix-alpha", type=number("mix_alpha"), default=None,
               help="The mix's Beta(alpha, alpha) [mixup 1.0, cutmix 1.0, ricap 0.3].")
-def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, extra_options, cache_dir, **kwargs):
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="A pack: one student per seed, trained in one pass as one grouped network (label-based "
+                   "methods, unmixed views, one process); each member's run folder is OUT/seed-S. They share "
+                   "the data order (--order-seed, default the first seed).")
+def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, extra_options, cache_dir, seeds,
+                  **kwargs):
     """Stage two: train a student from a label store (or online teachers) with a distillation method."""
     from .pipeline.jobs.student import StudentOptions, train_student as run_student
 
@@ -424,7 +446,7 @@ def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, e
                                 ("label_smoothing", label_smoothing)) if v is not None}
     chosen.update(method_option_values(kwargs["method"], extra_options))
     options = StudentOptions(milestones=int_list(milestones), teachers=tuple(teachers), method_options=chosen,
-                             **as_plain(kwargs))
+                             seeds=seed_list(seeds), **as_plain(kwargs))
     out = run_student(options, cache_dir=cache_dir, log=lambda m: click.echo(m, err=True))
     echo_once(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
 

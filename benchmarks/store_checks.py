@@ -92,7 +92,7 @@ def measure(path: Path, reps: int) -> dict:
     import h5py
 
     from labelopt.store import LabelStore
-    from labelopt.store.integrity import array_sha256, root_digest
+    from labelopt.store.checksums import array_sha256, root_digest
     from labelopt.store.validation import root_attrs
 
     store = LabelStore.open(path)

@@ -1,14 +1,17 @@
-"""Nothing half-written: outputs appear under their final name only when complete."""
+"""Nothing half-written: outputs appear under their final name only when complete, in folders checked first.
+
+The write itself is store/files.py's (one for every layer); this file adds the pipeline's checks of an output
+(--overwrite, a folder it can write) and whole folders written aside and renamed into place."""
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from ..store.files import write_bytes_atomic
 from .errors import UserError
 
 
@@ -60,29 +63,8 @@ def atomic_directory(final: Path, overwrite: bool):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_bytes_atomic(path: Path, data, *, then: str = "run the command again") -> None:
-    """`data` under `path` only once wholly written. A full disk is one line with the figures and what to do next;
-    no temporary file survives a failure. (store/writer.py has the store's own twin: store imports nothing of
-    pipeline, and `labelopt train` should not import the store.)"""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            free = shutil.disk_usage(path.parent).free / 2 ** 20
-            raise UserError(f"disk full writing {path} ({len(data) / 2**20:.1f} MiB, {free:.1f} MiB free there); "
-                            f"free space and {then}") from None
-        raise
-
-
 def write_text_atomic(path: Path, text: str) -> None:
-    write_bytes_atomic(path, text.encode())
+    write_bytes_atomic(path, text.encode(), error=UserError)
 
 
 def write_json_atomic(path: Path, obj) -> None:

@@ -59,6 +59,7 @@ BOUNDS: dict[str, Bound] = {
     "weight_decay": Bound(float, 0.0, 1.0),
     "gamma": Bound(float, 0.0, 1.0, low_open=True),  # a decay factor: above 1 the lr would grow at each milestone
     "seed": int_range(0, SEED_MAX),
+    "order_seed": int_range(0, SEED_MAX),  # the data order's seed (a pack's members share one)
     "num_workers": int_range(1, 256),
     "label_smoothing": fraction(high_open=True),
     "temperature": positive(1000.0),

@@ -2,15 +2,14 @@
 gs://, hf://: any scheme fsspec knows) is fetched once into a cache folder.
 
 The transfer goes into `<name>.part` beside the final name and resumes from the part's length when it was cut
-(ranged reads through fsspec). The whole file is checked with the store's own checks (tools.verify: structure,
-root digest, every dataset's sha256) before it takes its final name, so a copy that is not the store it claims
-to be is deleted and refused. A lock file in the cache folder lets one process (one torchrun rank) download while
-the others wait and reuse its copy. fsspec, and tqdm for the progress bar, are imported only for URLs.
+(ranged reads through fsspec). The whole file is checked with the store's own checks (verification.verify:
+structure, root digest, every dataset's sha256) before it takes its final name, so a copy that is not the store it
+claims to be is deleted and refused. A lock beside the cached name (files.exclusive_lock) lets one process (one
+torchrun rank) download while the others wait and reuse its copy. fsspec, and tqdm for the progress bar, are
+imported only for URLs.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -19,7 +18,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from .disk import write_bytes_atomic
+from .files import exclusive_lock, lock_path, write_bytes_atomic
 from .schema import StoreError
 
 CHUNK_BYTES = 4 << 20  # one ranged read per chunk: a cut transfer loses at most this much
@@ -62,7 +61,7 @@ def local_store(spec, cache_dir=None, progress: bool | None = None, log=stderr_l
     url = spec
     folder = cache_folder(cache_dir)
     final = folder / cached_name(url)
-    with cache_lock(folder / f".{final.name}.lock"):
+    with exclusive_lock(lock_path(final)):  # one process fetches; the others wait, then reuse its copy
         fs, path = remote_filesystem(url)
         try:
             size, tag = remote_info(fs, path, url)
@@ -84,7 +83,8 @@ def local_store(spec, cache_dir=None, progress: bool | None = None, log=stderr_l
 
 def write_record(final: Path, record: dict) -> None:
     """Beside the copy, the version of the remote file it is (a crash before this only costs a new fetch)."""
-    write_bytes_atomic(Path(f"{final}.json"), json.dumps(record).encode(), then="fetch the store again")
+    write_bytes_atomic(Path(f"{final}.json"), json.dumps(record).encode(), error=StoreError,
+                       then="fetch the store again")
 
 
 def cached_record(final: Path) -> dict | None:
@@ -108,17 +108,6 @@ def cache_folder(cache_dir) -> Path:
         raise StoreError(f"cannot write to the store cache {folder}; pass a --cache-dir you can write or set "
                          f"LABELOPT_CACHE_DIR")
     return folder
-
-
-@contextlib.contextmanager
-def cache_lock(path: Path):
-    """An exclusive flock for one URL's files; a second process waits here. The file stays (no unlink race)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing drops the lock; so does a killed process
 
 
 def remote_filesystem(url: str):
@@ -227,7 +216,7 @@ def download(fs, path: str, url: str, final: Path, size: int, tag, progress) -> 
 
 def check_download(part: Path, url: str) -> None:
     """Every check `labels verify` makes, on the whole download; a failure deletes it and refuses the URL."""
-    from .tools import verify
+    from .verification import verify
 
     result = verify(part)
     if result["ok"]:

@@ -17,8 +17,8 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from .disk import check_free_space, free_mib, is_disk_full
-from .integrity import check_digest_of, check_finite, first_non_finite
+from .checksums import check_digest_of, check_finite, first_non_finite
+from .files import check_free_space, free_mib, is_disk_full
 from . import schema as S
 from .reader import LabelStore
 from .schema import StoreError
@@ -43,7 +43,7 @@ def repack(path: Path, out: Path, layout: str, *, overwrite: bool = False, expec
         raise StoreError(f"--layout must be one of {sorted(S.LAYOUTS)}, got {layout!r}")
     compression = S.LAYOUTS[layout]
     check_free_space(out.parent, os.path.getsize(path) if compression != "none" else _raw_bytes(path),
-                     f"repacking into {out.name}")
+                     f"repacking into {out.name}", error=StoreError)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.h5")
     try:
         with open_h5(path) as src, h5py.File(tmp, "w", **file_options(compression)) as dst:

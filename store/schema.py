@@ -25,7 +25,7 @@ ATTR_GENERATOR = "generator"
 ATTR_VIEWS = "views"
 ATTR_COMPLETE = "complete"
 ATTR_CHECKSUMS = "checksums"
-ATTR_DIGEST = "digest"  # sha256 over every other root attribute (store/integrity.py)
+ATTR_DIGEST = "digest"  # sha256 over every other root attribute (store/checksums.py)
 JSON_ATTRS = (ATTR_DATASET, ATTR_GENERATOR, ATTR_VIEWS)
 
 # Dataset paths (relative to the root, no leading slash: the same spelling is used as

@@ -1,7 +1,8 @@
-"""Validation of a label store on open, step by step (tools.verify runs the steps one by one): the file, its format,
-digest (and a pin of it) and attributes, its objects and links, storage and shapes, and each dataset's checksum and
-finite values as it is read. Every reader (LabelStore.open, labels verify, and through them inspect, card, combine,
-repack, train-student and a fetched URL) goes through these steps, so a store is refused the same way everywhere.
+"""Validation of a label store on open, step by step (verification.verify runs the steps one by one): the file, its
+format, digest (and a pin of it) and attributes, its objects and links, storage and shapes, and each dataset's
+checksum and finite values as it is read (checksums.py computes and compares the hashes). Every reader
+(LabelStore.open, labels verify, and through them inspect, card, combine, repack, train-student and a fetched URL)
+goes through these steps, so a store is refused the same way everywhere.
 
 Nothing is ever unpickled: only plain numeric dtypes are accepted and read; nothing is read (not even a fill
 value) before the file is proved to hold only the schema's objects, in full, in this file."""
@@ -15,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import integrity
+from .checksums import check_array, check_digest_of, check_finite, check_pin, check_root_digest, scan_dataset
 from . import schema as S
 from .schema import StoreError
 
@@ -67,7 +68,7 @@ def root_attrs(f: h5py.File) -> dict:
 
 
 def check_digest(f: h5py.File) -> str:
-    return integrity.check_root_digest(f.filename, root_attrs(f))
+    return check_root_digest(f.filename, root_attrs(f))
 
 
 def check_complete(f: h5py.File) -> None:
@@ -303,7 +304,7 @@ def validate(f: h5py.File, expect_digest: str | None = None) -> tuple[dict, dict
     check_format(f)
     check_complete(f)
     digest = check_digest(f)
-    integrity.check_pin(f.filename, digest, expect_digest)
+    check_pin(f.filename, digest, expect_digest)
     check_objects(f)
     check_storage(f)
     meta = parse_attrs(f)
@@ -321,19 +322,19 @@ def read_dataset(f: h5py.File, path: str, checksums: dict) -> np.ndarray:
     except OSError as exc:
         raise StoreError(f"{f.filename}: dataset /{path} failed to read ({exc}); the file is corrupt: "
                          f"run labelopt labels verify and regenerate it")
-    return integrity.check_array(f.filename, path, array, checksums)
+    return check_array(f.filename, path, array, checksums)
 
 
 def stream_check(f: h5py.File, path: str, checksums: dict) -> None:
     """Check a dataset's sha256 and that its values are finite, chunk by chunk, keeping none of it (for readers of
     slices and of datasets read in place)."""
     try:
-        digest, bad_row = integrity.scan_dataset(f[path])
+        digest, bad_row = scan_dataset(f[path])
     except OSError as exc:
         raise StoreError(f"{f.filename}: dataset /{path} failed to read ({exc}); the file is corrupt: "
                          f"run labelopt labels verify and regenerate it")
-    integrity.check_digest_of(f.filename, path, digest, checksums)
-    integrity.check_finite(f.filename, path, bad_row)
+    check_digest_of(f.filename, path, digest, checksums)
+    check_finite(f.filename, path, bad_row)
 
 
 def identity_mismatches(dataset: dict, identity: dict) -> list[tuple[str, object, object]]:

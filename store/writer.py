@@ -23,12 +23,18 @@ import numpy as np
 from tqdm import tqdm
 
 from . import schema as S
-from .disk import check_free_space, free_mib, is_disk_full, write_bytes_atomic
-from .integrity import first_non_finite, root_digest
+from .checksums import first_non_finite, root_digest
+from .files import check_free_space, free_mib, is_disk_full, write_bytes_atomic
 from .contiguous import ALIGNMENT
 from .layout import (JOB_FILE, JOB_KIND, SHARED_PARAMS_FILE, StoreLayout, block_keys, file_datasets,  # noqa: F401
                      file_rows, expect_array, normalise_header, npy_bytes, partial_dir, top_k)
 from .schema import StoreError
+
+
+def write_partial(path: Path, data) -> None:
+    """A block, or the job record beside the blocks, under its name only when whole; a full disk says that the blocks
+    already finished are kept."""
+    write_bytes_atomic(path, data, error=StoreError, then="rerun the same command: finished blocks are kept")
 
 
 def file_options(compression: str) -> dict:
@@ -74,7 +80,8 @@ class StoreWriter:
             # Before the partial folder exists: a store that cannot fit leaves nothing behind.
             pending = sum(self.layout.block_bytes(b) for b in self.pending_blocks())
             check_free_space(self.path.parent, pending + self.layout.num_samples * self.layout.row_bytes(),
-                             f"label store {self.path.name} (its blocks, then the assembled file)")
+                             f"label store {self.path.name} (its blocks, then the assembled file)",
+                             error=StoreError)
         self._open_partial()
 
     def _remove_stale_temporaries(self) -> None:
@@ -129,9 +136,9 @@ class StoreWriter:
         self.partial.mkdir(parents=True, exist_ok=True)
         if existing != job:
             # Every rank writes identical bytes atomically, so the race is harmless.
-            write_bytes_atomic(job_path, json.dumps(job, sort_keys=True, indent=1).encode())
+            write_partial(job_path, json.dumps(job, sort_keys=True, indent=1).encode())
             if self.shared_view_params is not None:
-                write_bytes_atomic(self.partial / SHARED_PARAMS_FILE, npy_bytes(self.shared_view_params))
+                write_partial(self.partial / SHARED_PARAMS_FILE, npy_bytes(self.shared_view_params))
 
     @staticmethod
     def _read_job(job_path: Path) -> dict | None:
@@ -200,7 +207,7 @@ class StoreWriter:
         self._check_finite(start, {"targets": targets, **arrays})
         buf = io.BytesIO()
         np.savez(buf, **arrays)
-        write_bytes_atomic(self.block_file(b), buf.getvalue())
+        write_partial(self.block_file(b), buf.getvalue())
 
     def _check_finite(self, start: int, arrays: dict) -> None:
         """A block whose labels, logits or features hold NaN or inf (or values past float16's range, stored as inf)
@@ -242,7 +249,7 @@ class StoreWriter:
         if self.path.exists() and not self.overwrite:
             raise StoreError(f"label store {self.path} already exists; pass --overwrite to replace it")
         need = self.layout.num_samples * self.layout.row_bytes()
-        check_free_space(self.path.parent, need, f"assembling {self.path.name}")
+        check_free_space(self.path.parent, need, f"assembling {self.path.name}", error=StoreError)
         tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}.h5")
         try:
             self._assemble(tmp)

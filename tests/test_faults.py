@@ -20,7 +20,7 @@ import torch
 from click.testing import CliRunner
 
 from labelopt.cli import main
-from labelopt.store import disk as store_disk
+from labelopt.store import files as store_files
 from labelopt.store import writer as store_writer
 
 
@@ -104,7 +104,7 @@ def test_disk_full_while_writing_a_block_then_a_rerun_finishes_the_same_store(ti
                                                                                reference_store, tmp_path,
                                                                                monkeypatch):
     out = tmp_path / "labels.h5"
-    full_disk_for(store_disk, "block-000001", monkeypatch)
+    full_disk_for(store_files, "block-000001", monkeypatch)
     one_line(CliRunner().invoke(main, generate_args(tiny_cifar_dir, teacher, out)), mentions="disk full writing")
     assert not out.exists() and leftovers(tmp_path) == []
     assert sorted(p.name for p in (tmp_path / ".labels.h5.partial").glob("block-*")) == ["block-000000.npz"]
@@ -141,12 +141,10 @@ def student_args(data, out, *extra):
 
 
 def test_disk_full_while_saving_best_pt_leaves_a_resumable_run(tiny_cifar_dir, tmp_path, monkeypatch):
-    from labelopt.pipeline import atomic
-
     reference = tmp_path / "reference"
     assert CliRunner().invoke(main, student_args(tiny_cifar_dir, reference)).exit_code == 0
     out = tmp_path / "run"
-    full_disk_for(atomic, "best.pt", monkeypatch)
+    full_disk_for(store_files, "best.pt", monkeypatch)
     one_line(CliRunner().invoke(main, student_args(tiny_cifar_dir, out)), mentions="disk full writing")
     assert (out / "last.pt").is_file() and not (out / "best.pt").exists() and leftovers(tmp_path) == []
     monkeypatch.undo()
@@ -159,9 +157,7 @@ def test_disk_full_while_saving_best_pt_leaves_a_resumable_run(tiny_cifar_dir, t
 
 
 def test_a_failed_config_write_leaves_no_temporary(tiny_cifar_dir, tmp_path, monkeypatch):
-    from labelopt.pipeline import atomic
-
-    full_disk_for(atomic, "config.json", monkeypatch)
+    full_disk_for(store_files, "config.json", monkeypatch)
     one_line(CliRunner().invoke(main, student_args(tiny_cifar_dir, tmp_path / "run")), mentions="disk full writing")
     assert leftovers(tmp_path) == []
 
@@ -286,3 +282,28 @@ def test_stale_temporaries_of_a_killed_run_are_cleaned_by_the_next(tiny_cifar_di
     assert CliRunner().invoke(main, student_args(tiny_cifar_dir, run, "--epochs", "1")).exit_code == 0
     assert leftovers(tmp_path) == [] and (run / "last.pt").is_file()
     assert np.isfinite(torch.load(run / "last.pt", weights_only=True)["metrics"]["train_loss"])
+
+
+def test_the_one_lock_refuses_a_second_holder_and_hands_a_waiter_the_paths_new_file(tmp_path):
+    """store/files.py's exclusive_lock, under every lock of labelopt: a holder that does not wait is refused; a
+    waiter blocked on the file its holder removes on release starts again on the path's new file."""
+    import threading
+
+    from labelopt.store.files import LockBusy, exclusive_lock
+
+    path = tmp_path / ".out.lock"
+    waited = {}
+
+    def waiter():
+        with exclusive_lock(path) as fd:
+            waited["same file"] = os.fstat(fd).st_ino == os.stat(path).st_ino
+
+    with exclusive_lock(path):
+        with pytest.raises(LockBusy), exclusive_lock(path, wait=False):
+            pass
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        thread.join(timeout=0.5)
+        assert thread.is_alive()  # blocked behind us
+    thread.join(timeout=10)
+    assert waited == {"same file": True} and not path.exists()

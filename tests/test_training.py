@@ -191,7 +191,8 @@ def test_schedule_holds_the_base_lr_through_a_warmup_phase():
 
 def test_labelopt_train_imports_no_store_and_no_method(tiny_cifar_dir, tmp_path):
     """`labelopt train` (teachers, baselines) runs without the store (h5py), the methods or the teacher sources:
-    a real run in a fresh process, then the modules it had loaded."""
+    a real run in a fresh process, then the modules it had loaded. Of the store package only files.py may load (the
+    atomic write of checkpoints and the run folder's lock: no h5py), with the package's lazy __init__."""
     import subprocess
     import sys
 
@@ -207,4 +208,4 @@ def test_labelopt_train_imports_no_store_and_no_method(tiny_cifar_dir, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "run" / "last.pt").is_file()
     loaded = next(line for line in done.stdout.splitlines() if line.startswith("LOADED")).split()[1:]
-    assert loaded == []
+    assert [m for m in loaded if m not in ("labelopt.store", "labelopt.store.files")] == []

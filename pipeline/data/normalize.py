@@ -8,8 +8,8 @@ class Normalizer:
     """uint8 [B,3,H,W] -> float, (x/255 - mean) / std, on the images' device."""
 
     def __init__(self, mean, std, device, channels_last: bool = False):
-        self.scale = (torch.tensor(std, device=device).view(1, 3, 1, 1) * 255.0).reciprocal()
-        self.shift = torch.tensor(mean, device=device).view(1, 3, 1, 1) * 255.0
+        self.scale = (torch.tensor(std, device=device).view(1, -1, 1, 1) * 255.0).reciprocal()
+        self.shift = torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255.0
         self.channels_last = channels_last
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

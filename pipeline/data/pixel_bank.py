@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..atomic import write_bytes_atomic
 from ..errors import UserError
 from ..progress import Progress
+from ...store.files import write_bytes_atomic
 from ...store.memory import available_memory_bytes
 from .datasets import PreparedDataset
 from .loading import block_loader
-from .pixel_bank_file import bank_path, can_write_beside, file_bytes, folder_lock, identity, new_buffer, open_bank
+from .pixel_bank_file import bank_lock, bank_path, can_write_beside, file_bytes, identity, new_buffer, open_bank
 
 MEMORY_SHARE = 0.5  # the most of the available memory a bank may take
 DECODE_BATCH = 512
@@ -99,14 +99,14 @@ def _load(data: PreparedDataset, split: str, beton: Path) -> PixelBank:
     check_bank_fits(data, split)
     source = "shared file"
     if found is None:
-        with folder_lock(path.parent):
+        with bank_lock(path):
             found = open_bank(path, header, shape)  # another process of the node may have written it meanwhile
             if found is None:
                 for stale in path.parent.glob(f".{path.name}.tmp-*"):  # a killed builder's; we hold the lock
                     stale.unlink(missing_ok=True)
                 buffer, labels, images = new_buffer(header, shape)
                 _decode_into(data, split, labels, images)
-                write_bytes_atomic(path, buffer, then="run the command again")
+                write_bytes_atomic(path, buffer, error=UserError)
                 del buffer, labels, images  # the mapped file replaces this process's own copy
                 found, source = open_bank(path, header, shape), "decoded"
     if found is None:  # the .beton changed while its pixels were decoded

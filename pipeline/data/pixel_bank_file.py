@@ -8,12 +8,13 @@ Processes map the file copy-on-write: its pages sit once in the page cache, howe
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
+
+from ...store.files import exclusive_lock, lock_path
 
 MAGIC = b"labelopt-pixels\0"
 DECODE_FORMAT = 1  # raise when the training decode changes: older files are then rebuilt
@@ -73,12 +74,9 @@ def can_write_beside(path: Path, need: int) -> bool:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path):
-    """One builder per folder at a time (the node's other processes wait, then map what it wrote)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
+def bank_lock(path: Path):
+    """One builder of the bank file `path` at a time (the node's other processes wait, then map what it wrote)."""
+    with contextlib.ExitStack() as held:
         with contextlib.suppress(OSError):  # a filesystem without locks: two builders write the same bytes, and
-            fcntl.flock(fd, fcntl.LOCK_EX)  # each renames its own complete file into place
+            held.enter_context(exclusive_lock(lock_path(path)))  # each renames its own complete file into place
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock

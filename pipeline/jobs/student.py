@@ -14,6 +14,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ...models import FeatureTaps, UnknownModelError, create_model, feature_shapes
+from ...models.packing import pack_models
 from ...stages.distillers import (FEATURE_PREFIX, SIGNAL_TARGETS, DistillContext, Distiller, UnknownMethodError,
                                  get_distiller)
 from ...stages.labelers import DEFAULT_TEMPERATURE, EnsembleLabeler, SoftLabeler
@@ -26,6 +27,7 @@ from ..errors import UserError
 from ..run.checkpoints import load_teachers
 from ..run.runtime import check_precision, device_for, init_distributed, seed_everything
 from ..run.options import TrainOptions, open_training_data, resolve_options
+from ..run.packs import PackViews, pack_objective, pack_teacher_rows
 from ..run.training import fit
 from ..views.draws import AugmentViews, ViewSampler, with_copies
 from ..views.space import sampler_for_store
@@ -45,6 +47,7 @@ class StudentOptions(TrainOptions):
     method_options: dict = field(default_factory=dict)  # only what the user set; defaults come from the method
     mix: str | None = None  # mixup, cutmix or ricap: mixed images drawn fresh each step
     mix_alpha: float | None = None  # None: the mix's usual Beta parameter
+    seeds: tuple[int, ...] = ()  # a pack: one student per seed, trained in one pass (pipeline/run/packs.py)
 
 
 def check_source_choice(options: StudentOptions, method: type[Distiller]) -> None:
@@ -167,6 +170,50 @@ def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str
     return objective
 
 
+def check_pack(options: StudentOptions, method: type[Distiller], distiller: Distiller, sampler, dist_info) -> None:
+    """What a pack of seeds takes in this version: label-based methods on unmixed views, in one process."""
+    if len(set(options.seeds)) != len(options.seeds):
+        raise UserError(f"--seeds {','.join(map(str, options.seeds))}: each member needs its own seed")
+    if method.student_taps or any(p.requires_grad for p in distiller.parameters()):
+        raise UserError(f"--seeds: --method {method.name} reads the student's features or trains modules of its "
+                        f"own, which a pack does not hold; train it one run per --seed")
+    if options.mix or (sampler is not None and sampler.describe().get("mix")) or distiller.views_per_sample > 1:
+        raise UserError("--seeds: a pack trains on unmixed views, one per sample; train mixed images one run per "
+                        "--seed")
+    if dist_info.enabled:
+        raise UserError("--seeds: a pack runs in one process (it fills a GPU by itself); drop torchrun")
+
+
+def fit_pack(options: StudentOptions, data, method, chosen: dict, source, sampler, dist_info, device,
+             on_epoch_end, log) -> Path:
+    """One student per seed in one pass: member g is seeded (weights, view draws) as a run of its seed alone, and
+    every member sees the batches in the order of --order-seed (default: the first seed)."""
+    seeds = list(options.seeds)
+    distillers = [method(distill_context(options, data, method, source), **chosen) for _ in seeds]
+    check_pack(options, method, distillers[0], sampler, dist_info)
+    members = []
+    for seed in seeds:
+        seed_everything(seed)  # as a run of this seed alone makes its weights
+        members.append(create_model(options.arch, data.num_classes))
+    views = PackViews([sampler or AugmentViews(get_view_policy(options.augment, data.input_size))] * len(seeds),
+                      seeds)
+    options = dataclasses.replace(options, seed=seeds[0],
+                                  order_seed=seeds[0] if options.order_seed is None else options.order_seed)
+    config = {"method_resolved": {"name": method.name, "options": dataclasses.asdict(distillers[0].options),
+                                  "teacher_signals": list(method.teacher_signals)},
+              "teacher_source": source.describe() if source else None}
+
+    def start_epoch(epoch: int) -> None:
+        views.start_epoch(epoch, dist_info.rank)
+        for distiller in distillers:
+            distiller.set_epoch(epoch)
+    rows = pack_teacher_rows([source.rows] * len(seeds)) if isinstance(source, StoreSource) else None
+    return fit(options, data, pack_models(members), pack_objective(distillers, [source] * len(seeds)), dist_info,
+               device, command="train-student", sampler=views, teacher_rows=rows, capture=method.capture,
+               config_extra=config, pack_seeds=seeds, on_epoch_start=start_epoch, on_epoch_end=on_epoch_end,
+               log=log)
+
+
 def train_student(options: StudentOptions, *, cache_dir=None, on_epoch_end=None, log=print) -> Path:
     """cache_dir: where a --labels URL is fetched to (default: store.remote.default_cache_dir())."""
     dist_info = init_distributed(options.device)
@@ -200,6 +247,8 @@ def train_student(options: StudentOptions, *, cache_dir=None, on_epoch_end=None,
     if sampler is not None:
         sampler = with_copies(sampler, distiller.views_per_sample)
     options = dataclasses.replace(options, label_smoothing=getattr(distiller.options, "label_smoothing", 0.0))
+    if options.seeds:
+        return fit_pack(options, data, method, chosen, source, sampler, dist_info, device, on_epoch_end, log)
     config = {"method_resolved": {"name": method.name, "options": dataclasses.asdict(distiller.options),
                                   "teacher_signals": list(method.teacher_signals)},
               "teacher_source": source.describe() if source else None}

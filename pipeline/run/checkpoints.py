@@ -12,7 +12,7 @@ import torch
 
 from ...models import UnknownModelError, create_model
 from ...stages.teachers import Teacher
-from ..atomic import write_bytes_atomic
+from ...store.files import write_bytes_atomic
 from ..data.datasets import PreparedDataset
 from ..data.normalize import Normalizer
 from ..errors import UserError
@@ -27,7 +27,8 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     # Serialised in memory first: torch.save reports a full disk as an opaque RuntimeError, a plain write as ENOSPC.
     buffer = io.BytesIO()
     torch.save(body, buffer)
-    write_bytes_atomic(path, buffer.getbuffer(), then="rerun with --resume (it continues from last.pt)")
+    write_bytes_atomic(path, buffer.getbuffer(), error=UserError,
+                       then="rerun with --resume (it continues from last.pt)")
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -87,6 +88,10 @@ def check_header(body: dict, path: Path) -> None:
 def build_model_from_checkpoint(body: dict, path: str | Path, *, num_classes: int | None = None,
                                 arch: str | None = None) -> torch.nn.Module:
     """The checkpoint's model with its weights; refuses a mismatch with what the caller expects."""
+    if body.get("pack"):
+        seeds = body["pack"].get("seeds", [])
+        raise UserError(f"{path} is a pack's checkpoint ({len(seeds)} {body['arch']} students in one network); "
+                        f"use a member's own: {Path(path).parent}/seed-{seeds[0] if seeds else 'S'}/last.pt or best.pt")
     ckpt_arch, ckpt_classes = body["arch"], int(body["num_classes"])
     if arch is not None and arch != ckpt_arch:
         raise UserError(f"{path} holds a {ckpt_arch}, not a {arch}; pass a {arch} checkpoint or --arch {ckpt_arch}")
@@ -139,7 +144,7 @@ def load_teachers(paths, data: PreparedDataset, device: torch.device, *, channel
                   ) -> list[Teacher]:
     """Frozen teachers from checkpoints, each fed images normalised as in its own training (in channels_last with
     its weights, when asked)."""
-    from ...store.tools import file_sha256  # here: `labelopt train` loads no store (h5py)
+    from ...store.checksums import file_sha256  # here: `labelopt train` loads no store (h5py)
     teachers = []
     for path in paths:
         body = load_checkpoint(path)

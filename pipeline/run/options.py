@@ -31,6 +31,7 @@ class TrainOptions:
     label_smoothing: float = 0.0
     augment: str = "auto"
     seed: int = 0
+    order_seed: int | None = None  # the data order's seed (None: seed); a pack's members share the pack's
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = False
@@ -42,7 +43,7 @@ class TrainOptions:
 
 
 NUMERIC_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "gamma", "seed", "num_workers",
-                   "label_smoothing", "resolution")
+                   "label_smoothing", "resolution", "order_seed")
 
 
 def open_training_data(options: TrainOptions) -> PreparedDataset:

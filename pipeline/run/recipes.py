@@ -172,7 +172,17 @@ def key_values(key: str, value, keys: dict, command: str, path: Path) -> list[tu
         return method_option_values(value, keys, path)
     if name == "milestones":
         return [(name, milestone_text(value, f"{path}: {key}"), key)]
+    if name == "seeds":  # a pack's seeds: a list, as config.json records it, or "1,2,3" as --seeds takes it
+        return seed_values(value, f"{path}: {key}", name, key)
     return [(name, value, key)]
+
+
+def seed_values(value, where: str, name: str, key: str) -> list[tuple[str, object, str]]:
+    if isinstance(value, str):
+        return [(name, value, key)] if value.strip() else []
+    if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise UserError(f"{where} = {value!r} must be a list of seeds, e.g. [0, 1, 2]")
+    return [(name, ",".join(map(str, value)), key)] if value else []
 
 
 def method_option_values(table, keys: dict, path: Path) -> list[tuple[str, object, str]]:

@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..progress import Progress
 from .prediction import predict
 from .runtime import DistInfo, autocast
+from .packs import epoch_views_seed, member_metrics
 from .train_setup import TrainingRun
 
 
@@ -67,7 +68,8 @@ class EpochTotals:
         self.loss += loss.detach().float() * rows
         for name, value in parts.items():
             self.parts[name] = self.parts.get(name, 0.0) + value.detach().float() * rows
-        self.correct += (logits.detach().argmax(1) == labels).sum()
+        predicted = logits.detach().argmax(-1)  # [B], or [B, G] for a pack's members
+        self.correct = self.correct + (predicted == labels.view(-1, *[1] * (predicted.dim() - 1))).sum(0)
         self.seen += rows
 
 
@@ -112,7 +114,7 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
     """Every step of one epoch; returns the epoch's record (loss, train top-1, lr, time)."""
     started = time.perf_counter()
     # View draws depend only on (seed, epoch, rank): a resumed epoch sees the same views.
-    views_rng = torch.Generator().manual_seed(run.options.seed * 1_000_003 + epoch * 7919 + run.dist_info.rank)
+    views_rng = torch.Generator().manual_seed(epoch_views_seed(run.options.seed, epoch, run.dist_info.rank))
     run.train_model.train()
     if run.train_extra is not None:
         run.train_extra.train()
@@ -135,10 +137,13 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
     timed_rows = max(totals.seen - compiling.rows, 1)
     record = {"epoch": epoch, "phase": run.phases.phase_of(epoch),
               "lr": run.schedule.lr(epoch, 0), "train_loss": (totals.loss / totals.seen).item(),
-              "train_top1": 100.0 * totals.correct.item() / totals.seen, "train_seconds": round(seconds, 3),
+              "train_top1": 100.0 * totals.correct.float().mean().item() / totals.seen,
+              "train_seconds": round(seconds, 3),
               "train_img_per_s": round(timed_rows * run.dist_info.world_size / max(seconds, 1e-9), 1)}
     if compiling.rows:
         record["compile_seconds"] = round(compiling.seconds, 3)
+    if totals.correct.dim():  # a pack: each member's own
+        record["train_top1_members"] = (100.0 * totals.correct.float() / totals.seen).tolist()
     if totals.parts:
         record["train_loss_parts"] = {name: (total / totals.seen).item() for name, total in totals.parts.items()}
     return record
@@ -151,6 +156,11 @@ def evaluate_epoch(run: TrainingRun, record: dict) -> None:
         return
     logits, labels = predict(run.model, run.test_loader, run.normalize, bf16=run.options.bf16,
                              desc=f"epoch {record['epoch'] + 1}/{run.total_epochs}: {run.eval_split}")
+    if run.pack is not None:  # each member's figures; the pack's are their means
+        record["members"] = member_metrics(logits, labels, len(run.pack.members))
+        record.update({k: sum(m[k] for m in record["members"]) / len(record["members"]) for k in record["members"][0]},
+                      eval_split=run.eval_split)
+        return
     test = classification_metrics(logits, labels)
     record.update({f"test_{k}": test[k] for k in ("top1", "top5", "nll", "ece")}, eval_split=run.eval_split)
 
@@ -163,6 +173,9 @@ def save_epoch(run: TrainingRun, epoch: int, record: dict) -> None:
     if improved:
         run.best = {"top1": score, "epoch": epoch}
     payload = checkpoint_payload(run.options, run.data, run.model, epoch, record)
+    if run.pack is not None:
+        run.pack.export(run.model, record, payload)
+        payload["pack"] = {"seeds": [m.seed for m in run.pack.members]}  # not one model: its members are
     training_state = {"optimizer": run.optimizer.state_dict(), "best": run.best, "torch_rng": torch.get_rng_state()}
     if run.extra_modules is not None:
         training_state["extra"] = {k: v.detach().cpu() for k, v in run.extra_modules.state_dict().items()}

@@ -17,6 +17,7 @@ from .options import TrainOptions
 from .prediction import eval_loader, held_out_split
 from ..data.loading import SplitLoader, make_loader
 from .batches import BatchLoader, TeacherRows
+from .packs import PackMembers
 from .runs import MetricsLog
 from .runtime import DistInfo, from_main
 from .schedules import Schedule
@@ -49,6 +50,7 @@ class TrainingRun:
     best: dict
     start_epoch: int
     step_mode: StepMode = field(default_factory=lambda: StepMode())
+    pack: PackMembers | None = None  # a pack's members' run folders (pipeline/run/packs.py)
     eval_split: str | None = None  # the split test_loader reads
 
     @property
@@ -136,7 +138,8 @@ def make_loaders(options: TrainOptions, data: PreparedDataset, dist_info: DistIn
                  sampler: ViewSampler, teacher_rows: TeacherRows | None, log=print):
     """(the training batches, the held-out split's loader or None: only rank 0 evaluates, and only where the data
     has a held-out split: test, else val)."""
-    train_loader = make_loader(data, "train", options.batch_size, shuffle=True, seed=options.seed, drop_last=True,
+    order_seed = options.seed if options.order_seed is None else options.order_seed
+    train_loader = make_loader(data, "train", options.batch_size, shuffle=True, seed=order_seed, drop_last=True,
                                distributed=dist_info.enabled, device=device, num_workers=options.num_workers)
     if len(train_loader) == 0:
         raise UserError(f"--batch-size {options.batch_size} is larger than the training split "
@@ -188,4 +191,4 @@ def set_up_run(options: TrainOptions, data: PreparedDataset, model, objective, s
     return TrainingRun(options, data, out, dist_info, device, model, train_model, extra_modules, train_extra,
                        objective, phases, optimizer, schedule, batches, test_loader,
                        Normalizer(data.mean, data.std, device, channels_last=options.channels_last), metrics_log,
-                       best, start_epoch, step_mode, held_out_split(data))
+                       best, start_epoch, step_mode, eval_split=held_out_split(data))

@@ -21,6 +21,7 @@ from .runtime import (DistInfo, barrier, check_precision, check_same_inputs, des
 from .train_loop import epoch_line, evaluate_epoch, save_epoch, train_epoch
 from .batches import TeacherRows
 from .prediction import held_out_split
+from .packs import PackMembers, PackNormalizer
 from .train_setup import set_up_run
 from ..views.draws import AugmentViews, ViewSampler
 from ..views.policies import get_view_policy
@@ -101,8 +102,9 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
 
 def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, objective, dist_info: DistInfo,
             device: torch.device, *, command: str, sampler: ViewSampler | None = None,
-            teacher_rows: TeacherRows | None = None, capture: str = "graphs", extra_modules: torch.nn.Module | None = None, phases: Phases = NO_PHASES, config_extra: dict | None = None,
-            on_epoch_start=None, on_epoch_end=None, log=print) -> Path:
+            teacher_rows: TeacherRows | None = None, capture: str = "graphs",
+            extra_modules: torch.nn.Module | None = None, phases: Phases = NO_PHASES, config_extra: dict | None = None,
+            pack_seeds: list[int] | None = None, on_epoch_start=None, on_epoch_end=None, log=print) -> Path:
     """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume.
 
     `objective(model, inputs, batch, extra)` returns (loss, logits, parts), parts the named terms of the loss
@@ -112,7 +114,8 @@ def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module
     (stages.distillers.Distiller.capture); `extra_modules` (a method's trainable parts) join the
     optimizer and last.pt, and reach the objective as `extra` (wrapped for DDP when they have parameters,
     so their gradients are averaged across ranks like the model's); `phases`: the method's warm-up, run before
-    the recipe's epochs.
+    the recipe's epochs; `pack_seeds`: `model` is a pack of one member per seed (pipeline/run/packs.py), each
+    member's run folder written beside the pack's.
     """
     out = Path(options.out)
     sampler = sampler or AugmentViews(get_view_policy(options.augment, data.input_size))
@@ -131,6 +134,9 @@ def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module
                      device, capture, log if dist_info.is_main else lambda _: None)
     if dist_info.is_main:
         write_config(out, config)
+    if pack_seeds:
+        run.normalize = PackNormalizer(data.mean, data.std, device, len(pack_seeds), options.channels_last)
+        run.pack = PackMembers(out, pack_seeds, config, options.resume) if dist_info.is_main else None
     if run.start_epoch >= run.total_epochs:
         log(f"{out}: already complete ({run.total_epochs} epochs)")
         return out

@@ -1,4 +1,5 @@
-"""What proves a store unchanged: a sha256 per dataset and one digest over the root attributes.
+"""What proves a store unchanged: a sha256 per dataset and one digest over the root attributes (and the sha256 of a
+whole file, which a store records of its teachers' checkpoints and a combined store of its members).
 
 Both are defined byte for byte in docs/label-store.md, so a reader without labelopt can check them.
 The digest is a checksum, not a signature: it catches edited attributes (a temperature changed by
@@ -15,6 +16,14 @@ import numpy as np
 
 from . import schema as S
 from .schema import StoreError
+
+
+def file_sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def array_sha256(array: np.ndarray) -> str:

@@ -1,0 +1,155 @@
+"""A pack: G students of one architecture, one per seed, trained in one pass as one grouped network.
+
+The training loop sees one model (models/packing.py: the members side by side on the channel axis), one batch and
+one loss; what differs per member lives here:
+- `PackViews` draws each member's views with that member's own generator, seeded as a standalone run of its seed
+  would seed it, and puts the members' pixels side by side ([B, G * 3, H, W]); the data order is the pack's one.
+- `pack_teacher_rows` gathers each member's store rows for its own views ([B, G, ...]).
+- `PackNormalizer` normalizes each member's channels; given a plain batch (the held-out split) it shows every
+  member the same images.
+- `pack_objective` splits the pack's logits per member, gives each member's method its own slice of the batch and
+  sums the members' losses (their parameters are disjoint, so each gets exactly its own gradient).
+- `PackMembers` keeps each member's run folder: an ordinary run folder (config.json, metrics.jsonl, last.pt,
+  best.pt) that `labelopt evaluate` reads like any other.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...models.packing import member_outputs, member_state
+from ...stages.batch import ViewedBatch
+from ...stages.metrics import classification_metrics
+from ..data.normalize import Normalizer
+from ..views.draws import Drawn, ViewSampler
+from .checkpoints import save_checkpoint
+from .runs import MetricsLog, write_config
+
+
+def epoch_views_seed(seed: int, epoch: int, rank: int) -> int:
+    """The seed of a run's view generator for one epoch (train_loop and a pack's members use the same)."""
+    return seed * 1_000_003 + epoch * 7919 + rank
+
+
+class PackViews(ViewSampler):
+    """Member g's views drawn by `samplers[g]` from its own generator (reseeded each epoch by `start_epoch`)."""
+
+    def __init__(self, samplers: list[ViewSampler], seeds: list[int]):
+        self.samplers, self.seeds = samplers, seeds
+        self.generators = [torch.Generator() for _ in seeds]
+
+    def start_epoch(self, epoch: int, rank: int) -> None:
+        for generator, seed in zip(self.generators, self.seeds):
+            generator.manual_seed(epoch_views_seed(seed, epoch, rank))
+
+    def draw(self, images, indices, generator):
+        drawn = [s.draw(images, indices, g) for s, g in zip(self.samplers, self.generators)]
+        views = None if drawn[0].views is None else torch.stack([d.views for d in drawn], dim=1)
+        return Drawn(torch.cat([d.images for d in drawn], dim=1), views)
+
+    def describe(self):
+        return {**self.samplers[0].describe(), "pack": {"members": len(self.seeds), "seeds": self.seeds}}
+
+
+def pack_teacher_rows(member_rows: list):
+    """Rows of every member's store for its own views: {signal: [B, G, ...]}."""
+    def rows(indices: torch.Tensor, views: torch.Tensor | None) -> dict:
+        gathered = [fetch(indices, None if views is None else views[:, g]) for g, fetch in enumerate(member_rows)]
+        return {name: torch.stack([g[name] for g in gathered], dim=1) for name in gathered[0]}
+    return rows
+
+
+class PackNormalizer(Normalizer):
+    """The dataset's normalization on each member's 3 channels; a 3-channel batch is shown to every member."""
+
+    def __init__(self, mean, std, device, members: int, channels_last: bool = False):
+        super().__init__(list(mean) * members, list(std) * members, device, channels_last)
+        self.members = members
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 3 and self.members > 1:
+            images = images.repeat(1, self.members, 1, 1)
+        return super().__call__(images)
+
+
+def member_batch(batch: ViewedBatch, g: int) -> ViewedBatch:
+    """Member g's view of a pack's batch: its pixels, its view keys, its teacher rows."""
+    return ViewedBatch(batch.images[:, 3 * g:3 * g + 3], batch.labels, batch.indices,
+                       None if batch.views is None else batch.views[:, g], teacher={
+                           name: rows[:, g] for name, rows in batch.teacher.items()})
+
+
+def pack_objective(distillers: list, sources: list):
+    """The loss of a pack's step: each member's method on its logits and its batch, summed; logits [B, G, C]."""
+    members = len(distillers)
+
+    def objective(model, inputs, batch: ViewedBatch, extra=None):
+        logits = member_outputs(model(inputs), members)
+        total, parts = 0.0, {}
+        for g, (distiller, source) in enumerate(zip(distillers, sources)):
+            own = member_batch(batch, g)
+            teacher = source.signals(own, distiller.teacher_signals) if distiller.teacher_signals else {}
+            loss = distiller(logits[:, g], {}, teacher, own)["loss"]
+            parts[f"member{g}"] = loss
+            total = total + loss
+        return total, logits, parts
+    return objective
+
+
+@dataclass
+class Member:
+    seed: int
+    out: Path
+    config: dict
+    best: dict
+
+
+class PackMembers:
+    """Each member's ordinary run folder, written from the pack at the end of every epoch."""
+
+    def __init__(self, out: Path, seeds: list[int], config: dict, resume: bool):
+        self.members = [Member(s, out / f"seed-{s}", {**config, "seed": s, "out": str(out / f"seed-{s}"),
+                                                      "seeds": [], "pack": {"folder": str(out), "seeds": seeds}},
+                               {"top1": -1.0, "epoch": -1}) for s in seeds]
+        for member in self.members:
+            member.out.mkdir(parents=True, exist_ok=True)
+            write_config(member.out, member.config)
+            if resume:
+                member.best = read_best(member.out)
+
+    def export(self, model: torch.nn.Module, record: dict, payload: dict) -> None:
+        """Member g's line, last.pt and (when its own held-out top-1 is its best) best.pt."""
+        for g, member in enumerate(self.members):
+            own = member_record(record, g)
+            MetricsLog(member.out / "metrics.jsonl", keep_through_epoch=own["epoch"] - 1).append(own)
+            body = {**payload, "model": member_state(model, g, len(self.members)), "metrics": own}
+            save_checkpoint(member.out / "last.pt", body)
+            score = own.get("test_top1", own["train_top1"])
+            if score > member.best["top1"]:
+                member.best = {"top1": score, "epoch": own["epoch"]}
+                save_checkpoint(member.out / "best.pt", body)
+                (member.out / "best.json").write_text(json.dumps(member.best))
+
+
+def read_best(folder: Path) -> dict:
+    path = folder / "best.json"
+    return json.loads(path.read_text()) if path.is_file() else {"top1": -1.0, "epoch": -1}
+
+
+def member_record(record: dict, g: int) -> dict:
+    """A pack epoch's record as member g's own: its loss, its train top-1, its held-out figures."""
+    own = {k: v for k, v in record.items() if k not in ("members", "train_loss_parts", "train_top1_members")}
+    own["train_loss"] = record.get("train_loss_parts", {}).get(f"member{g}", record["train_loss"])
+    own["train_top1"] = record.get("train_top1_members", [record["train_top1"]] * (g + 1))[g]
+    own.update(record.get("members", [{}] * (g + 1))[g])
+    return own
+
+
+def member_metrics(logits: torch.Tensor, labels: torch.Tensor, members: int) -> list[dict]:
+    """Each member's held-out top-1, top-5, NLL and ECE from the pack's logits [N, G * C]."""
+    per_member = member_outputs(logits, members)
+    return [{f"test_{k}": v for k, v in classification_metrics(per_member[:, g], labels).items()
+             if k in ("top1", "top5", "nll", "ece")} for g in range(members)]

@@ -419,6 +419,7 @@ def same(a, b, prefix):
     return all(torch.equal(a[k], b[k]) for k in keys)
 
 
+@pytest.mark.slow
 def test_ab_end_to_end(teacher_ckpt, tiny_cifar_dir, tmp_path):
     _, warm, last = run_two_phases("ab", {"always_connect": 1.0}, teacher_ckpt, tiny_cifar_dir, tmp_path / "ab")
     config = json.loads((tmp_path / "ab" / "config.json").read_text())

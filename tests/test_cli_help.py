@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 HEAVY = ("torch", "torchvision", "h5py", "ffcv")
 
 
@@ -69,6 +71,7 @@ def test_the_torch_free_names_are_the_registries_names():
         view_policy_names(), mix_policy_names(), store_view_specs())
 
 
+@pytest.mark.slow
 def test_the_help_benchmark_times_every_command_and_finds_no_heavy_import():
     from pathlib import Path
 

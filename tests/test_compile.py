@@ -2,6 +2,7 @@
 a GPU) train as the eager step does, the compile is reported once, and methods it cannot capture run eager."""
 import json
 
+import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
@@ -31,6 +32,7 @@ def train_small(data_dir, out, compile_step: bool, lines: list):
     return torch.load(out / "last.pt", weights_only=True)["model"], records
 
 
+@pytest.mark.slow
 def test_a_compiled_step_trains_as_the_eager_one_and_reports_its_compile_once(tiny_cifar_dir, tmp_path):
     eager_lines, compiled_lines = [], []
     eager, eager_records = train_small(tiny_cifar_dir, tmp_path / "eager", False, eager_lines)

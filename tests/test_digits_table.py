@@ -56,6 +56,7 @@ def option(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
+@pytest.mark.slow
 def test_dry_run_lists_teachers_stores_and_every_row_and_seed(tmp_path):
     out = tmp_path / "out"
     commands = dry_run(out, SEEDS="0 1", EPOCHS="96")
@@ -115,6 +116,7 @@ def test_run_state_complete_partial_absent_and_other(tmp_path):
     assert state == "other" and "--epochs 3" in why
 
 
+@pytest.mark.slow
 def test_dry_run_skips_complete_runs_resumes_partial_ones_and_stops_on_other_epochs(tmp_path):
     out = tmp_path / "out"
     fake_run(out / "runs" / "vanilla" / "seed0", 4, 4)

@@ -39,6 +39,7 @@ def direct_probs(teacher, data, images, temperature):
         return torch.softmax(model(Normalizer(data.mean, data.std, "cpu")(images)) / temperature, 1)
 
 
+@pytest.mark.slow
 def test_crop_flip_store_holds_the_teachers_answer_for_every_view(teacher, tiny_cifar_dir, tmp_path):
     out = tmp_path / "cf.h5"
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(teacher),), split="test",
@@ -114,6 +115,7 @@ def test_identity_store_batches_whole_blocks_and_equals_block_sized_batches(teac
     assert torch.allclose(wide.gather(idx, None), direct_probs(teacher, data, images, 2.0), atol=2e-3)
 
 
+@pytest.mark.slow
 def test_random_and_ensemble_methods(teacher, tiny_cifar_dir, tmp_path):
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(tmp_path / "r.h5"), method="random",
                                     seed=3, device="cpu"), log=quiet)
@@ -299,6 +301,7 @@ def test_two_nodes_that_do_not_share_the_stores_folder_are_refused_before_labell
         assert code != 0 and "rank 1 (node 1, " in log and "must be on a filesystem every node shares" in log, log
     assert [list(out.parent.iterdir()) for out in outs] == [[], []]  # nothing written on either "node"
 
+@pytest.mark.slow
 def test_channels_last_and_a_compiled_teacher_label_as_the_eager_one(teacher, tiny_cifar_dir, tmp_path):
     """--channels-last and --compile change how the teacher runs, not its answers (float rounding aside); the card's
     command names them; with --features the teacher stays eager and says so."""

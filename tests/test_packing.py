@@ -49,6 +49,7 @@ def worst_relative(packed: nn.Module, members: list[nn.Module]) -> float:
     return worst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet20", "resnet18"])
 def test_each_member_of_a_pack_trains_bit_for_bit_as_it_does_alone(arch):
     with torch.backends.mkldnn.flags(enabled=False):  # the native convolution: one GEMM per group, same sums

@@ -189,6 +189,7 @@ def test_schedule_holds_the_base_lr_through_a_warmup_phase():
     assert [decayed.lr(e + 4, 0) for e in range(10)] == [plain.lr(e, 0) for e in range(10)]  # then from the top
 
 
+@pytest.mark.slow
 def test_labelopt_train_imports_no_store_and_no_method(tiny_cifar_dir, tmp_path):
     """`labelopt train` (teachers, baselines) runs without the store (h5py), the methods or the teacher sources:
     a real run in a fresh process, then the modules it had loaded. Of the store package only files.py may load (the

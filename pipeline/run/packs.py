@@ -25,6 +25,7 @@ from ...stages.batch import ViewedBatch
 from ...stages.metrics import classification_metrics
 from ..data.normalize import Normalizer
 from ..views.draws import Drawn, ViewSampler
+from ..atomic import write_json_atomic
 from .checkpoints import save_checkpoint
 from .runs import MetricsLog, write_config
 
@@ -131,7 +132,7 @@ class PackMembers:
             if score > member.best["top1"]:
                 member.best = {"top1": score, "epoch": own["epoch"]}
                 save_checkpoint(member.out / "best.pt", body)
-                (member.out / "best.json").write_text(json.dumps(member.best))
+                write_json_atomic(member.out / "best.json", member.best)
 
 
 def read_best(folder: Path) -> dict:
@@ -142,9 +143,10 @@ def read_best(folder: Path) -> dict:
 def member_record(record: dict, g: int) -> dict:
     """A pack epoch's record as member g's own: its loss, its train top-1, its held-out figures."""
     own = {k: v for k, v in record.items() if k not in ("members", "train_loss_parts", "train_top1_members")}
-    own["train_loss"] = record.get("train_loss_parts", {}).get(f"member{g}", record["train_loss"])
-    own["train_top1"] = record.get("train_top1_members", [record["train_top1"]] * (g + 1))[g]
-    own.update(record.get("members", [{}] * (g + 1))[g])
+    own["train_loss"] = record["train_loss_parts"][f"member{g}"]
+    own["train_top1"] = record["train_top1_members"][g]
+    if "members" in record:  # where the data has a held-out split
+        own.update(record["members"][g])
     return own
 
 

@@ -133,23 +133,36 @@ def anchor_rows(two: dict) -> list[dict]:
         if "img_per_s" not in anchor:
             rows.append({"what": what, "figure": "failed", "against": cell(anchor.get("error", ""))[:120]})
             continue
-        ratios = [f"{key} {s[f'ratio_{key}_over_anchor_{name}']:.3f}x" for key in ("vanilla", "store")]
+        ratios = [f"{key} {s[f'ratio_{key}_over_anchor_{name}']:.3f}x" for key in ("vanilla", "store", "store_pack")
+                  if f"ratio_{key}_over_anchor_{name}" in s]
         rows.append({"what": what, "figure": f"{anchor['img_per_s']:.0f} img/s ({anchor['mode']})",
                      "against": "project / anchor: " + ", ".join(ratios)})
     return rows
 
 
-def compiled_rows(two: dict) -> list[dict]:
-    """stage_two_compiled.json: vanilla and the store run at the goal's batch under --compile, against the captured
-    anchor at that batch; then the anchors."""
+def batch128_rows(two: dict) -> list[dict]:
+    """stage_two_compiled.json / stage_two_128.json: vanilla, the store and (when it ran) a pack of students from
+    it at the goal's batch, against the captured anchor at that batch; then the anchors. A pack's img/s counts
+    student-images."""
     rows, s = [], two["summary"]
-    for key in ("vanilla", "store"):
+    flag = ", --compile" if two.get("compile") else ", eager"
+    for key in [k for k in ("vanilla", "store", "store_pack") if k in two["setups"]]:
         setup, ratio = two["setups"][key], s.get(f"ratio_{key}_over_anchor_captured")
-        rows.append({"what": f"train-student {setup['setup']}, batch {two['batch_size']}, --compile",
+        goal = f" (goal >= {GOAL_OVER_CAPTURED_ANCHOR})" if key != "store_pack" else ""
+        rows.append({"what": f"train-student {setup['setup']}, batch {two['batch_size']}{flag}",
                      "figure": f"{setup['median_img_per_s']:.0f} img/s ({setup['median_epoch_seconds']:.2f} s/epoch)",
-                     "against": f"{ratio:.3f}x the captured anchor (goal >= {GOAL_OVER_CAPTURED_ANCHOR})"
-                     if ratio is not None else "no captured anchor"})
+                     "against": f"{ratio:.3f}x the captured anchor{goal}" if ratio is not None
+                     else "no captured anchor"})
     return rows + anchor_rows(two)
+
+
+def packed_rows(packed: dict) -> list[dict]:
+    """benchmarks/packed.py: G students packed against G one after another, images in memory."""
+    mode = "compiled" if packed.get("compile") else "eager"
+    return [{"what": f"packed.py: {r['members']} resnet20 students, batch {packed['batch_size']}, {mode}",
+             "figure": f"{r['packed_img_per_s']:.0f} student-img/s packed",
+             "against": f"{r['speedup']:.2f}x one after another ({r['separate_img_per_s']:.0f})"}
+            for r in packed["rows"]]
 
 
 def ddp_row(seconds: list[float], two: dict | None, backend: str) -> dict:
@@ -163,38 +176,49 @@ def ddp_row(seconds: list[float], two: dict | None, backend: str) -> dict:
 
 
 def build(out: Path) -> dict:
+    """The rows of every part that ran; a part that ran and left no figures shows as missing."""
     gen, two = read_json(out / "generate_labels.json"), read_json(out / "stage_two.json")
     ddp = epoch_seconds(out / "ddp")
+    status = part_status(out)
+    ran = lambda name: name in status or not status  # noqa: E731  (no parts.txt: a folder from before --parts)
     rows = []
     rows += stage_one_rows(gen) + stage_one_anchor_rows(gen) if gen else [
-        {"what": "generate_labels.py", "figure": "missing", "against": ""}]
-    status = part_status(out)
+        {"what": "generate_labels.py", "figure": "missing", "against": ""}] * ran("generate_labels")
     fast = read_json(out / "generate_labels_fast.json")
     if fast:
         rows += fast_rows(fast)
     elif "generate_labels_fast" in status:  # run and failed; a folder from before the part existed has no row
         rows.append({"what": "generate_labels.py --batch-size 1024 --channels-last --compile", "figure": "missing",
                      "against": ""})
-    rows += stage_two_rows(two) if two else [{"what": "stage_two.py", "figure": "missing", "against": ""}]
-    machine = (two or gen or fast or {}).get("machine", {})
+    rows += stage_two_rows(two) if two else [
+        {"what": "stage_two.py", "figure": "missing", "against": ""}] * ran("stage_two")
+    compiled, eager128 = read_json(out / "stage_two_compiled.json"), read_json(out / "stage_two_128.json")
+    packed = read_json(out / "packed.json")
+    machine = (two or gen or fast or compiled or eager128 or packed or {}).get("machine", {})
     backend = "NCCL" if str(machine.get("device", "")).startswith("cuda") else "gloo"
-    rows.append(ddp_row(ddp, two, backend) if len(ddp) >= 2
-                else {"what": "torchrun DDP", "figure": "missing", "against": ""})
-    compiled = read_json(out / "stage_two_compiled.json")
+    if len(ddp) >= 2:
+        rows.append(ddp_row(ddp, two, backend))
+    elif ran("ddp"):
+        rows.append({"what": "torchrun DDP", "figure": "missing", "against": ""})
     if compiled:
-        rows += compiled_rows(compiled)
+        rows += batch128_rows(compiled)
     elif "stage_two_compiled" in status:  # run and failed; a folder from before the part existed has no row
         rows.append({"what": "stage_two.py --batch-size 128 --compile", "figure": "missing", "against": ""})
+    rows += batch128_rows(eager128) if eager128 else [
+        {"what": "stage_two.py --batch-size 128", "figure": "missing", "against": ""}] * ("stage_two_128" in status)
+    rows += packed_rows(packed) if packed else [
+        {"what": "packed.py", "figure": "missing", "against": ""}] * ("packed" in status)
     imagenet = read_json(out / "generate_labels_imagenet.json")
     if imagenet:
         rows += imagenet_rows(imagenet)
     elif "generate_labels_imagenet" in status:  # run and failed; IMAGENET=0 leaves no status and no row
         rows.append({"what": "generate_labels_imagenet.py", "figure": "missing", "against": ""})
     return {"benchmark": "device_check", "parts": status, "rows": rows, "machine": machine,
-            "bf16": (two or gen or fast or {}).get("bf16"), "ddp_epoch_seconds": ddp,
+            "bf16": (two or gen or fast or compiled or eager128 or packed or {}).get("bf16"), "ddp_epoch_seconds": ddp,
             "generate_labels": gen and gen.get("summary"),
             "generate_labels_fast": fast and fast.get("summary"), "stage_two": two and two.get("summary"),
             "stage_two_compiled": compiled and compiled.get("summary"),
+            "stage_two_128": eager128 and eager128.get("summary"), "packed": packed and packed.get("rows"),
             "generate_labels_imagenet": imagenet and imagenet.get("summary")}
 
 

@@ -62,7 +62,8 @@ DEFAULT_VIEWS = "cifar-crop-flip"
 GPU_IMAGES, CPU_IMAGES = 50000, 512
 GOAL_STORE_OVER_VANILLA = 1.05
 DEFAULT_MIX, DEFAULT_MIX_VIEWS = "ricap", 8
-SETUP_ORDER = ("vanilla", "vanilla_student", "store", "online", "vanilla_mix", "aug_sl_store")
+SETUP_ORDER = ("vanilla", "vanilla_student", "store", "store_pack", "online", "vanilla_mix", "aug_sl_store")
+SETUP_CHOICES = ("vanilla", "vanilla_student", "store", "online", "mixes")  # --setups; --pack adds store_pack
 GOAL_AUG_STORE_OVER_VANILLA_MIX = 1.10
 ANCHOR_WARMUP_STEPS = 10  # untimed steps before the anchor's clock starts: they hold the captured variant's compile
 ANCHOR_LR, ANCHOR_MOMENTUM, ANCHOR_WEIGHT_DECAY = 0.05, 0.9, 5e-4
@@ -95,16 +96,17 @@ def epochs_of(run: Path) -> list[dict]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def timing(run: Path, setup: str) -> dict:
+def timing(run: Path, setup: str, members: int = 1) -> dict:
+    """A setup's epoch times from its metrics.jsonl; a pack's img/s counts student-images (members x images)."""
     records = epochs_of(run)
     seconds = [r["train_seconds"] for r in records]
     steady = seconds[1:] or seconds  # epoch 1 holds numba's compile of the FFCV Loader
     return {"setup": setup, "run": str(run), "epoch_seconds": seconds,
-            "img_per_s": [r["train_img_per_s"] for r in records],
+            "img_per_s": [members * r["train_img_per_s"] for r in records], "members": members,
             "first_epoch_seconds": seconds[0], "median_epoch_seconds": statistics.median(steady),
             "min_epoch_seconds": min(steady),
             "epochs_in_median": len(steady) if len(seconds) > 1 else 0,
-            "median_img_per_s": statistics.median(r["train_img_per_s"] for r in (records[1:] or records)),
+            "median_img_per_s": members * statistics.median(r["train_img_per_s"] for r in (records[1:] or records)),
             **compile_timing(records)}
 
 
@@ -115,24 +117,51 @@ def compile_timing(records: list[dict]) -> dict:
 
 
 def run_setups(root: Path, args, device: str) -> dict:
-    from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
     from labelopt.pipeline.jobs.student import StudentOptions, train_student
     from labelopt.pipeline.run.options import TrainOptions
     from labelopt.pipeline.run.training import train
-    from labelopt.store import LabelStore
 
     log(f"stage_two: writing {args.images} CIFAR-shaped images under {root}")
     folder, _, _ = make_dataset(root, args.images)
     teacher = save_teacher(folder, root / f"teacher-{TEACHER}.pt")
     common = dict(data=str(folder), arch=STUDENT, epochs=args.epochs, batch_size=args.batch_size, seed=0,
                   device=device, bf16=args.bf16, num_workers=args.workers, compile=args.compile)
-    runs = root / "runs"
+    runs, wanted, measured = root / "runs", set(args.setups), {}
+    if "vanilla" in wanted:
+        log("stage_two: (a) vanilla")
+        measured["vanilla"] = timing(train(TrainOptions(out=str(runs / "vanilla"), **common), log=log),
+                                     "vanilla (labelopt train, CE)")
+    if "vanilla_student" in wanted:
+        log("stage_two: (a') vanilla through train_student (the same loop with a distiller, no teacher)")
+        run = train_student(StudentOptions(out=str(runs / "vanilla-student"), method="vanilla", **common), log=log)
+        measured["vanilla_student"] = timing(run, "vanilla (train_student --method vanilla)")
+    store_path = None
+    if wanted & {"store", "store_pack"}:
+        store_path, measured["generation"] = generate_store(root, args, device, folder, teacher)
+    if "store" in wanted:
+        log("stage_two: (b) sl from the label store")
+        run = train_student(StudentOptions(out=str(runs / "store-sl"), labels=str(store_path), method="sl",
+                                           **common), log=log)
+        measured["store"] = timing(run, f"sl from store ({args.views}, {measured['generation']['num_views']} views)")
+    if "store_pack" in wanted:
+        log(f"stage_two: (b') a pack of {args.pack} sl students from the label store (--seeds 0..{args.pack - 1})")
+        run = train_student(StudentOptions(out=str(runs / "store-sl-pack"), labels=str(store_path), method="sl",
+                                           seeds=tuple(range(args.pack)), **common), log=log)
+        measured["store_pack"] = timing(run, f"{args.pack} packed sl students from store", members=args.pack)
+    if "online" in wanted:
+        log(f"stage_two: (c) sl with an online {TEACHER} teacher")
+        run = train_student(StudentOptions(out=str(runs / "online-sl"), teachers=(str(teacher),), method="sl",
+                                           temperature=TEMPERATURE, **common), log=log)
+        measured["online"] = timing(run, f"sl, online {TEACHER} teacher")
+    if args.mix != "none" and "mixes" in wanted:
+        measured.update(run_mix_pair(root, args, device, folder, teacher, common))
+    return measured
 
-    log("stage_two: (a) vanilla")
-    vanilla = train(TrainOptions(out=str(runs / "vanilla"), **common), log=log)
-    log("stage_two: (a') vanilla through train_student (the same loop with a distiller, no teacher)")
-    vanilla_student = train_student(StudentOptions(out=str(runs / "vanilla-student"), method="vanilla", **common),
-                                    log=log)
+
+def generate_store(root: Path, args, device: str, folder: Path, teacher: Path) -> tuple[Path, dict]:
+    """Stage one for the store setups: generate-labels sl over every image and view, timed as a whole."""
+    from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
+    from labelopt.store import LabelStore
 
     log(f"stage_two: generate-labels sl, views {args.views}, T {TEMPERATURE:g}, teacher {TEACHER}")
     store_path = root / "labels" / f"sl-{TEACHER}-t{TEMPERATURE:g}.h5"
@@ -142,27 +171,12 @@ def run_setups(root: Path, args, device: str) -> dict:
                                     views=args.views, temperature=TEMPERATURE, device=device, bf16=args.bf16), log=log)
     gen_seconds = time.perf_counter() - started
     store = LabelStore.open(store_path)
-    generation = {"seconds": gen_seconds, "method": "sl", "teacher": TEACHER, "views": args.views,
-                  "num_views": store.num_views, "temperature": TEMPERATURE,
-                  "teacher_passes": args.images * store.num_views,
-                  "teacher_passes_per_s": args.images * store.num_views / gen_seconds,
-                  "seconds_per_image": gen_seconds / args.images,
-                  "store_bytes": store.size_bytes(), "path": str(store_path)}
-
-    log("stage_two: (b) sl from the label store")
-    from_store = train_student(StudentOptions(out=str(runs / "store-sl"), labels=str(store_path), method="sl",
-                                              **common), log=log)
-    log(f"stage_two: (c) sl with an online {TEACHER} teacher")
-    online = train_student(StudentOptions(out=str(runs / "online-sl"), teachers=(str(teacher),), method="sl",
-                                          temperature=TEMPERATURE, **common), log=log)
-    measured = {"vanilla": timing(vanilla, "vanilla (labelopt train, CE)"),
-                "vanilla_student": timing(vanilla_student, "vanilla (train_student --method vanilla)"),
-                "store": timing(from_store, f"sl from store ({args.views}, {store.num_views} views)"),
-                "online": timing(online, f"sl, online {TEACHER} teacher"),
-                "generation": generation}
-    if args.mix != "none":
-        measured.update(run_mix_pair(root, args, device, folder, teacher, common))
-    return measured
+    return store_path, {"seconds": gen_seconds, "method": "sl", "teacher": TEACHER, "views": args.views,
+                        "num_views": store.num_views, "temperature": TEMPERATURE,
+                        "teacher_passes": args.images * store.num_views,
+                        "teacher_passes_per_s": args.images * store.num_views / gen_seconds,
+                        "seconds_per_image": gen_seconds / args.images,
+                        "store_bytes": store.size_bytes(), "path": str(store_path)}
 
 
 def run_mix_pair(root: Path, args, device: str, folder: Path, teacher: Path, common: dict) -> dict:
@@ -306,26 +320,31 @@ def run_anchors(folder: Path, args, device: str) -> dict:
 
 
 def summarize(result: dict) -> dict:
-    vanilla, store, online = (result["setups"][k]["median_epoch_seconds"] for k in ("vanilla", "store", "online"))
-    gen = result["generation"]["seconds"]
-    saved = online - store
-    fastest = {k: result["setups"][k]["min_epoch_seconds"] for k in ("vanilla", "store", "online")}
-    return {
-        "ratio_store_over_vanilla": store / vanilla,
-        "goal_store_over_vanilla": GOAL_STORE_OVER_VANILLA,
-        "goal_met": store / vanilla <= GOAL_STORE_OVER_VANILLA,
-        "ratio_store_over_online": store / online,
-        "ratio_store_over_vanilla_student": store / result["setups"]["vanilla_student"]["median_epoch_seconds"],
-        "seconds_saved_per_epoch_vs_online": saved,
-        "break_even_epochs_vs_online": gen / saved if saved > 0 else None,
-        # The fastest timed epoch of each setup: less sensitive to other processes on a shared machine.
-        "ratio_store_over_vanilla_fastest": fastest["store"] / fastest["vanilla"],
-        "ratio_store_over_online_fastest": fastest["store"] / fastest["online"],
-        "break_even_epochs_vs_online_fastest": gen / (fastest["online"] - fastest["store"])
-        if fastest["online"] > fastest["store"] else None,
-        **mix_summary(result["setups"]),
-        **anchor_summary(result["setups"], result.get("anchor")),
-    }
+    """The ratios between the setups that ran (a ratio is left out where one of its setups did not run)."""
+    setups, gen = result["setups"], (result.get("generation") or {}).get("seconds")
+    median = {k: row["median_epoch_seconds"] for k, row in setups.items()}
+    fastest = {k: row["min_epoch_seconds"] for k, row in setups.items()}
+    summary = {}
+    if {"store", "vanilla"} <= median.keys():
+        summary.update(ratio_store_over_vanilla=median["store"] / median["vanilla"],
+                       goal_store_over_vanilla=GOAL_STORE_OVER_VANILLA,
+                       goal_met=median["store"] / median["vanilla"] <= GOAL_STORE_OVER_VANILLA,
+                       # The fastest timed epoch: less sensitive to other processes on a shared machine.
+                       ratio_store_over_vanilla_fastest=fastest["store"] / fastest["vanilla"])
+    if {"store", "vanilla_student"} <= median.keys():
+        summary["ratio_store_over_vanilla_student"] = median["store"] / median["vanilla_student"]
+    if {"store", "online"} <= median.keys():
+        saved = median["online"] - median["store"]
+        summary.update(ratio_store_over_online=median["store"] / median["online"],
+                       seconds_saved_per_epoch_vs_online=saved,
+                       break_even_epochs_vs_online=gen / saved if saved > 0 else None,
+                       ratio_store_over_online_fastest=fastest["store"] / fastest["online"],
+                       break_even_epochs_vs_online_fastest=gen / (fastest["online"] - fastest["store"])
+                       if fastest["online"] > fastest["store"] else None)
+    if {"store", "store_pack"} <= setups.keys():
+        summary["ratio_pack_over_store_img_per_s"] = (setups["store_pack"]["median_img_per_s"]
+                                                      / setups["store"]["median_img_per_s"])
+    return {**summary, **mix_summary(setups), **anchor_summary(setups, result.get("anchor"))}
 
 
 def mix_summary(setups: dict) -> dict:
@@ -344,7 +363,8 @@ def anchor_summary(setups: dict, anchors: dict | None) -> dict:
     if not anchors:
         return {}
     ratios = {f"ratio_{setup}_over_anchor_{name}": setups[setup]["median_img_per_s"] / anchor["img_per_s"]
-              for setup in ("vanilla", "store") for name, anchor in anchors.items() if "img_per_s" in anchor}
+              for setup in ("vanilla", "store", "store_pack") if setup in setups
+              for name, anchor in anchors.items() if "img_per_s" in anchor}
     captured = [ratios.get(f"ratio_{setup}_over_anchor_captured") for setup in ("vanilla", "store")]
     return {**ratios, "goal_over_anchor_captured": GOAL_PROJECT_OVER_CAPTURED_ANCHOR,
             "goal_over_anchor_captured_met": None if None in captured
@@ -353,7 +373,7 @@ def anchor_summary(setups: dict, anchors: dict | None) -> dict:
 
 def anchor_table_rows(result: dict) -> list[dict]:
     """The anchors as rows of the setups' table (no epoch 1: their warm-up steps are reported on their own)."""
-    vanilla = result["setups"]["vanilla"]["median_epoch_seconds"]
+    vanilla = result["setups"].get("vanilla", {}).get("median_epoch_seconds")
     rows = []
     for name, anchor in (result.get("anchor") or {}).items():
         if "img_per_s" not in anchor:
@@ -361,7 +381,7 @@ def anchor_table_rows(result: dict) -> list[dict]:
             continue
         rows.append({"setup": f"anchor {name} (images on the device)", "median": anchor["median_epoch_seconds"],
                      "min": anchor["min_epoch_seconds"], "img_s": anchor["img_per_s"],
-                     "vs_vanilla": anchor["median_epoch_seconds"] / vanilla,
+                     "vs_vanilla": anchor["median_epoch_seconds"] / vanilla if vanilla else None,
                      "all": ", ".join(f"{x:.2f}" for x in anchor["epoch_seconds"])})
     return rows
 
@@ -378,8 +398,9 @@ def print_anchor_lines(result: dict) -> None:
             print(f"anchor {name}: {anchor['mode']}, {anchor['img_per_s']:.0f} img/s (median of "
                   f"{len(anchor['epoch_seconds'])} epochs of {anchor['images_per_epoch']} images, after "
                   f"{anchor['warmup_steps']} warm-up steps in {anchor['warmup_seconds']:.1f} s)")
-            print(f"  project / anchor {name}: vanilla {s[f'ratio_vanilla_over_anchor_{name}']:.3f}x, "
-                  f"store {s[f'ratio_store_over_anchor_{name}']:.3f}x (img/s)")
+            ratios = [f"{setup} {s[key]:.3f}x" for setup in ("vanilla", "store", "store_pack")
+                      if (key := f"ratio_{setup}_over_anchor_{name}") in s]
+            print(f"  project / anchor {name} (img/s): " + ", ".join(ratios))
         else:
             print(f"anchor {name}: failed ({anchor.get('error')})")
     met = s.get("goal_over_anchor_captured_met")
@@ -389,16 +410,48 @@ def print_anchor_lines(result: dict) -> None:
               f"{'bf16' if result['bf16'] else 'fp32'}, {result['machine']['device']})")
 
 
+def print_setup_ratios(result: dict) -> None:
+    """Stage one's one-off cost and the ratios between the setups that ran."""
+    s, gen = result["summary"], result.get("generation")
+    if gen:
+        print(f"\nstage one (one-off): generate-labels sl, {gen['num_views']} views x {result['images']} images "
+              f"with {TEACHER}: {gen['seconds']:.1f} s ({gen['teacher_passes_per_s']:.0f} teacher passes/s), "
+              f"store {gen['store_bytes'] / 2**20:.1f} MiB")
+    if "ratio_store_over_vanilla" in s:
+        goal = "meets" if s["goal_met"] else "misses"
+        print(f"store / vanilla: {s['ratio_store_over_vanilla']:.3f}x (fastest epochs "
+              f"{s['ratio_store_over_vanilla_fastest']:.3f}x; {goal} the goal <= {GOAL_STORE_OVER_VANILLA})")
+    if "ratio_pack_over_store_img_per_s" in s:
+        print(f"pack of {result['setups']['store_pack']['members']} / one student from the store: "
+              f"{s['ratio_pack_over_store_img_per_s']:.2f}x the student-images/s")
+    if "ratio_store_over_online" in s:
+        fastest_even = s["break_even_epochs_vs_online_fastest"]
+        print(f"store / online:  {s['ratio_store_over_online']:.3f}x (fastest epochs "
+              f"{s['ratio_store_over_online_fastest']:.3f}x, break-even "
+              + ("never" if fastest_even is None else f"{fastest_even:.1f} student epochs") + ")")
+        even = s["break_even_epochs_vs_online"]
+        print("break-even vs online: never (the store saves no time per epoch here)" if even is None else
+              f"break-even vs online: {even:.1f} student epochs (generation {gen['seconds']:.1f} s / "
+              f"{s['seconds_saved_per_epoch_vs_online']:.2f} s saved per epoch)")
+    if "ratio_aug_sl_store_over_vanilla_mix" in s:
+        goal = "meets" if s["goal_aug_sl_met"] else "misses"
+        print(f"aug-sl from store / vanilla with the same mix: {s['ratio_aug_sl_store_over_vanilla_mix']:.3f}x "
+              f"(fastest epochs {s['ratio_aug_sl_store_over_vanilla_mix_fastest']:.3f}x; {goal} the goal <= "
+              f"{GOAL_AUG_STORE_OVER_VANILLA_MIX}); its store: {result['mix_generation']['views']}, "
+              f"{result['mix_generation']['seconds']:.1f} s")
+
+
 def print_table(result: dict) -> None:
     from labelopt.pipeline.jobs.reports import format_table
 
-    s, facts = result["summary"], result["machine"]
+    facts = result["machine"]
     rows = []
+    vanilla = result["setups"].get("vanilla", {}).get("median_epoch_seconds")
     for key in [k for k in SETUP_ORDER if k in result["setups"]]:
         row = result["setups"][key]
         rows.append({"setup": row["setup"], "median": row["median_epoch_seconds"], "min": row["min_epoch_seconds"],
                      "img_s": row["median_img_per_s"], "first": row["first_epoch_seconds"],
-                     "vs_vanilla": row["median_epoch_seconds"] / result["setups"]["vanilla"]["median_epoch_seconds"],
+                     "vs_vanilla": row["median_epoch_seconds"] / vanilla if vanilla else None,
                      "all": ", ".join(f"{x:.2f}" for x in row["epoch_seconds"])})
     rows += anchor_table_rows(result)
     compiled = ", --compile" if result.get("compile") else ""
@@ -406,32 +459,19 @@ def print_table(result: dict) -> None:
                                         f"{compiled}"),
                               ("median", "s/epoch (median 2..N)"), ("min", "fastest"), ("img_s", "img/s"),
                               ("first", "epoch 1 s"), ("vs_vanilla", "x vanilla"), ("all", "every epoch s")]))
-    gen = result["generation"]
-    print(f"\nstage one (one-off): generate-labels sl, {gen['num_views']} views x {result['images']} images with "
-          f"{TEACHER}: {gen['seconds']:.1f} s ({gen['teacher_passes_per_s']:.0f} teacher passes/s), "
-          f"store {gen['store_bytes'] / 2**20:.1f} MiB")
-    goal = "meets" if s["goal_met"] else "misses"
-    print(f"store / vanilla: {s['ratio_store_over_vanilla']:.3f}x ({goal} the goal <= {GOAL_STORE_OVER_VANILLA})")
-    print(f"store / online:  {s['ratio_store_over_online']:.3f}x")
-    fastest_even = s["break_even_epochs_vs_online_fastest"]
-    print(f"fastest epochs: store / vanilla {s['ratio_store_over_vanilla_fastest']:.3f}x, "
-          f"store / online {s['ratio_store_over_online_fastest']:.3f}x, break-even vs online "
-          + ("never" if fastest_even is None else f"{fastest_even:.1f} student epochs"))
-    if "ratio_aug_sl_store_over_vanilla_mix" in s:
-        goal = "meets" if s["goal_aug_sl_met"] else "misses"
-        print(f"aug-sl from store / vanilla with the same mix: {s['ratio_aug_sl_store_over_vanilla_mix']:.3f}x "
-              f"(fastest epochs {s['ratio_aug_sl_store_over_vanilla_mix_fastest']:.3f}x; {goal} the goal <= "
-              f"{GOAL_AUG_STORE_OVER_VANILLA_MIX}); its store: {result['mix_generation']['views']}, "
-              f"{result['mix_generation']['seconds']:.1f} s")
-    if s["break_even_epochs_vs_online"] is None:
-        print("break-even vs online: never (the store saves no time per epoch here)")
-    else:
-        print(f"break-even vs online: {s['break_even_epochs_vs_online']:.1f} student epochs "
-              f"(generation {gen['seconds']:.1f} s / {s['seconds_saved_per_epoch_vs_online']:.2f} s saved per epoch)")
+    print_setup_ratios(result)
     print_anchor_lines(result)
     print(f"device {facts['device']} ({facts['device_name']}), {facts['cpu_affinity']} cores, torch {facts['torch']}, "
           f"load average {facts['loadavg_before'][0]:.2f} before / {facts['loadavg_after'][0]:.2f} after; "
           f"whole script {result['script_seconds']:.0f} s")
+
+
+def parse_setups(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(SETUP_CHOICES))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown setups {unknown}; known: {', '.join(SETUP_CHOICES)}")
+    return names
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -449,6 +489,10 @@ def make_parser() -> argparse.ArgumentParser:
                         help=f"Mix records per image in the aug-sl store [{DEFAULT_MIX_VIEWS}].")
     parser.add_argument("--compile", action="store_true",
                         help="Train every project setup under --compile (torch.compile; CUDA graphs on a GPU).")
+    parser.add_argument("--setups", type=parse_setups, default=list(SETUP_CHOICES),
+                        help=f"Comma-separated setups to run [{','.join(SETUP_CHOICES)}].")
+    parser.add_argument("--pack", type=int, default=0,
+                        help="Also train G sl students from the store as one pack (--seeds 0..G-1) [0: none].")
     parser.add_argument("--no-anchor", action="store_true",
                         help="Skip the anchor (the plain loop over images already on the device).")
     add_run_arguments(parser, keeps="data, teacher, store and run folders")
@@ -466,6 +510,10 @@ def main(argv=None) -> int:
         args.images = GPU_IMAGES if device.type == "cuda" else CPU_IMAGES
     if args.epochs < 2:
         log("stage_two: with --epochs 1 the only epoch includes numba's compile; use --epochs 3 or more")
+    if args.pack < 0 or args.pack > 64:
+        parser.error(f"--pack {args.pack}: give 0 (none) or a pack of 1 to 64 students")
+    if args.pack:
+        args.setups = [*args.setups, "store_pack"]
     if args.images < args.batch_size:
         parser.error(f"--images {args.images} is smaller than --batch-size {args.batch_size} (batches drop the rest)")
 
@@ -488,7 +536,7 @@ def main(argv=None) -> int:
         "temperature": TEMPERATURE, "timed": "median train_seconds of epochs 2..N (metrics.jsonl)",
         "machine": machine,
         "setups": {k: measured[k] for k in SETUP_ORDER if k in measured},
-        "generation": measured["generation"],
+        "generation": measured.get("generation"),
         "mix_generation": measured.get("mix_generation"),
         "anchor": measured.get("anchor"),
         "script_seconds": script_seconds,

@@ -53,7 +53,8 @@ def test_dry_run_lists_the_six_parts_on_the_gpu_in_bf16(tmp_path):
     # Stage two again at the goal's batch under --compile, with stage two's images, views and epochs, against the
     # anchor (on by default), without the mix pair; stage two itself stays eager at the recipe's batch.
     assert compiled[1].endswith("stage_two.py") and "--compile" in compiled and "--no-anchor" not in compiled
-    assert compiled[compiled.index("--batch-size") + 1] == "128" and compiled[compiled.index("--mix") + 1] == "none"
+    assert compiled[compiled.index("--batch-size") + 1] == "128"
+    assert compiled[compiled.index("--setups") + 1] == "vanilla,store" and compiled[compiled.index("--pack") + 1] == "8"
     for flag in ("--images", "--views", "--epochs"):
         assert compiled[compiled.index(flag) + 1] == two[two.index(flag) + 1]
     assert "--compile" not in two and "--batch-size" not in two and "--keep" not in compiled
@@ -82,7 +83,43 @@ def test_smoke_runs_the_imagenet_part_at_sizes_its_script_accepts(tmp_path, monk
     compiled = next(line.split() for line in done.stdout.splitlines() if "stage_two.py" in line and "--compile" in line)
     args = load_script("stage_two").make_parser().parse_args(compiled[2:])
     assert (args.images, args.epochs, args.batch_size, args.views) == (128, 2, 128, "identity")
-    assert args.compile and not args.bf16 and not args.no_anchor and args.mix == "none"
+    assert args.compile and not args.bf16 and not args.no_anchor and args.setups == ["vanilla", "store"]
+    assert args.pack == 2
+
+
+def test_parts_picks_parts_in_the_script_order_and_refuses_unknown_ones(tmp_path):
+    done = run_script(tmp_path / "out", "--dry-run", "--parts", "packed,stage_two_128,stage_two_compiled",
+                      GEN_FAST_COMPILE="0")
+    assert done.returncode == 0, done.stderr
+    compiled, eager, packed = [line.split() for line in done.stdout.splitlines()]
+    assert "--compile" in compiled and "--compile" not in eager and packed[1].endswith("packed.py")
+    assert eager[eager.index("--pack") + 1] == "8" and "--bf16" in packed
+    done = run_script(tmp_path / "out", "--dry-run", "--parts", "generate_labels_fast", GEN_FAST_COMPILE="0")
+    assert "--compile" not in done.stdout and "--channels-last" in done.stdout
+    done = run_script(tmp_path / "out", "--dry-run", "--parts", "stage_two,bogus")
+    assert done.returncode == 2 and "unknown part 'bogus'" in done.stderr and not done.stdout
+
+
+def test_report_shows_the_pack_and_the_packed_benchmark(tmp_path):
+    report = load_report()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "parts.txt").write_text("stage_two_128 ok 60\npacked ok 30\n")
+    anchor = {"captured": {"img_per_s": 4000.0, "mode": "CUDA graphs (reduce-overhead)"}}
+    two = stage_two_json(128, anchor)
+    two["compile"] = False
+    two["setups"]["store_pack"] = {"setup": "8 packed sl students from store", "median_epoch_seconds": 4.0,
+                                   "median_img_per_s": 8000.0}
+    two["summary"]["ratio_store_pack_over_anchor_captured"] = 2.0
+    (tmp_path / "stage_two_128.json").write_text(json.dumps(two))
+    packed = {"batch_size": 128, "compile": False, "rows": [
+        {"members": 8, "packed_img_per_s": 9000.0, "separate_img_per_s": 3000.0, "speedup": 3.0}]}
+    (tmp_path / "packed.json").write_text(json.dumps(packed))
+    rows = {row["what"]: (row["figure"], row["against"]) for row in report.build(tmp_path)["rows"]}
+    assert rows["train-student 8 packed sl students from store, batch 128, eager"] == (
+        "8000 img/s (4.00 s/epoch)", "2.000x the captured anchor")
+    assert rows["packed.py: 8 resnet20 students, batch 128, eager"] == (
+        "9000 student-img/s packed", "3.00x one after another (3000)")
+    assert "stage_two.py" not in rows and "torchrun DDP" not in rows  # not among the parts that ran
 
 
 def test_imagenet_0_leaves_the_imagenet_part_out(tmp_path):

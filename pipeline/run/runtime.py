@@ -24,6 +24,9 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device '{name}' was asked for but no CUDA GPU is visible; use --device cpu")
+    if device.type == "cuda" and device.index is None:
+        # Indexed, so that the loader's and the writer's threads can bind to it (set_device refuses plain "cuda").
+        return torch.device("cuda", torch.cuda.current_device())
     return device
 
 

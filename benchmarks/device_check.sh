@@ -27,7 +27,8 @@
 # [240] seconds per part; GEN_FAST_LIMIT [2 x PART_LIMIT] seconds for generate_labels_fast (it compiles the
 # teacher in each of its four generate-labels runs and in its captured anchors); LIMIT_<part> seconds for that part
 # [PART_LIMIT]; GEN_FAST_COMPILE [1] (0: generate_labels_fast runs the teacher eager); PACK [8] students in the
-# pack of the stage-two parts at batch 128; PYTHON [python].
+# pack of the stage-two parts at batch 128; PACKED_COMPILE [0] (1: packed.py --compile); PACKED_MEMBERS [1,2,4,8,16]
+# packed.py's pack sizes; PYTHON [python].
 #
 # The six parts, in order: benchmarks/generate_labels.py --no-anchor (generate_labels); benchmarks/generate_labels.py
 # --batch-size 1024 --channels-last --compile with its anchor at batch 1024, the goal's setup: generate-labels
@@ -91,6 +92,9 @@ PACK=${PACK:-8}
 GEN_FAST_LIMIT=${GEN_FAST_LIMIT:-$((2 * PART_LIMIT))}
 [[ ${GEN_FAST_COMPILE:-1} =~ ^[01]$ ]] || { echo "GEN_FAST_COMPILE must be 0 or 1 (got '$GEN_FAST_COMPILE')" >&2; exit 2; }
 if [ "${GEN_FAST_COMPILE:-1}" = 1 ]; then GEN_FAST_COMPILE=(--compile); else GEN_FAST_COMPILE=(); fi
+[[ ${PACKED_COMPILE:-0} =~ ^[01]$ ]] || { echo "PACKED_COMPILE must be 0 or 1 (got '$PACKED_COMPILE')" >&2; exit 2; }
+if [ "${PACKED_COMPILE:-0}" = 1 ]; then PACKED_SIZES+=(--compile); fi
+[ -z "${PACKED_MEMBERS:-}" ] || PACKED_SIZES+=(--members "$PACKED_MEMBERS")
 [[ $GEN_FAST_LIMIT =~ ^[1-9][0-9]*$ ]] ||
   { echo "GEN_FAST_LIMIT must be a positive integer (got '$GEN_FAST_LIMIT')" >&2; exit 2; }
 [ "$EPOCHS" -ge 2 ] || { echo "EPOCHS must be at least 2: epoch 1 holds numba's compile and is not timed" >&2; exit 2; }

@@ -321,3 +321,23 @@ def test_channels_last_and_a_compiled_teacher_label_as_the_eager_one(teacher, ti
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(tmp_path / "taps.h5"), teachers=(str(teacher),),
                                     split="test", features=("pool",), compile=True, device="cpu"), log=lines.append)
     assert any("the teacher runs eager" in line for line in lines)
+
+
+def test_a_compiled_teacher_sees_one_batch_shape_and_short_slices_come_back_whole():
+    """--compile feeds the teacher --batch-size rows at every call (one compile, one CUDA graph): a short slice is
+    padded with zeros, keeps its memory layout, and only its own rows come back."""
+    from labelopt.pipeline.jobs.labeling import FixedRows
+
+    seen = []
+    conv = torch.nn.Conv2d(3, 4, 3)
+
+    def teacher(images):
+        seen.append((images.shape[0], images.is_contiguous(memory_format=torch.channels_last)))
+        return conv(images).mean((2, 3))
+
+    wrapped = FixedRows(teacher, rows=8)
+    images = torch.randn(3, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        assert torch.allclose(wrapped(images), conv(images).mean((2, 3)), atol=1e-6)
+        assert wrapped(torch.randn(8, 3, 6, 6)).shape == (8, 4)
+    assert seen == [(8, True), (8, False)]

@@ -251,7 +251,27 @@ def compile_teachers(options: GenerateOptions, teachers: list[Teacher], device: 
         return
     mode = "reduce-overhead" if device.type == "cuda" else "default"
     for teacher in teachers:
-        teacher.model = torch.compile(teacher.model, mode=mode)
+        teacher.model = FixedRows(torch.compile(teacher.model, mode=mode), options.batch_size)
+
+
+class FixedRows(torch.nn.Module):
+    """A compiled teacher fed `rows` images at every call: a shorter slice (a block's or the store's last) is padded
+    with zeros and its outputs cut back. One shape means one compile and one CUDA graph; a second shape would make
+    torch.compile compile the teacher again for dynamic shapes, which cost seconds in the middle of the run."""
+
+    def __init__(self, compiled: torch.nn.Module, rows: int):
+        super().__init__()
+        self.compiled, self.rows = compiled, rows
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        short = self.rows - images.shape[0]
+        if short <= 0:
+            return self.compiled(images)
+        padded = images.new_zeros((self.rows, *images.shape[1:]))
+        if images.dim() == 4 and images.is_contiguous(memory_format=torch.channels_last):
+            padded = padded.contiguous(memory_format=torch.channels_last)  # the layout the teacher was compiled for
+        padded[:images.shape[0]] = images
+        return self.compiled(padded)[:images.shape[0]]
 
 
 def label_block(labeler, views: ViewSpace, options: GenerateOptions, num_classes: int, images, labels, indices,

@@ -286,6 +286,10 @@ def label_block(labeler, views: ViewSpace, options: GenerateOptions, num_classes
     params = views.views_of(indices.numpy(), images.shape[2], images.shape[3])  # [rows, V, P]
     flat_params = torch.from_numpy(params.reshape(rows * v, -1))
     row_of = torch.arange(rows).repeat_interleave(v)
+    # The slices index these on the device: a per-slice copy from pageable memory would make the host wait for the
+    # GPU at every slice. Mixed views keep theirs on the host (their partners are looked up in the pixel bank there).
+    device_rows = to_device(row_of, device)
+    device_params = flat_params if views.mixed else to_device(flat_params, device)
     # The block's outputs stay on the device until its last slice: copying each slice out would make the host
     # wait for the GPU every slice (bare inference does not), and a per-slice host copy runs on every core.
     probs = torch.empty(rows * v, num_classes, dtype=torch.float32, device=device)
@@ -293,8 +297,8 @@ def label_block(labeler, views: ViewSpace, options: GenerateOptions, num_classes
     feats_out: dict[str, torch.Tensor] = {}
     for start in range(0, rows * v, options.batch_size):
         sl = slice(start, min(start + options.batch_size, rows * v))
-        r = row_of[sl].to(device)
-        viewed = views.pixels(images[r], flat_params[sl])
+        r = device_rows[sl]
+        viewed = views.pixels(images[r], device_params[sl])
         if options.compile and device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()  # the previous slice's outputs are already copied out
         with autocast(device, options.bf16):

@@ -133,7 +133,7 @@ def time_bare(folder: Path, teacher_path: Path, spec: str, batch_size: int, devi
     from labelopt.pipeline.data.loading import block_loader
     from labelopt.pipeline.run.checkpoints import load_teachers
     from labelopt.pipeline.views.store_sets import store_views
-    from labelopt.pipeline.run.runtime import autocast
+    from labelopt.pipeline.run.runtime import autocast, to_device
     from labelopt.pipeline.views.policies import IdentityView
 
     data = open_dataset(folder)
@@ -141,20 +141,24 @@ def time_bare(folder: Path, teacher_path: Path, spec: str, batch_size: int, devi
     views = store_views(spec, data, seed=0)
     n, v = data.num_samples("train"), views.num_views
     rows = np.arange(n, dtype=np.uint64)
+    # As generate-labels does: few views per row (identity) put several blocks in one loader batch.
+    per_batch = max(1, batch_size // (BLOCK_ROWS * v))
     started, cpu_started = time.perf_counter(), time.process_time()
-    loader = block_loader(data, "train", rows, BLOCK_ROWS, train_decode=not isinstance(views.policy, IdentityView))
+    loader = block_loader(data, "train", rows, BLOCK_ROWS * per_batch,
+                          train_decode=not isinstance(views.policy, IdentityView))
     loader_start = None
     for images, _, indices in loader:
         if loader_start is None:
             loader_start = time.perf_counter() - started
-        images = images.permute(0, 3, 1, 2).to(device, memory_format=torch.contiguous_format, copy=True)
+        images = to_device(images.permute(0, 3, 1, 2), device)
         count = images.shape[0]
         params = views.views_of(indices.view(-1).numpy(), images.shape[2], images.shape[3])
         flat_params = torch.from_numpy(params.reshape(count * v, -1))
-        row_of = torch.arange(count).repeat_interleave(v)
+        row_of = to_device(torch.arange(count).repeat_interleave(v), device)
+        flat_params = flat_params if views.mixed else to_device(flat_params, device)
         for start in range(0, count * v, batch_size):
             sl = slice(start, min(start + batch_size, count * v))
-            viewed = views.pixels(images[row_of[sl].to(device)], flat_params[sl])
+            viewed = views.pixels(images[row_of[sl]], flat_params[sl])
             with autocast(device, bf16):
                 logits, _ = teacher.outputs(viewed)
                 torch.softmax(logits / TEMPERATURE, dim=1)

@@ -265,6 +265,7 @@ def main():
       generate-labels  stage one: run the teacher once, write its soft labels to a label store
       train-student    stage two: students from the store (or online teachers), any method
       evaluate         top-1/top-5, NLL, ECE, reliability diagrams; runs side by side
+      table            a whole results table (teachers, stores, rows x seeds) from one file
 
     \b
     Listings: models, methods (stage-two methods and their options).
@@ -363,6 +364,12 @@ def training_options(command):
         click.option("--order-seed", type=number("order_seed"), default=None,
                      help="Seed of the data order alone [default: --seed]: a run with a pack member's --seed and "
                           "the pack's order seed trains as that member."),
+        click.option("--val-fraction", type=number("val_fraction"), default=0.0, show_default=True,
+                     metavar="F",
+                     help="Hold out this share of each class of the training split (the same images in every "
+                          "run: a fixed seed) as a validation split, scored each epoch (val_* in metrics.jsonl), "
+                          "and save best.pt at its best epoch. 0: train on the whole split and write no best.pt "
+                          "(last.pt is the run's model); the test split never chooses a checkpoint."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N."),
         click.option("--bf16", is_flag=True, help="bf16 autocast (GPU)."),
         click.option("--channels-last", is_flag=True, help="channels_last memory format."),
@@ -402,7 +409,12 @@ def train(milestones, **kwargs):
 
     options = TrainOptions(milestones=int_list(milestones), **as_plain(kwargs))
     out = run_train(options, log=lambda m: click.echo(m, err=True))
-    echo_once(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
+    echo_once(f"run folder: {out}  ({run_files(options.val_fraction)})")
+
+
+def run_files(val_fraction: float) -> str:
+    """What a finished run folder holds: best.pt only where a validation split chose it."""
+    return "config.json, metrics.jsonl, last.pt" + (", best.pt" if val_fraction else "")
 
 
 @main.command("train-student")
@@ -448,7 +460,7 @@ def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, e
     options = StudentOptions(milestones=int_list(milestones), teachers=tuple(teachers), method_options=chosen,
                              seeds=seed_list(seeds), **as_plain(kwargs))
     out = run_student(options, cache_dir=cache_dir, log=lambda m: click.echo(m, err=True))
-    echo_once(f"run folder: {out}  (config.json, metrics.jsonl, last.pt, best.pt)")
+    echo_once(f"run folder: {out}  ({run_files(options.val_fraction)})")
 
 
 def method_option_values(method: str, items) -> dict:
@@ -656,6 +668,38 @@ def labels_repack(store, layout, out, overwrite, expect_digest):
     click.echo(f"label store: {repack_store(store, out, layout, overwrite=overwrite, expect_digest=expect_digest)}")
 
 
+@main.command()
+@click.argument("table_file", metavar="TABLE")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Folder of the whole table: data/, teachers/, labels/, runs/, logs/, eval/, table.md, table.json.")
+@click.option("--dry-run", is_flag=True, help="Print each step with its state (done, resume, new) and run none.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report (with --dry-run: the plan) as JSON.")
+@click.option("--smoke", is_flag=True,
+              help="Every run 1 epoch (warm-ups 1) and the first seed, with the file's [smoke] table merged over it.")
+@click.option("--rows", default=None, metavar="A,B,...", help="Only these rows (and the teachers and stores they need).")
+@click.option("--seeds", default=None, metavar="S1,S2,...", help="These student seeds instead of the file's.")
+@click.option("--data", default=None, metavar="DIR", help="A prepared dataset folder instead of the file's data.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N: for every step.")
+@click.option("--jobs", type=number("jobs"), default=1, show_default=True,
+              help="Steps run at once, each its own process with its share of the cores.")
+def table(table_file, out, dry_run, as_json, smoke, rows, seeds, data, device, jobs):
+    """A whole results table from one table file: teachers, label stores, every row over its seeds (packed where
+    the method allows), evaluated and summarized as mean ± std. TABLE: a .toml file or a shipped table's name."""
+    from .pipeline.jobs.tables import TableRequest, run_table
+
+    request = TableRequest(table_file, out, dry_run=dry_run, smoke=smoke, seeds=seed_list(seeds), data=data,
+                           rows=tuple(r.strip() for r in rows.split(",") if r.strip()) if rows else (),
+                           device=device, jobs=jobs)
+    result = run_table(request, log=lambda m: click.echo(m, err=True))
+    if as_json:
+        click.echo(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))
+    elif dry_run:
+        for step in result["steps"]:
+            click.echo(f"[{step['state']}] {step['command']}")
+    else:
+        click.echo(result["markdown"], nl=False)
+
+
 # One line per command in the group's --help, whole (click cuts a docstring's first sentence at about 45 columns).
 SHORT_HELP = {
     "prepare": "Dataset files to FFCV .beton splits and meta.json.",
@@ -671,6 +715,7 @@ SHORT_HELP = {
     "labels card": "A Markdown card to share a store with.",
     "labels combine": "An ensemble store: the weighted mean of stores.",
     "labels repack": "The same store in another layout, checksums kept.",
+    "table": "A whole results table from one table file.",
 }
 
 

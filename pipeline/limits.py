@@ -62,6 +62,9 @@ BOUNDS: dict[str, Bound] = {
     "order_seed": int_range(0, SEED_MAX),  # the data order's seed (a pack's members share one)
     "num_workers": int_range(1, 256),
     "label_smoothing": fraction(high_open=True),
+    # The share of each class held out of training to choose best.pt on (0: none); half or more would leave the
+    # training split smaller than its validation split.
+    "val_fraction": Bound(float, 0.0, 0.5, high_open=True),
     "temperature": positive(1000.0),
     "ce_weight": Bound(float, 0.0, 1e6),
     "kd_weight": Bound(float, 0.0, 1e6),
@@ -78,6 +81,7 @@ BOUNDS: dict[str, Bound] = {
     "combine_weight": Bound(float, 0.0, 1e6),
     "sample": int_range(1, 10_000_000),
     "method_option": Bound(float, -1e9, 1e9),
+    "jobs": int_range(1, 64),  # labelopt table: steps run at once, each its own process
 }
 
 

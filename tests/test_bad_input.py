@@ -263,6 +263,7 @@ def base_arguments(path, places):
         ("labels", "inspect"): [places["store"]],
         ("labels", "verify"): [places["store"]],
         ("labels", "combine"): [places["store"], places["store"], "--out", places["out"] / "c.h5"],
+        ("table",): ["digits", "--data", places["data"], "--rows", "vanilla", "--out", places["out"] / "t", "--dry-run"],
     }[path]
 
 

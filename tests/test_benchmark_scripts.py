@@ -1,5 +1,5 @@
 """The benchmark scripts CI can run: the CIFAR-100 method table in --smoke mode (ft, one epoch, digits),
-the seed table's command list (--dry-run), and store_scale.py on one tiny store."""
+the seed table's steps (--dry-run of its two table files), and store_scale.py on one tiny store."""
 import json
 import math
 import os
@@ -13,7 +13,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-# Every method runs end to end in tests/test_digits_table.py's smoke; here the rows whose options the table
+# Each method runs end to end in its own test module; here the rows whose options the table
 # must report: ft's, with the benchmark's defaults and the smoke's changes to them marked.
 SMOKE_METHODS = ("ft",)
 
@@ -45,57 +45,38 @@ def test_cifar100_table_smoke_runs_and_reports_each_rows_options(tmp_path):
     assert {"ft_weight=200", "warmup_epochs=1*", "paraphraser_bn=1*"} <= set(options["ft"])
 
 
-def test_seed_table_dry_run_lists_every_row_seed_and_store(tmp_path):
-    from labelopt.tests.fakes import write_fake_cifar100
-
-    write_fake_cifar100(tmp_path / "root")
+def test_seed_table_dry_run_lists_both_tables_on_shared_teachers_and_stores(tmp_path):
+    """benchmarks/seed_table.sh: CIFAR-100 prepared once, then tables/cifar100-resnet20.toml and
+    cifar100-resnet110.toml into one folder (their teachers and stores are the same steps, made once)."""
     out = tmp_path / "out"
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SEEDS": "0 1", "KD_SOURCE": "store"}
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(tmp_path)}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     run = subprocess.run(["bash", str(REPO / "benchmarks" / "seed_table.sh"), "--dry-run", str(tmp_path / "root"),
                           str(out)], capture_output=True, text=True, timeout=120, env=env)
     assert run.returncode == 0, run.stderr
-    commands = [line.split() for line in run.stdout.splitlines()]
+    commands = [line.split()[1:] for line in run.stdout.splitlines()]
     assert not out.exists()  # a dry run writes nothing
-    assert sum("prepare" in c for c in commands) == 1
-    teachers = sorted(c[c.index("--arch") + 1] for c in commands if c[1] == "train")
-    assert teachers == ["resnet110", "resnet32", "resnet44", "resnet56"]
-    stores = {c[c.index("--out") + 1].rsplit("/", 1)[-1]: c for c in commands if c[1] == "generate-labels"}
-    assert set(stores) == {"sl-r44-t4.h5", "enc-r32-t4.h5", "ens-r32-r44-r56-t4.h5", "random.h5", "kd-r32-logits.h5",
-                           "aug-ricap32-r110-t4.h5"}
-    assert "--logits" in stores["kd-r32-logits.h5"] and stores["ens-r32-r44-r56-t4.h5"].count("--teacher") == 3
-    aug_store = stores["aug-ricap32-r110-t4.h5"]
-    assert aug_store[aug_store.index("--views") + 1] == "mix:ricap:32" and "resnet110" in " ".join(aug_store)
-    runs = {c[c.index("--out") + 1].split("/runs/", 1)[1] for c in commands if c[1] == "train-student"}
-    rows = {"resnet20": ["vanilla", "ls", "random", "kd", "sl", "sl-enc", "sl-ens", "sl-kd", "aug-sl"],
-            "resnet110": ["vanilla", "ls", "kd", "sl", "sl-enc", "sl-ens", "sl-kd", "aug-sl"]}
-    assert runs == {f"{s}/{r}/seed{k}" for s in rows for r in rows[s] for k in (0, 1)}
-    # Teachers and students train with the seed's recipe (its 200 epochs, lr 0.1, batch 128), not the benchmark's;
-    # the Aug-SL rows with the follow-up's 350-epoch recipe, from the mix store.
-    training = [c for c in commands if c[1] in ("train", "train-student")]
-    assert len(training) == 4 + 2 * 17
-    aug = [c for c in training if "aug-sl" in c]
-    assert len(aug) == 4 and all(c[c.index("--labels") + 1].endswith("aug-ricap32-r110-t4.h5") for c in aug)
-    assert all(c[c.index("--config") + 1] == str(REPO / "recipes" / "label-enhancement-long.toml") for c in aug)
-    assert all(c[c.index("--config") + 1] == str(REPO / "recipes" / "seed.toml") for c in training if c not in aug)
+    assert [c[1] for c in commands].count("prepare") == 1
+    option = lambda c, name: c[c.index(name) + 1]
+    teachers = {option(c, "--arch") for c in commands if c[1] == "train"}
+    assert teachers == {"resnet32", "resnet44", "resnet56", "resnet110"}
+    stores = {Path(option(c, "--out")).name: c for c in commands if c[1] == "generate-labels"}
+    assert set(stores) == {"sl-r44.h5", "enc-r32.h5", "ens-r32-r44-r56.h5", "random.h5", "aug-r110.h5"}
+    assert stores["ens-r32-r44-r56.h5"].count("--teacher") == 3
+    assert option(stores["aug-r110.h5"], "--views") == "mix:ricap:32"
+    runs = {Path(option(c, "--out")).name: c for c in commands if c[1] == "train-student"}
+    rows = {"r20": ["vanilla", "ls", "random", "kd", "sl", "sl-enc", "sl-ens", "sl-kd"],
+            "r110": ["vanilla", "ls", "kd", "sl", "sl-enc", "sl-ens", "sl-kd"]}
+    packs = {f"{s}-{r}" for s in rows for r in rows[s]}  # label rows: one pack of the three seeds each
+    assert packs | {f"seed-{k}" for k in (0, 1, 2)} == set(runs)
+    assert all(option(runs[p], "--seeds") == "0,1,2" for p in packs)
+    # the seed's recipe for teachers and students, the follow-up's 350 epochs for Aug-SL (one run per seed)
+    aug = [c for c in commands if "aug-sl" in c]
+    assert len(aug) == 6 and all(option(c, "--config") == "label-enhancement-long" for c in aug)
+    training = [c for c in commands if c[1] in ("train", "train-student") and c not in aug]
+    assert all(option(c, "--config") == "seed" for c in training)
     assert not any("--epochs" in c or "--milestones" in c for c in training)
-    evaluated = [c for c in commands if c[1] == "evaluate"]
-    assert len(evaluated) == 4 + sum(len(r) for r in rows.values())
-    assert all(sum(a.endswith("last.pt") for a in c) == 2 for c in evaluated if "/runs/" in " ".join(c))
-
-
-def test_seed_table_epochs_keeps_the_seed_recipes_milestone_fractions(tmp_path):
-    (tmp_path / "root" / "cifar-100-python").mkdir(parents=True)
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "SEEDS": "0", "STUDENTS": "resnet20", "EPOCHS": "10"}
-    run = subprocess.run(["bash", str(REPO / "benchmarks" / "seed_table.sh"), "--dry-run", str(tmp_path / "root"),
-                          str(tmp_path / "out")], capture_output=True, text=True, timeout=120, env=env)
-    assert run.returncode == 0, run.stderr
-    training = [c.split() for c in run.stdout.splitlines() if c.split()[1] in ("train", "train-student")]
-    assert training and all(c[c.index("--epochs") + 1] == "10" for c in training)
-    # 60/120/160 of 200 epochs -> 3/6/8 of 10 (printed shell-quoted: 3\,6\,8); Aug-SL's 150/200/250/300 of 350
-    # -> 4/6/7/9 of 10
-    milestones = lambda c: c[c.index("--milestones") + 1].replace("\\", "")
-    assert all(milestones(c) == "3,6,8" for c in training if "aug-sl" not in c)
-    assert [milestones(c) for c in training if "aug-sl" in c] == ["4,6,7,9"]
 
 
 @pytest.mark.slow

@@ -152,6 +152,32 @@ def test_negatives_come_from_other_classes_uniformly_or_from_all_other_samples()
 
 
 
+def test_negatives_leave_out_a_held_out_validation_split_and_count_only_the_pool():
+    """With --val-fraction the held-out samples are never drawn (their bank rows are never updated); the NCE noise
+    ratio and Z count the pool, not the whole split. Without a pool the draws are the plain ones."""
+    labels = torch.tensor([2, 0, 1, 2, 2, 0, 1, 1, 2, 0, 2, 1])
+    held = {1, 6, 8}
+    pool = torch.tensor([j for j in range(N) if j not in held])
+    for other_class in (1, 0):
+        torch.manual_seed(0)
+        context = DistillContext(**{**vars(CONTEXT), "train_labels": labels, "train_indices": pool})
+        crd = ContrastiveRepresentation(context, feat_dim=D, nce_k=4000, negatives_other_class=other_class)
+        assert crd.memory.pool_size == N - len(held) and crd.memory.num_samples == N  # a bank row per index
+        crd.memory.num_negatives = 2000
+        anchors = torch.tensor([0, 2, 11])
+        negatives = crd.memory.contrast_indices(anchors)[:, 1:]
+        for row, anchor in enumerate(anchors.tolist()):
+            allowed = {j for j in pool.tolist() if j != anchor and (not other_class or labels[j] != labels[anchor])}
+            assert set(negatives[row].tolist()) == allowed
+    torch.manual_seed(0)
+    whole = ContrastiveRepresentation(DistillContext(**{**vars(CONTEXT), "train_labels": labels}), feat_dim=D, nce_k=K)
+    torch.manual_seed(0)
+    pooled = ContrastiveRepresentation(DistillContext(**{**vars(CONTEXT), "train_labels": labels,
+                                                     "train_indices": torch.arange(N)}), feat_dim=D, nce_k=K)
+    anchors = torch.tensor([3, 5, 7, 10])
+    assert torch.equal(whole.memory.contrast_indices(anchors), pooled.memory.contrast_indices(anchors))
+
+
 def test_negatives_are_distinct_per_row_by_default_as_the_benchmark_draws_them():
     """K = 40 of a pool of 50 other-class samples: no repeats in a row, never the own class; each pool member is
     in a row with probability K / pool (a draw without replacement), which repeats would lower."""

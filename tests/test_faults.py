@@ -141,15 +141,18 @@ def student_args(data, out, *extra):
 
 
 def test_disk_full_while_saving_best_pt_leaves_a_resumable_run(tiny_cifar_dir, tmp_path, monkeypatch):
+    # best.pt is chosen on a validation split, and only with one; 86 images stay, in full batches of 43
+    held = ("--val-fraction", "0.1", "--batch-size", "43")
     reference = tmp_path / "reference"
-    assert CliRunner().invoke(main, student_args(tiny_cifar_dir, reference)).exit_code == 0
+    assert CliRunner().invoke(main, student_args(tiny_cifar_dir, reference, *held)).exit_code == 0
     out = tmp_path / "run"
     full_disk_for(store_files, "best.pt", monkeypatch)
-    one_line(CliRunner().invoke(main, student_args(tiny_cifar_dir, out)), mentions="disk full writing")
+    one_line(CliRunner().invoke(main, student_args(tiny_cifar_dir, out, *held)), mentions="disk full writing")
     assert (out / "last.pt").is_file() and not (out / "best.pt").exists() and leftovers(tmp_path) == []
     monkeypatch.undo()
-    result = CliRunner().invoke(main, student_args(tiny_cifar_dir, out, "--resume"))
+    result = CliRunner().invoke(main, student_args(tiny_cifar_dir, out, *held, "--resume"))
     assert result.exit_code == 0, result.stderr
+    assert (out / "best.json").read_text() == (reference / "best.json").read_text()
     for name in ("last.pt", "best.pt"):
         ours, theirs = (torch.load(p / name, weights_only=True) for p in (out, reference))
         assert ours["epoch"] == theirs["epoch"]
@@ -194,14 +197,15 @@ def test_real_full_disk_refuses_a_store_early_with_the_figures(tiny_cifar_dir, t
 
 def test_real_full_disk_during_train_then_resume_with_space(tiny_cifar_dir, small_disk, tmp_path):
     """resnet20's last.pt (weights + momentum) is ~2.2 MB and best.pt ~1.1 MB: 3 MB hold the first, not both."""
+    held = ("--val-fraction", "0.1", "--batch-size", "43")  # a validation split, so a best.pt; full batches
     reference = tmp_path / "reference"
-    assert CliRunner().invoke(main, student_args(tiny_cifar_dir, reference)).exit_code == 0
+    assert CliRunner().invoke(main, student_args(tiny_cifar_dir, reference, *held)).exit_code == 0
     filler = fill(small_disk, 3 * 2 ** 20)
     out = small_disk / "run"
-    one_line(CliRunner().invoke(main, student_args(tiny_cifar_dir, out)), mentions="disk full writing")
+    one_line(CliRunner().invoke(main, student_args(tiny_cifar_dir, out, *held)), mentions="disk full writing")
     assert (out / "last.pt").is_file() and leftovers(small_disk) == []
     filler.unlink()
-    result = CliRunner().invoke(main, student_args(tiny_cifar_dir, out, "--resume"))
+    result = CliRunner().invoke(main, student_args(tiny_cifar_dir, out, *held, "--resume"))
     assert result.exit_code == 0, result.stderr
     ours, theirs = (torch.load(p / "last.pt", weights_only=True) for p in (out, reference))
     assert all(torch.equal(ours["model"][k], theirs["model"][k]) for k in theirs["model"])

@@ -57,6 +57,7 @@ def test_each_member_trains_as_a_run_of_its_seed_alone_with_the_packs_data_order
         for a, b in zip(member_lines, alone_lines):
             assert (a["train_loss"], a["test_top1"], a["test_nll"]) == (b["train_loss"], b["test_top1"], b["test_nll"])
         assert json.loads((member / "config.json").read_text())["seed"] == seed
+        assert not (member / "best.pt").exists() and not (member / "best.json").exists()  # no validation split
     # A member's checkpoint is an ordinary one; the pack's own is refused with the way to a member's.
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "pack" / "seed-5" / "last.pt"),
                                        "--data", str(tiny_cifar_dir), "--json"])
@@ -66,7 +67,8 @@ def test_each_member_trains_as_a_run_of_its_seed_alone_with_the_packs_data_order
 
 
 def test_a_pack_resumed_after_a_crash_equals_the_uninterrupted_pack(tiny_cifar_dir, identity_store, tmp_path):
-    pack = lambda out, **kw: options(tiny_cifar_dir, out, identity_store, seeds=(1, 2), **kw)
+    """With a validation split: each member's best.pt is chosen on its own val_top1, and resumes exactly."""
+    pack = lambda out, **kw: options(tiny_cifar_dir, out, identity_store, seeds=(1, 2), val_fraction=0.1, **kw)
     train_student(pack(tmp_path / "full"), log=quiet)
 
     def crash(epoch):
@@ -79,8 +81,17 @@ def test_a_pack_resumed_after_a_crash_equals_the_uninterrupted_pack(tiny_cifar_d
     for seed in (1, 2):
         full, resumed = (weights(tmp_path / run / f"seed-{seed}" / "last.pt") for run in ("full", "crashed"))
         assert all(torch.equal(full[k], resumed[k]) for k in full)
-        lines = (tmp_path / "crashed" / f"seed-{seed}" / "metrics.jsonl").read_text().splitlines()
-        assert [json.loads(x)["epoch"] for x in lines] == [0, 1]
+        lines = [json.loads(x) for x in (tmp_path / "crashed" / f"seed-{seed}" / "metrics.jsonl").read_text()
+                 .splitlines()]
+        assert [x["epoch"] for x in lines] == [0, 1]
+        top = max(x["val_top1"] for x in lines)
+        best = {"top1": top, "epoch": next(x["epoch"] for x in lines if x["val_top1"] == top), "selected_on": "val"}
+        for run in ("full", "crashed"):
+            member = tmp_path / run / f"seed-{seed}"
+            assert json.loads((member / "best.json").read_text()) == best
+            assert torch.load(member / "best.pt", weights_only=True)["selected_on"] == "val"
+        full, resumed = (weights(tmp_path / run / f"seed-{seed}" / "best.pt") for run in ("full", "crashed"))
+        assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
 def test_what_a_pack_does_not_take_is_refused_in_one_line(tiny_cifar_dir, identity_store, tiny_teacher, tmp_path):

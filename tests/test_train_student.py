@@ -320,7 +320,7 @@ def test_torchrun_two_processes_train_one_student(stores, tiny_cifar_dir, tmp_pa
     run = subprocess.run([str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc-per-node", "2",
                           "--no-python", str(labelopt), "train-student", "--data", str(tiny_cifar_dir),
                           "--labels", str(stores["crop_flip"]), "--student", "resnet20", "--epochs", "2",
-                          "--batch-size", "16", "--device", "cpu", "--out", str(out)],
+                          "--batch-size", "16", "--device", "cpu", "--val-fraction", "0.1", "--out", str(out)],
                          capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     config = json.loads((out / "config.json").read_text())
@@ -328,7 +328,10 @@ def test_torchrun_two_processes_train_one_student(stores, tiny_cifar_dir, tmp_pa
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # rank 0 alone writes
     assert run.stdout.count("run folder:") == 1  # and alone prints the result line
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    # rank 0 alone scored the validation split (each rank drew only the kept images) and chose best.pt on it
+    assert sorted(p.name for p in out.iterdir()) == ["best.json", "best.pt", "config.json", "last.pt",
+                                                     "metrics.jsonl"]
+    assert all("val_top1" in json.loads(line) for line in lines) and config["validation"]["count"] == 10
     assert_last_checkpoint_matches_log(out, tiny_cifar_dir)  # rank 0 saved the model it scored
 
 
@@ -351,7 +354,7 @@ def test_two_nodes_train_one_student_and_resume_without_the_run_folder_on_the_se
     config = json.loads((outs[0] / "config.json").read_text())
     assert config["world_size"] == 2 and config["global_batch_size"] == 32
     assert len((outs[0] / "metrics.jsonl").read_text().splitlines()) == 2
-    assert sorted(p.name for p in outs[0].iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl"]
+    assert sorted(p.name for p in outs[0].iterdir()) == ["config.json", "last.pt", "metrics.jsonl"]
     assert not outs[1].parent.exists()  # rank 1 wrote nothing
     assert_last_checkpoint_matches_log(outs[0], tiny_cifar_dir)
 

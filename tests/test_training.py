@@ -46,10 +46,10 @@ def test_run_folder_contents(finished_run, tiny_cifar_dir):
     assert [l["epoch"] for l in lines] == [0, 1, 2]
     assert [l["lr"] for l in lines] == pytest.approx([0.05, 0.05, 0.005])  # one decay, at epoch index 2
     assert {"train_loss", "train_top1", "test_top1", "test_top5", "test_nll", "test_ece", "lr"} <= set(lines[0])
-    for name in ("last.pt", "best.pt"):
-        body = torch.load(finished_run / name, weights_only=True)
-        assert body["format"] == "labelopt.checkpoint" and body["arch"] == "resnet20" and body["num_classes"] == 10
-    assert "training" in torch.load(finished_run / "last.pt", weights_only=True)
+    body = torch.load(finished_run / "last.pt", weights_only=True)
+    assert body["format"] == "labelopt.checkpoint" and body["arch"] == "resnet20" and body["num_classes"] == 10
+    assert "training" in body
+    assert not (finished_run / "best.pt").exists()  # no --val-fraction: nothing chooses a best epoch
 
 
 def test_resume_after_a_crash_equals_the_uninterrupted_run(finished_run, tiny_cifar_dir, tmp_path):

@@ -7,8 +7,10 @@ next, so its order is exactly that of a fresh one.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
@@ -30,6 +32,7 @@ class LoaderKey:
     distributed: bool
     decode: tuple
     num_workers: int
+    subset: str | None = None  # a digest of the sample indices the loader reads (None: the whole split)
 
 
 _LOADERS: dict[LoaderKey, Loader] = {}
@@ -101,17 +104,21 @@ def block_loader(data: PreparedDataset, split: str, rows, batch: int, train_deco
 
 def make_loader(data: PreparedDataset, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
                 drop_last: bool = False, distributed: bool = False, train_decode: bool | None = None,
-                device: torch.device | str = "cpu", num_workers: int | None = None) -> SplitLoader:
-    """A loader over `split`. `train_decode` picks the decode plan (defaults to `shuffle`)."""
+                device: torch.device | str = "cpu", num_workers: int | None = None,
+                indices: np.ndarray | None = None) -> SplitLoader:
+    """A loader over `split`, or over its sample `indices` alone (uint64, sorted: a run's training images less
+    its validation split, or that split). `train_decode` picks the decode plan (defaults to `shuffle`)."""
     path = data.beton(split)
     decode = decode_plan(data, shuffle if train_decode is None else train_decode)
     workers = num_workers or worker_count()
+    subset = None if indices is None else hashlib.sha256(np.asarray(indices, dtype="<u8").tobytes()).hexdigest()
     key = LoaderKey(str(path.resolve()), path.stat().st_mtime_ns, batch_size, shuffle, seed, drop_last,
-                    distributed, decode, workers)
+                    distributed, decode, workers, subset)
     loader = _LOADERS.get(key)
     if loader is None:
         loader = Loader(str(path), batch_size=batch_size, num_workers=workers,
                         order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, seed=seed,
-                        drop_last=drop_last, distributed=distributed, pipelines=field_pipelines(decode))
+                        indices=indices, drop_last=drop_last, distributed=distributed,
+                        pipelines=field_pipelines(decode))
         _LOADERS[key] = loader
     return SplitLoader(loader, torch.device(device))

@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -23,6 +24,7 @@ from ...stages.teacher_sources import OnlineSource, StoreSource, TeacherSource
 from ...store import LabelStore, StoreError
 from ...store.remote import is_url, local_store
 from ..data.datasets import PreparedDataset
+from ..data.holdout import training_indices
 from ..errors import UserError
 from ..run.checkpoints import load_teachers
 from ..run.runtime import check_precision, device_for, init_distributed, seed_everything
@@ -134,8 +136,10 @@ def distill_context(options: StudentOptions, data: PreparedDataset, method: type
     student_shapes = feature_shapes(options.arch, data.num_classes, method.student_taps, data.input_size) \
         if method.student_taps else {}
     train_labels = torch.from_numpy(data.labels("train")) if method.needs_train_labels else None
+    kept = training_indices(data, options.val_fraction) if method.needs_train_labels else None
     return DistillContext(data.num_classes, data.num_samples("train"), source.target_temperature if source else None,
-                          student_shapes, teacher_shapes, train_labels)
+                          student_shapes, teacher_shapes, train_labels,
+                          None if kept is None else torch.from_numpy(kept.astype(np.int64)))
 
 
 def student_outputs(model, inputs, arch: str, taps):

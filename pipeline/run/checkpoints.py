@@ -15,6 +15,7 @@ from ...stages.teachers import Teacher
 from ...store.files import write_bytes_atomic
 from ..data.datasets import PreparedDataset
 from ..data.normalize import Normalizer
+from ..atomic import write_json_atomic
 from ..errors import UserError
 
 CHECKPOINT_FORMAT = "labelopt.checkpoint"
@@ -29,6 +30,13 @@ def save_checkpoint(path: Path, payload: dict) -> None:
     torch.save(body, buffer)
     write_bytes_atomic(path, buffer.getbuffer(), error=UserError,
                        then="rerun with --resume (it continues from last.pt)")
+
+
+def save_best(folder: Path, payload: dict, best: dict) -> None:
+    """A run folder's best.pt (`payload`, saying what it was selected on) and best.json (`best`: the epoch, its
+    score and what it was selected on); best.pt first, so best.json never names weights that were not saved."""
+    save_checkpoint(folder / "best.pt", {**payload, "selected_on": best["selected_on"]})
+    write_json_atomic(folder / "best.json", best)
 
 
 def load_checkpoint(path: str | Path) -> dict:

@@ -32,6 +32,7 @@ class TrainOptions:
     augment: str = "auto"
     seed: int = 0
     order_seed: int | None = None  # the data order's seed (None: seed); a pack's members share the pack's
+    val_fraction: float = 0.0  # each class's share of the training split held out to choose best.pt (0: none)
     device: str = "auto"
     bf16: bool = False
     channels_last: bool = False
@@ -43,7 +44,7 @@ class TrainOptions:
 
 
 NUMERIC_OPTIONS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "gamma", "seed", "num_workers",
-                   "label_smoothing", "resolution", "order_seed")
+                   "label_smoothing", "resolution", "order_seed", "val_fraction")
 
 
 def open_training_data(options: TrainOptions) -> PreparedDataset:

@@ -10,7 +10,8 @@ one loss; what differs per member lives here:
 - `pack_objective` splits the pack's logits per member, gives each member's method its own slice of the batch and
   sums the members' losses (their parameters are disjoint, so each gets exactly its own gradient).
 - `PackMembers` keeps each member's run folder: an ordinary run folder (config.json, metrics.jsonl, last.pt,
-  best.pt) that `labelopt evaluate` reads like any other.
+  best.pt and best.json where --val-fraction holds out a validation split) that `labelopt evaluate` reads like any
+  other.
 """
 from __future__ import annotations
 
@@ -25,8 +26,7 @@ from ...stages.batch import ViewedBatch
 from ...stages.metrics import classification_metrics
 from ..data.normalize import Normalizer
 from ..views.draws import Drawn, ViewSampler
-from ..atomic import write_json_atomic
-from .checkpoints import save_checkpoint
+from .checkpoints import save_best, save_checkpoint
 from .runs import MetricsLog, write_config
 
 
@@ -120,19 +120,21 @@ class PackMembers:
             write_config(member.out, member.config)
             if resume:
                 member.best = read_best(member.out)
+            else:  # an overwritten pack's: this run may choose no best (no validation split), or another
+                for name in ("best.pt", "best.json"):
+                    (member.out / name).unlink(missing_ok=True)
 
     def export(self, model: torch.nn.Module, record: dict, payload: dict) -> None:
-        """Member g's line, last.pt and (when its own held-out top-1 is its best) best.pt."""
+        """Member g's line, last.pt and (when its own validation top-1 is its best) best.pt and best.json."""
         for g, member in enumerate(self.members):
             own = member_record(record, g)
             MetricsLog(member.out / "metrics.jsonl", keep_through_epoch=own["epoch"] - 1).append(own)
             body = {**payload, "model": member_state(model, g, len(self.members)), "metrics": own}
             save_checkpoint(member.out / "last.pt", body)
-            score = own.get("test_top1", own["train_top1"])
-            if score > member.best["top1"]:
-                member.best = {"top1": score, "epoch": own["epoch"]}
-                save_checkpoint(member.out / "best.pt", body)
-                write_json_atomic(member.out / "best.json", member.best)
+            score = own.get("val_top1")  # its own validation top-1; without a validation split, no best.pt
+            if score is not None and score > member.best["top1"]:
+                member.best = {"top1": score, "epoch": own["epoch"], "selected_on": "val"}
+                save_best(member.out, body, member.best)
 
 
 def read_best(folder: Path) -> dict:
@@ -145,13 +147,13 @@ def member_record(record: dict, g: int) -> dict:
     own = {k: v for k, v in record.items() if k not in ("members", "train_loss_parts", "train_top1_members")}
     own["train_loss"] = record["train_loss_parts"][f"member{g}"]
     own["train_top1"] = record["train_top1_members"][g]
-    if "members" in record:  # where the data has a held-out split
+    if "members" in record:  # where the data has a held-out split or the run a validation split
         own.update(record["members"][g])
     return own
 
 
-def member_metrics(logits: torch.Tensor, labels: torch.Tensor, members: int) -> list[dict]:
-    """Each member's held-out top-1, top-5, NLL and ECE from the pack's logits [N, G * C]."""
+def member_metrics(logits: torch.Tensor, labels: torch.Tensor, members: int, prefix: str = "test") -> list[dict]:
+    """Each member's top-1, top-5, NLL and ECE on a split (as <prefix>_*) from the pack's logits [N, G * C]."""
     per_member = member_outputs(logits, members)
-    return [{f"test_{k}": v for k, v in classification_metrics(per_member[:, g], labels).items()
+    return [{f"{prefix}_{k}": v for k, v in classification_metrics(per_member[:, g], labels).items()
              if k in ("top1", "top5", "nll", "ece")} for g in range(members)]

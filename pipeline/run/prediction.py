@@ -37,6 +37,8 @@ def predict(model: torch.nn.Module, loader: SplitLoader, normalize: Normalizer, 
     return torch.cat(all_logits), torch.cat(all_labels)
 
 
-def eval_loader(data: PreparedDataset, split: str, device: torch.device) -> SplitLoader:
+def eval_loader(data: PreparedDataset, split: str, device: torch.device, indices=None) -> SplitLoader:
+    """The whole `split` (or its sample `indices` alone: a run's validation split) as evaluation sees it: in order,
+    nothing dropped, decoded without augmentation."""
     return make_loader(data, split, EVAL_BATCH_SIZE, shuffle=False, drop_last=False, train_decode=False,
-                       device=device)
+                       device=device, indices=indices)

@@ -36,7 +36,7 @@ METHOD_OPTIONS_KEY = "method_options"  # the table behind repeated --method-opti
 FLAGGED_METHOD_OPTIONS = ("ce_weight", "kd_weight", "label_smoothing")
 # What a run's config.json records beyond the options it was given: for the reader, never read back.
 DERIVED = frozenset({"command", "method_resolved", "teacher_source", "views", "world_size", "global_batch_size",
-                     "dataset", "provenance", "warmup_epochs", "warmup_milestones", "warmup_lr"})
+                     "dataset", "validation", "provenance", "warmup_epochs", "warmup_milestones", "warmup_lr"})
 RUN_FOLDER = frozenset({"out", "resume", "overwrite"})  # a rerun goes to a new --out: the run is never replaced
 
 

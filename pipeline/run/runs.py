@@ -56,7 +56,7 @@ def prepare_run_dir(out: Path, *, overwrite: bool, resume: bool) -> None:
     if out.exists() and any(out.iterdir()):
         if not overwrite:
             raise UserError(f"run folder {out} already exists; pass --overwrite to replace it or --resume to continue it")
-        for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "reliability.png"):
+        for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt", "best.json", "reliability.png"):
             (out / name).unlink(missing_ok=True)
     ensure_writable_dir(out, "run folder")
 

@@ -9,7 +9,7 @@ import torch
 
 from ...stages.batch import ViewedBatch
 from ...stages.metrics import classification_metrics
-from .checkpoints import save_checkpoint
+from .checkpoints import save_best, save_checkpoint
 from ..data.datasets import PreparedDataset
 from ..errors import UserError
 from ..progress import Progress
@@ -150,28 +150,42 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
 
 
 def evaluate_epoch(run: TrainingRun, record: dict) -> None:
-    """The held-out split's top-1, top-5, NLL and ECE into the record as test_* (rank 0, where the data has a
-    held-out split: test, else val); eval_split names the split."""
-    if run.test_loader is None:
+    """Rank 0's scores of the epoch's model: the validation split's (--val-fraction) as val_*, and the held-out
+    split's (test, else val: eval_split names it) as test_*, each top-1, top-5, NLL and ECE."""
+    if run.val_loader is not None:
+        score_split(run, record, run.val_loader, "val", "validation")
+    if run.test_loader is not None:
+        score_split(run, record, run.test_loader, "test", run.eval_split)
+        record["eval_split"] = run.eval_split
+
+
+def score_split(run: TrainingRun, record: dict, loader, prefix: str, name: str) -> None:
+    """One split's metrics into the record as <prefix>_*; a pack's members' figures in record["members"], the
+    pack's own their means."""
+    logits, labels = predict(run.model, loader, run.normalize, bf16=run.options.bf16,
+                             desc=f"epoch {record['epoch'] + 1}/{run.total_epochs}: {name}")
+    if run.pack is None:
+        scores = classification_metrics(logits, labels)
+        record.update({f"{prefix}_{k}": scores[k] for k in ("top1", "top5", "nll", "ece")})
         return
-    logits, labels = predict(run.model, run.test_loader, run.normalize, bf16=run.options.bf16,
-                             desc=f"epoch {record['epoch'] + 1}/{run.total_epochs}: {run.eval_split}")
-    if run.pack is not None:  # each member's figures; the pack's are their means
-        record["members"] = member_metrics(logits, labels, len(run.pack.members))
-        record.update({k: sum(m[k] for m in record["members"]) / len(record["members"]) for k in record["members"][0]},
-                      eval_split=run.eval_split)
-        return
-    test = classification_metrics(logits, labels)
-    record.update({f"test_{k}": test[k] for k in ("top1", "top5", "nll", "ece")}, eval_split=run.eval_split)
+    members = member_metrics(logits, labels, len(run.pack.members), prefix)
+    record["members"] = [{**own, **new} for own, new in zip(record.get("members", [{}] * len(members)), members)]
+    record.update({k: sum(m[k] for m in members) / len(members) for k in members[0]})
+
+
+def selection_score(record: dict) -> float | None:
+    """What best.pt is chosen on: the validation split's top-1, and nothing without one (never the test split)."""
+    return record.get("val_top1")
 
 
 def save_epoch(run: TrainingRun, epoch: int, record: dict) -> None:
-    """metrics.jsonl's line, last.pt (with the state to resume) and best.pt when the epoch is the best so far."""
+    """metrics.jsonl's line, last.pt (with the state to resume), and best.pt and best.json when the epoch is the
+    best so far on the validation split (without --val-fraction there is no best.pt: last.pt is the run's model)."""
     run.metrics_log.append(record)
-    score = record.get("test_top1", record["train_top1"])
-    improved = score > run.best["top1"]
+    score = selection_score(record)
+    improved = score is not None and score > run.best["top1"]
     if improved:
-        run.best = {"top1": score, "epoch": epoch}
+        run.best = {"top1": score, "epoch": epoch, "selected_on": "val"}
     payload = checkpoint_payload(run.options, run.data, run.model, epoch, record)
     if run.pack is not None:
         run.pack.export(run.model, record, payload)
@@ -182,7 +196,7 @@ def save_epoch(run: TrainingRun, epoch: int, record: dict) -> None:
     # last.pt first: if the disk fills while best.pt is written, the run can still be resumed.
     save_checkpoint(run.out / "last.pt", {**payload, "training": training_state})
     if improved:
-        save_checkpoint(run.out / "best.pt", payload)
+        save_best(run.out, payload, run.best)
 
 
 def checkpoint_payload(options, data: PreparedDataset, model: torch.nn.Module, epoch: int, record: dict) -> dict:
@@ -201,6 +215,8 @@ def epoch_line(record: dict, epochs: int) -> str:
     terms = f" ({' '.join(f'{k} {v:.4g}' for k, v in parts.items())})" if len(parts) > 1 else ""
     text = (f"epoch {record['epoch'] + 1}/{epochs}  loss {record['train_loss']:.4f}{terms}  "
             f"train {record['train_top1']:.2f}%")
+    if "val_top1" in record:
+        text += f"  validation {record['val_top1']:.2f}%"
     if "test_top1" in record:
         text += (f"  {record.get('eval_split', 'test')} {record['test_top1']:.2f}%  nll {record['test_nll']:.4f}  "
                  f"ece {record['test_ece']:.4f}")

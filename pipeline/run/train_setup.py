@@ -9,12 +9,13 @@ from typing import Callable
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from .checkpoints import load_checkpoint, save_checkpoint
+from .checkpoints import load_checkpoint, save_best
 from ...stages.phases import Phases
 from ..data.datasets import PreparedDataset
 from ..errors import UserError
 from .options import TrainOptions
 from .prediction import eval_loader, held_out_split
+from ..data.holdout import hold_out
 from ..data.loading import SplitLoader, make_loader
 from .batches import BatchLoader, TeacherRows
 from .packs import PackMembers
@@ -52,6 +53,7 @@ class TrainingRun:
     step_mode: StepMode = field(default_factory=lambda: StepMode())
     pack: PackMembers | None = None  # a pack's members' run folders (pipeline/run/packs.py)
     eval_split: str | None = None  # the split test_loader reads
+    val_loader: SplitLoader | None = None  # --val-fraction's validation split (rank 0), where best.pt is chosen
 
     @property
     def total_epochs(self) -> int:
@@ -67,7 +69,8 @@ def restore_best(out: Path, state: dict) -> None:
     best_path = out / "best.pt"
     if best_path.is_file() and load_checkpoint(best_path).get("epoch") == best_epoch:
         return
-    save_checkpoint(best_path, {k: v for k, v in state.items() if k not in ("training", "format", "version")})
+    save_best(out, {k: v for k, v in state.items() if k not in ("training", "format", "version")},
+              state["training"]["best"])
 
 
 def place_modules(options: TrainOptions, model, extra_modules, warmup: bool, state: dict | None, dist_info: DistInfo,
@@ -136,20 +139,27 @@ def make_optimizer(options: TrainOptions, model, extra_modules) -> torch.optim.O
 
 def make_loaders(options: TrainOptions, data: PreparedDataset, dist_info: DistInfo, device: torch.device,
                  sampler: ViewSampler, teacher_rows: TeacherRows | None, log=print):
-    """(the training batches, the held-out split's loader or None: only rank 0 evaluates, and only where the data
-    has a held-out split: test, else val)."""
+    """(the training batches, the held-out split's loader or None, the validation split's loader or None: only
+    rank 0 evaluates, the held-out split where the data has one (test, else val), the validation split where
+    --val-fraction holds one out of the training split, whose batches then never draw its images)."""
     order_seed = options.seed if options.order_seed is None else options.order_seed
+    holdout = hold_out(data, options.val_fraction)
+    kept = None if holdout is None else holdout.kept
     train_loader = make_loader(data, "train", options.batch_size, shuffle=True, seed=order_seed, drop_last=True,
-                               distributed=dist_info.enabled, device=device, num_workers=options.num_workers)
+                               distributed=dist_info.enabled, device=device, num_workers=options.num_workers,
+                               indices=kept)
+    count = data.num_samples("train") if kept is None else kept.size
     if len(train_loader) == 0:
-        raise UserError(f"--batch-size {options.batch_size} is larger than the training split "
-                        f"({data.num_samples('train')} images); use a smaller batch")
-    note = dropped_note(train_loader, data.num_samples("train"), options.batch_size, dist_info.world_size)
+        held = "" if holdout is None else " less its validation split"
+        raise UserError(f"--batch-size {options.batch_size} is larger than the training split{held} "
+                        f"({count} images); use a smaller batch")
+    note = dropped_note(train_loader, count, options.batch_size, dist_info.world_size)
     if note and dist_info.is_main:
         log(note)
     split = held_out_split(data)
     test_loader = eval_loader(data, split, device) if dist_info.is_main and split is not None else None
-    return BatchLoader(train_loader, sampler, device, teacher_rows), test_loader
+    val_loader = eval_loader(data, "train", device, holdout.held) if dist_info.is_main and holdout else None
+    return BatchLoader(train_loader, sampler, device, teacher_rows), test_loader, val_loader
 
 
 def dropped_note(train_loader: SplitLoader, num_samples: int, batch_size: int, world_size: int) -> str | None:
@@ -181,7 +191,7 @@ def set_up_run(options: TrainOptions, data: PreparedDataset, model, objective, s
         start_epoch = int(state["epoch"]) + 1
         best = dict(state["training"]["best"])
         torch.set_rng_state(state["training"]["torch_rng"])
-    batches, test_loader = make_loaders(options, data, dist_info, device, sampler, teacher_rows, log)
+    batches, test_loader, val_loader = make_loaders(options, data, dist_info, device, sampler, teacher_rows, log)
     schedule = Schedule(options.schedule, options.lr, options.epochs, len(batches), options.milestones,
                         options.gamma, hold_epochs=phases.warmup_epochs, hold_milestones=phases.warmup_milestones,
                         hold_lr=phases.warmup_lr)
@@ -191,4 +201,4 @@ def set_up_run(options: TrainOptions, data: PreparedDataset, model, objective, s
     return TrainingRun(options, data, out, dist_info, device, model, train_model, extra_modules, train_extra,
                        objective, phases, optimizer, schedule, batches, test_loader,
                        Normalizer(data.mean, data.std, device, channels_last=options.channels_last), metrics_log,
-                       best, start_epoch, step_mode, eval_split=held_out_split(data))
+                       best, start_epoch, step_mode, eval_split=held_out_split(data), val_loader=val_loader)

@@ -13,6 +13,7 @@ from ...stages.batch import ViewedBatch
 from ...stages.losses import batch_cross_entropy
 from ...stages.phases import NO_PHASES, Phases
 from ..data.datasets import PreparedDataset
+from ..data.holdout import hold_out
 from ..errors import UserError
 from ..locks import output_lock
 from .runs import prepare_run_dir, provenance, read_config, write_config
@@ -62,8 +63,15 @@ def config_record(options: TrainOptions, data: PreparedDataset, dist_info: DistI
         "world_size": dist_info.world_size,
         "global_batch_size": options.batch_size * dist_info.world_size,
         "dataset": dataset_record(data),
+        "validation": validation_record(data, options.val_fraction),
         "provenance": provenance(),
     }
+
+
+def validation_record(data: PreparedDataset, fraction: float) -> dict | None:
+    """config.json's record of the validation split best.pt is chosen on (None: no --val-fraction, no best.pt)."""
+    split = hold_out(data, fraction)
+    return None if split is None else {**split.record(), "selected_on": "val"}
 
 
 def dataset_record(data: PreparedDataset) -> dict:
@@ -76,7 +84,7 @@ def dataset_record(data: PreparedDataset) -> dict:
 
 
 def check_resume_matches(out: Path, config: dict) -> None:
-    previous = read_config(out)
+    previous = {"val_fraction": 0.0, **read_config(out)}  # a run from before --val-fraction had none
     config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
     changed = sorted(k for k, v in config.items()
                      if k not in RESUME_FREE_OPTIONS | {"provenance"} and previous.get(k) != v)

@@ -33,6 +33,9 @@ class DistillContext:
     teacher_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     # The class of every training index, for methods that set `needs_train_labels` (CRD's negatives).
     train_labels: torch.Tensor | None = None
+    # The indices training draws from, sorted, when a validation split is held out of the training split (None:
+    # all num_samples): a per-sample memory draws its negatives among these only.
+    train_indices: torch.Tensor | None = None
 
 
 class Distiller(nn.Module, ABC):

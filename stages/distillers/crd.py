@@ -116,15 +116,24 @@ class ContrastMemory(nn.Module):
     """The two memory banks, the fixed normalisation constants and the state the negative draws depend on."""
 
     def __init__(self, num_samples: int, feat_dim: int, num_negatives: int, momentum: float,
-                 labels: torch.Tensor | None = None, replace: bool = False):
+                 labels: torch.Tensor | None = None, replace: bool = False, pool: torch.Tensor | None = None):
         super().__init__()
-        if num_samples < 2:
-            raise ValueError(f"CRD needs at least 2 training samples to draw negatives, got {num_samples}")
-        self.num_negatives = min(num_negatives, num_samples - 1)
+        # The samples negatives are drawn from: every index, or those training draws from when a validation split
+        # is held out (its rows would never be updated). The banks keep a row per index either way.
+        pool = torch.arange(num_samples) if pool is None else torch.as_tensor(pool, dtype=torch.long)
+        if pool.numel() < 2:
+            raise ValueError(f"CRD needs at least 2 training samples to draw negatives, got {pool.numel()}")
+        self.pool_size = pool.numel()
+        self.num_negatives = min(num_negatives, self.pool_size - 1)
         self.replace = replace
         self.by_class = labels is not None
         if self.by_class:
-            self.register_class_layout(labels, num_samples)
+            self.register_class_layout(labels, num_samples, pool)
+        else:
+            self.register_buffer("pool", pool, persistent=False)
+            position = torch.full((num_samples,), -1, dtype=torch.long)
+            self.register_buffer("pool_position", position.index_copy_(0, pool, torch.arange(pool.numel())),
+                                 persistent=False)
         self.momentum = momentum
         bound = math.sqrt(3.0 / feat_dim)
         self.register_buffer("student", torch.empty(num_samples, feat_dim).uniform_(-bound, bound))
@@ -133,18 +142,18 @@ class ContrastMemory(nn.Module):
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
         self.register_buffer("draw_seed", torch.randint(0, 2 ** 62, (), dtype=torch.int64))
 
-    def register_class_layout(self, labels: torch.Tensor, num_samples: int) -> None:
-        """Indices sorted by class and each class's [start, start + count) in that order; derived from the
-        data, so not saved in checkpoints."""
+    def register_class_layout(self, labels: torch.Tensor, num_samples: int, pool: torch.Tensor) -> None:
+        """The pool's indices sorted by class and each class's [start, start + count) in that order; derived from
+        the data, so not saved in checkpoints."""
         labels = torch.as_tensor(labels, dtype=torch.long)
         if labels.shape != (num_samples,) or bool((labels < 0).any()):
             raise ValueError("CRD's other-class negatives need a class for every training sample "
                              "(set negatives_other_class=0 to draw among all samples)")
-        counts = torch.bincount(labels)
-        if int(counts.max()) == num_samples:
+        counts = torch.bincount(labels[pool], minlength=int(labels.max()) + 1)
+        if int(counts.max()) == pool.numel():
             raise ValueError("CRD's other-class negatives need two or more classes in the training split")
         self.register_buffer("labels", labels, persistent=False)
-        self.register_buffer("by_class_order", torch.argsort(labels, stable=True), persistent=False)
+        self.register_buffer("by_class_order", pool[torch.argsort(labels[pool], stable=True)], persistent=False)
         self.register_buffer("class_count", counts, persistent=False)
         self.register_buffer("class_start", torch.cumsum(counts, 0) - counts, persistent=False)
 
@@ -160,10 +169,10 @@ class ContrastMemory(nn.Module):
             classes = self.labels[indices]
             skip_start, skip_count = self.class_start[classes], self.class_count[classes]
         else:
-            skip_start, skip_count = indices, torch.ones_like(indices)
-        positions = pool_positions(self.num_samples - skip_count, self.num_negatives, generator, self.replace)
+            skip_start, skip_count = self.pool_position[indices], torch.ones_like(indices)
+        positions = pool_positions(self.pool_size - skip_count, self.num_negatives, generator, self.replace)
         positions = positions + (positions >= skip_start[:, None]).long() * skip_count[:, None]
-        return self.by_class_order[positions] if self.by_class else positions
+        return self.by_class_order[positions] if self.by_class else self.pool[positions]
 
     def contrast_indices(self, indices: torch.Tensor) -> torch.Tensor:
         """[B, 1 + K]: each row's own index (the positive), then its K negatives."""
@@ -178,7 +187,7 @@ class ContrastMemory(nn.Module):
         """Set Z once, from the first batch: N * mean exp(score / tau), averaged over ranks."""
         if bool((self.z >= 0).all()):
             return
-        estimate = torch.stack([torch.exp(s.detach().float() / tau).mean() * self.num_samples
+        estimate = torch.stack([torch.exp(s.detach().float() / tau).mean() * self.pool_size
                                 for s in (student_scores, teacher_scores)])
         world = distributed_world()
         if world > 1:
@@ -241,7 +250,7 @@ class ContrastiveRepresentation(Distiller):
                              f"labels (or negatives_other_class=0)")
         self.memory = ContrastMemory(context.num_samples, o.feat_dim, o.nce_k, o.nce_momentum,
                                      context.train_labels if o.negatives_other_class else None,
-                                     replace=o.negatives_replace)
+                                     replace=o.negatives_replace, pool=context.train_indices)
 
     def crd_terms(self, student_pool: torch.Tensor, teacher_pool: torch.Tensor, indices: torch.Tensor
                   ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -256,7 +265,7 @@ class ContrastiveRepresentation(Distiller):
         student_scores = (s @ self.memory.teacher.detach().clone().T).gather(1, contrast)
         teacher_scores = (t @ self.memory.student.detach().clone().T).gather(1, contrast)
         self.memory.fix_normalisers(student_scores, teacher_scores, tau)
-        n = self.memory.num_samples
+        n = self.memory.pool_size  # the samples a negative is drawn from
         student_loss = nce_loss(student_scores, self.memory.z[0], tau, n)
         teacher_loss = nce_loss(teacher_scores, self.memory.z[1], tau, n)
         if self.training:

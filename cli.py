@@ -449,16 +449,27 @@ def run_files(val_fraction: float) -> str:
               help="A pack: one student per seed, trained in one pass as one grouped network (label-based "
                    "methods, unmixed views, one process); each member's run folder is OUT/seed-S. They share "
                    "the data order (--order-seed, default the first seed).")
+@click.option("--member", "members", multiple=True, metavar="SPEC",
+              help="A pack member of its own (repeat; instead of --seeds, --method, --labels and their options): "
+                   "name=NAME,method=M,seed=S[,labels=STORE][,temperature=T][,out=FOLDER][,OPTION=VALUE...], "
+                   "OPTION any of the method's (labelopt methods). Members may differ in method, label store "
+                   "(of the same data) and seed; each trains as a run of its own options with the pack's data "
+                   "order, in OUT/NAME (or out=FOLDER).")
 def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, extra_options, cache_dir, seeds,
-                  **kwargs):
+                  members, **kwargs):
     """Stage two: train a student from a label store (or online teachers) with a distillation method."""
+    from .pipeline.errors import UserError
     from .pipeline.jobs.student import StudentOptions, train_student as run_student
+    from .pipeline.run.members import parse_member
 
+    if members and click.get_current_context().get_parameter_source("method").name != "DEFAULT":
+        raise UserError("--member gives each member its method (method=M in its SPEC): drop --method")
     chosen = {k: v for k, v in (("ce_weight", ce_weight), ("kd_weight", kd_weight),
                                 ("label_smoothing", label_smoothing)) if v is not None}
     chosen.update(method_option_values(kwargs["method"], extra_options))
     options = StudentOptions(milestones=int_list(milestones), teachers=tuple(teachers), method_options=chosen,
-                             seeds=seed_list(seeds), **as_plain(kwargs))
+                             seeds=seed_list(seeds), members=tuple(parse_member(m) for m in members),
+                             **as_plain(kwargs))
     out = run_student(options, cache_dir=cache_dir, log=lambda m: click.echo(m, err=True))
     echo_once(f"run folder: {out}  ({run_files(options.val_fraction)})")
 
@@ -682,14 +693,17 @@ def labels_repack(store, layout, out, overwrite, expect_digest):
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N: for every step.")
 @click.option("--jobs", type=number("jobs"), default=1, show_default=True,
               help="Steps run at once, each its own process with its share of the cores.")
-def table(table_file, out, dry_run, as_json, smoke, rows, seeds, data, device, jobs):
+@click.option("--max-pack", type=number("max_pack"), default=None, metavar="N",
+              help="At most N students per pack: rows of the same student and options train their seeds together "
+                   "[default: the file's max_pack, else 16]; 1: every run its own process, data order its own.")
+def table(table_file, out, dry_run, as_json, smoke, rows, seeds, data, device, jobs, max_pack):
     """A whole results table from one table file: teachers, label stores, every row over its seeds (packed where
     the method allows), evaluated and summarized as mean ± std. TABLE: a .toml file or a shipped table's name."""
     from .pipeline.jobs.tables import TableRequest, run_table
 
     request = TableRequest(table_file, out, dry_run=dry_run, smoke=smoke, seeds=seed_list(seeds), data=data,
                            rows=tuple(r.strip() for r in rows.split(",") if r.strip()) if rows else (),
-                           device=device, jobs=jobs)
+                           device=device, jobs=jobs, max_pack=max_pack)
     result = run_table(request, log=lambda m: click.echo(m, err=True))
     if as_json:
         click.echo(json.dumps({k: v for k, v in result.items() if k != "markdown"}, indent=2))

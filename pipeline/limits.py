@@ -82,6 +82,7 @@ BOUNDS: dict[str, Bound] = {
     "sample": int_range(1, 10_000_000),
     "method_option": Bound(float, -1e9, 1e9),
     "jobs": int_range(1, 64),  # labelopt table: steps run at once, each its own process
+    "max_pack": int_range(1, 1024),  # labelopt table: students per pack (1: none packed, one process each)
 }
 
 

@@ -66,11 +66,17 @@ def test_seed_table_dry_run_lists_both_tables_on_shared_teachers_and_stores(tmp_
     assert stores["ens-r32-r44-r56.h5"].count("--teacher") == 3
     assert option(stores["aug-r110.h5"], "--views") == "mix:ricap:32"
     runs = {Path(option(c, "--out")).name: c for c in commands if c[1] == "train-student"}
-    rows = {"r20": ["vanilla", "ls", "random", "kd", "sl", "sl-enc", "sl-ens", "sl-kd"],
-            "r110": ["vanilla", "ls", "kd", "sl", "sl-enc", "sl-ens", "sl-kd"]}
-    packs = {f"{s}-{r}" for s in rows for r in rows[s]}  # label rows: one pack of the three seeds each
-    assert packs | {f"seed-{k}" for k in (0, 1, 2)} == set(runs)
-    assert all(option(runs[p], "--seeds") == "0,1,2" for p in packs)
+    rows = {"r20": ["vanilla", "ls", "random", "sl", "sl-enc", "sl-ens", "sl-kd"],
+            "r110": ["vanilla", "ls", "sl", "sl-enc", "sl-ens", "sl-kd"]}
+    # the label rows of a student and its recipe share packs of at most 16 students (rows x seeds); kd's online
+    # teacher packs its own three seeds; Aug-SL trains one run per seed
+    packs = {"r20": ["r20-vanilla-seed-0", "r20-sl-ens-seed-1"], "r110": ["r110-vanilla-seed-0", "r110-sl-kd-seed-1"]}
+    assert {*packs["r20"], *packs["r110"], "r20-kd", "r110-kd", *(f"seed-{k}" for k in (0, 1, 2))} == set(runs)
+    for student, names in packs.items():
+        members = [[c[i + 1].split(",")[0] for i, a in enumerate(c) if a == "--member"] for c in map(runs.get, names)]
+        assert len(members[0]) == 16 and sorted(members[0] + members[1]) == sorted(
+            f"name={student}-{row}-seed-{k}" for row in rows[student] for k in (0, 1, 2))
+        assert option(runs[f"{student}-kd"], "--seeds") == "0,1,2"
     # the seed's recipe for teachers and students, the follow-up's 350 epochs for Aug-SL (one run per seed)
     aug = [c for c in commands if "aug-sl" in c]
     assert len(aug) == 6 and all(option(c, "--config") == "label-enhancement-long" for c in aug)

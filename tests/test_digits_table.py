@@ -23,9 +23,10 @@ def test_the_wrapper_passes_rows_seeds_and_options_to_labelopt_table(tmp_path):
     assert run.returncode == 0, run.stderr
     commands = [line.split() for line in run.stdout.splitlines()]
     assert all(c[0] == "[new]" and c[1] == "labelopt" for c in commands)
-    assert [c[2] for c in commands] == ["prepare", "train", "train", "train", "generate-labels", "train-student",
-                                        "train-student"]
-    assert all(c[c.index("--seeds") + 1] == "3,4" for c in commands if c[2] == "train-student")
+    assert [c[2] for c in commands] == ["prepare", "train", "train", "train", "generate-labels", "train-student"]
+    pack = commands[-1]  # the two rows' seeds as one pack
+    assert [pack[i + 1].split(",")[0] for i, a in enumerate(pack) if a == "--member"] == [
+        "name=vanilla-seed-3", "name=vanilla-seed-4", "name=sl-kd-seed-3", "name=sl-kd-seed-4"]
     assert not out.exists()  # a dry run writes nothing
 
 

@@ -1,6 +1,7 @@
-"""train-student --seeds: a pack of students, one per seed, trained in one pass as one grouped network. Each member
-trains as a run of its seed alone with the pack's data order (bit for bit with the native convolution), its run
-folder is an ordinary one, and the pack resumes exactly."""
+"""train-student --seeds and --member: a pack of students, trained in one pass as one grouped network, its members
+of one method and store (--seeds) or each of its own method, label store and seed (--member). Each member trains
+as a standalone run of its own options with the pack's data order (bit for bit with the native convolution), its
+run folder is an ordinary one, and the pack resumes exactly. The runs are marked slow; the refusals are not."""
 import json
 
 import pytest
@@ -11,8 +12,8 @@ from labelopt.cli import main
 from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.jobs.student import StudentOptions, train_student
+from labelopt.pipeline.run.members import parse_member
 
-pytestmark = pytest.mark.slow
 
 
 class Crash(Exception):
@@ -41,6 +42,7 @@ def weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_each_member_trains_as_a_run_of_its_seed_alone_with_the_packs_data_order(tiny_cifar_dir, identity_store,
                                                                                    tmp_path):
     with torch.backends.mkldnn.flags(enabled=False):  # the native convolution sums a group as it sums a model
@@ -66,6 +68,7 @@ def test_each_member_trains_as_a_run_of_its_seed_alone_with_the_packs_data_order
     assert result.exit_code != 0 and "is a pack's checkpoint" in result.output and "seed-3/last.pt" in result.output
 
 
+@pytest.mark.slow
 def test_a_pack_resumed_after_a_crash_equals_the_uninterrupted_pack(tiny_cifar_dir, identity_store, tmp_path):
     """With a validation split: each member's best.pt is chosen on its own val_top1, and resumes exactly."""
     pack = lambda out, **kw: options(tiny_cifar_dir, out, identity_store, seeds=(1, 2), val_fraction=0.1, **kw)
@@ -94,9 +97,140 @@ def test_a_pack_resumed_after_a_crash_equals_the_uninterrupted_pack(tiny_cifar_d
         assert all(torch.equal(full[k], resumed[k]) for k in full)
 
 
+@pytest.mark.slow
 def test_what_a_pack_does_not_take_is_refused_in_one_line(tiny_cifar_dir, identity_store, tiny_teacher, tmp_path):
     with pytest.raises(UserError, match="each member needs its own seed"):
         train_student(options(tiny_cifar_dir, tmp_path / "a", identity_store, seeds=(1, 1)), log=quiet)
     with pytest.raises(UserError, match="--method fitnet reads the student's features"):
         train_student(options(tiny_cifar_dir, tmp_path / "b", None, labels=None, teachers=(str(tiny_teacher),),
                               method="fitnet", seeds=(1, 2)), log=quiet)
+
+
+# -- mixed packs: members of their own method, label store and seed (--member) -------------------------------------
+
+@pytest.fixture(scope="module")
+def sampled_store(tiny_teacher, tiny_cifar_dir, tmp_path_factory):
+    """A second store of the same data: two sampled views per image at T 2, with logits (kd) and pool features."""
+    out = tmp_path_factory.mktemp("pack-store-b") / "sampled.h5"
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(tiny_teacher),),
+                                    views="sampled:2", temperature=2.0, logits=True, features=("pool",),
+                                    device="cpu"), log=quiet)
+    return out
+
+
+def mixed_specs(store_a, store_b):
+    """2 seeds x 2 methods from two stores, and a member without a teacher (no view keys, no store rows)."""
+    return [f"name=sl-1,method=sl,seed=1,labels={store_a}", f"name=sl-2,method=sl,seed=2,labels={store_a}",
+            f"name=kd-1,method=kd,seed=1,labels={store_b},temperature=3,kd_weight=0.8",
+            f"name=kd-2,method=kd,seed=2,labels={store_b},temperature=3,kd_weight=0.8",
+            "name=plain-2,method=vanilla,seed=2"]
+
+
+def student_args(data, out):
+    return ["train-student", "--data", str(data), "--student", "resnet20", "--epochs", "2", "--batch-size", "32",
+            "--device", "cpu", "--out", str(out)]
+
+
+def mixed_options(data, out, specs, **overrides):
+    return options(data, out, None, labels=None, members=tuple(parse_member(s) for s in specs), **overrides)
+
+
+@pytest.fixture(scope="module")
+def mixed_pack(tiny_cifar_dir, identity_store, sampled_store, tmp_path_factory):
+    out = tmp_path_factory.mktemp("mixed") / "pack"
+    args = student_args(tiny_cifar_dir, out)
+    for spec in mixed_specs(identity_store, sampled_store):
+        args += ["--member", spec]
+    with torch.backends.mkldnn.flags(enabled=False):
+        result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+@pytest.mark.slow
+def test_each_member_of_a_mixed_pack_trains_as_its_standalone_run(mixed_pack, tiny_cifar_dir, identity_store,
+                                                                  sampled_store, tmp_path):
+    standalone = {"sl-1": dict(method="sl", seed=1, labels=str(identity_store)),
+                  "sl-2": dict(method="sl", seed=2, labels=str(identity_store)),
+                  "kd-1": dict(method="kd", seed=1, labels=str(sampled_store), temperature=3.0,
+                               method_options={"kd_weight": 0.8}),
+                  "kd-2": dict(method="kd", seed=2, labels=str(sampled_store), temperature=3.0,
+                               method_options={"kd_weight": 0.8}),
+                  "plain-2": dict(method="vanilla", seed=2, labels=None)}
+    with torch.backends.mkldnn.flags(enabled=False):
+        for name, own in standalone.items():
+            train_student(options(tiny_cifar_dir, tmp_path / name, None, order_seed=1, **own), log=quiet)
+    for name in standalone:
+        # Within float rounding: past two members the grouped kernels sum in another order (so do --seeds packs)
+        member, alone = mixed_pack / name, tmp_path / name
+        got, want = weights(member / "last.pt"), weights(alone / "last.pt")
+        assert got.keys() == want.keys() and all(torch.allclose(got[k].float(), want[k].float(), rtol=1e-4,
+                                                                atol=1e-4) for k in want), name
+        lines = [[json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] for run in (member, alone)]
+        assert len(lines[0]) == len(lines[1]) == 2
+        for a, b in zip(*lines):
+            assert (a["train_loss"], a["test_nll"]) == pytest.approx((b["train_loss"], b["test_nll"]), rel=1e-4)
+        # its config.json reads as the standalone run's: method, store and its digest, seed, order seed, options
+        mine, theirs = (json.loads((run / "config.json").read_text()) for run in (member, alone))
+        assert {k: v for k, v in mine.items() if k not in ("out", "provenance", "pack")} == \
+            {k: v for k, v in theirs.items() if k not in ("out", "provenance")}, name
+        assert mine["pack"]["name"] == name
+    pack = torch.load(mixed_pack / "last.pt", weights_only=True)["pack"]
+    assert [(m["name"], m["method"], m["seed"]) for m in pack["members"]] == [
+        ("sl-1", "sl", 1), ("sl-2", "sl", 2), ("kd-1", "kd", 1), ("kd-2", "kd", 2), ("plain-2", "vanilla", 2)]
+    assert pack["members"][2]["labels"] == str(sampled_store) and pack["members"][4]["labels"] is None
+    result = CliRunner().invoke(main, ["evaluate", str(mixed_pack / "last.pt"), "--data", str(tiny_cifar_dir)])
+    assert result.exit_code != 0 and str(mixed_pack / "sl-1" / "last.pt") in result.output
+
+
+@pytest.mark.slow
+def test_a_mixed_pack_resumed_after_a_crash_equals_the_uninterrupted_one(mixed_pack, tiny_cifar_dir, identity_store,
+                                                                         sampled_store, tmp_path):
+    specs = mixed_specs(identity_store, sampled_store)
+
+    def crash(epoch):
+        if epoch == 0:
+            raise Crash()
+
+    with torch.backends.mkldnn.flags(enabled=False):
+        with pytest.raises(Crash):
+            train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs), on_epoch_end=crash, log=quiet)
+        with pytest.raises(UserError, match=r"with other members: it holds sl-1 \(sl, seed 1, .*command gives sl-1"):
+            train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs[:4], resume=True), log=quiet)
+        train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs, resume=True), log=quiet)
+    for name in ("sl-1", "kd-2", "plain-2"):
+        full, resumed = (weights(run / name / "last.pt") for run in (mixed_pack, tmp_path / "pack"))
+        assert all(torch.equal(full[k], resumed[k]) for k in full), name
+        assert [json.loads(x)["epoch"] for x in (tmp_path / "pack" / name / "metrics.jsonl").read_text()
+                .splitlines()] == [0, 1]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--member", "name=a,method=sl"], "needs seed="),
+    (["--member", "name=../a,method=vanilla,seed=1"], "must be a folder name"),
+    (["--member", "name=a,method=vanilla,seed=1,temperature=0"], "temperature '0' is not a finite number in (0,"),
+    (["--member", "name=a,method=vanilla,seed=1", "--member", "name=a,method=vanilla,seed=2"],
+     "name 'a' is given twice"),
+    (["--member", "name=a,method=vanilla,seed=1", "--seeds", "1,2"], "drop --seeds"),
+    (["--member", "name=a,method=vanilla,seed=1", "--method", "sl"], "drop --method"),
+    (["--member", "name=a,method=vanilla,seed=1", "--teacher", "t.pt"], "an online teacher packs its seeds with"),
+    (["--member", "name=a,method=vanilla,seed=1,nope=2"], "--member a: nope is not an option of method vanilla"),
+    (["--member", "name=a,method=nope,seed=1"], "--member a: unknown --method 'nope'"),
+    (["--member", "name=a,method=vanilla,seed=1", "--mix", "mixup"], "--member a: a pack trains on unmixed views"),
+])
+def test_what_a_mixed_pack_does_not_take_is_refused_in_one_line(tiny_cifar_dir, tmp_path, extra, message):
+    result = CliRunner().invoke(main, student_args(tiny_cifar_dir, tmp_path / "pack") + extra)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "pack").exists()
+
+
+@pytest.mark.slow
+def test_a_member_whose_method_cannot_pack_is_refused_naming_it(tiny_cifar_dir, identity_store, sampled_store,
+                                                                 tmp_path):
+    specs = ["name=a,method=vanilla,seed=1", f"name=b,method=pkt,seed=1,labels={sampled_store}"]
+    with pytest.raises(UserError, match="--member b: --method pkt reads the student's features"):
+        train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs), log=quiet)
+    with pytest.raises(UserError, match="--member b: --method kd needs logits"):
+        train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack",
+                                    [specs[0], f"name=b,method=kd,seed=1,labels={identity_store}"]), log=quiet)

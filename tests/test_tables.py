@@ -116,6 +116,7 @@ def test_smoke_merges_the_files_smoke_table(tmp_path):
      "names no row 'x'"),
     (lambda t: t.replace('name = "vanilla"', 'name = "a/b"'), "a row's name is unique"),
     (lambda t: "seeds = [", "is not valid TOML"),
+    (lambda t: "max_pack = 0\n" + t, "'max_pack' 0 is not an integer in [1,"),
 ])
 def test_a_bad_file_is_refused_with_one_line_naming_the_file(tmp_path, edit, message):
     path = write_table(tmp_path, edit(SMALL))
@@ -152,15 +153,31 @@ def test_unknown_shipped_name_and_cli_filters_are_refused(tmp_path):
 # -- the plan -------------------------------------------------------------------------------------------------------
 
 def test_the_digits_plan_packs_label_rows_and_runs_the_rest_one_seed_at_a_time(tmp_path):
+    """The label rows of one student and options share packs of at most 16 (8 rows x 3 seeds: 16 + 8); kd's online
+    teacher packs its own seeds; every other row trains one run per seed."""
     plan = plan_of("digits", tmp_path / "out")
     packed = {r.row.name for r in plan.rows if r.packed}
     assert packed == PACKED
     phases = [s.phase for s in plan.steps]
     assert phases == sorted(phases, key=["data", "teachers", "stores", "rows"].index)  # teachers, stores, rows
     rows = [s for s in plan.steps if s.phase == "rows"]
-    assert len(rows) == len(PACKED) + 3 * (len(DIGITS_ROWS) - len(PACKED))
-    sl = next(s for s in rows if s.name.startswith("row sl ("))
-    assert sl.args[sl.args.index("--seeds") + 1] == "0,1,2" and sl.args[-3:-1] == ["--out", str(plan.out / "runs/sl")]
+    assert len(rows) == 3 + 3 * (len(DIGITS_ROWS) - len(PACKED))
+    members = {p.name: [(runs.row.name, seed) for runs, seed in p.members] for p in plan.packs}
+    label_rows = [r for r in DIGITS_ROWS if r in PACKED - {"kd"}]
+    every = [(row, seed) for row in label_rows for seed in (0, 1, 2)]
+    assert members == {"vanilla-seed-0": every[:16], "sl-enc-seed-1": every[16:], "kd": [("kd", s) for s in (0, 1, 2)]}
+    first = next(s for s in rows if s.name.startswith("pack vanilla-seed-0"))
+    assert first.name == "pack vanilla-seed-0 (16 members: vanilla, ls, random, sl, sl+gt, sl-enc)"
+    assert first.args[-3:-1] == ["--out", str(plan.out / "packs/vanilla-seed-0")] and "--seeds" not in first.args
+    assert first.args[first.args.index("--order-seed") + 1] == "0" and "--method" not in first.args
+    specs = [first.args[i + 1] for i, a in enumerate(first.args) if a == "--member"]
+    assert len(specs) == 16
+    assert specs[0] == f"name=vanilla-seed-0,method=vanilla,seed=0,out={plan.out}/runs/vanilla/seed-0"
+    assert f"name=sl-seed-2,method=sl,seed=2,labels={plan.out}/labels/sl.h5,out={plan.out}/runs/sl/seed-2" in specs
+    second = next(s for s in rows if s.name.startswith("pack sl-enc-seed-1"))
+    assert rows.index(second) > rows.index(first) and "(8 members: sl-enc, sl-ens, sl-kd)" in second.name
+    kd = next(s for s in rows if s.name.startswith("row kd ("))
+    assert kd.args[kd.args.index("--seeds") + 1] == "0,1,2" and kd.args[-3:-1] == ["--out", str(plan.out / "runs/kd")]
     assert all(r.folders == {s: plan.out / "runs" / r.row.name / f"seed-{s}" for s in (0, 1, 2)} for r in plan.rows)
     aug = next(r for r in plan.rows if r.row.name == "aug-sl")
     assert "mixed" in aug.why_not_packed
@@ -172,13 +189,14 @@ def test_the_digits_plan_packs_label_rows_and_runs_the_rest_one_seed_at_a_time(t
 def test_rows_filter_keeps_only_what_they_need(tmp_path):
     plan = plan_of("digits", tmp_path / "out", rows=("sl-kd", "vanilla"), seeds=(4, 5))
     assert [s.name for s in plan.steps] == ["data digits", "teacher r56", "teacher r32", "teacher r44", "store ens",
-                                            "row vanilla (pack of 2 seeds)", "row sl-kd (pack of 2 seeds)"]
+                                            "pack vanilla-seed-4 (4 members: vanilla, sl-kd)"]
     assert plan.table.checks == []  # each of the file's checks names a row left out
     assert plan.table.seeds == (4, 5)
 
 
-def test_pack_refusal_agrees_with_check_pack_for_every_method():
-    """pack_refusal decides from the method's declarations; what check_pack refuses of a built method must agree."""
+def test_pack_refusal_agrees_with_check_member_for_every_method():
+    """pack_refusal decides from the method's declarations; what check_member refuses of a built method must
+    agree."""
     from labelopt.pipeline.jobs.table_file import RowSpec, TableSpec
     from labelopt.stages.distillers import DISTILLERS, DistillContext
 
@@ -189,14 +207,14 @@ def test_pack_refusal_agrees_with_check_pack_for_every_method():
             continue
         distiller = method(DistillContext(10, 100, 4.0))
         assert not any(p.requires_grad for p in distiller.parameters()), name
-        assert distiller.views_per_sample == 1, name
+        assert distiller.views_per_sample == 1 and not distiller.warmup_epochs, name
 
 
 def fake_run(folder: Path, epochs: int, lines: int, *, seed: int = 0, method: str = "vanilla", seeds=None,
-             last_newer: bool = True) -> Path:
+             last_newer: bool = True, pack=None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     config = {"command": "train-student", "arch": "resnet20", "method": method, "epochs": epochs, "seed": seed,
-              "seeds": seeds or []}
+              "seeds": seeds or [], **({"pack": pack} if pack else {})}
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "last.pt").write_bytes(b"x")
     time.sleep(0.01)
@@ -230,11 +248,16 @@ def test_done_steps_are_skipped_and_partial_ones_resumed(tmp_path):
     teacher = fake_run(out / "teachers/t", 3, 1)
     config = json.loads((teacher / "config.json").read_text())
     (teacher / "config.json").write_text(json.dumps({**config, "command": "train"}))
-    states = {s.name: (s.state, s.args[-1]) for s in plan_of(str(path), out).steps}
+    steps = plan_of(str(path), out).steps
+    states = {s.name: (s.state, s.args[-1]) for s in steps}
     assert states == {"data digits": (DONE, str(out / "data")), "teacher t": (RESUME, "--resume"),
-                      "store s": (NEW, str(out / "labels/s.h5")), "row vanilla (pack of 2 seeds)": (DONE, "--overwrite"),
-                      "row sl (pack of 2 seeds)": (NEW, "--overwrite"), "row fitnet seed 0": (DONE, "--overwrite"),
-                      "row fitnet seed 1": (RESUME, "--resume")}
+                      "store s": (NEW, str(out / "labels/s.h5")),
+                      "pack vanilla-seed-0 (4 members: vanilla, sl)": (NEW, "--overwrite"),
+                      "row fitnet seed 0": (DONE, "--overwrite"), "row fitnet seed 1": (RESUME, "--resume")}
+    # the pack trains the members not done yet: sl's two
+    pack = next(s for s in steps if s.name.startswith("pack "))
+    assert [a.split(",")[0] for a in pack.args if a.startswith("name=")] == ["name=sl-seed-0", "name=sl-seed-1"]
+    assert pack.why == "2 members to train, 2 done"
     # the CLI's dry run prints the same, and writes nothing
     result = CliRunner().invoke(main, ["table", str(path), "--out", str(out), "--dry-run"])
     assert result.exit_code == 0 and "[resume] labelopt train --data" in result.output
@@ -242,12 +265,63 @@ def test_done_steps_are_skipped_and_partial_ones_resumed(tmp_path):
 
 
 def test_a_pack_resumes_from_its_own_folder(tmp_path):
-    path = write_table(tmp_path)
-    out = tmp_path / "out"
+    """A row's own pack resumes when its folder holds its seeds; a mixed one when it holds the members not done."""
+    path = write_table(tmp_path, SMALL.replace('name = "sl"\nmethod = "sl"', 'name = "sl"\nmethod = "sl"\nepochs = 3'))
+    out, data = tmp_path / "out", fake_data(tmp_path)
     fake_run(out / "runs/vanilla", 2, 1, seeds=[0, 1])
     fake_run(out / "runs/vanilla/seed-0", 2, 1)
-    step = next(s for s in plan_of(str(path), out, data=fake_data(tmp_path)).steps if s.name.startswith("row vanilla"))
-    assert (step.state, step.args[-1]) == (RESUME, "--resume")
+    step = next(s for s in plan_of(str(path), out, data=data).steps if s.name.startswith("row vanilla"))
+    assert (step.state, step.args[-1]) == (RESUME, "--resume")  # sl's epochs differ: vanilla packs alone
+    labels = str(out / "labels/s.h5")
+    members = [{"name": f"{row}-seed-{seed}", "method": row, "seed": seed, "labels": labels if row == "sl" else None}
+               for row in ("vanilla", "sl") for seed in (0, 1)]
+    fake_run(out / "packs/vanilla-seed-0", 2, 1, pack={"members": members})
+    step = next(s for s in plan_of(str(write_table(tmp_path)), out, data=data).steps if s.name.startswith("pack "))
+    assert (step.state, step.args[-1], step.args.count("--member")) == (RESUME, "--resume", 4)
+    for seed in (0, 1):  # vanilla done since: the pack's folder holds other members than those left
+        fake_run(out / "runs/vanilla" / f"seed-{seed}", 2, 2, seed=seed)
+    step = next(s for s in plan_of(str(write_table(tmp_path)), out, data=data).steps if s.name.startswith("pack "))
+    assert (step.state, step.args[-1], step.args.count("--member")) == (NEW, "--overwrite", 2)
+
+
+def test_max_pack_splits_packs_and_one_trains_every_run_alone(tmp_path):
+    path = write_table(tmp_path, SMALL.replace("seeds = [0, 1]", "seeds = [0, 1]\nmax_pack = 3"))
+    data = fake_data(tmp_path)
+    plan = plan_of(str(path), tmp_path / "out", data=data)
+    assert plan.table.max_pack == 3
+    assert {p.name: [(r.row.name, s) for r, s in p.members] for p in plan.packs} == {
+        "vanilla-seed-0": [("vanilla", 0), ("vanilla", 1), ("sl", 0)], "sl-seed-1": [("sl", 1)]}
+    last = next(s for s in plan.steps if s.name.startswith("pack sl-seed-1"))
+    assert last.args[last.args.index("--order-seed") + 1] == "0"  # every pack's members: the table's first seed
+    # --max-pack overrides the file: 1 is no pack at all, every run its own process
+    plan = plan_of(str(path), tmp_path / "out", data=data, max_pack=1)
+    assert plan.packs == [] and not any(r.packed for r in plan.rows)
+    assert {r.row.name: r.why_not_packed for r in plan.rows}["vanilla"] == "max_pack 1: every run its own process"
+    steps = [s for s in plan.steps if s.phase == "rows"]
+    assert len(steps) == 6 and not any("--member" in s.args or "--seeds" in s.args or "--order-seed" in s.args
+                                       for s in steps)
+    # an online teacher's row packs its own seeds only: 4 seeds are more than max_pack 3, so one run per seed
+    table = SMALL.replace('name = "fitnet"\nmethod = "fitnet"', 'name = "kd"\nmethod = "kd"')
+    plan = plan_of(str(write_table(tmp_path, table, "kd.toml")), tmp_path / "out", data=data, seeds=(0, 1, 2, 3),
+                   max_pack=3)
+    kd = next(r for r in plan.rows if r.row.name == "kd")
+    assert not kd.packed and "more than max_pack 3" in kd.why_not_packed
+    assert [s.name for s in plan.steps if "kd" in s.name] == [f"row kd seed {s}" for s in range(4)]
+
+
+def test_rows_share_a_pack_only_with_the_same_student_and_options(tmp_path):
+    table = SMALL.replace('name = "sl"\nmethod = "sl"', 'name = "sl"\nmethod = "sl"\ntemperature = 4.0') + \
+        '[[rows]]\nname = "ls"\nmethod = "ls"\nlabel_smoothing = 0.2\n' + \
+        '[[rows]]\nname = "long"\nmethod = "vanilla"\nepochs = 3\n' + \
+        '[[rows]]\nname = "r32"\nmethod = "vanilla"\nstudent = "resnet32"\n'
+    plan = plan_of(str(write_table(tmp_path, table)), tmp_path / "out", data=fake_data(tmp_path))
+    assert [(p.name, p.rows(), p.seeds_form) for p in plan.packs] == [
+        ("vanilla-seed-0", ["vanilla", "sl", "ls"], False), ("long", ["long"], True), ("r32", ["r32"], True)]
+    mixed = next(s for s in plan.steps if s.name.startswith("pack vanilla-seed-0"))
+    specs = [mixed.args[i + 1] for i, a in enumerate(mixed.args) if a == "--member"]
+    assert "name=sl-seed-1,method=sl,seed=1,labels=" in specs[3] and specs[3].endswith(",temperature=4.0,out=" + str(
+        tmp_path / "out/runs/sl/seed-1"))
+    assert "label_smoothing=0.2" in specs[4] and "--temperature" not in mixed.args
 
 
 def test_store_state_done_when_it_opens_refused_when_made_otherwise(tmp_path):
@@ -322,20 +396,23 @@ def test_report_means_stds_best_by_validation_and_checks(tmp_path):
 # -- end to end -----------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_digits_smoke_runs_a_store_row_and_an_online_row_as_packs_and_reports_mean_std(tmp_path):
-    """The shipped digits table under --smoke: a resnet20 teacher, the sl store, sl (store) and kd (online teacher)
-    each as one pack of two seeds, two lanes; then the same command finds everything done."""
+def test_digits_smoke_runs_a_mixed_pack_and_an_online_row_as_packs_and_reports_mean_std(tmp_path):
+    """The shipped digits table under --smoke: a resnet20 teacher, the sl store, vanilla (no teacher) and sl (the
+    store) as one mixed pack of 2 rows x 2 seeds, kd (online teacher) as its own pack of two seeds, two lanes; then
+    the same command finds everything done."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "labelopt", "table", "digits", "--out", str(out), "--smoke", "--seeds", "0,1",
-               "--rows", "sl,kd", "--jobs", "2"]
+               "--rows", "vanilla,sl,kd", "--jobs", "2"]
     env = {**os.environ, "LABELOPT_PROGRESS_SECONDS": "1000"}
     run = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "table: row sl (pack of 2 seeds): done" in run.stderr and "row kd (pack of 2 seeds): done" in run.stderr
+    assert "table: pack vanilla-seed-0 (4 members: vanilla, sl): done" in run.stderr
+    assert "row kd (pack of 2 seeds): done" in run.stderr
     table = json.loads((out / "table.json").read_text())
     rows = {r["name"]: r for r in table["rows"]}
-    assert list(rows) == ["sl", "kd"] and all(r["packed"] and r["seeds"] == [0, 1] for r in rows.values())
+    assert list(rows) == ["vanilla", "sl", "kd"] and all(r["packed"] and r["seeds"] == [0, 1] for r in rows.values())
     assert rows["sl"]["teacher"] == "store sl (r56)" and rows["kd"]["teacher"] == "r56 (online)"
+    assert (out / "packs/vanilla-seed-0/last.pt").is_file() and not (out / "packs/vanilla-seed-0/sl-seed-0").exists()
     for row in rows.values():
         for key in ("top1", "top5", "nll", "ece"):
             stats = row["last"][key]
@@ -348,8 +425,12 @@ def test_digits_smoke_runs_a_store_row_and_an_online_row_as_packs_and_reports_me
     markdown = (out / "table.md").read_text()
     assert run.stdout == markdown and "| SL | R20 | store sl (r56) | 2 |" in markdown
     assert "Best epoch by validation" in markdown
-    for member in ("runs/sl/seed-0", "runs/sl/seed-1", "runs/kd/seed-0", "runs/kd/seed-1"):
+    for member in ("runs/vanilla/seed-0", "runs/sl/seed-1", "runs/kd/seed-0", "runs/kd/seed-1"):
         assert (out / member / "last.pt").is_file()
+    config = json.loads((out / "runs/sl/seed-1/config.json").read_text())  # as a run of its own
+    assert (config["method"], config["seed"], config["order_seed"]) == ("sl", 1, 0)
+    assert config["labels"] == str(out / "labels/sl.h5")
+    assert config["pack"]["folder"] == str(out / "packs/vanilla-seed-0")
     again = subprocess.run(command + ["--dry-run", "--json"], capture_output=True, text=True, timeout=300, env=env)
     assert again.returncode == 0, again.stderr[-2000:]
     assert {s["state"] for s in json.loads(again.stdout)["steps"]} == {"done"}

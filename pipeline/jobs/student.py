@@ -3,6 +3,7 @@
 The store is checked against the data before the first step (fingerprint, N,
 classes, views, signals); the method's distiller gets its teacher signals from a
 source that is either the store or the teachers run online, through one interface.
+A pack (--seeds, --member) is student_pack.py: each member resolved here as a run of its own options.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ...models import FeatureTaps, UnknownModelError, create_model, feature_shapes
-from ...models.packing import pack_models
 from ...stages.distillers import (FEATURE_PREFIX, SIGNAL_TARGETS, DistillContext, Distiller, UnknownMethodError,
                                  get_distiller)
 from ...stages.labelers import DEFAULT_TEMPERATURE, EnsembleLabeler, SoftLabeler
@@ -28,8 +28,8 @@ from ..data.holdout import training_indices
 from ..errors import UserError
 from ..run.checkpoints import load_teachers
 from ..run.runtime import check_precision, device_for, init_distributed, seed_everything
+from ..run.members import MemberSpec
 from ..run.options import TrainOptions, open_training_data, resolve_options
-from ..run.packs import PackViews, pack_objective, pack_teacher_rows
 from ..run.training import fit
 from ..views.draws import AugmentViews, ViewSampler, with_copies
 from ..views.space import sampler_for_store
@@ -50,6 +50,18 @@ class StudentOptions(TrainOptions):
     mix: str | None = None  # mixup, cutmix or ricap: mixed images drawn fresh each step
     mix_alpha: float | None = None  # None: the mix's usual Beta parameter
     seeds: tuple[int, ...] = ()  # a pack: one student per seed, trained in one pass (pipeline/run/packs.py)
+    members: tuple[MemberSpec, ...] = ()  # or a pack of members, each of its own method, store and seed (--member)
+
+
+@dataclass
+class Student:
+    """A run's options resolved before its model exists: its method, the options it sets, its teacher source and
+    the sampler of its views (None: fresh views of options.augment)."""
+    options: StudentOptions
+    method: type[Distiller]
+    chosen: dict
+    source: TeacherSource | None
+    sampler: ViewSampler | None
 
 
 def check_source_choice(options: StudentOptions, method: type[Distiller]) -> None:
@@ -67,14 +79,20 @@ def check_source_choice(options: StudentOptions, method: type[Distiller]) -> Non
                         f"run its teacher online with --teacher CKPT")
 
 
-def open_store_source(options: StudentOptions, method: type[Distiller], data: PreparedDataset, cache_dir=None
-                      ) -> tuple[StoreSource, ViewSampler]:
-    try:
-        # A URL is fetched and checked here, under a lock: every torchrun rank runs this, one of them downloads.
-        store = LabelStore.open(local_store(options.labels, cache_dir), options.expect_digest)
-        store.check_dataset(data.identity("train"))
-    except StoreError as exc:
-        raise UserError(str(exc)) from None
+def open_store_source(options: StudentOptions, method: type[Distiller], data: PreparedDataset, cache_dir=None,
+                      opened: dict | None = None) -> tuple[StoreSource, ViewSampler]:
+    """The store's source and views for the method; `opened`: the stores a pack has opened (each opened once)."""
+    opened = {} if opened is None else opened
+    key = ("store", options.labels)
+    if key not in opened:
+        try:
+            # A URL is fetched and checked here, under a lock: every torchrun rank runs this, one of them downloads.
+            store = LabelStore.open(local_store(options.labels, cache_dir), options.expect_digest)
+            store.check_dataset(data.identity("train"))
+        except StoreError as exc:
+            raise UserError(str(exc)) from None
+        opened[key] = (store, None)
+    store, sampler = opened[key]
     temperature = store.temperature  # validated on open: finite, > 0, a combined store's common one
     if SIGNAL_TARGETS in method.teacher_signals and options.temperature is not None \
             and temperature is not None and abs(options.temperature - temperature) > 1e-9:
@@ -85,27 +103,38 @@ def open_store_source(options: StudentOptions, method: type[Distiller], data: Pr
         why = source.missing(signal)
         if why:
             raise UserError(f"--method {method.name} needs {signal}: {why}")
-    augment = None if options.augment == "auto" else get_view_policy(options.augment, data.input_size)
-    if store.num_views == 1 and augment is None:
-        augment = get_view_policy(default_augment(data), data.input_size)
-    sampler = sampler_for_store(store, data, augment)
+    if sampler is None:  # the store's views: one sampler for every member that reads the store
+        sampler = store_sampler(options, store, data)
+        opened[key] = (store, sampler)
     check_store_mixes(store, sampler, method)
     source.load(method.teacher_signals)
     return source, sampler
 
 
-def online_source(options: StudentOptions, method: type[Distiller], data: PreparedDataset, device
-                  ) -> tuple[OnlineSource, ViewSampler]:
-    teachers = load_teachers(options.teachers, data, device)
-    temperature = options.temperature if options.temperature is not None else DEFAULT_TEMPERATURE
-    labeler = (SoftLabeler if len(teachers) == 1 else EnsembleLabeler)(teachers, temperature)
-    source = OnlineSource(labeler, temperature)
+def store_sampler(options: StudentOptions, store: LabelStore, data: PreparedDataset) -> ViewSampler:
+    augment = None if options.augment == "auto" else get_view_policy(options.augment, data.input_size)
+    if store.num_views == 1 and augment is None:
+        augment = get_view_policy(default_augment(data), data.input_size)
+    return sampler_for_store(store, data, augment)
+
+
+def online_source(options: StudentOptions, method: type[Distiller], data: PreparedDataset, device,
+                  opened: dict | None = None) -> tuple[OnlineSource, ViewSampler]:
+    """The teachers run online; `opened`: the teachers a pack has loaded (loaded once for all its members)."""
+    opened = {} if opened is None else opened
+    key = ("online", tuple(options.teachers), options.temperature)
+    if key not in opened:
+        teachers = load_teachers(options.teachers, data, device)
+        temperature = options.temperature if options.temperature is not None else DEFAULT_TEMPERATURE
+        labeler = (SoftLabeler if len(teachers) == 1 else EnsembleLabeler)(teachers, temperature)
+        augment = default_augment(data) if options.augment == "auto" else options.augment
+        opened[key] = (OnlineSource(labeler, temperature), AugmentViews(get_view_policy(augment, data.input_size)))
+    source, sampler = opened[key]
     for signal in method.teacher_signals:
         why = source.missing(signal)
         if why:
             raise UserError(f"--method {method.name} needs {signal}: {why}")
-    augment = default_augment(data) if options.augment == "auto" else options.augment
-    return source, AugmentViews(get_view_policy(augment, data.input_size))
+    return source, sampler
 
 
 def method_options(options: StudentOptions, method: type[Distiller]) -> dict:
@@ -174,56 +203,9 @@ def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str
     return objective
 
 
-def check_pack(options: StudentOptions, method: type[Distiller], distiller: Distiller, sampler, dist_info) -> None:
-    """What a pack of seeds takes in this version: label-based methods on unmixed views, in one process."""
-    if len(set(options.seeds)) != len(options.seeds):
-        raise UserError(f"--seeds {','.join(map(str, options.seeds))}: each member needs its own seed")
-    if method.student_taps or any(p.requires_grad for p in distiller.parameters()):
-        raise UserError(f"--seeds: --method {method.name} reads the student's features or trains modules of its "
-                        f"own, which a pack does not hold; train it one run per --seed")
-    if options.mix or (sampler is not None and sampler.describe().get("mix")) or distiller.views_per_sample > 1:
-        raise UserError("--seeds: a pack trains on unmixed views, one per sample; train mixed images one run per "
-                        "--seed")
-    if dist_info.enabled:
-        raise UserError("--seeds: a pack runs in one process (it fills a GPU by itself); drop torchrun")
-
-
-def fit_pack(options: StudentOptions, data, method, chosen: dict, source, sampler, dist_info, device,
-             on_epoch_end, log) -> Path:
-    """One student per seed in one pass: member g is seeded (weights, view draws) as a run of its seed alone, and
-    every member sees the batches in the order of --order-seed (default: the first seed)."""
-    seeds = list(options.seeds)
-    distillers = [method(distill_context(options, data, method, source), **chosen) for _ in seeds]
-    check_pack(options, method, distillers[0], sampler, dist_info)
-    members = []
-    for seed in seeds:
-        seed_everything(seed)  # as a run of this seed alone makes its weights
-        members.append(create_model(options.arch, data.num_classes))
-    views = PackViews([sampler or AugmentViews(get_view_policy(options.augment, data.input_size))] * len(seeds),
-                      seeds)
-    options = dataclasses.replace(options, seed=seeds[0],
-                                  order_seed=seeds[0] if options.order_seed is None else options.order_seed)
-    config = {"method_resolved": {"name": method.name, "options": dataclasses.asdict(distillers[0].options),
-                                  "teacher_signals": list(method.teacher_signals)},
-              "teacher_source": source.describe() if source else None}
-
-    def start_epoch(epoch: int) -> None:
-        views.start_epoch(epoch, dist_info.rank)
-        for distiller in distillers:
-            distiller.set_epoch(epoch)
-    rows = pack_teacher_rows([source.rows] * len(seeds)) if isinstance(source, StoreSource) else None
-    return fit(options, data, pack_models(members), pack_objective(distillers, [source] * len(seeds)), dist_info,
-               device, command="train-student", sampler=views, teacher_rows=rows, capture=method.capture,
-               config_extra=config, pack_seeds=seeds, on_epoch_start=start_epoch, on_epoch_end=on_epoch_end,
-               log=log)
-
-
-def train_student(options: StudentOptions, *, cache_dir=None, on_epoch_end=None, log=print) -> Path:
-    """cache_dir: where a --labels URL is fetched to (default: store.remote.default_cache_dir())."""
-    dist_info = init_distributed(options.device)
-    device = device_for(dist_info, options.device)
-    check_precision(device, options.bf16)
-    data = open_training_data(options)
+def resolve_student(options: StudentOptions, data: PreparedDataset, device, cache_dir=None,
+                    opened: dict | None = None) -> Student:
+    """Everything a run decides before its model exists, each choice checked (one line for the first refused)."""
     try:
         method = get_distiller(options.method)
     except UnknownMethodError as exc:
@@ -233,34 +215,69 @@ def train_student(options: StudentOptions, *, cache_dir=None, on_epoch_end=None,
     chosen = method_options(options, method)
     source, sampler = None, None
     if options.labels:
-        source, sampler = open_store_source(options, method, data, cache_dir)
+        source, sampler = open_store_source(options, method, data, cache_dir, opened)
     elif options.teachers:
-        source, sampler = online_source(options, method, data, device)
+        source, sampler = online_source(options, method, data, device, opened)
     augment = sampler.describe()["policy"] if sampler else options.augment
     options = resolve_options(dataclasses.replace(options, augment=augment), data)
-    seed_everything(options.seed)  # the student's initial weights come from the seed
+    return Student(options, method, chosen, source, sampler)
+
+
+def new_student_model(student: Student, data: PreparedDataset) -> torch.nn.Module:
+    """The student's initial weights, from the global seed as the caller set it."""
     try:
-        model = create_model(options.arch, data.num_classes)
+        return create_model(student.options.arch, data.num_classes)
     except UnknownModelError as exc:
         raise UserError(str(exc)) from None
+
+
+def make_distiller(student: Student, data: PreparedDataset) -> Distiller:
     try:
-        distiller = method(distill_context(options, data, method, source), **chosen)
+        return student.method(distill_context(student.options, data, student.method, student.source),
+                              **student.chosen)
     except ValueError as exc:  # a method's own check of its options or of the tap shapes
-        raise UserError(f"--method {method.name}: {exc}") from None
-    sampler = mixed_sampler(options, data, sampler)
+        raise UserError(f"--method {student.method.name}: {exc}") from None
+
+
+def finish_student(student: Student, distiller: Distiller, data: PreparedDataset) -> Student:
+    """The sampler as the method draws (mixed, copied) and the label smoothing it resolved."""
+    sampler = mixed_sampler(student.options, data, student.sampler)
     if sampler is not None:
         sampler = with_copies(sampler, distiller.views_per_sample)
-    options = dataclasses.replace(options, label_smoothing=getattr(distiller.options, "label_smoothing", 0.0))
-    if options.seeds:
-        return fit_pack(options, data, method, chosen, source, sampler, dist_info, device, on_epoch_end, log)
-    config = {"method_resolved": {"name": method.name, "options": dataclasses.asdict(distiller.options),
-                                  "teacher_signals": list(method.teacher_signals)},
+    options = dataclasses.replace(student.options,
+                                  label_smoothing=getattr(distiller.options, "label_smoothing", 0.0))
+    return dataclasses.replace(student, options=options, sampler=sampler)
+
+
+def student_record(student: Student, distiller: Distiller) -> dict:
+    """config.json's record of the method and the teacher source."""
+    source = student.source
+    config = {"method_resolved": {"name": student.method.name, "options": dataclasses.asdict(distiller.options),
+                                  "teacher_signals": list(student.method.teacher_signals)},
               "teacher_source": source.describe() if source else None}
-    if source is not None and is_url(options.labels):  # the URL, not this machine's cache: a resume may use another
-        config["teacher_source"]["path"] = options.labels
-    return fit(options, data, model, make_objective(distiller, source, options.arch), dist_info, device,
-               command="train-student", sampler=sampler,
-               teacher_rows=source.rows if isinstance(source, StoreSource) else None, capture=method.capture,
-               extra_modules=distiller, phases=distiller.phases(),
-               config_extra=config,
-               on_epoch_start=distiller.set_epoch, on_epoch_end=on_epoch_end, log=log)
+    if source is not None and is_url(student.options.labels):  # the URL, not this machine's cache: a resume may
+        config["teacher_source"]["path"] = student.options.labels  # use another
+    return config
+
+
+def train_student(options: StudentOptions, *, cache_dir=None, on_epoch_end=None, log=print) -> Path:
+    """cache_dir: where a --labels URL is fetched to (default: store.remote.default_cache_dir())."""
+    dist_info = init_distributed(options.device)
+    device = device_for(dist_info, options.device)
+    check_precision(device, options.bf16)
+    data = open_training_data(options)
+    if options.seeds or options.members:
+        from .student_pack import train_pack  # here: student_pack builds on this module
+
+        return train_pack(options, data, dist_info, device, cache_dir=cache_dir, on_epoch_end=on_epoch_end, log=log)
+    student = resolve_student(options, data, device, cache_dir)
+    seed_everything(student.options.seed)  # the student's initial weights come from the seed
+    model = new_student_model(student, data)
+    distiller = make_distiller(student, data)
+    student = finish_student(student, distiller, data)
+    return fit(student.options, data, model, make_objective(distiller, student.source, student.options.arch),
+               dist_info, device, command="train-student", sampler=student.sampler,
+               teacher_rows=student.source.rows if isinstance(student.source, StoreSource) else None,
+               capture=student.method.capture, extra_modules=distiller, phases=distiller.phases(),
+               config_extra=student_record(student, distiller), on_epoch_start=distiller.set_epoch,
+               on_epoch_end=on_epoch_end, log=log)

@@ -1,7 +1,7 @@
 """What a table's rows and stores are checked against before anything trains, from the methods themselves: a row's
 method has the teacher it needs (a store that can serve it, with the signals it reads, or an online teacher), its
-method options exist and parse, and whether a pack can hold it (pipeline/jobs/student.py's check_pack, decided
-from the method's declarations before any model exists). An existing store is checked to open."""
+method options exist and parse, and whether a pack can hold it (pipeline/jobs/student_pack.py's check_member,
+decided from the method's declarations before any model exists). An existing store is checked to open."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -53,10 +53,13 @@ def check_store_signals(method, store: StoreSpec, where: str) -> None:
 
 
 def pack_refusal(row: RowSpec, table: TableSpec) -> str:
-    """Why a pack cannot hold the row (what check_pack refuses), or "" when it can."""
+    """Why a pack cannot hold the row (what check_member refuses), or "" when it can."""
     method = get_distiller(row.method)
     if method.student_taps:
         return "its method reads the student's features"
+    warmup = row.options.get("method_options", {}).get("warmup_epochs", method.option_defaults().get("warmup_epochs"))
+    if warmup:
+        return "its method warms up first"
     store = table.stores.get(row.labels) if row.labels is not None else None
     views = str(store.options.get("views", "")) if store is not None else ""
     if method.mixes == "required" or row.options.get("mix") or views.startswith("mix:"):

@@ -6,6 +6,7 @@ The file is TOML (tables/digits.toml is a whole example):
     prepare = "digits"              a dataset `labelopt prepare` makes into OUT/data (root = "..." for its files),
     data = "data/cifar100"          or a prepared folder (--data overrides either)
     seeds = [0, 1, 2]               the students' seeds: each row trains one run per seed
+    max_pack = 16                   the most students trained together as one pack (1: each run its own process)
     [student]                       every row's train-student options (arch = the student), unless the row sets its own
     [teachers.NAME]                 a `labelopt train` run: arch, epochs, seed, config, ...
     [stores.NAME]                   a `labelopt generate-labels` store: teacher = NAME or checkpoint (teachers = [...]
@@ -34,8 +35,9 @@ from .table_keys import (CHECK_KEYS, COMMON_STUDENT_KEYS, NAME, PUBLISHED_KEYS, 
                          Key, value_problem)
 
 SHIPPED_TABLES = Path(__file__).resolve().parents[2] / "tables"  # tables/ at the package root
-TOP_KEYS = ("title", "note", "prepare", "root", "data", "seeds", "student", "teachers", "stores", "rows", "checks",
-            "smoke")
+TOP_KEYS = ("title", "note", "prepare", "root", "data", "seeds", "max_pack", "student", "teachers", "stores", "rows",
+            "checks", "smoke")
+DEFAULT_MAX_PACK = 16
 METRICS = ("top1", "top5", "nll", "ece")
 
 
@@ -90,6 +92,7 @@ class TableSpec:
     rows: list[RowSpec]
     checks: list[CheckSpec]
     smoke: bool = False
+    max_pack: int = DEFAULT_MAX_PACK  # the most students of one pack (tables.py plans the packs)
 
 
 def shipped_tables() -> list[str]:
@@ -203,9 +206,16 @@ def parse_checked(raw: dict, path: Path) -> TableSpec:
     rows = parse_rows(raw.get("rows"), common, path)
     table = TableSpec(path, raw.get("title", path.stem), raw.get("note", ""), raw.get("prepare"), raw.get("root"),
                       raw.get("data"), parse_seeds(raw.get("seeds", [0]), path), teachers, stores, rows,
-                      parse_checks(raw.get("checks", []), path))
+                      parse_checks(raw.get("checks", []), path), max_pack=parse_max_pack(raw, path))
     check_references(table)
     return table
+
+
+def parse_max_pack(raw: dict, path: Path) -> int:
+    bound, value = BOUNDS["max_pack"], raw.get("max_pack", DEFAULT_MAX_PACK)
+    if not bound.accepts(value):
+        raise UserError(f"{path}: 'max_pack' {value!r} is not {bound.describe()}")
+    return int(value)
 
 
 def named_tables(raw: dict, key: str, path: Path) -> dict:

@@ -85,6 +85,22 @@ def pack_state(pack: Path, members: dict[int, Path], expect: dict) -> tuple[str,
     return (NEW, why) if state == DONE else (state, why)
 
 
+def members_state(pack: Path, members: list[tuple[dict, Path, dict]], expect: dict) -> tuple[str, str, list[int]]:
+    """A pack of --member's state and the members it is to train, each member (its record, its run folder, what
+    its config.json must hold): done when every member's folder is; resumable when the pack's folder holds a
+    last.pt of exactly the members not done yet; else new, for those members (the pack's folder is replaced)."""
+    states = [run_state(folder, own) for _, folder, own in members]
+    pending = [i for i, (state, _) in enumerate(states) if state != DONE]
+    if not pending:
+        return DONE, f"{len(states)} members, {states[0][1]}", []
+    state, why = run_state(pack, expect)
+    recorded = ((read_config(pack) or {}).get("pack") or {}).get("members")
+    if state == RESUME and recorded == [members[i][0] for i in pending]:
+        return RESUME, why, pending
+    done = len(states) - len(pending)
+    return NEW, f"{len(pending)} members to train" + (f", {done} done" if done else ""), pending
+
+
 def run_flag(state: str) -> list[str]:
     """What a run's command adds for its state: continue it, or start it over in a folder that may hold a
     killed attempt's files."""

@@ -2,13 +2,14 @@
 
 The plan: the data (prepared on the fly, or a prepared folder), then the teachers (`labelopt train`), then the
 label stores (`labelopt generate-labels`), then the rows (`labelopt train-student`), each step skipped when its
-output is complete and continued when it is partly done (table_steps.py). A row whose method a pack can hold
-(pipeline/jobs/student.py's check_pack: no student features, no modules of its own, unmixed views) trains all
-the table's seeds as one pack (train-student --seeds); any other row trains one run per seed. Every row's seed
-S lands in OUT/runs/<row>/seed-S, an ordinary run folder; table_report.py evaluates them and writes the table.
+output is complete and continued when it is partly done (table_steps.py). Rows a pack can hold (table_checks.py's
+pack_refusal, as pipeline/jobs/student_pack.py checks them: no student features, no modules of their own, unmixed
+views) train their seeds in packs of at most max_pack students, rows of the same student and options together
+(table_packs.py); any other row trains one run per seed. Every row's seed S lands in OUT/runs/<row>/seed-S, an
+ordinary run folder; table_report.py evaluates them and writes the table.
 
-OUT holds data/ (a prepared dataset), teachers/<name>/, labels/<name>.h5, runs/<row>/, logs/, eval/, table.md
-and table.json.
+OUT holds data/ (a prepared dataset), teachers/<name>/, labels/<name>.h5, runs/<row>/, packs/<pack>/ (the packs
+of several rows), logs/, eval/, table.md and table.json.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class TableRequest:
     data: str | None = None  # a prepared folder instead of the file's dataset
     device: str = "auto"
     jobs: int = 1  # steps run at once
+    max_pack: int | None = None  # instead of the file's max_pack
 
 
 @dataclass
@@ -53,13 +55,15 @@ class Plan:
     steps: list[Step] = field(default_factory=list)
     teachers: dict[str, Path] = field(default_factory=dict)  # teacher name -> run folder
     rows: list[RowRuns] = field(default_factory=list)
+    packs: list = field(default_factory=list)  # table_packs.PackPlan: which rows' seeds train together
 
     def describe(self) -> dict:
         return {"table": str(self.table.path), "title": self.table.title, "out": str(self.out),
                 "data": str(self.data), "smoke": self.table.smoke, "seeds": list(self.table.seeds),
+                "max_pack": self.table.max_pack,
                 "rows": [{"name": r.row.name, "packed": r.packed, "why_not_packed": r.why_not_packed or None,
                           "folders": {str(s): str(f) for s, f in r.folders.items()}} for r in self.rows],
-                "steps": [s.describe() for s in self.steps]}
+                "packs": [p.describe() for p in self.packs], "steps": [s.describe() for s in self.steps]}
 
 
 def narrowed(table: TableSpec, request: TableRequest) -> TableSpec:
@@ -86,7 +90,8 @@ def narrowed(table: TableSpec, request: TableRequest) -> TableSpec:
     checks = [c for c in table.checks if c.row in names and c.than in names]
     data = request.data or table.data
     return dataclasses.replace(table, rows=rows, seeds=tuple(seeds), stores=stores, teachers=teachers, checks=checks,
-                               data=data, prepare=None if request.data else table.prepare)
+                               data=data, prepare=None if request.data else table.prepare,
+                               max_pack=request.max_pack or table.max_pack)
 
 
 def smoke_options(options: dict) -> dict:
@@ -118,8 +123,7 @@ def make_plan(table: TableSpec, request: TableRequest) -> Plan:
         plan.steps.append(Step("teachers", f"teacher {name}", args, state, out / "logs" / f"teacher-{name}.log", why))
     for store in table.stores.values():
         plan.steps.append(store_step(store, plan, request))
-    for row in table.rows:
-        plan_row(row, plan, request)
+    plan_rows(plan, request)
     return plan
 
 
@@ -155,36 +159,67 @@ def store_step(store: StoreSpec, plan: Plan, request: TableRequest) -> Step:
     return Step("stores", f"store {store.name}", args, state, plan.out / "logs" / f"store-{store.name}.log", why)
 
 
-def plan_row(row: RowSpec, plan: Plan, request: TableRequest) -> None:
-    """The row's steps: one pack over the seeds, or one run per seed."""
+def plan_rows(plan: Plan, request: TableRequest) -> None:
+    """Every row checked, then its steps in the table's order: the packs that hold its seeds, or one run per seed."""
     from .table_checks import check_row, pack_refusal, smoke_warmups
+    from .table_packs import plan_packs
 
-    check_row(row, plan.table)
-    if plan.table.smoke:
-        row = dataclasses.replace(row, options=smoke_warmups(row))
-    refusal = pack_refusal(row, plan.table)
-    seeds = plan.table.seeds
-    root = plan.out / "runs" / row.name
-    folders = {seed: root / f"seed-{seed}" for seed in seeds}
-    source = row_source(row, plan)
-    plan.rows.append(RowRuns(row, not refusal, refusal, folders, teacher_text(row, plan.table)))
-    args = ["train-student", "--data", str(plan.data), "--student", row.student, "--method", row.method, *source,
-            *option_args(row.options, STUDENT_KEYS), *method_option_args(row.options.get("method_options", {})),
-            "--device", request.device]
-    expect = {"command": "train-student", "arch": row.student, "method": row.method,
-              **pick(row.options, "epochs", "val_fraction")}
-    logs = plan.out / "logs"
-    if not refusal:
-        state, why = pack_state(root, folders, expect)
-        pack = ["--seeds", ",".join(map(str, seeds)), "--out", str(root), *run_flag(state)]
-        plan.steps.append(Step("rows", f"row {row.name} (pack of {len(seeds)} seed{'s' * (len(seeds) > 1)})",
-                               args + pack, state, logs / f"row-{log_name(row.name)}.log", why))
-        return
-    for seed, folder in folders.items():
-        state, why = run_state(folder, {**expect, "seed": seed})
+    for row in plan.table.rows:
+        check_row(row, plan.table)
+        if plan.table.smoke:
+            row = dataclasses.replace(row, options=smoke_warmups(row))
+        refusal = pack_refusal(row, plan.table)
+        if not refusal and plan.table.max_pack == 1:
+            refusal = "max_pack 1: every run its own process"
+        folders = {seed: plan.out / "runs" / row.name / f"seed-{seed}" for seed in plan.table.seeds}
+        plan.rows.append(RowRuns(row, not refusal, refusal, folders, teacher_text(row, plan.table)))
+    plan.packs = plan_packs([r for r in plan.rows if r.packed], plan.out, plan.table.seeds, plan.table.max_pack)
+    planned = set()
+    for runs in plan.rows:
+        if not runs.packed:
+            plan.steps += seed_steps(runs, plan, request)
+        for pack in plan.packs:
+            if id(pack) not in planned and any(r is runs for r, _ in pack.members):
+                planned.add(id(pack))
+                plan.steps.append(pack_step(pack, plan, request))
+
+
+def row_args(row: RowSpec, plan: Plan, request: TableRequest) -> list[str]:
+    """A row's train-student arguments, less its seed and folder."""
+    return ["train-student", "--data", str(plan.data), "--student", row.student, "--method", row.method,
+            *row_source(row, plan), *option_args(row.options, STUDENT_KEYS),
+            *method_option_args(row.options.get("method_options", {})), "--device", request.device]
+
+
+def seed_steps(runs: RowRuns, plan: Plan, request: TableRequest) -> list[Step]:
+    """A row's runs one per seed, each its own process."""
+    from .table_packs import expected
+
+    steps = []
+    for seed, folder in runs.folders.items():
+        state, why = run_state(folder, {**expected(runs.row), "method": runs.row.method, "seed": seed})
         own = ["--seed", str(seed), "--out", str(folder), *run_flag(state)]
-        plan.steps.append(Step("rows", f"row {row.name} seed {seed}", args + own, state,
-                               logs / f"row-{log_name(row.name)}-seed-{seed}.log", why))
+        steps.append(Step("rows", f"row {runs.row.name} seed {seed}", row_args(runs.row, plan, request) + own, state,
+                          plan.out / "logs" / f"row-{log_name(runs.row.name)}-seed-{seed}.log", why))
+    return steps
+
+
+def pack_step(pack, plan: Plan, request: TableRequest) -> Step:
+    """A pack's step: one row's seeds as train-student --seeds in its runs/<row>, or a mixed pack (table_packs)."""
+    from .table_packs import expected, mixed_step
+
+    logs = plan.out / "logs"
+    if not pack.seeds_form:
+        def labels(row: RowSpec) -> str | None:
+            return None if row.labels is None else str(store_path(row.labels, plan))
+        return mixed_step(pack, plan.data, request.device, labels, logs)
+    runs = pack.members[0][0]
+    state, why = pack_state(pack.folder, runs.folders, {**expected(runs.row), "method": runs.row.method})
+    args = row_args(runs.row, plan, request) + ["--seeds", ",".join(str(s) for _, s in pack.members), "--out",
+                                                 str(pack.folder), *run_flag(state)]
+    seeds = len(pack.members)
+    return Step("rows", f"row {runs.row.name} (pack of {seeds} seed{'s' * (seeds > 1)})", args, state,
+                logs / f"row-{log_name(runs.row.name)}.log", why)
 
 
 def row_source(row: RowSpec, plan: Plan) -> list[str]:

@@ -97,9 +97,10 @@ def build_model_from_checkpoint(body: dict, path: str | Path, *, num_classes: in
                                 arch: str | None = None) -> torch.nn.Module:
     """The checkpoint's model with its weights; refuses a mismatch with what the caller expects."""
     if body.get("pack"):
-        seeds = body["pack"].get("seeds", [])
+        seeds, members = body["pack"].get("seeds", []), body["pack"].get("members") or [{}]
+        folder = Path(path).parent / (members[0].get("out") or f"seed-{seeds[0] if seeds else 'S'}")
         raise UserError(f"{path} is a pack's checkpoint ({len(seeds)} {body['arch']} students in one network); "
-                        f"use a member's own: {Path(path).parent}/seed-{seeds[0] if seeds else 'S'}/last.pt or best.pt")
+                        f"use a member's own: {folder}/last.pt or best.pt")
     ckpt_arch, ckpt_classes = body["arch"], int(body["num_classes"])
     if arch is not None and arch != ckpt_arch:
         raise UserError(f"{path} holds a {ckpt_arch}, not a {arch}; pass a {arch} checkpoint or --arch {ckpt_arch}")

@@ -1,10 +1,13 @@
-"""A pack: G students of one architecture, one per seed, trained in one pass as one grouped network.
+"""A pack: G students of one architecture trained in one pass as one grouped network; each member is a standalone
+run of its own seed, method and label store (train-student --seeds, or --member: pipeline/run/members.py).
 
 The training loop sees one model (models/packing.py: the members side by side on the channel axis), one batch and
 one loss; what differs per member lives here:
-- `PackViews` draws each member's views with that member's own generator, seeded as a standalone run of its seed
-  would seed it, and puts the members' pixels side by side ([B, G * 3, H, W]); the data order is the pack's one.
-- `pack_teacher_rows` gathers each member's store rows for its own views ([B, G, ...]).
+- `PackViews` draws each member's views with its own sampler (its store's views, or fresh ones) and its own
+  generator, seeded as a standalone run of its seed would seed it, and puts the members' pixels side by side
+  ([B, G * 3, H, W]); the data order is the pack's one.
+- `pack_teacher_rows` gathers each member's store rows for its own views ({signal: [B, M, ...]} over the M members
+  that read the signal; `signal_slots` says where member g's rows are).
 - `PackNormalizer` normalizes each member's channels; given a plain batch (the held-out split) it shows every
   member the same images.
 - `pack_objective` splits the pack's logits per member, gives each member's method its own slice of the batch and
@@ -16,7 +19,7 @@ one loss; what differs per member lives here:
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -48,18 +51,39 @@ class PackViews(ViewSampler):
 
     def draw(self, images, indices, generator):
         drawn = [s.draw(images, indices, g) for s, g in zip(self.samplers, self.generators)]
-        views = None if drawn[0].views is None else torch.stack([d.views for d in drawn], dim=1)
+        keyed = [d.views for d in drawn if d.views is not None]
+        # A member without a store has no view keys: its column is a placeholder that nothing reads.
+        views = None if not keyed else torch.stack([torch.zeros_like(keyed[0]) if d.views is None else d.views
+                                                    for d in drawn], dim=1)
         return Drawn(torch.cat([d.images for d in drawn], dim=1), views)
 
     def describe(self):
-        return {**self.samplers[0].describe(), "pack": {"members": len(self.seeds), "seeds": self.seeds}}
+        described = [s.describe() for s in self.samplers]
+        pack = {"members": len(self.seeds), "seeds": self.seeds}
+        if all(d == described[0] for d in described):
+            return {**described[0], "pack": pack}
+        return {"pack": {**pack, "views": described}}
+
+
+def signal_slots(member_signals: list) -> list[dict[str, int]]:
+    """For each member, where its rows of each signal it reads sit in `pack_teacher_rows`' [B, M, ...] stacks (M:
+    the members that read that signal, in member order)."""
+    counts: dict[str, int] = {}
+    slots = []
+    for names in member_signals:
+        slots.append({name: counts.get(name, 0) for name in names})
+        for name in names:
+            counts[name] = counts.get(name, 0) + 1
+    return slots
 
 
 def pack_teacher_rows(member_rows: list):
-    """Rows of every member's store for its own views: {signal: [B, G, ...]}."""
+    """Rows of every member's store for its own views: {signal: [B, M, ...]}; member_rows[g] None: no store."""
     def rows(indices: torch.Tensor, views: torch.Tensor | None) -> dict:
-        gathered = [fetch(indices, None if views is None else views[:, g]) for g, fetch in enumerate(member_rows)]
-        return {name: torch.stack([g[name] for g in gathered], dim=1) for name in gathered[0]}
+        gathered = [{} if fetch is None else fetch(indices, None if views is None else views[:, g])
+                    for g, fetch in enumerate(member_rows)]
+        names = dict.fromkeys(name for own in gathered for name in own)
+        return {name: torch.stack([own[name] for own in gathered if name in own], dim=1) for name in names}
     return rows
 
 
@@ -76,14 +100,14 @@ class PackNormalizer(Normalizer):
         return super().__call__(images)
 
 
-def member_batch(batch: ViewedBatch, g: int) -> ViewedBatch:
-    """Member g's view of a pack's batch: its pixels, its view keys, its teacher rows."""
+def member_batch(batch: ViewedBatch, g: int, slots: dict[str, int], viewed: bool) -> ViewedBatch:
+    """Member g's view of a pack's batch: its pixels, its view keys (`viewed`: it has some), its teacher rows."""
     return ViewedBatch(batch.images[:, 3 * g:3 * g + 3], batch.labels, batch.indices,
-                       None if batch.views is None else batch.views[:, g], teacher={
-                           name: rows[:, g] for name, rows in batch.teacher.items()})
+                       batch.views[:, g] if viewed and batch.views is not None else None,
+                       teacher={name: batch.teacher[name][:, slot] for name, slot in slots.items()})
 
 
-def pack_objective(distillers: list, sources: list):
+def pack_objective(distillers: list, sources: list, slots: list[dict[str, int]], viewed: list[bool]):
     """The loss of a pack's step: each member's method on its logits and its batch, summed; logits [B, G, C]."""
     members = len(distillers)
 
@@ -91,7 +115,7 @@ def pack_objective(distillers: list, sources: list):
         logits = member_outputs(model(inputs), members)
         total, parts = 0.0, {}
         for g, (distiller, source) in enumerate(zip(distillers, sources)):
-            own = member_batch(batch, g)
+            own = member_batch(batch, g, slots[g], viewed[g])
             teacher = source.signals(own, distiller.teacher_signals) if distiller.teacher_signals else {}
             loss = distiller(logits[:, g], {}, teacher, own)["loss"]
             parts[f"member{g}"] = loss
@@ -101,20 +125,20 @@ def pack_objective(distillers: list, sources: list):
 
 
 @dataclass
-class Member:
+class PackMember:
+    """A member's run folder and its config.json: what a standalone run of it would record, and the pack."""
+    name: str
     seed: int
     out: Path
     config: dict
-    best: dict
+    best: dict = field(default_factory=lambda: {"top1": -1.0, "epoch": -1})
 
 
 class PackMembers:
     """Each member's ordinary run folder, written from the pack at the end of every epoch."""
 
-    def __init__(self, out: Path, seeds: list[int], config: dict, resume: bool):
-        self.members = [Member(s, out / f"seed-{s}", {**config, "seed": s, "out": str(out / f"seed-{s}"),
-                                                      "seeds": [], "pack": {"folder": str(out), "seeds": seeds}},
-                               {"top1": -1.0, "epoch": -1}) for s in seeds]
+    def __init__(self, out: Path, members: list[PackMember], resume: bool):
+        self.out, self.members = Path(out), members
         for member in self.members:
             member.out.mkdir(parents=True, exist_ok=True)
             write_config(member.out, member.config)
@@ -123,6 +147,19 @@ class PackMembers:
             else:  # an overwritten pack's: this run may choose no best (no validation split), or another
                 for name in ("best.pt", "best.json"):
                     (member.out / name).unlink(missing_ok=True)
+
+    def record(self) -> dict:
+        """What the pack's last.pt says of its members (names, methods, stores, seeds, folders)."""
+        return {"seeds": [m.seed for m in self.members],
+                "members": [{"name": m.name, "method": m.config.get("method"), "seed": m.seed,
+                             "labels": m.config.get("labels"), "out": self.where(m.out)} for m in self.members]}
+
+    def where(self, folder: Path) -> str:
+        """A member's folder as the pack records it: relative to the pack's when inside it (the two move together)."""
+        try:
+            return str(folder.relative_to(self.out))
+        except ValueError:
+            return str(folder.expanduser().resolve())
 
     def export(self, model: torch.nn.Module, record: dict, payload: dict) -> None:
         """Member g's line, last.pt and (when its own validation top-1 is its best) best.pt and best.json."""

@@ -23,6 +23,7 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, packaged as tomli
 
 from ..errors import UserError
 from ..limits import BOUNDS
+from .members import member_text
 from .schedules import default_milestones
 
 SHIPPED = Path(__file__).resolve().parents[2] / "recipes"  # recipes/ at the package root
@@ -36,7 +37,8 @@ METHOD_OPTIONS_KEY = "method_options"  # the table behind repeated --method-opti
 FLAGGED_METHOD_OPTIONS = ("ce_weight", "kd_weight", "label_smoothing")
 # What a run's config.json records beyond the options it was given: for the reader, never read back.
 DERIVED = frozenset({"command", "method_resolved", "teacher_source", "views", "world_size", "global_batch_size",
-                     "dataset", "validation", "provenance", "warmup_epochs", "warmup_milestones", "warmup_lr"})
+                     "dataset", "validation", "provenance", "warmup_epochs", "warmup_milestones", "warmup_lr",
+                     "pack"})  # a pack member's record of its pack: a rerun of it is a run of its own
 RUN_FOLDER = frozenset({"out", "resume", "overwrite"})  # a rerun goes to a new --out: the run is never replaced
 
 
@@ -174,7 +176,17 @@ def key_values(key: str, value, keys: dict, command: str, path: Path) -> list[tu
         return [(name, milestone_text(value, f"{path}: {key}"), key)]
     if name == "seeds":  # a pack's seeds: a list, as config.json records it, or "1,2,3" as --seeds takes it
         return seed_values(value, f"{path}: {key}", name, key)
+    if name == "members" and isinstance(value, list):  # a pack's members, as config.json records them
+        return [(name, [member_value(m, f"{path}: {key}") for m in value], key)] if value else []
     return [(name, value, key)]
+
+
+def member_value(member, where: str) -> str:
+    """A member as config.json records it, as the SPEC --member takes."""
+    try:
+        return member if isinstance(member, str) else member_text(member)
+    except TypeError:
+        raise UserError(f"{where}: {member!r} is not a pack member (name, method, seed, ...)") from None
 
 
 def seed_values(value, where: str, name: str, key: str) -> list[tuple[str, object, str]]:

@@ -189,7 +189,7 @@ def save_epoch(run: TrainingRun, epoch: int, record: dict) -> None:
     payload = checkpoint_payload(run.options, run.data, run.model, epoch, record)
     if run.pack is not None:
         run.pack.export(run.model, record, payload)
-        payload["pack"] = {"seeds": [m.seed for m in run.pack.members]}  # not one model: its members are
+        payload["pack"] = run.pack.record()  # not one model: its members are
     training_state = {"optimizer": run.optimizer.state_dict(), "best": run.best, "torch_rng": torch.get_rng_state()}
     if run.extra_modules is not None:
         training_state["extra"] = {k: v.detach().cpu() for k, v in run.extra_modules.state_dict().items()}

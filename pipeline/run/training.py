@@ -22,7 +22,7 @@ from .runtime import (DistInfo, barrier, check_precision, check_same_inputs, des
 from .train_loop import epoch_line, evaluate_epoch, save_epoch, train_epoch
 from .batches import TeacherRows
 from .prediction import held_out_split
-from .packs import PackMembers, PackNormalizer
+from .packs import PackMember, PackMembers, PackNormalizer
 from .train_setup import set_up_run
 from ..views.draws import AugmentViews, ViewSampler
 from ..views.policies import get_view_policy
@@ -84,14 +84,31 @@ def dataset_record(data: PreparedDataset) -> dict:
 
 
 def check_resume_matches(out: Path, config: dict) -> None:
-    previous = {"val_fraction": 0.0, **read_config(out)}  # a run from before --val-fraction had none
+    # a run from before --val-fraction had none, one from before --member no members
+    previous = {"val_fraction": 0.0, "members": [], **read_config(out)}
     config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
+    check_pack_matches(out, previous.get("pack"), config.get("pack"))
+    for record in (previous, config):  # a member's folder may move with the run, as --out may
+        if record.get("members"):
+            record["members"] = [{k: v for k, v in m.items() if k != "out"} for m in record["members"]]
     changed = sorted(k for k, v in config.items()
-                     if k not in RESUME_FREE_OPTIONS | {"provenance"} and previous.get(k) != v)
+                     if k not in RESUME_FREE_OPTIONS | {"provenance", "pack"} and previous.get(k) != v)
     if changed:
         detail = ", ".join(f"{k}: {previous.get(k)!r} -> {config[k]!r}" for k in changed[:3])
         raise UserError(f"--resume of {out} with other options ({detail}); rerun with the run's own options "
                         f"(see its config.json) or start a new run")
+
+
+def check_pack_matches(out: Path, previous: dict | None, pack: dict | None) -> None:
+    """A pack resumes with its own members (names, methods, stores, seeds), in its own order."""
+    if previous is None or previous == pack:  # a pack from before its members were recorded: its seeds say
+        return
+
+    def listed(record):
+        return "; ".join(f"{m['name']} ({m['method']}, seed {m['seed']}{', ' + m['labels'] if m['labels'] else ''})"
+                         for m in (record or {}).get("members", [])) or "none"
+    raise UserError(f"--resume of the pack in {out} with other members: it holds {listed(previous)}, and this "
+                    f"command gives {listed(pack)}; pass its own members (see its config.json) or start a new pack")
 
 
 def read_inputs(config: dict) -> dict:
@@ -112,7 +129,7 @@ def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module
             device: torch.device, *, command: str, sampler: ViewSampler | None = None,
             teacher_rows: TeacherRows | None = None, capture: str = "graphs",
             extra_modules: torch.nn.Module | None = None, phases: Phases = NO_PHASES, config_extra: dict | None = None,
-            pack_seeds: list[int] | None = None, on_epoch_start=None, on_epoch_end=None, log=print) -> Path:
+            pack: list[PackMember] | None = None, on_epoch_start=None, on_epoch_end=None, log=print) -> Path:
     """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume.
 
     `objective(model, inputs, batch, extra)` returns (loss, logits, parts), parts the named terms of the loss
@@ -122,8 +139,8 @@ def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module
     (stages.distillers.Distiller.capture); `extra_modules` (a method's trainable parts) join the
     optimizer and last.pt, and reach the objective as `extra` (wrapped for DDP when they have parameters,
     so their gradients are averaged across ranks like the model's); `phases`: the method's warm-up, run before
-    the recipe's epochs; `pack_seeds`: `model` is a pack of one member per seed (pipeline/run/packs.py), each
-    member's run folder written beside the pack's.
+    the recipe's epochs; `pack`: `model` is a pack of these members (pipeline/run/packs.py), each member's run
+    folder written from the pack's epochs.
     """
     out = Path(options.out)
     sampler = sampler or AugmentViews(get_view_policy(options.augment, data.input_size))
@@ -142,9 +159,9 @@ def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module
                      device, capture, log if dist_info.is_main else lambda _: None)
     if dist_info.is_main:
         write_config(out, config)
-    if pack_seeds:
-        run.normalize = PackNormalizer(data.mean, data.std, device, len(pack_seeds), options.channels_last)
-        run.pack = PackMembers(out, pack_seeds, config, options.resume) if dist_info.is_main else None
+    if pack:
+        run.normalize = PackNormalizer(data.mean, data.std, device, len(pack), options.channels_last)
+        run.pack = PackMembers(out, pack, options.resume) if dist_info.is_main else None
     if run.start_epoch >= run.total_epochs:
         log(f"{out}: already complete ({run.total_epochs} epochs)")
         return out

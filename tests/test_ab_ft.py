@@ -345,6 +345,7 @@ def test_ft_phases():
 FALLS_TO = {"ab": 0.6, "rec": 0.8}  # observed after 15 steps: about 0.44 and 0.65
 
 
+@pytest.mark.slow
 def test_warmup_terms_decrease_on_a_real_network():
     """AB's boundary term (student body + connectors) and, with a BatchNorm paraphraser at lr 0.05, FT's
     reconstruction fall in 15 steps."""

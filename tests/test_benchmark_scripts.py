@@ -45,6 +45,7 @@ def test_cifar100_table_smoke_runs_and_reports_each_rows_options(tmp_path):
     assert {"ft_weight=200", "warmup_epochs=1*", "paraphraser_bn=1*"} <= set(options["ft"])
 
 
+@pytest.mark.slow
 def test_seed_table_dry_run_lists_both_tables_on_shared_teachers_and_stores(tmp_path):
     """benchmarks/seed_table.sh: CIFAR-100 prepared once, then tables/cifar100-resnet20.toml and
     cifar100-resnet110.toml into one folder (their teachers and stores are the same steps, made once)."""
@@ -195,6 +196,7 @@ def test_generate_labels_imagenet_smoke_labels_a_generated_jpeg_tree(tmp_path):
     (["--views-per-image", "0"], "--views-per-image"),
     (["--teacher-arch", "resnet20"], "use an ImageNet model"),
 ])
+@pytest.mark.slow
 def test_generate_labels_imagenet_refuses_bad_sizes_in_one_line(tmp_path, flags, message):
     run = run_imagenet_bench(tmp_path, *flags, "--device", "cpu")
     assert run.returncode == 2 and message in run.stderr and "Traceback" not in run.stderr

@@ -275,6 +275,7 @@ def free_port():
         return probe.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_ranks_keep_identical_memories(tmp_path):
     """Two gloo ranks, each with its own samples: both end with the memory one process gets from all samples."""
     crd = small_crd()

@@ -100,6 +100,7 @@ def full_disk_for(module, fragment: str, monkeypatch):
 
 # -- disk full, injected -----------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_disk_full_while_writing_a_block_then_a_rerun_finishes_the_same_store(tiny_cifar_dir, teacher,
                                                                                reference_store, tmp_path,
                                                                                monkeypatch):
@@ -140,6 +141,7 @@ def student_args(data, out, *extra):
             "--batch-size", "32", "--device", "cpu", *extra]
 
 
+@pytest.mark.slow
 def test_disk_full_while_saving_best_pt_leaves_a_resumable_run(tiny_cifar_dir, tmp_path, monkeypatch):
     # best.pt is chosen on a validation split, and only with one; 86 images stay, in full batches of 43
     held = ("--val-fraction", "0.1", "--batch-size", "43")

@@ -59,6 +59,7 @@ def test_crop_flip_store_holds_the_teachers_answer_for_every_view(teacher, tiny_
     assert store.dataset["fingerprint"] == data.fingerprint("test")
 
 
+@pytest.mark.slow
 def test_crash_then_same_command_resumes_to_the_same_store(teacher, tiny_cifar_dir, tmp_path, monkeypatch):
     opts = lambda out: GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(teacher),),
                                        views="identity", temperature=2.0, device="cpu", block_rows=16,
@@ -89,6 +90,7 @@ def test_crash_then_same_command_resumes_to_the_same_store(teacher, tiny_cifar_d
         assert torch.equal(a.gather(idx, None, signal), b.gather(idx, None, signal))
 
 
+@pytest.mark.slow
 def test_identity_store_batches_whole_blocks_and_equals_block_sized_batches(teacher, tiny_cifar_dir, tmp_path,
                                                                            monkeypatch):
     # 40 test rows in blocks of 16: one loader batch of 2 full blocks and the short last one (--batch-size 48),
@@ -132,6 +134,7 @@ def test_random_and_ensemble_methods(teacher, tiny_cifar_dir, tmp_path):
     assert torch.allclose(ens.gather(torch.arange(96), None), one.gather(torch.arange(96), None), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_sl_enc_labels_follow_prototypes_as_confident_as_the_teacher(teacher, tiny_cifar_dir, tmp_path):
     from labelopt.pipeline.data.datasets import open_dataset
     from labelopt.pipeline.data.loading import make_loader

@@ -293,6 +293,7 @@ def params(state, prefix=""):
     return {k: v.clone() for k, v in state.items() if k.startswith(prefix)}
 
 
+@pytest.mark.slow
 def test_train_student_runs_the_warmup_then_the_student(teacher, tiny_cifar_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(labelopt.stages.distillers.DISTILLERS, SelfSupervisedKD.name, SelfSupervisedKD)
     heads_at_start = {}

@@ -181,6 +181,7 @@ def test_identity_store_pairs_with_augmented_or_clean_images(stores, tiny_cifar_
     assert_last_checkpoint_matches_log(clean, tiny_cifar_dir)
 
 
+@pytest.mark.slow
 def test_resume_after_a_crash_equals_the_uninterrupted_run(stores, tiny_cifar_dir, tmp_path):
     opts = lambda out, **kw: student(tiny_cifar_dir, out, labels=str(stores["crop_flip"]), method="sl-kd",
                                      epochs=3, **kw)

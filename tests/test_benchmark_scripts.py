@@ -216,3 +216,40 @@ def test_packed_measures_each_pack_size_against_its_students_one_after_another(c
         assert row["speedup"] == pytest.approx(row["separate_seconds"] / row["packed_seconds"])
     with pytest.raises(SystemExit):
         packed.main(["--members", "0"])
+
+
+def test_table_packs_times_the_rows_of_both_ways_from_their_done_lines(tmp_path, capsys, monkeypatch):
+    """table_packs.py: the packed table runs whole, the second reads its data and copies its teachers and stores,
+    runs the same rows with --max-pack 1, and only row and pack steps count as the rows' seconds."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import table_packs
+
+    calls, real_run = [], table_packs.subprocess.run
+    lines = {"packed": ["table: data digits: done in 5 s", "table: teacher r56: done in 100 s",
+                        "table: store sl: done in 9 s", "table: pack vanilla-seed-0 (4 members: vanilla, sl): done in 60 s"],
+             "separate": [f"table: row {r} seed {s}: done in 20 s" for r in ("vanilla", "sl") for s in (0, 1)]}
+
+    def fake_run(command, **kwargs):
+        if "table" not in command:  # the machine facts' own calls (uname)
+            return real_run(command, **kwargs)
+        out = Path(command[command.index("--out") + 1])
+        calls.append(command)
+        if out.name == "packed":  # what the first table leaves for the second
+            for folder in ("data/digits", "teachers/r56", "labels"):
+                (out / folder).mkdir(parents=True)
+        report = {"rows": [{"name": "vanilla", "last": {"top1": {"mean": 90.0}}},
+                           {"name": "sl", "last": {"top1": {"mean": 91.5 if out.name == "packed" else 92.0}}}]}
+        return SimpleNamespace(returncode=0, stdout=json.dumps(report), stderr="\n".join(lines[out.name]))
+
+    monkeypatch.setattr(table_packs.subprocess, "run", fake_run)
+    assert table_packs.main([str(tmp_path / "out"), "--rows", "vanilla,sl", "--seeds", "0,1", "--json-only"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["packed"]["row_seconds"] == 60 and result["packed"]["other_step_seconds"] == 114
+    assert result["separate"]["row_seconds"] == 80 and result["separate"]["row_steps"] == 4
+    assert result["ratio_rows_packed_over_separate"] == pytest.approx(0.75)
+    assert result["top1_separate"] == {"vanilla": 90.0, "sl": 92.0}
+    second = calls[1]
+    assert second[second.index("--max-pack") + 1] == "1"
+    assert second[second.index("--data") + 1] == str(tmp_path / "out" / "packed" / "data" / "digits")
+    assert (tmp_path / "out" / "separate" / "teachers" / "r56").is_dir()  # copied, so not trained again
+    assert json.loads((tmp_path / "out" / "table_packs.json").read_text())["table"] == "digits"

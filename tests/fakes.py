@@ -125,3 +125,12 @@ def write_fake_imagefolder(root: Path, classes=("cat", "dog", "eel"), per_class_
                 suffix = ".JPEG" if k % 2 else ".jpg"  # both spellings occur in the wild
                 Image.fromarray(pixels).save(folder / f"{name}_{k:04d}{suffix}", format="JPEG", quality=90)
     return root
+
+
+class Crash(Exception):
+    """A run stopped from its epoch hook, as a crash would stop it (resume tests)."""
+
+
+def crash_after_first_epoch(epoch: int) -> None:
+    if epoch == 0:
+        raise Crash()

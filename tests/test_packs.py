@@ -13,11 +13,7 @@ from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.jobs.student import StudentOptions, train_student
 from labelopt.pipeline.run.members import parse_member
-
-
-
-class Crash(Exception):
-    pass
+from labelopt.tests.fakes import Crash, crash_after_first_epoch
 
 
 def quiet(_):
@@ -74,12 +70,8 @@ def test_a_pack_resumed_after_a_crash_equals_the_uninterrupted_pack(tiny_cifar_d
     pack = lambda out, **kw: options(tiny_cifar_dir, out, identity_store, seeds=(1, 2), val_fraction=0.1, **kw)
     train_student(pack(tmp_path / "full"), log=quiet)
 
-    def crash(epoch):
-        if epoch == 0:
-            raise Crash()
-
     with pytest.raises(Crash):
-        train_student(pack(tmp_path / "crashed"), on_epoch_end=crash, log=quiet)
+        train_student(pack(tmp_path / "crashed"), on_epoch_end=crash_after_first_epoch, log=quiet)
     train_student(pack(tmp_path / "crashed", resume=True), log=quiet)
     for seed in (1, 2):
         full, resumed = (weights(tmp_path / run / f"seed-{seed}" / "last.pt") for run in ("full", "crashed"))
@@ -188,13 +180,10 @@ def test_a_mixed_pack_resumed_after_a_crash_equals_the_uninterrupted_one(mixed_p
                                                                          sampled_store, tmp_path):
     specs = mixed_specs(identity_store, sampled_store)
 
-    def crash(epoch):
-        if epoch == 0:
-            raise Crash()
-
     with torch.backends.mkldnn.flags(enabled=False):
         with pytest.raises(Crash):
-            train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs), on_epoch_end=crash, log=quiet)
+            train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs),
+                          on_epoch_end=crash_after_first_epoch, log=quiet)
         with pytest.raises(UserError, match=r"with other members: it holds sl-1 \(sl, seed 1, .*command gives sl-1"):
             train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs[:4], resume=True), log=quiet)
         train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs, resume=True), log=quiet)

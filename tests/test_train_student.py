@@ -20,10 +20,7 @@ from labelopt.stages.distillers.sl import SoftLabels
 from labelopt.store import LabelStore
 from labelopt.tests.run_checks import assert_last_checkpoint_matches_log
 from labelopt.tests.two_nodes import run_two_nodes
-
-
-class Crash(Exception):
-    pass
+from labelopt.tests.fakes import Crash, crash_after_first_epoch
 
 
 def quiet(_):
@@ -187,12 +184,8 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(stores, tiny_cifar_di
                                      epochs=3, **kw)
     train_student(opts(tmp_path / "full"), log=quiet)
 
-    def crash(epoch):
-        if epoch == 0:
-            raise Crash()
-
     with pytest.raises(Crash):
-        train_student(opts(tmp_path / "crashed"), on_epoch_end=crash, log=quiet)
+        train_student(opts(tmp_path / "crashed"), on_epoch_end=crash_after_first_epoch, log=quiet)
     train_student(opts(tmp_path / "crashed", resume=True), log=quiet)
     full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)
     resumed = torch.load(tmp_path / "crashed" / "last.pt", weights_only=True)
@@ -334,7 +327,6 @@ def test_torchrun_two_processes_train_one_student(stores, tiny_cifar_dir, tmp_pa
                                                      "metrics.jsonl"]
     assert all("val_top1" in json.loads(line) for line in lines) and config["validation"]["count"] == 10
     assert_last_checkpoint_matches_log(out, tiny_cifar_dir)  # rank 0 saved the model it scored
-
 
 
 @pytest.mark.slow

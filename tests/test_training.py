@@ -11,10 +11,7 @@ from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.run.schedules import Schedule, default_milestones, resolve_milestones
 from labelopt.pipeline.run.options import TrainOptions
 from labelopt.pipeline.run.training import train
-
-
-class Crash(Exception):
-    pass
+from labelopt.tests.fakes import Crash, crash_after_first_epoch
 
 
 def options(data, out, **overrides):
@@ -54,10 +51,6 @@ def test_run_folder_contents(finished_run, tiny_cifar_dir):
 
 def test_resume_after_a_crash_equals_the_uninterrupted_run(finished_run, tiny_cifar_dir, tmp_path):
     out = tmp_path / "crashed"
-
-    def crash_after_first_epoch(epoch):
-        if epoch == 0:
-            raise Crash()
 
     with pytest.raises(Crash):
         train(options(tiny_cifar_dir, out), on_epoch_end=crash_after_first_epoch, log=quiet)

@@ -17,10 +17,7 @@ from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.run import train_loop
 from labelopt.pipeline.run.options import TrainOptions
 from labelopt.pipeline.run.training import train
-
-
-class Crash(Exception):
-    pass
+from labelopt.tests.fakes import Crash, crash_after_first_epoch
 
 
 def quiet(_):
@@ -180,10 +177,6 @@ def test_a_runs_config_json_gives_back_its_fraction(held_run, tmp_path, monkeypa
 def test_resume_with_a_validation_split_equals_the_uninterrupted_run(held_run, tiny_cifar_dir, tmp_path):
     full, _ = held_run
     out = tmp_path / "crashed"
-
-    def crash_after_first_epoch(epoch):
-        if epoch == 0:
-            raise Crash()
 
     with pytest.raises(Crash):
         train(options(tiny_cifar_dir, out), on_epoch_end=crash_after_first_epoch, log=quiet)

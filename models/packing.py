@@ -36,8 +36,27 @@ class PackedLinear(nn.Module):
         per_member = x.view(x.shape[0], self.members, self.in_features)
         out = torch.einsum("bgi,goi->bgo", per_member, self.weight)
         if self.bias is not None:
-            out = out + self.bias
+            out = MemberBias.apply(out, self.bias)
         return out.reshape(x.shape[0], self.members * self.out_features)
+
+
+class MemberBias(torch.autograd.Function):
+    """out [B, G, O] + bias [G, O], whose bias gradient on the CPU sums each member's [B, O] block on its own.
+
+    Autograd would sum the [B, G * O] gradient over the batch in one reduction, which past G * O of about 32
+    vectorizes across members and adds in another order than nn.Linear's sum over a member's [B, O] alone: the
+    pack would drift from its members by rounding. On a GPU, where one kernel matters more than the order of a
+    sum that atomics and tiling already vary, it stays one reduction."""
+
+    @staticmethod
+    def forward(ctx, out: Tensor, bias: Tensor) -> Tensor:
+        return out + bias
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:
+        if grad.is_cuda:
+            return grad, grad.sum(0)
+        return grad, torch.stack([grad[:, g].contiguous().sum(0) for g in range(grad.shape[1])])
 
 
 def _packed_conv(convs: list[nn.Conv2d]) -> nn.Conv2d:

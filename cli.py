@@ -129,6 +129,12 @@ def registered_models():
     return model_names()
 
 
+def pack_layouts():
+    from .models.names import PACK_LAYOUT_NAMES
+
+    return list(PACK_LAYOUT_NAMES)
+
+
 def registered_schedules():
     from .pipeline.run.schedules import schedule_names
 
@@ -455,6 +461,10 @@ def run_files(val_fraction: float) -> str:
                    "OPTION any of the method's (labelopt methods). Members may differ in method, label store "
                    "(of the same data) and seed; each trains as a run of its own options with the pack's data "
                    "order, in OUT/NAME (or out=FOLDER).")
+@click.option("--pack-layout", type=RegistryChoice(pack_layouts), default=None,
+              help="How a pack computes its members: grouped (one wide network: a GPU's layout) or stacked (each "
+                   "member's own layers in turn: a CPU's, where grouped convolutions run slower). Default: grouped "
+                   "on a GPU, stacked on a CPU.")
 def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, extra_options, cache_dir, seeds,
                   members, **kwargs):
     """Stage two: train a student from a label store (or online teachers) with a distillation method."""

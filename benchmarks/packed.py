@@ -4,14 +4,16 @@ G resnet20 students (each its own seed, its own images) train for the same numbe
 side in one process on the same in-memory data:
 
   separate  G models, one step of each in turn (what G runs one after another cost, less their loaders)
-  packed    the G models as one grouped network (models/packing.py): one step trains all of them
+  packed    the G models as one pack (models/packing.py; --layout grouped: one wide network, the GPU's layout;
+            stacked: each member's own layers in turn, the CPU's): one step trains all of them
 
 Student-images/s = G x batch x steps / seconds. The data are random CIFAR-shaped tensors already on the device, so
 the figure is the training step's own cost (no loader, no store): the limit packing can reach. With --compile both
 ways are compiled (CUDA graphs on a GPU); the compile is paid in the untimed warm-up steps.
 
     .venv/bin/python benchmarks/packed.py [--members 1,2,4,8,16] [--batch-size 128] [--steps 20]
-                                          [--device auto] [--bf16] [--compile] [--json-only]
+                                          [--device auto] [--bf16] [--compile] [--layout grouped]
+                                          [--json-only]
 
 Prints JSON, then a table.
 """
@@ -93,7 +95,7 @@ def measure(count: int, args, device: torch.device) -> dict:
     members = make_members(count, device)
     separate = timed([step_function(m, 1, args, device) for m in members],
                      [(x, labels) for x in images], args.steps, device)
-    packed_model = pack_models(make_members(count, device)).to(device)
+    packed_model = pack_models(make_members(count, device), args.layout).to(device)
     packed = timed([step_function(packed_model, count, args, device)], [(packed_inputs(images), labels)],
                    args.steps, device)
     student_images = count * args.batch_size * args.steps
@@ -114,7 +116,8 @@ def print_tables(result: dict) -> None:
                               ("packed", "packed, student-img/s"), ("speedup", "packed / separate"),
                               ("vs_one", "packed / one student")]))
     facts = result["machine"]
-    print(f"\n{ARCH}, batch {result['batch_size']}, {result['steps']} timed steps after {WARMUP_STEPS}, {mode}, "
+    print(f"\n{ARCH}, {result['layout']} packs, batch {result['batch_size']}, {result['steps']} timed steps after "
+          f"{WARMUP_STEPS}, {mode}, "
           f"{'bf16' if result['bf16'] else 'fp32'}; device {facts['device']} ({facts['device_name']}), "
           f"{facts['cpu_affinity']} cores, torch {facts['torch']}")
 
@@ -134,6 +137,8 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=20, help="Timed steps per way and size [20].")
     parser.add_argument("--compile", action="store_true", help="torch.compile both ways (CUDA graphs on a GPU).")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [auto].")
+    parser.add_argument("--layout", choices=("grouped", "stacked"), default="grouped",
+                        help="The pack's layout (models/packing.py) [grouped].")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU only).")
     parser.add_argument("--json-only", action="store_true", help="Print the JSON only, no tables.")
     parser.set_defaults(keep=None)  # checked_device's --keep check: this script writes no files
@@ -146,7 +151,7 @@ def main(argv=None) -> int:
     for count in args.members:
         print(f"packed: {count} students", file=sys.stderr, flush=True)
         rows.append(measure(count, args, device))
-    result = {"arch": ARCH, "batch_size": args.batch_size, "steps": args.steps, "compile": args.compile,
+    result = {"arch": ARCH, "layout": args.layout, "batch_size": args.batch_size, "steps": args.steps, "compile": args.compile,
               "bf16": args.bf16, "rows": rows, "machine": machine_facts(device, loadavg)}
     print_result(result, print_tables, args.json_only)
     return 0

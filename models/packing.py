@@ -14,6 +14,12 @@ The packed input is the members' inputs side by side on the channel axis: [B, G 
 The transformation is generic: it rewrites the modules of any network built from Conv2d, BatchNorm2d, Linear and
 parameter-free modules (the CIFAR and torchvision ResNets of the registry), so no model is copied by hand, and the
 models themselves stay unmodified. A module it does not know that holds parameters is refused.
+
+Two layouts (`PACK_LAYOUTS`) take and give the same tensors:
+- `grouped`: the one wide network above, for a GPU, where G small steps cost G times the kernel launches.
+- `stacked`: the members as they are, each run on its own channels in turn, for a CPU, where a step is bound by
+  arithmetic and a grouped convolution runs slower than its members' own (docs/benchmarks.md). What a pack saves
+  there is the process, the loader, the decode and the store gather, which its members share.
 """
 from __future__ import annotations
 
@@ -97,8 +103,31 @@ def _packed_linear(linears: list[nn.Linear]) -> PackedLinear:
 PACKERS = {nn.Conv2d: _packed_conv, nn.BatchNorm2d: _packed_batchnorm, nn.Linear: _packed_linear}
 
 
-def pack_models(members: list[nn.Module]) -> nn.Module:
-    """One network computing every member (same architecture) side by side; the members are left as they are."""
+class MemberStack(nn.Module):
+    """The `stacked` layout: copies of the members, member g run on channels [g * C, (g + 1) * C) of the packed
+    input, their outputs side by side as the grouped network gives them."""
+
+    def __init__(self, members: list[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(copy.deepcopy(m) for m in members)
+
+    def forward(self, x: Tensor) -> Tensor:
+        width = x.shape[1] // len(self.members)
+        # each member's channels as a dense tensor of the batch's memory format, as a standalone run's input is
+        layout = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous() else torch.contiguous_format
+        return torch.cat([member(x[:, g * width:(g + 1) * width].contiguous(memory_format=layout))
+                          for g, member in enumerate(self.members)], dim=1)
+
+
+def stack_models(members: list[nn.Module]) -> nn.Module:
+    if not members:
+        raise ValueError("a pack needs at least one member")
+    return MemberStack(members)
+
+
+def group_models(members: list[nn.Module]) -> nn.Module:
+    """The `grouped` layout: one network computing every member side by side."""
     if not members:
         raise ValueError("a pack needs at least one member")
     packed = copy.deepcopy(members[0])
@@ -114,6 +143,14 @@ def pack_models(members: list[nn.Module]) -> nn.Module:
     return packed
 
 
+PACK_LAYOUTS = {"grouped": group_models, "stacked": stack_models}  # names also in names.py, without torch
+
+
+def pack_models(members: list[nn.Module], layout: str = "grouped") -> nn.Module:
+    """One network computing every member (same architecture) in `layout`; the members are left as they are."""
+    return PACK_LAYOUTS[layout](members)
+
+
 def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
@@ -121,6 +158,8 @@ def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def member_state(packed: nn.Module, g: int, members: int) -> dict[str, Tensor]:
     """Member g's weights and buffers, keyed and shaped as in the unpacked architecture (copies)."""
+    if isinstance(packed, MemberStack):
+        return {key: tensor.clone() for key, tensor in packed.members[g].state_dict().items()}
     state = {}
     modules = dict(packed.named_modules())
     for key, tensor in packed.state_dict().items():
@@ -138,6 +177,10 @@ def member_state(packed: nn.Module, g: int, members: int) -> dict[str, Tensor]:
 
 def load_member_states(packed: nn.Module, states: list[dict[str, Tensor]]) -> None:
     """Each member's weights (as member_state gives them) into the pack: what resumes a pack from its members."""
+    if isinstance(packed, MemberStack):
+        for member, state in zip(packed.members, states):
+            member.load_state_dict(state)
+        return
     modules = dict(packed.named_modules())
     with torch.no_grad():
         for key, tensor in packed.state_dict().items():

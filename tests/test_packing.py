@@ -17,12 +17,12 @@ def members_of(arch: str, seeds, classes: int = 10) -> list[nn.Module]:
     return made
 
 
-def train_side_by_side(arch: str, steps: int, seeds=(0, 1, 2, 3, 4), size: int = 32) -> tuple[nn.Module,
-                                                                                              list[nn.Module]]:
+def train_side_by_side(arch: str, steps: int, seeds=(0, 1, 2, 3, 4), layout: str = "grouped",
+                       size: int = 32) -> tuple[nn.Module, list[nn.Module]]:
     """SGD steps on a pack and on its members alone, each member its own images, shared labels (5 members by
     default: past 3 a head's bias gradient once summed in another order, models/packing.py's MemberBias)."""
     members = members_of(arch, seeds)
-    packed = pack_models(members)
+    packed = pack_models(members, layout)
     sgd = lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
     pack_opt, member_opts = sgd(packed.parameters()), [sgd(m.parameters()) for m in members]
     data = torch.Generator().manual_seed(100)
@@ -68,9 +68,24 @@ def test_with_onednn_a_pack_stays_close_to_its_members():
     assert worst_relative(packed, members) < 1e-4
 
 
-def test_a_packs_first_pass_equals_its_members_and_its_states_round_trip():
+def test_stacked_members_train_bit_for_bit_as_alone_with_onednn_too():
+    """The CPU's layout runs each member's own layers: the same kernels as a run alone, whatever the backend."""
+    packed, members = train_side_by_side("resnet20", steps=3, layout="stacked")
+    assert worst_relative(packed, members) == 0.0
+    channels_last = members_of("resnet20", (0, 1))
+    packed = pack_models(channels_last, "stacked").to(memory_format=torch.channels_last)
+    images = [torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last) for _ in channels_last]
+    with torch.no_grad():
+        logits = member_outputs(packed(packed_inputs(images).contiguous(memory_format=torch.channels_last)), 2)
+    for g, member in enumerate(channels_last):
+        with torch.no_grad():
+            assert torch.equal(logits[:, g], member.to(memory_format=torch.channels_last)(images[g]))
+
+
+@pytest.mark.parametrize("layout", ["grouped", "stacked"])
+def test_a_packs_first_pass_equals_its_members_and_its_states_round_trip(layout):
     members = members_of("resnet20", (3, 4))
-    packed = pack_models(members)
+    packed = pack_models(members, layout)
     images = [torch.randn(4, 3, 32, 32) for _ in members]
     for model in (packed, *members):
         model.eval()
@@ -79,7 +94,7 @@ def test_a_packs_first_pass_equals_its_members_and_its_states_round_trip():
         for g, member in enumerate(members):
             assert torch.allclose(logits[:, g], member(images[g]), atol=1e-5, rtol=0)
     states = [member_state(packed, g, 2) for g in range(2)]
-    fresh = pack_models(members_of("resnet20", (8, 9)))
+    fresh = pack_models(members_of("resnet20", (8, 9)), layout)
     load_member_states(fresh, states)
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), packed.state_dict().values()))
     alone = create_model("resnet20", 10)

@@ -1,8 +1,15 @@
-"""train-student --seeds and --member: a pack of students, trained in one pass as one grouped network, its members
-of one method and store (--seeds) or each of its own method, label store and seed (--member). Each member trains
-as a standalone run of its own options with the pack's data order (bit for bit with the native convolution), its
-run folder is an ordinary one, and the pack resumes exactly. The runs are marked slow; the refusals are not."""
+"""train-student --seeds and --member: a pack of students trained in one pass, its members of one method and store
+(--seeds) or each of its own method, label store and seed (--member). Each member trains bit for bit as a
+standalone run of its own options with the pack's data order (here in the CPU's stacked layout; that the GPU's
+grouped layout computes each member as it computes alone is test_packing.py's, and a grouped pack resumes exactly
+below). Its run folder is an ordinary one, and the pack resumes exactly, after a kill -9 too. The runs are marked
+slow; the refusals are not."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -41,11 +48,11 @@ def weights(path):
 @pytest.mark.slow
 def test_each_member_trains_as_a_run_of_its_seed_alone_with_the_packs_data_order(tiny_cifar_dir, identity_store,
                                                                                    tmp_path):
-    with torch.backends.mkldnn.flags(enabled=False):  # the native convolution sums a group as it sums a model
-        train_student(options(tiny_cifar_dir, tmp_path / "pack", identity_store, seeds=(3, 5)), log=quiet)
-        for seed in (3, 5):
-            train_student(options(tiny_cifar_dir, tmp_path / f"alone-{seed}", identity_store, seed=seed,
-                                  order_seed=3), log=quiet)
+    """On a CPU a pack is stacked by default: each member runs its own layers, oneDNN's kernels included."""
+    train_student(options(tiny_cifar_dir, tmp_path / "pack", identity_store, seeds=(3, 5)), log=quiet)
+    for seed in (3, 5):
+        train_student(options(tiny_cifar_dir, tmp_path / f"alone-{seed}", identity_store, seed=seed, order_seed=3),
+                      log=quiet)
     for seed in (3, 5):
         member, alone = tmp_path / "pack" / f"seed-{seed}", tmp_path / f"alone-{seed}"
         got, want = weights(member / "last.pt"), weights(alone / "last.pt")
@@ -54,7 +61,8 @@ def test_each_member_trains_as_a_run_of_its_seed_alone_with_the_packs_data_order
         alone_lines = [json.loads(x) for x in (alone / "metrics.jsonl").read_text().splitlines()]
         for a, b in zip(member_lines, alone_lines):
             assert (a["train_loss"], a["test_top1"], a["test_nll"]) == (b["train_loss"], b["test_top1"], b["test_nll"])
-        assert json.loads((member / "config.json").read_text())["seed"] == seed
+        config = json.loads((member / "config.json").read_text())
+        assert config["seed"] == seed and config["pack"]["layout"] == "stacked" and config["pack_layout"] is None
         assert not (member / "best.pt").exists() and not (member / "best.json").exists()  # no validation split
     # A member's checkpoint is an ordinary one; the pack's own is refused with the way to a member's.
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "pack" / "seed-5" / "last.pt"),
@@ -66,8 +74,10 @@ def test_each_member_trains_as_a_run_of_its_seed_alone_with_the_packs_data_order
 
 @pytest.mark.slow
 def test_a_pack_resumed_after_a_crash_equals_the_uninterrupted_pack(tiny_cifar_dir, identity_store, tmp_path):
-    """With a validation split: each member's best.pt is chosen on its own val_top1, and resumes exactly."""
-    pack = lambda out, **kw: options(tiny_cifar_dir, out, identity_store, seeds=(1, 2), val_fraction=0.1, **kw)
+    """In the GPU's grouped layout, with a validation split: each member's best.pt is chosen on its own val_top1,
+    and resumes exactly."""
+    pack = lambda out, **kw: options(tiny_cifar_dir, out, identity_store, seeds=(1, 2), val_fraction=0.1,
+                                     pack_layout="grouped", **kw)
     train_student(pack(tmp_path / "full"), log=quiet)
 
     with pytest.raises(Crash):
@@ -110,12 +120,21 @@ def sampled_store(tiny_teacher, tiny_cifar_dir, tmp_path_factory):
     return out
 
 
+MIXED_SEEDS = (1, 2, 3)
+
+
 def mixed_specs(store_a, store_b):
-    """2 seeds x 2 methods from two stores, and a member without a teacher (no view keys, no store rows)."""
-    return [f"name=sl-1,method=sl,seed=1,labels={store_a}", f"name=sl-2,method=sl,seed=2,labels={store_a}",
-            f"name=kd-1,method=kd,seed=1,labels={store_b},temperature=3,kd_weight=0.8",
-            f"name=kd-2,method=kd,seed=2,labels={store_b},temperature=3,kd_weight=0.8",
+    """3 seeds x 2 methods from two stores, and a member without a teacher (no view keys, no store rows)."""
+    return [*(f"name=sl-{s},method=sl,seed={s},labels={store_a}" for s in MIXED_SEEDS),
+            *(f"name=kd-{s},method=kd,seed={s},labels={store_b},temperature=3,kd_weight=0.8" for s in MIXED_SEEDS),
             "name=plain-2,method=vanilla,seed=2"]
+
+
+def mixed_args(data, out, store_a, store_b):
+    args = student_args(data, out)
+    for spec in mixed_specs(store_a, store_b):
+        args += ["--member", spec]
+    return args
 
 
 def student_args(data, out):
@@ -130,11 +149,7 @@ def mixed_options(data, out, specs, **overrides):
 @pytest.fixture(scope="module")
 def mixed_pack(tiny_cifar_dir, identity_store, sampled_store, tmp_path_factory):
     out = tmp_path_factory.mktemp("mixed") / "pack"
-    args = student_args(tiny_cifar_dir, out)
-    for spec in mixed_specs(identity_store, sampled_store):
-        args += ["--member", spec]
-    with torch.backends.mkldnn.flags(enabled=False):
-        result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(main, mixed_args(tiny_cifar_dir, out, identity_store, sampled_store))
     assert result.exit_code == 0, result.output
     return out
 
@@ -142,16 +157,12 @@ def mixed_pack(tiny_cifar_dir, identity_store, sampled_store, tmp_path_factory):
 @pytest.mark.slow
 def test_each_member_of_a_mixed_pack_trains_as_its_standalone_run(mixed_pack, tiny_cifar_dir, identity_store,
                                                                   sampled_store, tmp_path):
-    standalone = {"sl-1": dict(method="sl", seed=1, labels=str(identity_store)),
-                  "sl-2": dict(method="sl", seed=2, labels=str(identity_store)),
-                  "kd-1": dict(method="kd", seed=1, labels=str(sampled_store), temperature=3.0,
-                               method_options={"kd_weight": 0.8}),
-                  "kd-2": dict(method="kd", seed=2, labels=str(sampled_store), temperature=3.0,
-                               method_options={"kd_weight": 0.8}),
+    standalone = {**{f"sl-{s}": dict(method="sl", seed=s, labels=str(identity_store)) for s in MIXED_SEEDS},
+                  **{f"kd-{s}": dict(method="kd", seed=s, labels=str(sampled_store), temperature=3.0,
+                                     method_options={"kd_weight": 0.8}) for s in MIXED_SEEDS},
                   "plain-2": dict(method="vanilla", seed=2, labels=None)}
-    with torch.backends.mkldnn.flags(enabled=False):
-        for name, own in standalone.items():
-            train_student(options(tiny_cifar_dir, tmp_path / name, None, order_seed=1, **own), log=quiet)
+    for name, own in standalone.items():
+        train_student(options(tiny_cifar_dir, tmp_path / name, None, order_seed=1, **own), log=quiet)
     for name in standalone:
         member, alone = mixed_pack / name, tmp_path / name
         got, want = weights(member / "last.pt"), weights(alone / "last.pt")
@@ -167,29 +178,55 @@ def test_each_member_of_a_mixed_pack_trains_as_its_standalone_run(mixed_pack, ti
         assert mine["pack"]["name"] == name
     pack = torch.load(mixed_pack / "last.pt", weights_only=True)["pack"]
     assert [(m["name"], m["method"], m["seed"]) for m in pack["members"]] == [
-        ("sl-1", "sl", 1), ("sl-2", "sl", 2), ("kd-1", "kd", 1), ("kd-2", "kd", 2), ("plain-2", "vanilla", 2)]
-    assert pack["members"][2]["labels"] == str(sampled_store) and pack["members"][4]["labels"] is None
+        *((f"sl-{s}", "sl", s) for s in MIXED_SEEDS), *((f"kd-{s}", "kd", s) for s in MIXED_SEEDS),
+        ("plain-2", "vanilla", 2)]
+    assert pack["members"][3]["labels"] == str(sampled_store) and pack["members"][6]["labels"] is None
     result = CliRunner().invoke(main, ["evaluate", str(mixed_pack / "last.pt"), "--data", str(tiny_cifar_dir)])
     assert result.exit_code != 0 and str(mixed_pack / "sl-1" / "last.pt") in result.output
 
 
-@pytest.mark.slow
-def test_a_mixed_pack_resumed_after_a_crash_equals_the_uninterrupted_one(mixed_pack, tiny_cifar_dir, identity_store,
-                                                                         sampled_store, tmp_path):
-    specs = mixed_specs(identity_store, sampled_store)
+LABELOPT = [sys.executable, "-m", "labelopt.cli"]
 
-    with torch.backends.mkldnn.flags(enabled=False):
-        with pytest.raises(Crash):
-            train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs),
-                          on_epoch_end=crash_after_first_epoch, log=quiet)
-        with pytest.raises(UserError, match=r"with other members: it holds sl-1 \(sl, seed 1, .*command gives sl-1"):
-            train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs[:4], resume=True), log=quiet)
-        train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs, resume=True), log=quiet)
-    for name in ("sl-1", "kd-2", "plain-2"):
-        full, resumed = (weights(run / name / "last.pt") for run in (mixed_pack, tmp_path / "pack"))
+
+def kill_after_first_epoch(args: list[str], pack) -> None:
+    """Start the pack in a process of its own and kill -9 it once the pack's first epoch is on disk."""
+    proc = subprocess.Popen(LABELOPT + args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900  # a loaded 2-core machine can take minutes for an epoch of 7 students
+    while not (pack / "last.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert torch.load(pack / "last.pt", weights_only=True)["epoch"] == 0, "the pack ended before it was killed"
+
+
+@pytest.mark.slow
+def test_a_mixed_pack_killed_and_resumed_equals_the_uninterrupted_one(mixed_pack, tiny_cifar_dir, identity_store,
+                                                                      sampled_store, tmp_path):
+    """3 seeds x 2 methods from two stores (and a vanilla member): kill -9 after its first epoch, then --resume in a
+    new process; every member's last.pt is the uninterrupted pack's, and evaluates as its own last epoch says."""
+    pack, specs = tmp_path / "pack", mixed_specs(identity_store, sampled_store)
+    args = mixed_args(tiny_cifar_dir, pack, identity_store, sampled_store)
+    kill_after_first_epoch(args, pack)
+    with pytest.raises(UserError, match=r"with other members: it holds sl-1 \(sl, seed 1, .*command gives sl-1"):
+        train_student(mixed_options(tiny_cifar_dir, pack, specs[:4], resume=True), log=quiet)
+    with pytest.raises(UserError, match=r"other options \(pack_layout: 'stacked' -> 'grouped'\)"):
+        train_student(mixed_options(tiny_cifar_dir, pack, specs, resume=True, pack_layout="grouped"), log=quiet)
+    subprocess.run(LABELOPT + args + ["--resume"], check=True, capture_output=True)
+    for name in [*(f"{m}-{s}" for m in ("sl", "kd") for s in MIXED_SEEDS), "plain-2"]:
+        full, resumed = (weights(run / name / "last.pt") for run in (mixed_pack, pack))
         assert all(torch.equal(full[k], resumed[k]) for k in full), name
-        assert [json.loads(x)["epoch"] for x in (tmp_path / "pack" / name / "metrics.jsonl").read_text()
-                .splitlines()] == [0, 1]
+        lines = [json.loads(x) for x in (pack / name / "metrics.jsonl").read_text().splitlines()]
+        assert [x["epoch"] for x in lines] == [0, 1], name
+    for name in ("sl-3", "kd-2"):
+        result = CliRunner().invoke(main, ["evaluate", str(pack / name / "last.pt"), "--data", str(tiny_cifar_dir),
+                                           "--device", "cpu", "--json"])
+        assert result.exit_code == 0, result.output
+        got, last = json.loads(result.output)["runs"][0], lines_of(pack / name)[-1]
+        assert (got["top1"], got["nll"]) == pytest.approx((last["test_top1"], last["test_nll"]), rel=1e-5), name
+
+
+def lines_of(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -204,6 +241,7 @@ def test_a_mixed_pack_resumed_after_a_crash_equals_the_uninterrupted_one(mixed_p
     (["--member", "name=a,method=vanilla,seed=1,nope=2"], "--member a: nope is not an option of method vanilla"),
     (["--member", "name=a,method=nope,seed=1"], "--member a: unknown --method 'nope'"),
     (["--member", "name=a,method=vanilla,seed=1", "--mix", "mixup"], "--member a: a pack trains on unmixed views"),
+    (["--pack-layout", "stacked"], "--pack-layout stacked lays out a pack's members: give --seeds or --member"),
 ])
 def test_what_a_mixed_pack_does_not_take_is_refused_in_one_line(tiny_cifar_dir, tmp_path, extra, message):
     result = CliRunner().invoke(main, student_args(tiny_cifar_dir, tmp_path / "pack") + extra)

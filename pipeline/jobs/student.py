@@ -51,6 +51,7 @@ class StudentOptions(TrainOptions):
     mix_alpha: float | None = None  # None: the mix's usual Beta parameter
     seeds: tuple[int, ...] = ()  # a pack: one student per seed, trained in one pass (pipeline/run/packs.py)
     members: tuple[MemberSpec, ...] = ()  # or a pack of members, each of its own method, store and seed (--member)
+    pack_layout: str | None = None  # a pack's models/packing.py layout (None: grouped on a GPU, stacked on a CPU)
 
 
 @dataclass
@@ -262,6 +263,9 @@ def student_record(student: Student, distiller: Distiller) -> dict:
 
 def train_student(options: StudentOptions, *, cache_dir=None, on_epoch_end=None, log=print) -> Path:
     """cache_dir: where a --labels URL is fetched to (default: store.remote.default_cache_dir())."""
+    if options.pack_layout and not (options.seeds or options.members):
+        raise UserError(f"--pack-layout {options.pack_layout} lays out a pack's members: give --seeds or --member, "
+                        f"or drop it")
     dist_info = init_distributed(options.device)
     device = device_for(dist_info, options.device)
     check_precision(device, options.bf16)

@@ -70,7 +70,7 @@ def member_options(options: StudentOptions, spec: MemberSpec, pack: Path, order_
     method_options = member_method_options(spec) if options.members else dict(options.method_options)
     return dataclasses.replace(options, method=spec.method, labels=spec.labels, temperature=spec.temperature,
                                method_options=method_options, seed=spec.seed, order_seed=order_seed,
-                               out=str(spec.folder(pack)), seeds=(), members=())
+                               out=str(spec.folder(pack)), seeds=(), members=(), pack_layout=None)
 
 
 def member_method_options(spec: MemberSpec) -> dict:
@@ -127,19 +127,24 @@ def build_members(options: StudentOptions, specs: list[MemberSpec], data, device
     return built
 
 
-def pack_options(options: StudentOptions, first: StudentOptions, order_seed: int) -> StudentOptions:
+def pack_layout(options: StudentOptions, device: torch.device) -> str:
+    """--pack-layout, or the device's: grouped on a GPU (one wide network fills it), stacked on a CPU."""
+    return options.pack_layout or ("grouped" if device.type == "cuda" else "stacked")
+
+
+def pack_options(options: StudentOptions, first: StudentOptions, order_seed: int, layout: str) -> StudentOptions:
     """The pack's own run options: the shared ones as its first member resolved them; a pack of --member records
     no method, store or method option of its own, and --augment as given (each member's config.json holds what
     its own store or method made of them)."""
     shared = dataclasses.replace(first, out=options.out, seeds=options.seeds, members=options.members,
-                                 order_seed=order_seed)
+                                 order_seed=order_seed, pack_layout=layout)
     if not options.members:
         return shared
     return dataclasses.replace(shared, method=None, labels=None, temperature=None, method_options={},
                                label_smoothing=0.0, augment=options.augment)
 
 
-def member_runs(built: list[Built], pack: Path, data, dist_info) -> list[PackMember]:
+def member_runs(built: list[Built], pack: Path, layout: str, data, dist_info) -> list[PackMember]:
     """Each member's run folder and the config.json a standalone run of it would write, with its pack's."""
     names = [b.spec.name for b in built]
     members = []
@@ -148,7 +153,7 @@ def member_runs(built: list[Built], pack: Path, data, dist_info) -> list[PackMem
         views = student.sampler or AugmentViews(get_view_policy(student.options.augment, data.input_size))
         extra = {**student_record(student, b.distiller), "views": views.describe()}
         config = config_record(student.options, data, dist_info, "train-student", extra, b.distiller.phases())
-        config["pack"] = {"folder": str(pack), "name": b.spec.name, "members": names}
+        config["pack"] = {"folder": str(pack), "name": b.spec.name, "members": names, "layout": layout}
         members.append(PackMember(b.spec.name, b.spec.seed, Path(student.options.out), config))
     return members
 
@@ -200,8 +205,9 @@ def train_pack(options: StudentOptions, data, dist_info, device, *, cache_dir=No
             for b in built:
                 b.distiller.set_epoch(epoch)
         capture = "eager" if any(s.method.capture == "eager" for s in students) else "graphs"
-        shared = pack_options(options, students[0].options, order_seed)
-        return fit(shared, data, pack_models([b.model for b in built]), objective, dist_info, device,
+        layout = pack_layout(options, device)
+        shared = pack_options(options, students[0].options, order_seed, layout)
+        return fit(shared, data, pack_models([b.model for b in built], layout), objective, dist_info, device,
                    command="train-student", sampler=views, teacher_rows=rows, capture=capture, config_extra=config,
-                   pack=member_runs(built, out, data, dist_info), on_epoch_start=start_epoch,
+                   pack=member_runs(built, out, layout, data, dist_info), on_epoch_start=start_epoch,
                    on_epoch_end=on_epoch_end, log=log)

@@ -86,6 +86,8 @@ def dataset_record(data: PreparedDataset) -> dict:
 def check_resume_matches(out: Path, config: dict) -> None:
     # a run from before --val-fraction had none, one from before --member no members
     previous = {"val_fraction": 0.0, "members": [], **read_config(out)}
+    if "pack_layout" not in previous:  # from before pack layouts: a pack was grouped
+        previous["pack_layout"] = "grouped" if previous.get("pack") else None
     config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
     check_pack_matches(out, previous.get("pack"), config.get("pack"))
     for record in (previous, config):  # a member's folder may move with the run, as --out may

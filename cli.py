@@ -705,7 +705,8 @@ def labels_repack(store, layout, out, overwrite, expect_digest):
               help="Steps run at once, each its own process with its share of the cores.")
 @click.option("--max-pack", type=number("max_pack"), default=None, metavar="N",
               help="At most N students per pack: rows of the same student and options train their seeds together "
-                   "[default: the file's max_pack, else 16]; 1: every run its own process, data order its own.")
+                   "[default: the file's max_pack, else 16; fewer where the device's memory holds fewer]; 1: every "
+                   "run its own process, data order its own.")
 def table(table_file, out, dry_run, as_json, smoke, rows, seeds, data, device, jobs, max_pack):
     """A whole results table from one table file: teachers, label stores, every row over its seeds (packed where
     the method allows), evaluated and summarized as mean ± std. TABLE: a .toml file or a shipped table's name."""

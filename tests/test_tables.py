@@ -305,7 +305,7 @@ def test_max_pack_splits_packs_and_one_trains_every_run_alone(tmp_path):
     plan = plan_of(str(write_table(tmp_path, table, "kd.toml")), tmp_path / "out", data=data, seeds=(0, 1, 2, 3),
                    max_pack=3)
     kd = next(r for r in plan.rows if r.row.name == "kd")
-    assert not kd.packed and "more than max_pack 3" in kd.why_not_packed
+    assert not kd.packed and "more than a pack holds (max_pack 3)" in kd.why_not_packed
     assert [s.name for s in plan.steps if "kd" in s.name] == [f"row kd seed {s}" for s in range(4)]
 
 

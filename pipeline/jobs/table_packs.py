@@ -2,7 +2,8 @@
 
 Rows a pack can hold (table_checks.pack_refusal) that train the same student with the same options (everything
 but the method, the label store, the temperature and the method's options; the data is the table's) share packs:
-their members, row by row and seed by seed, cut into packs of at most max_pack students. A pack that holds one
+their members, row by row and seed by seed, cut into packs of at most max_pack students, or fewer where the device's
+memory holds fewer (table_memory.py). A pack that holds one
 row's seeds exactly trains as `train-student --seeds` in OUT/runs/<row> (the pack's own files beside its
 members); a mixed one as `train-student --member ...` in OUT/packs/<first row>-seed-<first seed>, each member's
 run folder still OUT/runs/<row>/seed-S, so the report reads every run where it always does. A row of an online
@@ -43,21 +44,24 @@ def shared_options(row: RowSpec) -> dict:
     return {k: v for k, v in row.options.items() if k not in MEMBER_KEYS}
 
 
-def plan_packs(packed: list, out: Path, seeds: tuple[int, ...], limit: int) -> list[PackPlan]:
-    """The packs of the rows a pack can hold (their RowRuns); a row none can hold is marked so."""
+def plan_packs(packed: list, out: Path, seeds: tuple[int, ...], limit_of) -> list[PackPlan]:
+    """The packs of the rows a pack can hold (their RowRuns); a row none can hold is marked so. `limit_of(row)`:
+    (the most members of its packs, why that many)."""
     packs, groups = [], {}
     for runs in packed:
+        limit, why = limit_of(runs.row)
         if runs.row.teachers:  # an online teacher: its own seeds, as train-student --seeds takes them
             if len(seeds) > limit:
                 runs.packed = False
                 runs.why_not_packed = (f"an online teacher packs its own row's seeds only, and its {len(seeds)} "
-                                       f"seeds are more than max_pack {limit}")
+                                       f"seeds are more than a pack holds ({why})")
             else:
                 packs.append(row_pack(runs, out, seeds))
             continue
         key = json.dumps([runs.row.student, shared_options(runs.row)], sort_keys=True)
         groups.setdefault(key, []).append(runs)
     for group in groups.values():
+        limit, _ = limit_of(group[0].row)  # the rows of a group share the student and its options
         members = [(runs, seed) for runs in group for seed in seeds]
         for start in range(0, len(members), limit):
             chunk = members[start:start + limit]

@@ -56,6 +56,7 @@ class Plan:
     teachers: dict[str, Path] = field(default_factory=dict)  # teacher name -> run folder
     rows: list[RowRuns] = field(default_factory=list)
     packs: list = field(default_factory=list)  # table_packs.PackPlan: which rows' seeds train together
+    budgets: dict = field(default_factory=dict)  # student and options -> table_memory.PackBudget (None: no data yet)
 
     def describe(self) -> dict:
         return {"table": str(self.table.path), "title": self.table.title, "out": str(self.out),
@@ -63,7 +64,12 @@ class Plan:
                 "max_pack": self.table.max_pack,
                 "rows": [{"name": r.row.name, "packed": r.packed, "why_not_packed": r.why_not_packed or None,
                           "folders": {str(s): str(f) for s, f in r.folders.items()}} for r in self.rows],
-                "packs": [p.describe() for p in self.packs], "steps": [s.describe() for s in self.steps]}
+                "packs": [p.describe() for p in self.packs],
+                "pack_budgets": [{"student": key, **(b.describe() if b else {"limit": self.table.max_pack,
+                                                                              "memory": "checked once the data is "
+                                                                                        "prepared"})}
+                                 for key, b in self.budgets.items()],
+                "steps": [s.describe() for s in self.steps]}
 
 
 def narrowed(table: TableSpec, request: TableRequest) -> TableSpec:
@@ -173,7 +179,8 @@ def plan_rows(plan: Plan, request: TableRequest) -> None:
             refusal = "max_pack 1: every run its own process"
         folders = {seed: plan.out / "runs" / row.name / f"seed-{seed}" for seed in plan.table.seeds}
         plan.rows.append(RowRuns(row, not refusal, refusal, folders, teacher_text(row, plan.table)))
-    plan.packs = plan_packs([r for r in plan.rows if r.packed], plan.out, plan.table.seeds, plan.table.max_pack)
+    plan.packs = plan_packs([r for r in plan.rows if r.packed], plan.out, plan.table.seeds,
+                            lambda row: pack_limit(row, plan, request))
     planned = set()
     for runs in plan.rows:
         if not runs.packed:
@@ -182,6 +189,30 @@ def plan_rows(plan: Plan, request: TableRequest) -> None:
             if id(pack) not in planned and any(r is runs for r, _ in pack.members):
                 planned.add(id(pack))
                 plan.steps.append(pack_step(pack, plan, request))
+
+
+def pack_limit(row: RowSpec, plan: Plan, request: TableRequest) -> tuple[int, str]:
+    """The most members of a row's packs and why: max_pack, or what the device's memory holds (once the data is
+    prepared: its classes and image side size the student)."""
+    from ..data.datasets import open_dataset
+    from ..run.options import TrainOptions
+    from .table_memory import pack_budget
+
+    side_option = row.options.get("resolution")
+    batch = row.options.get("batch_size", TrainOptions.batch_size)
+    key = f"{row.student}, batch {batch}" + (f", resolution {side_option}" if side_option else "")
+    if key not in plan.budgets:
+        budget = None
+        try:  # no data yet (a dry run before the prepare) or none readable: the steps that read it will say why
+            data = open_dataset(plan.data).at_resolution(side_option)
+        except UserError:
+            data = None
+        if data is not None:
+            budget = pack_budget(row.student, data.num_classes, data.input_size, batch, plan.table.max_pack,
+                                 request.device, request.jobs)
+        plan.budgets[key] = budget
+    budget = plan.budgets[key]
+    return (plan.table.max_pack, f"max_pack {plan.table.max_pack}") if budget is None else (budget.limit, budget.why())
 
 
 def row_args(row: RowSpec, plan: Plan, request: TableRequest) -> list[str]:
@@ -255,7 +286,12 @@ def run_table(request: TableRequest, log=print) -> dict:
             if step.state == DONE:
                 log(f"table: {step.name}: complete, skipped ({step.why})")
         lanes = Lanes(request.jobs, log)
-        for phase in ("data", "teachers", "stores", "rows"):
+        lanes.run([s for s in plan.steps if s.phase == "data"])
+        if any(budget is None for budget in plan.budgets.values()):
+            plan = make_plan(table, request)  # the data is prepared now: its packs sized to the device's memory
+        for key, budget in ((k, b) for k, b in plan.budgets.items() if b is not None):
+            log(f"table: packs of {key}: at most {budget.limit} students ({budget.why()})")
+        for phase in ("teachers", "stores", "rows"):
             lanes.run([s for s in plan.steps if s.phase == phase])
         return write_report(plan, request.device, log)
 

@@ -73,7 +73,7 @@ def plan_of(table: str, out: Path, **request):
 # -- the table file ------------------------------------------------------------------------------------------------
 
 def test_shipped_tables_parse_and_ship():
-    assert {"digits", "cifar100-resnet20", "cifar100-resnet110"} <= set(shipped_tables())
+    assert {"digits", "cifar100-resnet20", "cifar100-resnet110", "cifar100-distillation"} <= set(shipped_tables())
     for name in shipped_tables():
         for smoke in (False, True):
             table = load_table(name, smoke=smoke)
@@ -145,7 +145,8 @@ def test_rows_the_method_would_refuse_are_refused_before_anything_runs(tmp_path,
 
 def test_unknown_shipped_name_and_cli_filters_are_refused(tmp_path):
     result = CliRunner().invoke(main, ["table", "nope", "--out", str(tmp_path / "o")])
-    assert result.exit_code == 1 and "shipped table (cifar100-resnet110, cifar100-resnet20, digits" in result.output
+    shipped = "shipped table (cifar100-distillation, cifar100-resnet110, cifar100-resnet20, digits"
+    assert result.exit_code == 1 and shipped in result.output
     result = CliRunner().invoke(main, ["table", "digits", "--out", str(tmp_path / "o"), "--rows", "sl,zzz", "--dry-run"])
     assert result.exit_code == 1 and "has no row 'zzz'" in result.output
 
@@ -393,7 +394,43 @@ def test_report_means_stds_best_by_validation_and_checks(tmp_path):
     assert check["ours"] and check["published"] and check["agrees"] and "(+8.1 test images)" in check["text"]
 
 
+def test_the_distillation_benchmark_holds_every_baseline_for_each_pair_with_its_teacher():
+    table = load_table("cifar100-distillation")
+    baselines = ["vanilla", "kd", "fitnet", "at", "sp", "vid", "rkd", "pkt", "ab", "ft", "crd", "crd+kd", "kdss"]
+    pairs = {"r20": ("resnet20", "r56", "resnet56"), "r32": ("resnet32", "r110", "resnet110"),
+             "r8x4": ("resnet8x4", "r32x4", "resnet32x4")}
+    for prefix, (student, teacher, arch) in pairs.items():
+        rows = [r for r in table.rows if r.name.startswith(f"{prefix}-")]
+        assert [r.method for r in rows] == [m for m in baselines if (prefix, m) != ("r32", "kdss")], prefix
+        assert all(r.student == student and r.teachers == (() if r.method == "vanilla" else (teacher,)) and
+                   r.published["top1"] > 60 for r in rows), prefix
+        assert table.teachers[teacher].arch == arch
+    assert next(r for r in table.rows if r.name == "r20-crd").published == {"top1": 71.16}
+
+
 # -- end to end -----------------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_the_distillation_benchmarks_smoke_trains_ft_from_its_pairs_teacher_beside_the_published(tiny_cifar_dir,
+                                                                                                  tmp_path):
+    """--smoke: every run 1 epoch (warm-ups 1), a resnet20 for the resnet56 teacher, and ft with the paraphraser
+    that has BatchNorm (a 1-epoch teacher's maps send the benchmark's to nan)."""
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "labelopt", "table", "cifar100-distillation", "--out", str(out),
+                          "--smoke", "--data", str(tiny_cifar_dir), "--rows", "r20-vanilla,r20-ft"],
+                         capture_output=True, text=True, timeout=900,
+                         env={**os.environ, "LABELOPT_PROGRESS_SECONDS": "1000"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = {r["name"]: r for r in json.loads((out / "table.json").read_text())["rows"]}
+    assert list(rows) == ["r20-vanilla", "r20-ft"] and rows["r20-ft"]["teacher"] == "r56 (online)"
+    assert rows["r20-ft"]["published"]["top1"] == 69.84 and "69.84" in (out / "table.md").read_text()
+    config = json.loads((out / "runs/r20-ft/seed-0/config.json").read_text())
+    assert config["method_resolved"]["options"]["paraphraser_bn"] is True
+    assert config["method_resolved"]["options"]["warmup_epochs"] == 1
+    assert json.loads((out / "teachers/r56/config.json").read_text())["arch"] == "resnet20"
+    lines = [json.loads(x) for x in (out / "runs/r20-ft/seed-0/metrics.jsonl").read_text().splitlines()]
+    assert lines and all(math.isfinite(x["train_loss"]) for x in lines)
+
 
 @pytest.mark.slow
 def test_digits_smoke_runs_a_mixed_pack_and_an_online_row_as_packs_and_reports_mean_std(tmp_path):

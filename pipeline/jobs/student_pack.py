@@ -193,7 +193,7 @@ def train_pack(options: StudentOptions, data, dist_info, device, *, cache_dir=No
                            for s in students], [b.spec.seed for b in built])
         stored = [isinstance(s.source, StoreSource) for s in students]
         slots = signal_slots([s.source.names if own else () for s, own in zip(students, stored)])
-        rows = pack_teacher_rows([s.source.rows if own else None for s, own in zip(students, stored)]) \
+        rows = pack_teacher_rows([s.source if own else None for s, own in zip(students, stored)]) \
             if any(stored) else None
         objective = pack_objective([b.distiller for b in built], [s.source for s in students], slots, stored)
         config = {"pack": {"members": [b.spec.record() for b in built]}}

@@ -77,11 +77,29 @@ def signal_slots(member_signals: list) -> list[dict[str, int]]:
     return slots
 
 
-def pack_teacher_rows(member_rows: list):
-    """Rows of every member's store for its own views: {signal: [B, M, ...]}; member_rows[g] None: no store."""
+def pack_teacher_rows(sources: list):
+    """Rows of every member's store for its own views: {signal: [B, M, ...]}; sources[g]: member g's StoreSource,
+    or None (no store). Members that read the same signals of one store share one gather, of every member's keys
+    at once (a --seeds pack of G members: one call for G * B keys, not G calls), or of the batch's rows once where
+    the batch has no view keys."""
+    groups: dict[tuple, list[int]] = {}
+    for g, source in enumerate(sources):
+        if source is not None:
+            groups.setdefault((id(source.store), source.names), []).append(g)
+
     def rows(indices: torch.Tensor, views: torch.Tensor | None) -> dict:
-        gathered = [{} if fetch is None else fetch(indices, None if views is None else views[:, g])
-                    for g, fetch in enumerate(member_rows)]
+        gathered = [{} for _ in sources]
+        for members in groups.values():
+            fetch = sources[members[0]].rows
+            if views is None:
+                shared = fetch(indices, None)
+                for g in members:
+                    gathered[g] = shared
+                continue
+            together = fetch(indices.repeat(len(members)), torch.cat([views[:, g] for g in members]))
+            size = len(indices)
+            for i, g in enumerate(members):
+                gathered[g] = {name: block[i * size:(i + 1) * size] for name, block in together.items()}
         names = dict.fromkeys(name for own in gathered for name in own)
         return {name: torch.stack([own[name] for own in gathered if name in own], dim=1) for name in names}
     return rows

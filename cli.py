@@ -452,7 +452,7 @@ def run_files(val_fraction: float) -> str:
 @click.option("--mix-alpha", type=number("mix_alpha"), default=None,
               help="The mix's Beta(alpha, alpha) [mixup 1.0, cutmix 1.0, ricap 0.3].")
 @click.option("--seeds", default=None, metavar="S1,S2,...",
-              help="A pack: one student per seed, trained in one pass as one grouped network (label-based "
+              help="A pack: one student per seed, trained in one pass as one network (--pack-layout; label-based "
                    "methods, unmixed views, one process); each member's run folder is OUT/seed-S. They share "
                    "the data order (--order-seed, default the first seed).")
 @click.option("--member", "members", multiple=True, metavar="SPEC",

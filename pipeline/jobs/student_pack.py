@@ -1,12 +1,13 @@
-"""train-student's packs, trained in one pass as one grouped network (pipeline/run/packs.py): `--seeds S1,S2,...`
+"""train-student's packs, trained in one pass as one network (pipeline/run/packs.py): `--seeds S1,S2,...`
 (one method and teacher, a student per seed, in OUT/seed-S) or `--member SPEC` repeated (each member of its own
 method, label store, seed and method options, in OUT/NAME or its own out=FOLDER; pipeline/run/members.py).
 
 Each member is resolved as a standalone run of its own options would be (student.py; a store is opened once per
 pack, online teachers loaded once), seeded (weights, view draws) as that run, and sees the pack's data order
 (--order-seed, default the first member's seed): a standalone run with the member's options and that order seed
-trains bit for bit as the member (with the native convolution). Its config.json is that run's, plus where its
-pack is; the pack's own config.json and last.pt record the members, and a resume with others is refused.
+trains bit for bit as the member (stacked; grouped, with the native convolution). Its config.json is that run's,
+plus where its pack is and its layout; the pack's own config.json and last.pt record the members, and a resume
+with others is refused.
 """
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
-"""A pack: G students of one architecture trained in one pass as one grouped network; each member is a standalone
-run of its own seed, method and label store (train-student --seeds, or --member: pipeline/run/members.py).
+"""A pack: G students of one architecture trained in one pass as one network; each member is a standalone run of
+its own seed, method and label store (train-student --seeds, or --member: pipeline/run/members.py).
 
-The training loop sees one model (models/packing.py: the members side by side on the channel axis), one batch and
-one loss; what differs per member lives here:
+The training loop sees one model (models/packing.py: the members side by side on the channel axis, grouped on a
+GPU, stacked on a CPU), one batch and one loss; what differs per member lives here:
 - `PackViews` draws each member's views with its own sampler (its store's views, or fresh ones) and its own
   generator, seeded as a standalone run of its seed would seed it, and puts the members' pixels side by side
   ([B, G * 3, H, W]); the data order is the pack's one.

@@ -63,6 +63,36 @@ def test_every_rank_gets_rank_0s_value_or_its_refusal_and_different_inputs_are_r
         assert got["inputs"].startswith("rank 1 (node 1) reads another label store than rank 0"), got["inputs"]
 
 
+LEAVE_SCRIPT = """
+import atexit, sys
+import torch.distributed as dist
+# atexit runs its handlers last-registered first: this one runs after what init_distributed registers.
+atexit.register(lambda: print("group left before teardown:", not dist.is_initialized(), flush=True))
+from labelopt.pipeline.run.runtime import init_distributed
+init_distributed("cpu")
+dist.barrier()
+"""
+
+
+def test_a_rank_leaves_its_process_group_before_the_interpreter_tears_down(tmp_path):
+    """Left to the interpreter's teardown, gloo's threads can abort a finished rank (SIGABRT): a two-node CI run
+    lost a rank that way. init_distributed registers the group's destruction for the normal exit."""
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_SCRIPT)
+    env = {**os.environ, "WORLD_SIZE": "2", "GROUP_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    try:
+        outputs = [rank.communicate(timeout=120) for rank in ranks]
+    finally:
+        for rank in ranks:
+            if rank.poll() is None:
+                rank.kill()
+    assert all(rank.returncode == 0 for rank in ranks), [err[-2000:] for _, err in outputs]
+    assert all("group left before teardown: True" in out for out, _ in outputs), outputs
+
+
 def test_rank_0_waits_for_blocks_other_nodes_wrote_then_names_the_rank_whose_blocks_never_came(tmp_path,
                                                                                                 monkeypatch):
     writer = SimpleNamespace(partial=tmp_path, block_file=lambda b: tmp_path / f"block-{b:06d}.npz")

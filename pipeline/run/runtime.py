@@ -1,6 +1,7 @@
 """Where and how work runs: device, precision, seeds, torch.distributed."""
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -89,7 +90,16 @@ def init_distributed(device_name: str) -> DistInfo:
         if use_cuda:
             torch.cuda.set_device(info.local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        atexit.register(leave_process_group)
     return info
+
+
+def leave_process_group() -> None:
+    """Destroy the process group while the interpreter is still whole: left to the interpreter's teardown, gloo's
+    worker threads can free tensors after Python is gone and abort the process (SIGABRT, "terminate called without
+    an active exception"), which turns a finished rank into a failed one and leaves torchrun waiting."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def device_for(info: DistInfo, device_name: str) -> torch.device:

@@ -464,7 +464,7 @@ def run_files(val_fraction: float) -> str:
 @click.option("--pack-layout", type=RegistryChoice(pack_layouts), default=None,
               help="How a pack computes its members: grouped (one wide network: a GPU's layout) or stacked (each "
                    "member's own layers in turn: a CPU's, where grouped convolutions run slower). Default: grouped "
-                   "on a GPU, stacked on a CPU.")
+                   "on a GPU, stacked on a CPU; --resume keeps the pack's own.")
 def train_student(milestones, teachers, ce_weight, kd_weight, label_smoothing, extra_options, cache_dir, seeds,
                   members, **kwargs):
     """Stage two: train a student from a label store (or online teachers) with a distillation method."""

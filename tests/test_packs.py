@@ -75,14 +75,15 @@ def test_each_member_trains_as_a_run_of_its_seed_alone_with_the_packs_data_order
 @pytest.mark.slow
 def test_a_pack_resumed_after_a_crash_equals_the_uninterrupted_pack(tiny_cifar_dir, identity_store, tmp_path):
     """In the GPU's grouped layout, with a validation split: each member's best.pt is chosen on its own val_top1,
-    and resumes exactly."""
-    pack = lambda out, **kw: options(tiny_cifar_dir, out, identity_store, seeds=(1, 2), val_fraction=0.1,
-                                     pack_layout="grouped", **kw)
-    train_student(pack(tmp_path / "full"), log=quiet)
+    and resumes exactly; a resume without --pack-layout continues in the layout the pack started in."""
+    pack = lambda out, **kw: options(tiny_cifar_dir, out, identity_store, seeds=(1, 2), val_fraction=0.1, **kw)
+    train_student(pack(tmp_path / "full", pack_layout="grouped"), log=quiet)
 
     with pytest.raises(Crash):
-        train_student(pack(tmp_path / "crashed"), on_epoch_end=crash_after_first_epoch, log=quiet)
+        train_student(pack(tmp_path / "crashed", pack_layout="grouped"), on_epoch_end=crash_after_first_epoch,
+                      log=quiet)
     train_student(pack(tmp_path / "crashed", resume=True), log=quiet)
+    assert json.loads((tmp_path / "crashed" / "config.json").read_text())["pack_layout"] == "grouped"
     for seed in (1, 2):
         full, resumed = (weights(tmp_path / run / f"seed-{seed}" / "last.pt") for run in ("full", "crashed"))
         assert all(torch.equal(full[k], resumed[k]) for k in full)

@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..locks import output_lock
 from ..run.members import SPEC_TEXT, MemberSpec, check_members
 from ..run.packs import PackMember, PackViews, pack_objective, pack_teacher_rows, signal_slots
+from ..run.runs import read_config
 from ..run.runtime import seed_everything
 from ..run.training import config_record, fit
 from ..views.draws import AugmentViews
@@ -129,8 +130,18 @@ def build_members(options: StudentOptions, specs: list[MemberSpec], data, device
 
 
 def pack_layout(options: StudentOptions, device: torch.device) -> str:
-    """--pack-layout, or the device's: grouped on a GPU (one wide network fills it), stacked on a CPU."""
-    return options.pack_layout or ("grouped" if device.type == "cuda" else "stacked")
+    """--pack-layout; on --resume without it, the layout the pack started in (its last.pt holds that layout's
+    tensors); else the device's: grouped on a GPU (one wide network fills it), stacked on a CPU."""
+    if options.pack_layout:
+        return options.pack_layout
+    if options.resume:
+        try:
+            started = read_config(Path(options.out))
+        except UserError:  # nothing to resume: a new pack
+            started = {}
+        if started.get("pack"):
+            return started.get("pack_layout") or "grouped"  # a pack from before layouts was grouped
+    return "grouped" if device.type == "cuda" else "stacked"
 
 
 def pack_options(options: StudentOptions, first: StudentOptions, order_seed: int, layout: str) -> StudentOptions:

@@ -120,16 +120,8 @@ class MemberStack(nn.Module):
                           for g, member in enumerate(self.members)], dim=1)
 
 
-def stack_models(members: list[nn.Module]) -> nn.Module:
-    if not members:
-        raise ValueError("a pack needs at least one member")
-    return MemberStack(members)
-
-
 def group_models(members: list[nn.Module]) -> nn.Module:
     """The `grouped` layout: one network computing every member side by side."""
-    if not members:
-        raise ValueError("a pack needs at least one member")
     packed = copy.deepcopy(members[0])
     named = [dict(m.named_modules()) for m in members]
     for name, module in list(packed.named_modules()):
@@ -143,11 +135,13 @@ def group_models(members: list[nn.Module]) -> nn.Module:
     return packed
 
 
-PACK_LAYOUTS = {"grouped": group_models, "stacked": stack_models}  # names also in names.py, without torch
+PACK_LAYOUTS = {"grouped": group_models, "stacked": MemberStack}  # names also in names.py, without torch
 
 
 def pack_models(members: list[nn.Module], layout: str = "grouped") -> nn.Module:
     """One network computing every member (same architecture) in `layout`; the members are left as they are."""
+    if not members:
+        raise ValueError("a pack needs at least one member")
     return PACK_LAYOUTS[layout](members)
 
 

@@ -42,12 +42,14 @@ os._exit(0)  # rank 0 hosts the TCPStore: leave without C++ static destructors (
 """
 
 
-def test_every_rank_gets_rank_0s_value_or_its_refusal_and_different_inputs_are_refused(tmp_path):
+def run_two_ranks(tmp_path, text: str, nodes: int) -> list[str]:
+    """`text` as a script in two gloo processes (no torchrun agent), one per node or both on one; their stdout."""
     script = tmp_path / "rank.py"
-    script.write_text(RANK_SCRIPT)
-    env = {**os.environ, "WORLD_SIZE": "2", "GROUP_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+    script.write_text(text)
+    env = {**os.environ, "WORLD_SIZE": "2", "GROUP_WORLD_SIZE": str(nodes), "MASTER_ADDR": "127.0.0.1",
            "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    ranks = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r), "GROUP_RANK": str(r)},
+    ranks = [subprocess.Popen([sys.executable, str(script)],
+                              env={**env, "RANK": str(r), "GROUP_RANK": str(r if nodes == 2 else 0)},
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
     try:
         outputs = [rank.communicate(timeout=120) for rank in ranks]
@@ -56,7 +58,12 @@ def test_every_rank_gets_rank_0s_value_or_its_refusal_and_different_inputs_are_r
             if rank.poll() is None:
                 rank.kill()
     assert all(rank.returncode == 0 for rank in ranks), [err[-2000:] for _, err in outputs]
-    seen = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    return [out for out, _ in outputs]
+
+
+def test_every_rank_gets_rank_0s_value_or_its_refusal_and_different_inputs_are_refused(tmp_path):
+    outputs = run_two_ranks(tmp_path, RANK_SCRIPT, nodes=2)
+    seen = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
     for rank, got in enumerate(seen):
         assert got["node"] == rank and got["nodes"] == 2
         assert got["value"] == {"read by": 0} and got["refusal"] == "only rank 0 can see this"
@@ -77,20 +84,8 @@ dist.barrier()
 def test_a_rank_leaves_its_process_group_before_the_interpreter_tears_down(tmp_path):
     """Left to the interpreter's teardown, gloo's threads can abort a finished rank (SIGABRT): a two-node CI run
     lost a rank that way. init_distributed registers the group's destruction for the normal exit."""
-    script = tmp_path / "leave.py"
-    script.write_text(LEAVE_SCRIPT)
-    env = {**os.environ, "WORLD_SIZE": "2", "GROUP_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}
-    ranks = [subprocess.Popen([sys.executable, str(script)], env={**env, "RANK": str(r)}, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    try:
-        outputs = [rank.communicate(timeout=120) for rank in ranks]
-    finally:
-        for rank in ranks:
-            if rank.poll() is None:
-                rank.kill()
-    assert all(rank.returncode == 0 for rank in ranks), [err[-2000:] for _, err in outputs]
-    assert all("group left before teardown: True" in out for out, _ in outputs), outputs
+    outputs = run_two_ranks(tmp_path, LEAVE_SCRIPT, nodes=1)
+    assert all("group left before teardown: True" in out for out in outputs), outputs
 
 
 def test_rank_0_waits_for_blocks_other_nodes_wrote_then_names_the_rank_whose_blocks_never_came(tmp_path,

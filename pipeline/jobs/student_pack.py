@@ -25,7 +25,7 @@ from ...stages.teacher_sources import StoreSource
 from ..errors import UserError
 from ..locks import output_lock
 from ..run.members import SPEC_TEXT, MemberSpec, check_members
-from ..run.packs import PackMember, PackViews, pack_objective, pack_teacher_rows, signal_slots
+from ..run.packs import PackMember, PackViews, pack_objective, pack_teacher_rows, recorded_layout, signal_slots
 from ..run.runs import read_config
 from ..run.runtime import seed_everything
 from ..run.training import config_record, fit
@@ -136,11 +136,11 @@ def pack_layout(options: StudentOptions, device: torch.device) -> str:
         return options.pack_layout
     if options.resume:
         try:
-            started = read_config(Path(options.out))
+            started = recorded_layout(read_config(Path(options.out)))
         except UserError:  # nothing to resume: a new pack
-            started = {}
-        if started.get("pack"):
-            return started.get("pack_layout") or "grouped"  # a pack from before layouts was grouped
+            started = None
+        if started:
+            return started
     return "grouped" if device.type == "cuda" else "stacked"
 
 

@@ -33,6 +33,14 @@ from .checkpoints import save_best, save_checkpoint
 from .runs import MetricsLog, write_config
 
 
+def recorded_layout(config: dict) -> str | None:
+    """The layout a run's config.json says its pack trains in (None: not a pack); a pack from before layouts were
+    recorded was grouped."""
+    if not config.get("pack"):
+        return None
+    return config.get("pack_layout") or "grouped"
+
+
 def epoch_views_seed(seed: int, epoch: int, rank: int) -> int:
     """The seed of a run's view generator for one epoch (train_loop and a pack's members use the same)."""
     return seed * 1_000_003 + epoch * 7919 + rank

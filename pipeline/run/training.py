@@ -22,7 +22,7 @@ from .runtime import (DistInfo, barrier, check_precision, check_same_inputs, des
 from .train_loop import epoch_line, evaluate_epoch, save_epoch, train_epoch
 from .batches import TeacherRows
 from .prediction import held_out_split
-from .packs import PackMember, PackMembers, PackNormalizer
+from .packs import PackMember, PackMembers, PackNormalizer, recorded_layout
 from .train_setup import set_up_run
 from ..views.draws import AugmentViews, ViewSampler
 from ..views.policies import get_view_policy
@@ -86,8 +86,7 @@ def dataset_record(data: PreparedDataset) -> dict:
 def check_resume_matches(out: Path, config: dict) -> None:
     # a run from before --val-fraction had none, one from before --member no members
     previous = {"val_fraction": 0.0, "members": [], **read_config(out)}
-    if "pack_layout" not in previous:  # from before pack layouts: a pack was grouped
-        previous["pack_layout"] = "grouped" if previous.get("pack") else None
+    previous["pack_layout"] = recorded_layout(previous)
     config = json.loads(json.dumps(config))  # compare as stored: tuples become lists
     check_pack_matches(out, previous.get("pack"), config.get("pack"))
     for record in (previous, config):  # a member's folder may move with the run, as --out may

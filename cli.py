@@ -380,10 +380,11 @@ def training_options(command):
         click.option("--bf16", is_flag=True, help="bf16 autocast (GPU)."),
         click.option("--channels-last", is_flag=True, help="channels_last memory format."),
         click.option("--compile", is_flag=True,
-                     help="Compile the student's forward and backward with torch.compile; on one GPU, capture them "
-                          "in CUDA graphs (where the method allows: labelopt methods). The first step pays the "
-                          "compile, reported once and left out of the epoch's img/s. Every step's batch is full: "
-                          "an epoch's last partial batch is always dropped. Off by default."),
+                     help="Compile the step with torch.compile: the student's forward and backward with the "
+                          "method's loss (the student alone when a teacher runs online or under torchrun); on one "
+                          "GPU, capture it in CUDA graphs (where the method allows: labelopt methods). The first "
+                          "step pays the compile, reported once and left out of the epoch's img/s. Every step's "
+                          "batch is full: an epoch's last partial batch is always dropped. Off by default."),
         click.option("--resolution", type=number("resolution"), default=None, metavar="PIXELS",
                      help="JPEG datasets (imagenet): the side models train and are evaluated at, cropped from "
                           "decodes of PIXELS*256/224 [default: 224]; a small one (64, 128) makes a quick run."),

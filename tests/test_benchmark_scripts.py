@@ -220,3 +220,46 @@ def test_table_packs_times_the_rows_of_both_ways_from_their_done_lines(tmp_path,
     assert second[second.index("--data") + 1] == str(tmp_path / "out" / "packed" / "data" / "digits")
     assert (tmp_path / "out" / "separate" / "teachers" / "r56").is_dir()  # copied, so not trained again
     assert json.loads((tmp_path / "out" / "table_packs.json").read_text())["table"] == "digits"
+
+
+def profile_steps(extra_op: str):
+    """Two steps of a linear model under torch.profiler, each with a stand-in compiled region and an SGD step;
+    `extra_op`: where one more operator runs ("inside" the region, "outside" it, or "none")."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from labelopt.pipeline.run.train_loop import STEP_RANGE
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(2):
+            with record_function(STEP_RANGE):
+                inputs = torch.ones(3, 4)
+                with record_function("Torch-Compiled Region: 0/0"):  # what a compiled graph's ops run under
+                    inputs = (inputs * 2).relu().exp()
+                    if extra_op == "inside":
+                        inputs = inputs.neg()
+                loss = model(inputs).sum()
+                if extra_op == "outside":
+                    loss = loss.neg()
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        (inputs + 1).sum()  # outside any step: not counted
+    return prof.events()
+
+
+def test_step_ops_counts_each_operator_a_step_launches_outside_its_compiled_regions(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import step_ops
+
+    plain, extra, inside = (step_ops.count_step_operators(profile_steps(where))
+                            for where in ("none", "outside", "inside"))
+    assert plain["steps"] == extra["steps"] == 2 and plain["graphs_per_step"] == 1.0
+    assert inside["ops_per_step"] == plain["ops_per_step"]  # what a compiled region runs is not counted
+    assert plain["ops_per_step"]["optimizer"] > 0 and plain["ops_per_step"]["loss_and_bookkeeping"] > 0
+    # One more operator per step outside the region: its forward and its backward (neg's gradient is a neg).
+    assert extra["ops_per_step"]["loss_and_bookkeeping"] == plain["ops_per_step"]["loss_and_bookkeeping"] + 2
+    assert extra["ops_per_step"]["optimizer"] == plain["ops_per_step"]["optimizer"]

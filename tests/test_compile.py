@@ -6,12 +6,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 from torch import nn
+from torch._dynamo.utils import counters
 
 from labelopt.cli import main
 from labelopt.pipeline.data.datasets import open_dataset
+from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
+from labelopt.pipeline.jobs.student import StudentOptions, train_student
 from labelopt.pipeline.run.options import TrainOptions
 from labelopt.pipeline.run.runtime import init_distributed
-from labelopt.pipeline.run.train_setup import compile_student
+from labelopt.pipeline.run.train_setup import compile_step
 from labelopt.pipeline.run.training import cross_entropy_objective, fit
 
 
@@ -50,12 +53,14 @@ def test_a_compiled_step_trains_as_the_eager_one_and_reports_its_compile_once(ti
 def test_a_method_that_taps_the_student_runs_eager_under_compile_and_says_so():
     lines = []
     options = TrainOptions(data="-", arch="resnet20", out="-", compile=True)
-    model = nn.Linear(2, 2)
-    same, mode = compile_student(options, model, "eager", init_distributed("cpu"), torch.device("cpu"), lines.append)
-    assert same is model and not mode.compiled and len(lines) == 1 and "trains eager" in lines[0]
-    compiled, mode = compile_student(options, model, "graphs", init_distributed("cpu"), torch.device("cpu"),
-                                     lines.append)
-    assert compiled is not model and mode.compiled and not mode.graphs and len(lines) == 1  # no graphs on a CPU
+    model, normalize = nn.Linear(2, 2), lambda images: images
+    objective = lambda net, inputs, batch, extra: (net(inputs).sum(), None, {})  # noqa: E731
+    cpu, one_process = torch.device("cpu"), init_distributed("cpu")
+    _, mode = compile_step(options, objective, normalize, model, None, "eager", one_process, cpu, lines.append)
+    assert not mode.compiled and len(lines) == 1 and "trains eager" in lines[0]
+    for scope in ("step", "student"):
+        _, mode = compile_step(options, objective, normalize, model, None, scope, one_process, cpu, lines.append)
+        assert mode.compiled and mode.scope == scope and not mode.graphs and len(lines) == 1  # no graphs on a CPU
 
 
 def test_methods_lists_what_compile_does_for_each():
@@ -64,3 +69,39 @@ def test_methods_lists_what_compile_does_for_each():
     modes = {row["method"]: row["compile"] for row in json.loads(result.output)}
     assert modes["sl"] == modes["kd"] == modes["vanilla"] == "CUDA graphs"
     assert modes["fitnet"] == modes["crd"] == modes["kdss"] == "eager (hooks)"
+
+
+@pytest.fixture(scope="module")
+def identity_store(tiny_teacher, tiny_cifar_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compile-store") / "identity.h5"
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(tiny_teacher),),
+                                    views="identity", temperature=4.0, device="cpu"), log=lambda _: None)
+    return out
+
+
+@pytest.mark.slow
+def test_a_compiled_pack_from_a_store_is_one_graph_and_trains_as_the_eager_pack(tiny_cifar_dir, identity_store,
+                                                                                 tmp_path):
+    """Two members' store rows, their losses and the student in one graph (the whole step), compiled once for the
+    whole run: the epoch that changes at each epoch's start is not read inside it."""
+    def pack(out, compile_step_too):
+        lines = []
+        # A small lr: sl scales its loss by T^2 = 16, and at 0.05 six steps of resnet20 amplify the rounding.
+        train_student(StudentOptions(data=str(tiny_cifar_dir), arch="resnet20", out=str(out), epochs=2,
+                                     batch_size=32, device="cpu", method="sl", labels=str(identity_store),
+                                     seeds=(1, 2), lr=0.002, compile=compile_step_too), log=lines.append)
+        return lines
+    pack(tmp_path / "eager", False)
+    torch._dynamo.reset()
+    counters.clear()
+    lines = pack(tmp_path / "compiled", True)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])  # no graph break, no recompile
+    assert "compiling the step took" in lines[0] and all("compiling" not in line for line in lines[1:])
+    for seed in (1, 2):
+        eager = torch.load(tmp_path / "eager" / f"seed-{seed}" / "last.pt", weights_only=True)["model"]
+        compiled = torch.load(tmp_path / "compiled" / f"seed-{seed}" / "last.pt", weights_only=True)["model"]
+        # One norm over every weight: a BatchNorm bias starts at 0, so its own relative rounding error is large.
+        floats = [k for k in eager if eager[k].is_floating_point()]
+        gap = sum(((eager[k] - compiled[k]) ** 2).sum() for k in floats).sqrt()
+        relative = (gap / sum((eager[k] ** 2).sum() for k in floats).sqrt()).item()
+        assert relative < 1e-5, f"member seed-{seed}: compiled weights differ from eager by {relative:.2e} (relative)"

@@ -191,7 +191,8 @@ def make_objective(distiller: Distiller, source: TeacherSource | None, arch: str
         rows = batch.labels.shape[0]
         inputs, batch = distiller.expand(inputs, batch)
         teacher = source.signals(batch, signals) if signals else {}
-        if distiller.in_warmup and not distiller.student_learns_in_warmup:
+        # The class's flag first: a compiled step then never reads the epoch (a guard on it would recompile).
+        if not distiller.student_learns_in_warmup and distiller.in_warmup:
             model.eval()  # fit sets train mode again at the next epoch
             with torch.no_grad():
                 logits, student = student_outputs(model, inputs, arch, taps)
@@ -261,6 +262,14 @@ def student_record(student: Student, distiller: Distiller) -> dict:
     return config
 
 
+def compile_scope(student: Student) -> str:
+    """What --compile may take in (train_setup.COMPILE_SCOPES): nothing for a method that hooks the student's
+    layers, the student alone when a teacher runs online in the step, else the whole step with the method's loss."""
+    if student.method.capture == "eager":
+        return "eager"
+    return "student" if isinstance(student.source, OnlineSource) else "step"
+
+
 def train_student(options: StudentOptions, *, cache_dir=None, on_epoch_end=None, log=print) -> Path:
     """cache_dir: where a --labels URL is fetched to (default: store.remote.default_cache_dir())."""
     if options.pack_layout and not (options.seeds or options.members):
@@ -282,6 +291,6 @@ def train_student(options: StudentOptions, *, cache_dir=None, on_epoch_end=None,
     return fit(student.options, data, model, make_objective(distiller, student.source, student.options.arch),
                dist_info, device, command="train-student", sampler=student.sampler,
                teacher_rows=student.source.rows if isinstance(student.source, StoreSource) else None,
-               capture=student.method.capture, extra_modules=distiller, phases=distiller.phases(),
+               capture=compile_scope(student), extra_modules=distiller, phases=distiller.phases(),
                config_extra=student_record(student, distiller), on_epoch_start=distiller.set_epoch,
                on_epoch_end=on_epoch_end, log=log)

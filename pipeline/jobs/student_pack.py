@@ -29,10 +29,11 @@ from ..run.packs import PackMember, PackViews, pack_objective, pack_teacher_rows
 from ..run.runs import read_config
 from ..run.runtime import seed_everything
 from ..run.training import config_record, fit
+from ..run.train_setup import COMPILE_SCOPES
 from ..views.draws import AugmentViews
 from ..views.policies import get_view_policy
-from .student import (Student, StudentOptions, finish_student, make_distiller, new_student_model, resolve_student,
-                      student_record)
+from .student import (Student, StudentOptions, compile_scope, finish_student, make_distiller, new_student_model,
+                      resolve_student, student_record)
 
 # What --member gives each member in its SPEC, so the command may not give it for all (flag, why).
 PER_MEMBER = (("seeds", "--seeds", "each SPEC gives its seed"), ("labels", "--labels", "each SPEC gives its labels="),
@@ -216,7 +217,7 @@ def train_pack(options: StudentOptions, data, dist_info, device, *, cache_dir=No
             views.start_epoch(epoch, dist_info.rank)
             for b in built:
                 b.distiller.set_epoch(epoch)
-        capture = "eager" if any(s.method.capture == "eager" for s in students) else "graphs"
+        capture = max((compile_scope(s) for s in students), key=COMPILE_SCOPES.index)  # what every member allows
         layout = pack_layout(options, device)
         shared = pack_options(options, students[0].options, order_seed, layout)
         return fit(shared, data, pack_models([b.model for b in built], layout), objective, dist_info, device,

@@ -30,6 +30,7 @@ from .runtime import to_device
 # (sample indices int64 [B], store view positions int64 [B] or None) -> {signal: float32 rows}, on the CPU
 TeacherRows = Callable[[torch.Tensor, "torch.Tensor | None"], dict]
 _DONE = object()
+BATCH_RANGE = "labelopt.batch"  # a batch's views, store rows and copy, as profilers show it (benchmarks/step_ops.py)
 
 
 class BatchLoader:
@@ -56,13 +57,14 @@ class BatchLoader:
     def _finish(self, host, generator: torch.Generator):
         """(the ViewedBatch on the device, the copy's event or None) from one host batch."""
         images, labels, indices = host
-        if self.copy_stream is None:
-            return self._assemble(images, labels, indices, generator), None
-        with torch.cuda.stream(self.copy_stream):
-            batch = self._assemble(images, labels, indices, generator)
-            event = torch.cuda.Event()
-            event.record(self.copy_stream)
-        return batch, event
+        with torch.profiler.record_function(BATCH_RANGE):
+            if self.copy_stream is None:
+                return self._assemble(images, labels, indices, generator), None
+            with torch.cuda.stream(self.copy_stream):
+                batch = self._assemble(images, labels, indices, generator)
+                event = torch.cuda.Event()
+                event.record(self.copy_stream)
+            return batch, event
 
     def _assemble(self, images, labels, indices, generator) -> ViewedBatch:
         pinned = self.copy_stream is not None

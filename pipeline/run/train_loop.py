@@ -19,6 +19,9 @@ from .packs import epoch_views_seed, member_metrics
 from .train_setup import TrainingRun
 
 
+STEP_RANGE = "labelopt.step"  # a step and its loss totals, as profilers show it (benchmarks/step_ops.py counts in it)
+
+
 class TrainingDiverged(UserError):
     """The loss became nan or inf: the run stops, keeping the last checkpoint of a finished epoch."""
 
@@ -81,7 +84,7 @@ def train_step(run: TrainingRun, epoch: int, step: int, batch: ViewedBatch, watc
     if run.step_mode.graphs:
         torch.compiler.cudagraph_mark_step_begin()
     with autocast(run.device, run.options.bf16):
-        loss, logits, parts = run.objective(run.train_model, run.normalize(batch.images), batch, run.train_extra)
+        loss, logits, parts = run.forward(batch)
     watch.observe(loss, step)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -125,8 +128,9 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
                   enabled=run.dist_info.is_main) as bar:
         for step, batch in enumerate(run.batches.epoch(epoch, views_rng)):
             compiling.start()
-            loss, logits, parts = train_step(run, epoch, step, batch, watch)
-            totals.add(loss, logits, batch.labels, parts)
+            with torch.profiler.record_function(STEP_RANGE):
+                loss, logits, parts = train_step(run, epoch, step, batch, watch)
+                totals.add(loss, logits, batch.labels, parts)
             compiling.stop(batch.labels.shape[0])
             if step % 20 == 0:
                 watch.check(epoch, run.total_epochs, steps, run.out, run.dist_info)

@@ -2,6 +2,7 @@
 optimizer, the loaders and the schedule, gathered in one `TrainingRun` that the epoch loop reads."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -24,6 +25,7 @@ from .runtime import DistInfo, from_main
 from .schedules import Schedule
 from ..views.draws import ViewSampler
 from ..data.normalize import Normalizer
+from ...stages.batch import ViewedBatch
 
 
 @dataclass
@@ -40,7 +42,7 @@ class TrainingRun:
     train_model: torch.nn.Module
     extra_modules: torch.nn.Module | None
     train_extra: torch.nn.Module | None
-    objective: Callable
+    forward: Callable[[ViewedBatch], tuple]  # a step before backward: (loss, logits, parts); compile_step's
     phases: Phases
     optimizer: torch.optim.Optimizer
     schedule: Schedule
@@ -101,6 +103,12 @@ def place_modules(options: TrainOptions, model, extra_modules, warmup: bool, sta
     return model, train_model, train_extra
 
 
+# What --compile takes into torch.compile, from the most to the least: "step" (the student and the method's loss,
+# one graph: nothing in the step runs on the CPU or across processes), "student" (its forward and backward alone:
+# an online teacher or DDP's all-reduce runs in the step) and "eager" (the method hooks the student's layers).
+COMPILE_SCOPES = ("step", "student", "eager")
+
+
 @dataclass
 class StepMode:
     """How the student's step runs: eager, compiled, or compiled and captured in CUDA graphs (which then start
@@ -109,25 +117,45 @@ class StepMode:
     compiled: bool = False
     graphs: bool = False
     compile_pending: bool = False  # the first compiled step, whose time is the compile's, is still to come
+    scope: str = "eager"  # COMPILE_SCOPES: what the compiled code holds
 
     def describe(self) -> str:
         return "CUDA graphs" if self.graphs else "compiled" if self.compiled else "eager"
 
 
-def compile_student(options: TrainOptions, train_model, capture: str, dist_info: DistInfo, device: torch.device,
-                    log) -> tuple[torch.nn.Module, StepMode]:
-    """The module the steps call under --compile: torch.compile of the student (its forward and backward), in CUDA
-    graphs on a single GPU where the method allows; the method's loss and the optimizer stay eager (a few kernels)."""
+def step_forward(objective, normalize: Normalizer, train_model, train_extra):
+    """The part of a step before backward, on a finished batch: (loss, logits, loss parts)."""
+    def forward(batch: ViewedBatch):
+        return objective(train_model, normalize(batch.images), batch, train_extra)
+    return forward
+
+
+def compile_step(options: TrainOptions, objective, normalize: Normalizer, train_model, train_extra, capture: str,
+                 dist_info: DistInfo, device: torch.device, log):
+    """The forward the steps call, and how it runs. Under --compile: torch.compile of `capture`'s scope, in CUDA
+    graphs on a single GPU; the optimizer, the loss totals and the nan watch stay eager (a few kernels)."""
+    eager = step_forward(objective, normalize, train_model, train_extra)
     if not options.compile:
-        return train_model, StepMode()
+        return eager, StepMode()
     if capture == "eager":
         log("--compile: this method reads the student's features through forward hooks added every step, which a "
             "compiled student would not run; it trains eager")
-        return train_model, StepMode()
-    # DDP's gradient all-reduce runs inside backward, which CUDA graphs cannot hold: compiled without graphs.
+        return eager, StepMode()
+    # DDP's gradient all-reduce runs inside backward, which CUDA graphs cannot hold: compiled without graphs, and
+    # the student alone (DDP's hooks stay outside a traced loss).
     graphs = device.type == "cuda" and not dist_info.enabled
-    compiled = torch.compile(train_model, mode="reduce-overhead" if graphs else "default")
-    return compiled, StepMode(compiled=True, graphs=graphs, compile_pending=True)
+    mode = "reduce-overhead" if graphs else "default"
+    scope = "student" if dist_info.enabled else capture
+    if scope == "student":
+        forward = step_forward(objective, normalize, torch.compile(train_model, mode=mode), train_extra)
+        return forward, StepMode(compiled=True, graphs=graphs, compile_pending=True, scope=scope)
+    compiled = torch.compile(eager, mode=mode)
+
+    def forward(batch: ViewedBatch):
+        # The sample indices and view keys live on the CPU (the store rows they keyed are already on the device):
+        # kept out of the graph, which then holds device tensors only, as CUDA graphs need.
+        return compiled(dataclasses.replace(batch, indices=None, views=None))
+    return forward, StepMode(compiled=True, graphs=graphs, compile_pending=True, scope=scope)
 
 
 def make_optimizer(options: TrainOptions, model, extra_modules) -> torch.optim.Optimizer:
@@ -174,7 +202,7 @@ def dropped_note(train_loader: SplitLoader, num_samples: int, batch_size: int, w
 
 def set_up_run(options: TrainOptions, data: PreparedDataset, model, objective, sampler: ViewSampler,
                teacher_rows: TeacherRows | None, extra_modules, phases: Phases, dist_info: DistInfo,
-               device: torch.device, capture: str = "graphs", log=print) -> TrainingRun:
+               device: torch.device, normalize: Normalizer, capture: str = "step", log=print) -> TrainingRun:
     """A TrainingRun from a prepared run folder (a new one, or one to resume from its last.pt)."""
     out = Path(options.out)
     # Rank 0's last.pt for every rank: the run folder may be on rank 0's node alone.
@@ -183,7 +211,8 @@ def set_up_run(options: TrainOptions, data: PreparedDataset, model, objective, s
         restore_best(out, state)
     model, train_model, train_extra = place_modules(options, model, extra_modules, phases.warmup_epochs > 0, state,
                                                     dist_info, device)
-    train_model, step_mode = compile_student(options, train_model, capture, dist_info, device, log)
+    forward, step_mode = compile_step(options, objective, normalize, train_model, train_extra, capture, dist_info,
+                                      device, log)
     optimizer = make_optimizer(options, model, extra_modules)
     start_epoch, best = 0, {"top1": -1.0, "epoch": -1}
     if state is not None:
@@ -199,6 +228,5 @@ def set_up_run(options: TrainOptions, data: PreparedDataset, model, objective, s
     if dist_info.is_main:
         metrics_log = MetricsLog(out / "metrics.jsonl", keep_through_epoch=start_epoch - 1 if state else None)
     return TrainingRun(options, data, out, dist_info, device, model, train_model, extra_modules, train_extra,
-                       objective, phases, optimizer, schedule, batches, test_loader,
-                       Normalizer(data.mean, data.std, device, channels_last=options.channels_last), metrics_log,
+                       forward, phases, optimizer, schedule, batches, test_loader, normalize, metrics_log,
                        best, start_epoch, step_mode, eval_split=held_out_split(data), val_loader=val_loader)

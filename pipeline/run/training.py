@@ -14,6 +14,7 @@ from ...stages.losses import batch_cross_entropy
 from ...stages.phases import NO_PHASES, Phases
 from ..data.datasets import PreparedDataset
 from ..data.holdout import hold_out
+from ..data.normalize import Normalizer
 from ..errors import UserError
 from ..locks import output_lock
 from .runs import prepare_run_dir, provenance, read_config, write_config
@@ -128,7 +129,7 @@ def fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, ob
 
 def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module, objective, dist_info: DistInfo,
             device: torch.device, *, command: str, sampler: ViewSampler | None = None,
-            teacher_rows: TeacherRows | None = None, capture: str = "graphs",
+            teacher_rows: TeacherRows | None = None, capture: str = "step",
             extra_modules: torch.nn.Module | None = None, phases: Phases = NO_PHASES, config_extra: dict | None = None,
             pack: list[PackMember] | None = None, on_epoch_start=None, on_epoch_end=None, log=print) -> Path:
     """The shared training loop: views, optimizer, schedule, evaluation, checkpoints, resume.
@@ -136,12 +137,12 @@ def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module
     `objective(model, inputs, batch, extra)` returns (loss, logits, parts), parts the named terms of the loss
     (averaged per epoch into metrics.jsonl's train_loss_parts); `sampler` draws each step's views
     (default: fresh views of options.augment); `teacher_rows` gathers a label store's rows for the drawn views,
-    ahead of the step, in the batch loader (None: no store); `capture`: what --compile may do for the method
-    (stages.distillers.Distiller.capture); `extra_modules` (a method's trainable parts) join the
-    optimizer and last.pt, and reach the objective as `extra` (wrapped for DDP when they have parameters,
-    so their gradients are averaged across ranks like the model's); `phases`: the method's warm-up, run before
-    the recipe's epochs; `pack`: `model` is a pack of these members (pipeline/run/packs.py), each member's run
-    folder written from the pack's epochs.
+    ahead of the step, in the batch loader (None: no store); `capture`: what --compile may take in
+    (train_setup.COMPILE_SCOPES: the whole step, the student alone, or nothing); `extra_modules` (a method's
+    trainable parts) join the optimizer and last.pt, and reach the objective as `extra` (wrapped for DDP when
+    they have parameters, so their gradients are averaged across ranks like the model's); `phases`: the method's
+    warm-up, run before the recipe's epochs; `pack`: `model` is a pack of these members (pipeline/run/packs.py),
+    each member's run folder written from the pack's epochs.
     """
     out = Path(options.out)
     sampler = sampler or AugmentViews(get_view_policy(options.augment, data.input_size))
@@ -156,12 +157,13 @@ def run_fit(options: TrainOptions, data: PreparedDataset, model: torch.nn.Module
     from_main(dist_info, prepare_on_main)
     if dist_info.is_main and dist_info.enabled:
         log(f"{command}: {describe_job(dist_info)}")
+    normalize = (PackNormalizer(data.mean, data.std, device, len(pack), options.channels_last) if pack else
+                 Normalizer(data.mean, data.std, device, channels_last=options.channels_last))
     run = set_up_run(options, data, model, objective, sampler, teacher_rows, extra_modules, phases, dist_info,
-                     device, capture, log if dist_info.is_main else lambda _: None)
+                     device, normalize, capture, log if dist_info.is_main else lambda _: None)
     if dist_info.is_main:
         write_config(out, config)
     if pack:
-        run.normalize = PackNormalizer(data.mean, data.std, device, len(pack), options.channels_last)
         run.pack = PackMembers(out, pack, options.resume) if dist_info.is_main else None
     if run.start_epoch >= run.total_epochs:
         log(f"{out}: already complete ({run.total_epochs} epochs)")

@@ -1,5 +1,6 @@
-"""--compile: the student's forward and backward through torch.compile (inductor on the CPU here; CUDA graphs on
-a GPU) train as the eager step does, the compile is reported once, and methods it cannot capture run eager."""
+"""--compile: the step up to backward (normalisation, student, loss, the step's figures) through torch.compile
+(inductor on the CPU here; CUDA graphs on a GPU) trains as the eager step does, one graph for a whole run (a pack's
+too), the compile is reported once, and methods it cannot capture run eager."""
 import json
 
 import pytest

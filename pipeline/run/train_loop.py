@@ -26,70 +26,79 @@ class TrainingDiverged(UserError):
     """The loss became nan or inf: the run stops, keeping the last checkpoint of a finished epoch."""
 
 
-class DivergenceWatch:
-    """Remembers the first step of an epoch whose loss was not finite, without a device sync per step.
-
-    `check` (called where the loop syncs anyway) stops the run on every rank at once under DDP.
-    """
-
-    def __init__(self, device: torch.device):
-        self.never = torch.iinfo(torch.long).max
-        self.first_bad = torch.full((), self.never, dtype=torch.long, device=device)
-        self.bad_value = torch.zeros((), device=device)
-
-    def observe(self, loss: torch.Tensor, step: int) -> None:
-        value = loss.detach().float()
-        new = ~torch.isfinite(value) & (self.first_bad == self.never)
-        self.bad_value = torch.where(new, value, self.bad_value)
-        self.first_bad = torch.where(new, torch.full_like(self.first_bad, step), self.first_bad)
-
-    def check(self, epoch: int, epochs: int, steps: int, out: Path, dist_info: DistInfo) -> None:
-        first_bad = self.first_bad.clone()
-        if dist_info.enabled:
-            torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
-        step = int(first_bad.item())
-        if step == self.never:
-            return
-        value = float(self.bad_value.item()) if int(self.first_bad.item()) == step else float("nan")
-        last = out / "last.pt"
-        kept = (f"the last good checkpoint is {last} ({epoch} epochs done)" if epoch > 0 and last.is_file()
-                else "no epoch had finished, so there is no checkpoint")
-        raise TrainingDiverged(f"the loss became {value} at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps}; "
-                               f"training stopped and {kept}; lower --lr (or the method's loss weights) and start "
-                               f"a new run")
+NEVER = torch.iinfo(torch.long).max  # a step number no epoch reaches
 
 
 class EpochTotals:
-    """Sums over an epoch's steps, kept on the device (no sync per step)."""
+    """Each step's figures (train_setup.step_figures: its loss, its logged loss parts, each member's correct count)
+    as one row of a tensor on the device: one copy per step and no sync. Summed when the epoch ends; the nan watch
+    reads the losses where the loop syncs anyway."""
 
-    def __init__(self, device: torch.device):
-        self.loss, self.correct, self.seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-        self.parts: dict[str, torch.Tensor] = {}
+    def __init__(self, device: torch.device, steps: int):
+        self.device, self.steps = device, steps
+        self.rows: torch.Tensor | None = None  # [steps, 1 + parts + members] float32
+        self.parts: tuple[str, ...] = ()
+        self.sizes: list[int] = []  # each step's batch rows
 
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, parts: dict) -> None:
-        rows = labels.shape[0]
-        self.loss += loss.detach().float() * rows
-        for name, value in parts.items():
-            self.parts[name] = self.parts.get(name, 0.0) + value.detach().float() * rows
-        predicted = logits.detach().argmax(-1)  # [B], or [B, G] for a pack's members
-        self.correct = self.correct + (predicted == labels.view(-1, *[1] * (predicted.dim() - 1))).sum(0)
-        self.seen += rows
+    def add(self, figures: torch.Tensor, parts: dict, rows: int) -> None:
+        if self.rows is None:
+            self.rows = torch.zeros(self.steps, figures.shape[0], device=self.device)
+            self.parts = tuple(parts)
+        self.rows[len(self.sizes)].copy_(figures.detach())
+        self.sizes.append(rows)
+
+    @property
+    def seen(self) -> int:
+        return sum(self.sizes)
+
+    def sums(self) -> torch.Tensor:
+        """Every figure summed over the epoch's steps, each step's weighted by its rows (its mean's sum)."""
+        done = self.rows[:len(self.sizes)]
+        sizes = torch.tensor(self.sizes, dtype=done.dtype, device=done.device)
+        figures = 1 + len(self.parts)
+        return torch.cat([(done[:, :figures] * sizes[:, None]).sum(0), done[:, figures:].sum(0)])
+
+    def first_bad_step(self) -> torch.Tensor:
+        """The first step so far whose loss was not finite, as a device scalar (NEVER: none)."""
+        never = torch.full((), NEVER, dtype=torch.long, device=self.device)
+        if not self.sizes:
+            return never
+        losses = self.rows[:len(self.sizes), 0]
+        return torch.where(torch.isfinite(losses), never, torch.arange(len(losses), device=losses.device)).min()
 
 
-def train_step(run: TrainingRun, epoch: int, step: int, batch: ViewedBatch, watch: DivergenceWatch):
-    """One optimizer step at the schedule's lr on a finished batch; returns (loss, logits, parts) for the totals."""
+def check_divergence(totals: EpochTotals, epoch: int, epochs: int, steps: int, out: Path,
+                     dist_info: DistInfo) -> None:
+    """Stop the run (on every rank at once under DDP) if a step's loss so far was nan or inf: one line with the
+    epoch, the step and the value. Called where the loop syncs anyway."""
+    first_bad = totals.first_bad_step()
+    if dist_info.enabled:
+        torch.distributed.all_reduce(first_bad, op=torch.distributed.ReduceOp.MIN)
+    step = int(first_bad.item())
+    if step == NEVER:
+        return
+    value = float(totals.rows[step, 0].item()) if step < len(totals.sizes) else float("nan")
+    last = out / "last.pt"
+    kept = (f"the last good checkpoint is {last} ({epoch} epochs done)" if epoch > 0 and last.is_file()
+            else "no epoch had finished, so there is no checkpoint")
+    raise TrainingDiverged(f"the loss became {value} at epoch {epoch + 1}/{epochs}, step {step + 1}/{steps}; "
+                           f"training stopped and {kept}; lower --lr (or the method's loss weights) and start "
+                           f"a new run")
+
+
+def train_step(run: TrainingRun, epoch: int, step: int, batch: ViewedBatch):
+    """One optimizer step at the schedule's lr on a finished batch; returns (loss, the step's figures, parts)."""
     lr = run.schedule.lr(epoch, step)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
     if run.step_mode.graphs:
         torch.compiler.cudagraph_mark_step_begin()
     with autocast(run.device, run.options.bf16):
-        loss, logits, parts = run.forward(batch)
-    watch.observe(loss, step)
+        loss, figures, parts = run.forward(batch)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
-    return loss, logits, parts
+    return loss, figures, parts
 
 
 class CompileClock:
@@ -121,7 +130,8 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
     run.train_model.train()
     if run.train_extra is not None:
         run.train_extra.train()
-    totals, watch, steps = EpochTotals(run.device), DivergenceWatch(run.device), len(run.batches)
+    steps = len(run.batches)
+    totals = EpochTotals(run.device, steps)
     world = run.dist_info.world_size  # every rank takes a batch per step: the bar counts the job's images
     compiling = CompileClock(run)
     with Progress(steps * run.options.batch_size * world, f"epoch {epoch + 1}/{run.total_epochs}",
@@ -129,28 +139,34 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
         for step, batch in enumerate(run.batches.epoch(epoch, views_rng)):
             compiling.start()
             with torch.profiler.record_function(STEP_RANGE):
-                loss, logits, parts = train_step(run, epoch, step, batch, watch)
-                totals.add(loss, logits, batch.labels, parts)
+                loss, figures, parts = train_step(run, epoch, step, batch)
+                totals.add(figures, parts, batch.labels.shape[0])
             compiling.stop(batch.labels.shape[0])
             if step % 20 == 0:
-                watch.check(epoch, run.total_epochs, steps, run.out, run.dist_info)
+                check_divergence(totals, epoch, run.total_epochs, steps, run.out, run.dist_info)
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{run.schedule.lr(epoch, step):.4g}")
             bar.update(batch.labels.shape[0] * world)
-    watch.check(epoch, run.total_epochs, steps, run.out, run.dist_info)  # before anything of the epoch is saved
+    check_divergence(totals, epoch, run.total_epochs, steps, run.out, run.dist_info)  # before the epoch is saved
     seconds = time.perf_counter() - started - compiling.seconds  # the compile is reported on its own
     timed_rows = max(totals.seen - compiling.rows, 1)
-    record = {"epoch": epoch, "phase": run.phases.phase_of(epoch),
-              "lr": run.schedule.lr(epoch, 0), "train_loss": (totals.loss / totals.seen).item(),
-              "train_top1": 100.0 * totals.correct.float().mean().item() / totals.seen,
-              "train_seconds": round(seconds, 3),
+    record = {"epoch": epoch, "phase": run.phases.phase_of(epoch), "lr": run.schedule.lr(epoch, 0),
+              **epoch_figures(totals), "train_seconds": round(seconds, 3),
               "train_img_per_s": round(timed_rows * run.dist_info.world_size / max(seconds, 1e-9), 1)}
     if compiling.rows:
         record["compile_seconds"] = round(compiling.seconds, 3)
-    if totals.correct.dim():  # a pack: each member's own
-        record["train_top1_members"] = (100.0 * totals.correct.float() / totals.seen).tolist()
-    if totals.parts:
-        record["train_loss_parts"] = {name: (total / totals.seen).item() for name, total in totals.parts.items()}
     return record
+
+
+def epoch_figures(totals: EpochTotals) -> dict:
+    """The epoch's train loss and top-1 (a pack's: each member's too, and each member's loss as a part)."""
+    sums, seen, parts = totals.sums().tolist(), totals.seen, len(totals.parts)
+    correct = sums[1 + parts:]
+    figures = {"train_loss": sums[0] / seen, "train_top1": 100.0 * sum(correct) / len(correct) / seen}
+    if len(correct) > 1:  # a pack: each member's own
+        figures["train_top1_members"] = [100.0 * c / seen for c in correct]
+    if parts:
+        figures["train_loss_parts"] = {name: total / seen for name, total in zip(totals.parts, sums[1:1 + parts])}
+    return figures
 
 
 def evaluate_epoch(run: TrainingRun, record: dict) -> None:

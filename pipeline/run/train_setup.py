@@ -124,16 +124,26 @@ class StepMode:
 
 
 def step_forward(objective, normalize: Normalizer, train_model, train_extra):
-    """The part of a step before backward, on a finished batch: (loss, logits, loss parts)."""
+    """The part of a step before backward, on a finished batch: (loss, its step_figures, the loss parts)."""
     def forward(batch: ViewedBatch):
-        return objective(train_model, normalize(batch.images), batch, train_extra)
+        loss, logits, parts = objective(train_model, normalize(batch.images), batch, train_extra)
+        return loss, step_figures(loss, logits, batch.labels, parts), parts
     return forward
+
+
+def step_figures(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, parts: dict) -> torch.Tensor:
+    """What the epoch's record needs of a step, as one float32 vector made beside the loss (inside a compiled
+    step, so the loop copies one tensor): [loss, each logged part, each member's correct count]."""
+    predicted = logits.detach().argmax(-1)  # [B], or [B, G] for a pack's members
+    correct = (predicted == labels.view(-1, *[1] * (predicted.dim() - 1))).sum(0)
+    figures = [loss.detach().float().view(1), *(value.detach().float().view(1) for value in parts.values())]
+    return torch.cat([*figures, correct.float().view(-1)])
 
 
 def compile_step(options: TrainOptions, objective, normalize: Normalizer, train_model, train_extra, capture: str,
                  dist_info: DistInfo, device: torch.device, log):
     """The forward the steps call, and how it runs. Under --compile: torch.compile of `capture`'s scope, in CUDA
-    graphs on a single GPU; the optimizer, the loss totals and the nan watch stay eager (a few kernels)."""
+    graphs on a single GPU; the optimizer and the copy of the step's figures (step_figures) stay eager."""
     eager = step_forward(objective, normalize, train_model, train_extra)
     if not options.compile:
         return eager, StepMode()

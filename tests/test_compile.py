@@ -2,6 +2,7 @@
 (inductor on the CPU here; CUDA graphs on a GPU) trains as the eager step does, one graph for a whole run (a pack's
 too), the compile is reported once, and methods it cannot capture run eager."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,7 +16,8 @@ from labelopt.pipeline.jobs.labeling import GenerateOptions, generate_labels
 from labelopt.pipeline.jobs.student import StudentOptions, train_student
 from labelopt.pipeline.run.options import TrainOptions
 from labelopt.pipeline.run.runtime import init_distributed
-from labelopt.pipeline.run.train_setup import compile_step
+from labelopt.pipeline.run.train_loop import CompileClock
+from labelopt.pipeline.run.train_setup import StepMode, compile_step
 from labelopt.pipeline.run.training import cross_entropy_objective, fit
 
 
@@ -48,7 +50,8 @@ def test_a_compiled_step_trains_as_the_eager_one_and_reports_its_compile_once(ti
         assert abs(a["train_loss"] - b["train_loss"]) < 1e-4 * abs(a["train_loss"])
     assert "compile_seconds" in compiled_records[0] and compiled_records[0]["compile_seconds"] > 0
     assert all("compile_seconds" not in r for r in compiled_records[1:] + eager_records)
-    assert "compiling the step took" in compiled_lines[0] and "compiling" not in compiled_lines[1]
+    assert "compiling the whole step took" in compiled_lines[0] and "compiling" not in compiled_lines[1]
+    assert compiled_records[0]["compiled"] == "the whole step"  # no CUDA graphs on a CPU
 
 
 def test_a_method_that_taps_the_student_runs_eager_under_compile_and_says_so():
@@ -97,7 +100,7 @@ def test_a_compiled_pack_from_a_store_is_one_graph_and_trains_as_the_eager_pack(
     counters.clear()
     lines = pack(tmp_path / "compiled", True)
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])  # no graph break, no recompile
-    assert "compiling the step took" in lines[0] and all("compiling" not in line for line in lines[1:])
+    assert "compiling the whole step took" in lines[0] and all("compiling" not in line for line in lines[1:])
     for seed in (1, 2):
         eager = torch.load(tmp_path / "eager" / f"seed-{seed}" / "last.pt", weights_only=True)["model"]
         compiled = torch.load(tmp_path / "compiled" / f"seed-{seed}" / "last.pt", weights_only=True)["model"]
@@ -106,3 +109,21 @@ def test_a_compiled_pack_from_a_store_is_one_graph_and_trains_as_the_eager_pack(
         gap = sum(((eager[k] - compiled[k]) ** 2).sum() for k in floats).sqrt()
         relative = (gap / sum((eager[k] ** 2).sum() for k in floats).sqrt()).item()
         assert relative < 1e-5, f"member seed-{seed}: compiled weights differ from eager by {relative:.2e} (relative)"
+
+
+def test_a_step_whose_cuda_graphs_torch_skipped_says_so_and_runs_without_them():
+    """torch runs a graph without CUDA graphs (with a warning) when, e.g., a CPU tensor reached it: the run then
+    stops marking graph steps and its record says so, instead of claiming graphs it did not get."""
+    def first_step(skipped: bool):
+        mode = StepMode(compiled=True, graphs=True, compile_pending=True, scope="step")
+        clock = CompileClock(SimpleNamespace(step_mode=mode, device=torch.device("cpu")))
+        clock.start()
+        if skipped:
+            counters["inductor"]["cudagraph_skips"] += 1  # what inductor does as it skips them
+        clock.stop(rows=8)
+        return mode, clock
+
+    mode, clock = first_step(skipped=False)
+    assert mode.graphs and not mode.compile_pending and clock.describe() == "the whole step in CUDA graphs"
+    mode, clock = first_step(skipped=True)
+    assert not mode.graphs and clock.rows == 8 and "without the CUDA graphs torch skipped" in clock.describe()

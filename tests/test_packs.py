@@ -260,3 +260,17 @@ def test_a_member_whose_method_cannot_pack_is_refused_naming_it(tiny_cifar_dir, 
     with pytest.raises(UserError, match="--member b: --method kd needs logits"):
         train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack",
                                     [specs[0], f"name=b,method=kd,seed=1,labels={identity_store}"]), log=quiet)
+
+
+def test_a_pack_of_one_records_its_members_figures_as_any_pack_does():
+    """The epoch's figures of a pack of one member (a table row of one seed) are a pack's: each member's top-1 and
+    loss part, which its member's metrics.jsonl line is made of."""
+    from labelopt.pipeline.run.train_loop import EpochTotals, epoch_figures
+
+    totals = EpochTotals(torch.device("cpu"), steps=2)
+    for loss, correct in ((2.0, 3.0), (1.0, 5.0)):  # [loss, member0's loss, member0's correct count], 8 rows
+        totals.add(torch.tensor([loss, loss, correct]), {"member0": None}, rows=8)
+    figures = epoch_figures(totals, pack=True)
+    assert figures == {"train_loss": 1.5, "train_top1": 50.0, "train_top1_members": [50.0],
+                       "train_loss_parts": {"member0": 1.5}}
+    assert "train_top1_members" not in epoch_figures(totals, pack=False)

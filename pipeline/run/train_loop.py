@@ -2,6 +2,7 @@
 checkpoints, and the watch that stops a run whose loss is no longer finite."""
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -78,6 +79,8 @@ def check_divergence(totals: EpochTotals, epoch: int, epochs: int, steps: int, o
     if step == NEVER:
         return
     value = float(totals.rows[step, 0].item()) if step < len(totals.sizes) else float("nan")
+    if math.isfinite(value):  # another rank's loss went bad at this step, not this one's
+        value = float("nan")
     last = out / "last.pt"
     kept = (f"the last good checkpoint is {last} ({epoch} epochs done)" if epoch > 0 and last.is_file()
             else "no epoch had finished, so there is no checkpoint")
@@ -103,15 +106,15 @@ def train_step(run: TrainingRun, epoch: int, step: int, batch: ViewedBatch):
 
 class CompileClock:
     """Times the first step of a compiled student, which holds the compile: it is reported once (an epoch record's
-    compile_seconds) and left out of that epoch's train_seconds and img/s."""
+    compile_seconds, with what was compiled) and left out of that epoch's train_seconds and img/s."""
 
     def __init__(self, run: TrainingRun):
         self.mode, self.device = run.step_mode, run.device
-        self.seconds, self.rows, self.started = 0.0, 0, None
+        self.seconds, self.rows, self.started, self.skips, self.skipped = 0.0, 0, None, 0, False
 
     def start(self) -> None:
         if self.mode.compile_pending:
-            self.started = time.perf_counter()
+            self.started, self.skips = time.perf_counter(), cudagraph_skips()
 
     def stop(self, rows: int) -> None:
         if self.started is None:
@@ -120,6 +123,22 @@ class CompileClock:
             torch.cuda.synchronize(self.device)  # once per process: the compiled step has really run
         self.seconds, self.rows, self.started = time.perf_counter() - self.started, rows, None
         self.mode.compile_pending = False
+        if self.mode.graphs and cudagraph_skips() > self.skips:  # torch has warned why (a CPU tensor in the graph)
+            self.mode.graphs, self.skipped = False, True
+
+    def describe(self) -> str:
+        """What the compiled step holds and how it runs, for the record (after `stop`)."""
+        held = {"step": "the whole step", "student": "the student alone"}[self.mode.scope]
+        if self.skipped:
+            return f"{held}, without the CUDA graphs torch skipped (its warning says why)"
+        return f"{held} in CUDA graphs" if self.mode.graphs else held
+
+
+def cudagraph_skips() -> int:
+    """How many compiled graphs torch has run without CUDA graphs so far in this process (each with a warning)."""
+    from torch._dynamo.utils import counters
+
+    return counters["inductor"]["cudagraph_skips"]
 
 
 def train_epoch(run: TrainingRun, epoch: int) -> dict:
@@ -150,19 +169,20 @@ def train_epoch(run: TrainingRun, epoch: int) -> dict:
     seconds = time.perf_counter() - started - compiling.seconds  # the compile is reported on its own
     timed_rows = max(totals.seen - compiling.rows, 1)
     record = {"epoch": epoch, "phase": run.phases.phase_of(epoch), "lr": run.schedule.lr(epoch, 0),
-              **epoch_figures(totals), "train_seconds": round(seconds, 3),
+              **epoch_figures(totals, pack=run.pack is not None), "train_seconds": round(seconds, 3),
               "train_img_per_s": round(timed_rows * run.dist_info.world_size / max(seconds, 1e-9), 1)}
     if compiling.rows:
-        record["compile_seconds"] = round(compiling.seconds, 3)
+        record["compile_seconds"], record["compiled"] = round(compiling.seconds, 3), compiling.describe()
     return record
 
 
-def epoch_figures(totals: EpochTotals) -> dict:
-    """The epoch's train loss and top-1 (a pack's: each member's too, and each member's loss as a part)."""
+def epoch_figures(totals: EpochTotals, pack: bool) -> dict:
+    """The epoch's train loss and top-1 (a pack's, of any size: each member's too, and each member's loss as a
+    part)."""
     sums, seen, parts = totals.sums().tolist(), totals.seen, len(totals.parts)
     correct = sums[1 + parts:]
     figures = {"train_loss": sums[0] / seen, "train_top1": 100.0 * sum(correct) / len(correct) / seen}
-    if len(correct) > 1:  # a pack: each member's own
+    if pack:
         figures["train_top1_members"] = [100.0 * c / seen for c in correct]
     if parts:
         figures["train_loss_parts"] = {name: total / seen for name, total in zip(totals.parts, sums[1:1 + parts])}
@@ -242,5 +262,5 @@ def epoch_line(record: dict, epochs: int) -> str:
                  f"ece {record['test_ece']:.4f}")
     text += f"  {record['train_img_per_s']:.0f} img/s"
     if "compile_seconds" in record:
-        text += f"  (compiling the step took {record['compile_seconds']:.1f} s, not counted)"
+        text += f"  (compiling {record['compiled']} took {record['compile_seconds']:.1f} s, not counted)"
     return text

@@ -274,3 +274,28 @@ def test_a_pack_of_one_records_its_members_figures_as_any_pack_does():
     assert figures == {"train_loss": 1.5, "train_top1": 50.0, "train_top1_members": [50.0],
                        "train_loss_parts": {"member0": 1.5}}
     assert "train_top1_members" not in epoch_figures(totals, pack=False)
+
+
+def test_a_packs_members_pixels_made_together_are_the_pixels_each_draw_makes_alone():
+    """PackViews makes the pixels of all the members that share a policy in one call: each member's are bit for bit
+    those of its own draw (same generator calls, same gathers), for crop + flip, random-resized crop and identity."""
+    from labelopt.pipeline.run.packs import PackViews
+    from labelopt.pipeline.views.draws import AugmentViews
+    from labelopt.pipeline.views.policies import IdentityView, PadCropFlipView, ResizedCropFlipView
+
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    indices = torch.arange(6)
+    samplers = [AugmentViews(PadCropFlipView()), AugmentViews(ResizedCropFlipView(size=32), store_view=0),
+                AugmentViews(PadCropFlipView(), store_view=0), AugmentViews(IdentityView()),
+                AugmentViews(ResizedCropFlipView(size=32))]
+    seeds = [3, 4, 5, 6, 7]
+    pack = PackViews(samplers, seeds)
+    pack.start_epoch(2, rank=0)
+    drawn = pack.draw(images, indices, None)
+    alone = PackViews(samplers, seeds)
+    alone.start_epoch(2, rank=0)
+    for g, (sampler, generator) in enumerate(zip(samplers, alone.generators)):
+        own = sampler.draw(images, indices, generator)
+        assert torch.equal(drawn.images[:, 3 * g:3 * g + 3], own.images), g
+        if own.views is not None:
+            assert torch.equal(drawn.views[:, g], own.views)

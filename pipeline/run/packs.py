@@ -28,7 +28,7 @@ from ...models.packing import member_outputs, member_state
 from ...stages.batch import ViewedBatch
 from ...stages.metrics import classification_metrics
 from ..data.normalize import Normalizer
-from ..views.draws import Drawn, ViewSampler
+from ..views.draws import Chosen, Drawn, ViewSampler
 from .checkpoints import save_best, save_checkpoint
 from .runs import MetricsLog, write_config
 
@@ -58,12 +58,12 @@ class PackViews(ViewSampler):
             generator.manual_seed(epoch_views_seed(seed, epoch, rank))
 
     def draw(self, images, indices, generator):
-        drawn = [s.draw(images, indices, g) for s, g in zip(self.samplers, self.generators)]
-        keyed = [d.views for d in drawn if d.views is not None]
+        chosen = [s.choose(images, indices, g) for s, g in zip(self.samplers, self.generators)]
+        keyed = [c.views for c in chosen if c.views is not None]
         # A member without a store has no view keys: its column is a placeholder that nothing reads.
-        views = None if not keyed else torch.stack([torch.zeros_like(keyed[0]) if d.views is None else d.views
-                                                    for d in drawn], dim=1)
-        return Drawn(torch.cat([d.images for d in drawn], dim=1), views)
+        views = None if not keyed else torch.stack([torch.zeros_like(keyed[0]) if c.views is None else c.views
+                                                    for c in chosen], dim=1)
+        return Drawn(torch.cat(member_pixels(images, chosen), dim=1), views)
 
     def describe(self):
         described = [s.describe() for s in self.samplers]
@@ -71,6 +71,25 @@ class PackViews(ViewSampler):
         if all(d == described[0] for d in described):
             return {**described[0], "pack": pack}
         return {"pack": {**pack, "views": described}}
+
+
+def member_pixels(images: torch.Tensor, chosen: list[Chosen]) -> list[torch.Tensor]:
+    """Each member's pixels, uint8 [B, 3, H, W]: made in one call for all the members whose views share a policy
+    (one set of kernels per step, not one per member), each the pixels its own draw would make."""
+    groups: list[tuple[object, list[int]]] = []  # (policy, its members); policies compare equal by their fields
+    for g, choice in enumerate(chosen):
+        group = next((members for policy, members in groups if policy == choice.policy), None)
+        if group is None:
+            groups.append((choice.policy, [g]))
+        else:
+            group.append(g)
+    size, made = images.shape[0], [None] * len(chosen)
+    for policy, members in groups:
+        rows = torch.arange(size, device=images.device).repeat(len(members))
+        pixels = policy.apply_rows(images, torch.cat([chosen[g].params for g in members]), rows)
+        for i, g in enumerate(members):
+            made[g] = pixels[i * size:(i + 1) * size]
+    return made
 
 
 def signal_slots(member_signals: list) -> list[dict[str, int]]:

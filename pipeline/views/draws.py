@@ -30,10 +30,23 @@ class Drawn(NamedTuple):
     mix: MixParts | None = None  # for mixed images
 
 
+class Chosen(NamedTuple):
+    """A step's views drawn but not yet made: `policy.apply(images, params)` makes their pixels."""
+
+    policy: ViewPolicy
+    params: torch.Tensor  # int64 [B, P] on the CPU
+    views: torch.Tensor | None = None  # as Drawn.views
+
+
 class ViewSampler(ABC):
     @abstractmethod
     def draw(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator) -> Drawn:
         """The step's views of a batch (indices: int64 [B] sample indices, on the CPU)."""
+
+    def choose(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator) -> Chosen:
+        """The draw of `draw` (the same generator calls), its pixels left to make: a pack makes all its members'
+        pixels in one call. A sampler that makes its pixels as it draws (mixes, copies) has no such step."""
+        raise NotImplementedError(f"{type(self).__name__} makes its pixels as it draws them")
 
     @abstractmethod
     def describe(self) -> dict:
@@ -46,10 +59,14 @@ class AugmentViews(ViewSampler):
     def __init__(self, policy: ViewPolicy, store_view: int | None = None):
         self.policy, self.store_view = policy, store_view
 
-    def draw(self, images, indices, generator):
+    def choose(self, images, indices, generator):
         params = self.policy.sample(images.shape[0], images.shape[2], images.shape[3], generator)
         views = None if self.store_view is None else torch.full((images.shape[0],), self.store_view, dtype=torch.long)
-        return Drawn(self.policy.apply(images, params), views)
+        return Chosen(self.policy, params, views)
+
+    def draw(self, images, indices, generator):
+        chosen = self.choose(images, indices, generator)
+        return Drawn(self.policy.apply(images, chosen.params), chosen.views)
 
     def describe(self):
         pairing = "images augmented independently of the stored view" if self.store_view is not None else "drawn"

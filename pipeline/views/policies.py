@@ -46,6 +46,11 @@ class ViewPolicy(ABC):
     def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """The viewed images, uint8 [B, 3, H', W']."""
 
+    def apply_rows(self, images: torch.Tensor, params: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, 3, H', W']: view i is images[rows[i]] under params[i] (rows: int64 [N] on the images' device),
+        each the pixels `apply` makes of it: a pack's members view one batch in one call."""
+        return self.apply(images[rows], params)
+
     def describe(self) -> dict:
         """The policy as a store records it: enough for `from_record` to rebuild it exactly."""
         return {"policy": self.name, "num_views": self.num_views, "param_names": list(self.param_names)}
@@ -114,16 +119,19 @@ class PadCropFlipView(ViewPolicy):
         return cls(pad=int(record.get("pad", CIFAR_PAD)))
 
     def apply(self, images, params):
-        b, c, h, w = images.shape
+        return self.apply_rows(images, params, torch.arange(images.shape[0], device=images.device))
+
+    def apply_rows(self, images, params, rows):
+        _, _, h, w = images.shape
+        n = params.shape[0]
         view_ids = params[:, 0].to(images.device)
         dy, dx, flip = self.decode(view_ids)
         padded = F.pad(images, (self.pad,) * 4)
-        rows = dy[:, None] + torch.arange(h, device=images.device)[None, :]  # [B, H]
-        cols = torch.arange(w, device=images.device)[None, :].expand(b, w)
+        ys = dy[:, None] + torch.arange(h, device=images.device)[None, :]  # [N, H]
+        xs = torch.arange(w, device=images.device)[None, :].expand(n, w)
         # A flipped view reads its columns right to left.
-        cols = torch.where(flip[:, None].bool(), w - 1 - cols, cols) + dx[:, None]  # [B, W]
-        batch = torch.arange(b, device=images.device)[:, None, None]
-        out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # [B, H, W, C]
+        xs = torch.where(flip[:, None].bool(), w - 1 - xs, xs) + dx[:, None]  # [N, W]
+        out = padded.permute(0, 2, 3, 1)[rows[:, None, None], ys[:, :, None], xs[:, None, :]]  # [N, H, W, C]
         return out.permute(0, 3, 1, 2).contiguous()
 
 
@@ -172,10 +180,12 @@ class ResizedCropFlipView(ViewPolicy):
         return cls(size=int(record["size"]), scale=tuple(record["scale"]), ratio=tuple(record["ratio"]))
 
     def apply(self, images, params):
+        return self.apply_rows(images, params, torch.arange(images.shape[0], device=images.device))
+
+    def apply_rows(self, images, params, rows):
         params = params.to(images.device)
         top, left, h, w, flip = params.unbind(1)
-        batch = torch.arange(images.shape[0], device=images.device, dtype=torch.float32)
-        boxes = torch.stack([batch, left.float(), top.float(), (left + w).float(), (top + h).float()], dim=1)
+        boxes = torch.stack([rows.float(), left.float(), top.float(), (left + w).float(), (top + h).float()], dim=1)
         crops = roi_align(images.float(), boxes, output_size=(self.size, self.size), spatial_scale=1.0,
                           sampling_ratio=-1, aligned=True)
         crops = torch.where(flip.bool()[:, None, None, None], crops.flip(-1), crops)

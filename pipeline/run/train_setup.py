@@ -42,7 +42,7 @@ class TrainingRun:
     train_model: torch.nn.Module
     extra_modules: torch.nn.Module | None
     train_extra: torch.nn.Module | None
-    forward: Callable[[ViewedBatch], tuple]  # a step before backward: (loss, logits, parts); compile_step's
+    forward: Callable[[ViewedBatch], tuple]  # a step before backward: (loss, figures, parts); compile_step's
     phases: Phases
     optimizer: torch.optim.Optimizer
     schedule: Schedule
@@ -118,9 +118,6 @@ class StepMode:
     graphs: bool = False
     compile_pending: bool = False  # the first compiled step, whose time is the compile's, is still to come
     scope: str = "eager"  # COMPILE_SCOPES: what the compiled code holds
-
-    def describe(self) -> str:
-        return "CUDA graphs" if self.graphs else "compiled" if self.compiled else "eager"
 
 
 def step_forward(objective, normalize: Normalizer, train_model, train_extra):

@@ -9,7 +9,8 @@ side in one process on the same in-memory data:
 
 Student-images/s = G x batch x steps / seconds. The data are random CIFAR-shaped tensors already on the device, so
 the figure is the training step's own cost (no loader, no store): the limit packing can reach. With --compile both
-ways are compiled (CUDA graphs on a GPU); the compile is paid in the untimed warm-up steps.
+ways are compiled, the student with its loss (CUDA graphs on a GPU); the compile is paid in the untimed warm-up
+steps.
 
     .venv/bin/python benchmarks/packed.py [--members 1,2,4,8,16] [--batch-size 128] [--steps 20]
                                           [--device auto] [--bf16] [--compile] [--layout grouped]
@@ -51,16 +52,21 @@ def step_function(model: nn.Module, members: int, args, device: torch.device):
     from labelopt.pipeline.run.runtime import autocast
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    forward = model
+
+    def forward_loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = member_outputs(model(images), members)
+        return sum(nn.functional.cross_entropy(logits[:, g], labels) for g in range(members))
+
+    # Compiled, the members' losses join the student's graph, as train-student --compile has them.
+    loss_of = forward_loss
     if args.compile:
-        forward = torch.compile(model, mode="reduce-overhead" if device.type == "cuda" else "default")
+        loss_of = torch.compile(forward_loss, mode="reduce-overhead" if device.type == "cuda" else "default")
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         if args.compile and device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
         with autocast(device, args.bf16):
-            logits = member_outputs(forward(images), members)
-            loss = sum(nn.functional.cross_entropy(logits[:, g], labels) for g in range(members))
+            loss = loss_of(images, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -25,8 +25,8 @@ The anchor (the limit the setups are measured against; --no-anchor skips it), af
 the same student, batch and precision in a plain PyTorch loop (SGD lr 0.05, momentum 0.9, wd 5e-4, cross-entropy)
 over every training image already on the device as one uint8 tensor: each step gathers a random batch of rows (one
 permutation per epoch), crops and flips it on the device, normalises it, and steps. Two variants: eager, and
-captured (the student through torch.compile: mode reduce-overhead, i.e. CUDA graphs, on a GPU; the default mode on
-a CPU). Each runs ANCHOR_WARMUP_STEPS untimed steps (they hold the compile), then epochs 2..N of the project's
+captured (crop, normalisation, student and loss as one torch.compile graph, as train-student --compile has it: mode
+reduce-overhead, i.e. CUDA graphs, on a GPU; the default mode on a CPU). Each runs ANCHOR_WARMUP_STEPS untimed steps (they hold the compile), then epochs 2..N of the project's
 epoch size (images // batch steps), timed with the device synchronised; its figure is the median img/s. The ratios
 project / anchor compare the setups' median img/s with it; the goal (GPU, resnet20, batch 128, bf16): vanilla and
 store at least GOAL_PROJECT_OVER_CAPTURED_ANCHOR of the captured anchor. --compile trains every project setup under
@@ -234,23 +234,29 @@ def anchor_rows(count: int, batch: int, steps: int, device):
     return torch.cat(perms).view(-1, batch)[:steps]
 
 
-def anchor_step(forward, optimizer, images, labels, normalize, device, bf16: bool, graphs: bool):
-    """The anchor's step on rows of the device's images: crop + flip on the device, normalise, forward (the
-    student, eager or compiled) with the loss, backward, SGD. Returns step(rows) -> the loss (a device tensor,
-    never read inside the timed loop)."""
+def anchor_step(model, optimizer, images, labels, normalize, device, bf16: bool, captured: bool, graphs: bool):
+    """The anchor's step on rows of the device's images: crop + flip on the device, normalise, forward with the
+    loss, backward, SGD. Captured, everything from the crop to the loss is one compiled graph, as train-student
+    --compile compiles its step (the gather of the batch's rows out of the whole split stays outside: a graph input
+    that large would be copied at every replay). Returns step(rows) -> the loss (never read in the timed loop)."""
     import torch.nn.functional as F
     from labelopt.pipeline.run.runtime import autocast
     from labelopt.pipeline.views.policies import PadCropFlipView
 
     crop = PadCropFlipView()
 
+    def forward_loss(batch_images, views, batch_labels):
+        return F.cross_entropy(model(normalize(crop.apply(batch_images, views))), batch_labels)
+
+    loss_of = torch.compile(forward_loss, mode="reduce-overhead" if graphs else "default") if captured \
+        else forward_loss
+
     def step(rows):
         if graphs:
             torch.compiler.cudagraph_mark_step_begin()
         views = torch.randint(0, crop.num_views, (rows.shape[0], 1), device=device)
-        inputs = normalize(crop.apply(images[rows], views))
         with autocast(device, bf16):
-            loss = F.cross_entropy(forward(inputs), labels[rows])
+            loss = loss_of(images[rows], views, labels[rows])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -265,11 +271,10 @@ def time_anchor(model, images, labels, normalize, *, batch: int, steps_per_epoch
     `steps_per_epoch` steps each, the device synchronised before every clock reading."""
     device = torch.device(device)
     graphs = captured and device.type == "cuda"
-    forward = torch.compile(model, mode="reduce-overhead" if graphs else "default") if captured else model
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=ANCHOR_LR, momentum=ANCHOR_MOMENTUM,
                                 weight_decay=ANCHOR_WEIGHT_DECAY)
-    step = anchor_step(forward, optimizer, images, labels, normalize, device, bf16, graphs)
+    step = anchor_step(model, optimizer, images, labels, normalize, device, bf16, captured, graphs)
 
     def clock() -> float:
         if device.type == "cuda":

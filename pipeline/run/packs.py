@@ -28,7 +28,7 @@ from ...models.packing import member_outputs, member_state
 from ...stages.batch import ViewedBatch
 from ...stages.metrics import classification_metrics
 from ..data.normalize import Normalizer
-from ..views.draws import Chosen, Drawn, ViewSampler
+from ..views.draws import Chosen, ChoosingSampler, Drawn, ViewSampler
 from .checkpoints import save_best, save_checkpoint
 from .runs import MetricsLog, write_config
 
@@ -49,7 +49,7 @@ def epoch_views_seed(seed: int, epoch: int, rank: int) -> int:
 class PackViews(ViewSampler):
     """Member g's views drawn by `samplers[g]` from its own generator (reseeded each epoch by `start_epoch`)."""
 
-    def __init__(self, samplers: list[ViewSampler], seeds: list[int]):
+    def __init__(self, samplers: list[ChoosingSampler], seeds: list[int]):
         self.samplers, self.seeds = samplers, seeds
         self.generators = [torch.Generator() for _ in seeds]
 

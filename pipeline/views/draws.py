@@ -43,17 +43,25 @@ class ViewSampler(ABC):
     def draw(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator) -> Drawn:
         """The step's views of a batch (indices: int64 [B] sample indices, on the CPU)."""
 
-    def choose(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator) -> Chosen:
-        """The draw of `draw` (the same generator calls), its pixels left to make: a pack makes all its members'
-        pixels in one call. A sampler that makes its pixels as it draws (mixes, copies) has no such step."""
-        raise NotImplementedError(f"{type(self).__name__} makes its pixels as it draws them")
-
     @abstractmethod
     def describe(self) -> dict:
         """What the run's config records about the views."""
 
 
-class AugmentViews(ViewSampler):
+class ChoosingSampler(ViewSampler):
+    """A sampler whose draw is a choice of one policy's parameters, the pixels that policy's: a pack makes all its
+    members' pixels in one call (samplers that make pixels as they draw, mixes and copies, are not packed)."""
+
+    @abstractmethod
+    def choose(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator) -> Chosen:
+        """The draw of `draw` (the same generator calls), its pixels left to make."""
+
+    def draw(self, images, indices, generator):
+        chosen = self.choose(images, indices, generator)
+        return Drawn(chosen.policy.apply(images, chosen.params), chosen.views)
+
+
+class AugmentViews(ChoosingSampler):
     """Fresh views from `policy`; `store_view` pins the store position (identity stores: 0)."""
 
     def __init__(self, policy: ViewPolicy, store_view: int | None = None):
@@ -63,10 +71,6 @@ class AugmentViews(ViewSampler):
         params = self.policy.sample(images.shape[0], images.shape[2], images.shape[3], generator)
         views = None if self.store_view is None else torch.full((images.shape[0],), self.store_view, dtype=torch.long)
         return Chosen(self.policy, params, views)
-
-    def draw(self, images, indices, generator):
-        chosen = self.choose(images, indices, generator)
-        return Drawn(self.policy.apply(images, chosen.params), chosen.views)
 
     def describe(self):
         pairing = "images augmented independently of the stored view" if self.store_view is not None else "drawn"

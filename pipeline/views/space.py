@@ -24,7 +24,7 @@ import torch
 from ..errors import UserError
 from .mixed import MixedView  # registers the "mix" policy a store's record may name
 from ..data.pixel_bank import PixelBank
-from .draws import AugmentViews, Chosen, Drawn, MixParts, ViewSampler
+from .draws import AugmentViews, Chosen, ChoosingSampler, Drawn, MixParts, ViewSampler
 from .policies import VIEW_POLICY_CLASSES, IdentityView, ResizedCropFlipView, ViewPolicy, uniform_view_ids
 
 if TYPE_CHECKING:  # annotations only: `labelopt train` draws views without importing the store (h5py)
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # annotations only: `labelopt train` draws views without impo
 
 
 @dataclass
-class ViewSpace(ViewSampler):
+class ViewSpace(ChoosingSampler):
     """`num_views` positions per sample: one [V, P] table for every sample (enumerated views), or [N, V, P]
     parameters per sample (sampled views: drawn at stage one from (seed, index), then read from the store)."""
 
@@ -125,18 +125,16 @@ class ViewSpace(ViewSampler):
 
     # -- stage two: one position per sample per step -------------------------------------------------
 
-    def draw(self, images, indices, generator):
-        positions = uniform_view_ids(images.shape[0], self.num_views, generator)
-        params = self.params(indices, positions)
-        pixels = self.pixels(images, params)
-        parts = self.policy.mix_parts(indices, params, pixels.shape[2], pixels.shape[3])
-        return Drawn(pixels, positions, None if parts is None else MixParts(*parts))
-
     def choose(self, images, indices, generator):
-        if self.mixed:  # a mixed view's pixels come with its parts' ground truth
-            return super().choose(images, indices, generator)
         positions = uniform_view_ids(images.shape[0], self.num_views, generator)
         return Chosen(self.policy, self.params(indices, positions), positions)
+
+    def draw(self, images, indices, generator):
+        chosen = self.choose(images, indices, generator)
+        pixels = self.pixels(images, chosen.params)
+        # A mixed view's pixels come with its parts' ground truth (why a pack, which makes pixels alone, refuses it).
+        parts = self.policy.mix_parts(indices, chosen.params, pixels.shape[2], pixels.shape[3])
+        return Drawn(pixels, chosen.views, None if parts is None else MixParts(*parts))
 
     def describe(self):
         out = {"draw": "store", "policy": self.policy.name, "num_views": self.num_views,

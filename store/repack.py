@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -18,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .checksums import check_digest_of, check_finite, first_non_finite
+from .chunks import chunk_workers, write_rows
 from .files import check_free_space, free_mib, is_disk_full
 from . import schema as S
 from .reader import LabelStore
@@ -46,11 +48,12 @@ def repack(path: Path, out: Path, layout: str, *, overwrite: bool = False, expec
                      f"repacking into {out.name}", error=StoreError)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}.h5")
     try:
-        with open_h5(path) as src, h5py.File(tmp, "w", **file_options(compression)) as dst:
+        with open_h5(path) as src, h5py.File(tmp, "w", **file_options(compression)) as dst, \
+                ThreadPoolExecutor(chunk_workers(), thread_name_prefix="labelopt-chunks") as pool:
             for name, value in root_attrs(src).items():
                 dst.attrs[name] = value
             for name, dset in all_datasets(src).items():
-                _copy_dataset(dset, dst, name, compression, store.checksums, path)
+                _copy_dataset(dset, dst, name, compression, store.checksums, path, pool)
         os.replace(tmp, out)
     except (OSError, RuntimeError) as exc:
         if not is_disk_full(exc):
@@ -69,7 +72,7 @@ def _raw_bytes(path: Path) -> int:
 
 
 def _copy_dataset(dset: h5py.Dataset, dst: h5py.File, name: str, compression: str, checksums: dict,
-                  source: Path) -> None:
+                  source: Path, pool: ThreadPoolExecutor) -> None:
     chunk_rows = dset.chunks[0] if dset.chunks else min(DEFAULT_CHUNK_ROWS, dset.shape[0])
     out = dst.create_dataset(name, shape=dset.shape, dtype=dset.dtype,
                              **storage_options(compression, dset.shape[1:], chunk_rows, dset.dtype))
@@ -87,6 +90,6 @@ def _copy_dataset(dset: h5py.Dataset, dst: h5py.File, name: str, compression: st
         if bad_row is None:
             row = first_non_finite(piece)
             bad_row = None if row is None else start + row
-        out[start:start + step] = piece
+        write_rows(out, start, piece, chunk_rows, compression, pool)  # a gzip store's chunks on every core
     check_digest_of(source, name, digest.hexdigest(), checksums)
     check_finite(source, name, bad_row)

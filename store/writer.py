@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from . import schema as S
 from .checksums import first_non_finite, root_digest
+from .chunks import chunk_workers, gzip_chunk, made_ahead
 from .files import check_free_space, free_mib, is_disk_full, write_bytes_atomic
 from .contiguous import ALIGNMENT
 from .layout import (JOB_FILE, JOB_KIND, SHARED_PARAMS_FILE, StoreLayout, block_keys, file_datasets,  # noqa: F401
@@ -269,7 +270,6 @@ class StoreWriter:
     def _assemble(self, tmp: Path) -> None:
         lay = self.layout
         chunk_rows = min(lay.block_rows, lay.num_samples)
-        hashes = {}
         with h5py.File(tmp, "w", **file_options(self.compression)) as f:
             f.attrs[S.ATTR_FORMAT] = S.FORMAT
             f.attrs[S.ATTR_SCHEMA_VERSION] = np.int64(S.SCHEMA_VERSION)
@@ -277,22 +277,10 @@ class StoreWriter:
             f.attrs[S.ATTR_LABELOPT_VERSION] = str(self.header[S.ATTR_LABELOPT_VERSION])
             for key in S.JSON_ATTRS:
                 f.attrs[key] = json.dumps(self.header[key], sort_keys=True)
-
-            dsets = {}
-            for path, (shape, dtype, keys) in file_datasets(lay).items():
-                dsets[path] = (f.create_dataset(path, shape=(lay.num_samples, *shape), dtype=dtype,
-                                                **storage_options(self.compression, shape, chunk_rows, dtype)), keys)
-                # Blocks arrive in row order and each is C-contiguous, so hashing them in turn
-                # equals hashing the whole dataset's C-order bytes.
-                hashes[path] = hashlib.sha256()
-            for b in tqdm(range(lay.num_blocks()), desc=f"assembling {self.path.name}", unit="block",
-                          disable=not sys.stderr.isatty(), leave=False):
-                start, stop = lay.block_range(b)
-                data = self._load_block(b)
-                for path, (dset, keys) in dsets.items():
-                    arr = file_rows(data, keys)
-                    dset[start:stop] = arr
-                    hashes[path].update(arr.reshape(-1).view(np.uint8))
+            dsets = {path: f.create_dataset(path, shape=(lay.num_samples, *shape), dtype=dtype,
+                                            **storage_options(self.compression, shape, chunk_rows, dtype))
+                     for path, (shape, dtype, _) in file_datasets(lay).items()}
+            hashes = self._write_rows(dsets, chunk_rows)
             if self.shared_view_params is not None:
                 params = self.shared_view_params
                 f.create_dataset(S.VIEW_PARAMS, data=params,
@@ -306,4 +294,27 @@ class StoreWriter:
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
 
+    def _write_rows(self, dsets: dict, chunk_rows: int) -> dict:
+        """Every block's rows into their datasets, in row order; returns each dataset's sha256 of its C-order bytes
+        (blocks arrive in row order and each is C-contiguous, so hashing them in turn hashes the whole dataset).
+        A gzip store's chunks (one per block) are compressed in threads ahead of the file (chunks.py); lzf's
+        HDF5 compresses as it writes."""
+        hashes = {path: hashlib.sha256() for path in dsets}
+        direct = self.compression == "gzip"
 
+        def prepared(b: int) -> tuple[dict, dict | None]:
+            block = self._load_block(b)
+            arrays = {path: file_rows(block, keys) for path, (_, _, keys) in file_datasets(self.layout).items()}
+            return arrays, ({path: gzip_chunk(rows, chunk_rows) for path, rows in arrays.items()} if direct else None)
+
+        blocks = made_ahead(range(self.layout.num_blocks()), prepared, chunk_workers())
+        for b, (arrays, chunks) in tqdm(blocks, total=self.layout.num_blocks(), desc=f"assembling {self.path.name}",
+                                        unit="block", disable=not sys.stderr.isatty(), leave=False):
+            start, stop = self.layout.block_range(b)
+            for path, rows in arrays.items():
+                if chunks is None:
+                    dsets[path][start:stop] = rows
+                else:
+                    dsets[path].id.write_direct_chunk((start,) + (0,) * (rows.ndim - 1), chunks[path])
+                hashes[path].update(rows.reshape(-1).view(np.uint8))
+        return hashes

@@ -36,9 +36,11 @@
 # benchmarks/stage_two.py at batch 64, eager, with its anchor at batch 64 (stage_two); `labelopt train-student`
 # under torchrun (ddp); benchmarks/stage_two.py --batch-size 128 --compile --mix none, the goal's batch, with its
 # anchor at batch 128, vanilla, the store and a pack of PACK students from it (stage_two_compiled);
-# benchmarks/generate_labels_imagenet.py. Two more, only when --parts names them: stage_two.py at batch 128, eager,
-# vanilla, store and the pack, with its anchor (stage_two_128), and benchmarks/packed.py (packed: G = 1..16 students
-# packed against one after another, images in memory; eager). Sized for under 8 minutes on
+# benchmarks/generate_labels_imagenet.py. Three more, only when --parts names them: stage_two.py at batch 128, eager,
+# vanilla, store and the pack, with its anchor (stage_two_128), benchmarks/packed.py (packed: G = 1..16 students
+# packed against one after another, images in memory; eager), and benchmarks/store_finish.py over CROP_FLIP_IMAGES
+# images x 162 views (store_finish: the gzip store's assembly on the machine's cores, CPU only). Sized for under 8
+# minutes on
 # one H100/H200 before the anchors and the compiled parts were added; not yet measured with them (each part still
 # stops at its limit).
 set -euo pipefail
@@ -47,7 +49,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; ex
 
 OUT="" DRY=0 SMOKE=0
 ALL_PARTS=generate_labels,generate_labels_fast,stage_two,ddp,stage_two_compiled,generate_labels_imagenet
-KNOWN_PARTS=$ALL_PARTS,stage_two_128,packed
+KNOWN_PARTS=$ALL_PARTS,stage_two_128,packed,store_finish
 PARTS=$ALL_PARTS
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -158,6 +160,8 @@ part stage_two_128 "$OUT/stage_two_128.json" \
   --views "$STAGE2_VIEWS" --epochs "$EPOCHS" --batch-size 128 --setups vanilla,store --pack "$PACK" --json-only
 part packed "$OUT/packed.json" \
   "$PYTHON" "$HERE/packed.py" --device "$DEVICE" "${PRECISION[@]}" "${PACKED_SIZES[@]}" --json-only
+part store_finish "$OUT/store_finish.json" \
+  "$PYTHON" "$HERE/store_finish.py" --samples "$CROP_FLIP_IMAGES" --json-only
 if [ "$IMAGENET" = 1 ]; then
   part generate_labels_imagenet "$OUT/generate_labels_imagenet.json" \
     "$PYTHON" "$HERE/generate_labels_imagenet.py" --device "$DEVICE" "${PRECISION[@]}" --images "$IMAGENET_IMAGES" \

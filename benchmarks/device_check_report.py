@@ -165,6 +165,16 @@ def packed_rows(packed: dict) -> list[dict]:
             for r in packed["rows"]]
 
 
+def store_finish_rows(finish: dict) -> list[dict]:
+    """benchmarks/store_finish.py: a gzip store's assembly, labelopt's chunks on every core against HDF5's own."""
+    return [{"what": f"store finish: {r['store']} gzip store, {' x '.join(map(str, r['shape']))}, "
+                     f"{finish['threads']} threads",
+             "figure": f"{r['finish_seconds']:.2f} s",
+             "against": f"{r['hdf5_over_finish']:.2f}x faster than HDF5 compressing ({r['hdf5_seconds']:.2f} s)"
+                        + ("" if r["same_chunks"] else "; the chunks DIFFER")}
+            for r in finish["stores"]]
+
+
 def ddp_row(seconds: list[float], two: dict | None, backend: str) -> dict:
     steady = statistics.median(seconds[1:])
     against = ""
@@ -208,6 +218,9 @@ def build(out: Path) -> dict:
         {"what": "stage_two.py --batch-size 128", "figure": "missing", "against": ""}] * ("stage_two_128" in status)
     rows += packed_rows(packed) if packed else [
         {"what": "packed.py", "figure": "missing", "against": ""}] * ("packed" in status)
+    finish = read_json(out / "store_finish.json")
+    rows += store_finish_rows(finish) if finish else [
+        {"what": "store_finish.py", "figure": "missing", "against": ""}] * ("store_finish" in status)
     imagenet = read_json(out / "generate_labels_imagenet.json")
     if imagenet:
         rows += imagenet_rows(imagenet)
@@ -219,6 +232,7 @@ def build(out: Path) -> dict:
             "generate_labels_fast": fast and fast.get("summary"), "stage_two": two and two.get("summary"),
             "stage_two_compiled": compiled and compiled.get("summary"),
             "stage_two_128": eager128 and eager128.get("summary"), "packed": packed and packed.get("rows"),
+            "store_finish": finish and finish.get("stores"),
             "generate_labels_imagenet": imagenet and imagenet.get("summary")}
 
 

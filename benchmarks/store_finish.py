@@ -132,7 +132,7 @@ def table(result: dict) -> str:
                                ("finish", "labelopt finish, s"), ("ratio", "speed-up"), ("same", "same chunks")])
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--views", type=int, default=162)
@@ -141,7 +141,7 @@ def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--keep", type=Path, default=None, help="Write the stores here and keep them.")
     parser.add_argument("--json-only", action="store_true", help="Print the JSON only, no table.")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if min(args.samples, args.views, args.classes, args.reps) < 1 or not 1 <= args.topk < args.classes:
         parser.error("--samples, --views, --classes and --reps must be positive and --topk in 1..classes-1")
     loadavg = os.getloadavg()

@@ -185,6 +185,21 @@ def test_packed_measures_each_pack_size_against_its_students_one_after_another(c
         packed.main(["--members", "0"])
 
 
+def test_store_finish_times_both_assemblies_of_the_same_chunks(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import store_finish
+
+    assert store_finish.main(["--samples", "300", "--views", "4", "--classes", "10", "--topk", "3", "--reps", "1",
+                              "--json-only"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["store"] for r in result["stores"]] == ["dense", "top3"]
+    for row in result["stores"]:
+        assert row["same_chunks"] and row["shape"] == [300, 4, 10]
+        assert row["hdf5_over_finish"] == pytest.approx(row["hdf5_seconds"] / row["finish_seconds"])
+    with pytest.raises(SystemExit):
+        store_finish.main(["--topk", "100"])
+
+
 def test_table_packs_times_the_rows_of_both_ways_from_their_done_lines(tmp_path, capsys, monkeypatch):
     """table_packs.py: the packed table runs whole, the second reads its data and copies its teachers and stores,
     runs the same rows with --max-pack 1, and only row and pack steps count as the rows' seconds."""

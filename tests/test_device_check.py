@@ -122,6 +122,28 @@ def test_report_shows_the_pack_and_the_packed_benchmark(tmp_path):
     assert "stage_two.py" not in rows and "torchrun DDP" not in rows  # not among the parts that ran
 
 
+def test_store_finish_part_runs_the_assembly_benchmark_and_reports_it(tmp_path):
+    done = run_script(tmp_path / "out", "--dry-run", "--parts", "store_finish", CROP_FLIP_IMAGES="300")
+    assert done.returncode == 0, done.stderr
+    command = done.stdout.split()
+    assert command[1].endswith("store_finish.py") and command[command.index("--samples") + 1] == "300"
+    report = load_report()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "parts.txt").write_text("store_finish ok 20\n")
+    finish = {"threads": 16, "stores": [
+        {"store": "dense", "shape": [300, 162, 100], "finish_seconds": 0.25, "hdf5_seconds": 2.0,
+         "hdf5_over_finish": 8.0, "same_chunks": True},
+        {"store": "top10", "shape": [300, 162, 100], "finish_seconds": 0.1, "hdf5_seconds": 0.2,
+         "hdf5_over_finish": 2.0, "same_chunks": False}]}
+    (tmp_path / "store_finish.json").write_text(json.dumps(finish))
+    rows = {row["what"]: (row["figure"], row["against"]) for row in report.build(tmp_path)["rows"]}
+    assert rows["store finish: dense gzip store, 300 x 162 x 100, 16 threads"] == (
+        "0.25 s", "8.00x faster than HDF5 compressing (2.00 s)")
+    assert rows["store finish: top10 gzip store, 300 x 162 x 100, 16 threads"][1].endswith("the chunks DIFFER")
+    (tmp_path / "store_finish.json").unlink()
+    assert {"what": "store_finish.py", "figure": "missing", "against": ""} in report.build(tmp_path)["rows"]
+
+
 def test_imagenet_0_leaves_the_imagenet_part_out(tmp_path):
     done = run_script(tmp_path / "out", "--dry-run", IMAGENET="0")
     assert done.returncode == 0, done.stderr

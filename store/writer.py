@@ -300,15 +300,19 @@ class StoreWriter:
         A gzip store's chunks (one per block) are compressed in threads ahead of the file (chunks.py); lzf's
         HDF5 compresses as it writes."""
         hashes = {path: hashlib.sha256() for path in dsets}
-        direct = self.compression == "gzip"
+        datasets = file_datasets(self.layout)
 
-        def prepared(b: int) -> tuple[dict, dict | None]:
-            block = self._load_block(b)
-            arrays = {path: file_rows(block, keys) for path, (_, _, keys) in file_datasets(self.layout).items()}
-            return arrays, ({path: gzip_chunk(rows, chunk_rows) for path, rows in arrays.items()} if direct else None)
+        def loaded():  # in this thread: numpy reads a block's headers with ast, which is not thread-safe in 3.11
+            for b in range(self.layout.num_blocks()):
+                block = self._load_block(b)
+                yield b, {path: file_rows(block, keys) for path, (_, _, keys) in datasets.items()}
 
-        blocks = made_ahead(range(self.layout.num_blocks()), prepared, chunk_workers())
-        for b, (arrays, chunks) in tqdm(blocks, total=self.layout.num_blocks(), desc=f"assembling {self.path.name}",
+        def compressed(item) -> dict | None:
+            return {path: gzip_chunk(rows, chunk_rows) for path, rows in item[1].items()} \
+                if self.compression == "gzip" else None
+
+        blocks = made_ahead(loaded(), compressed, chunk_workers())
+        for (b, arrays), chunks in tqdm(blocks, total=self.layout.num_blocks(), desc=f"assembling {self.path.name}",
                                         unit="block", disable=not sys.stderr.isatty(), leave=False):
             start, stop = self.layout.block_range(b)
             for path, rows in arrays.items():

@@ -16,7 +16,8 @@ class ViewedBatch:
     labels: torch.Tensor  # int64 [B]
     indices: torch.Tensor  # int64 [B] on the CPU: sample index in the split
     views: torch.Tensor | None = None  # int64 [B] on the CPU: position on a store's view axis (store-drawn views)
-    # Mixed images (mixup, CutMix, RICAP): each part's class and share, on the device; None when not mixed.
+    # Mixed images (mixup, CutMix, RICAP): each part's class and share, on the device; None when not mixed. A
+    # pack's batch has [B, G, parts]: each member's own parts first (pipeline/run/packs.py).
     mix_labels: torch.Tensor | None = None  # int64 [B, parts], part 0 = labels
     mix_weights: torch.Tensor | None = None  # float32 [B, parts], rows summing to 1
     # Teacher signals gathered from a label store for (indices, views) by the batch loader, on the device; empty

@@ -241,7 +241,6 @@ def lines_of(run) -> list[dict]:
     (["--member", "name=a,method=vanilla,seed=1", "--teacher", "t.pt"], "an online teacher packs its seeds with"),
     (["--member", "name=a,method=vanilla,seed=1,nope=2"], "--member a: nope is not an option of method vanilla"),
     (["--member", "name=a,method=nope,seed=1"], "--member a: unknown --method 'nope'"),
-    (["--member", "name=a,method=vanilla,seed=1", "--mix", "mixup"], "--member a: a pack trains on unmixed views"),
     (["--pack-layout", "stacked"], "--pack-layout stacked lays out a pack's members: give --seeds or --member"),
 ])
 def test_what_a_mixed_pack_does_not_take_is_refused_in_one_line(tiny_cifar_dir, tmp_path, extra, message):
@@ -260,6 +259,83 @@ def test_a_member_whose_method_cannot_pack_is_refused_naming_it(tiny_cifar_dir, 
     with pytest.raises(UserError, match="--member b: --method kd needs logits"):
         train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack",
                                     [specs[0], f"name=b,method=kd,seed=1,labels={identity_store}"]), log=quiet)
+
+
+# -- mixed images in a pack: stored mixes (aug-sl, aug-sl-kd) and fresh ones (--mix) ------------------------------
+
+@pytest.fixture(scope="module")
+def mix_store(tiny_teacher, tiny_cifar_dir, tmp_path_factory):
+    """The teacher's labels of 2 CutMix images per training image, partners anywhere in the split."""
+    out = tmp_path_factory.mktemp("pack-store-mix") / "mix.h5"
+    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(tiny_teacher),),
+                                    views="mix:cutmix:2", temperature=4.0, device="cpu"), log=quiet)
+    return out
+
+
+def assert_member_is_its_run(member, alone, name):
+    got, want = weights(member / "last.pt"), weights(alone / "last.pt")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), name
+    for a, b in zip(lines_of(member), lines_of(alone), strict=True):
+        assert (a["train_loss"], a["train_top1"], a["test_nll"]) == (b["train_loss"], b["train_top1"], b["test_nll"])
+
+
+@pytest.mark.slow
+def test_members_on_stored_mixes_train_as_their_standalone_runs(tiny_cifar_dir, identity_store, mix_store,
+                                                                 tmp_path):
+    """aug-sl and aug-sl-kd members of one mix store (their pixels made in one call, their parts' ground truth
+    their own), beside an sl member of another store and a vanilla one: each bit for bit its standalone run."""
+    own = {"aug-1": dict(method="aug-sl", seed=1, labels=str(mix_store)),
+           "augkd-2": dict(method="aug-sl-kd", seed=2, labels=str(mix_store)),
+           "sl-3": dict(method="sl", seed=3, labels=str(identity_store)),
+           "plain-4": dict(method="vanilla", seed=4, labels=None)}
+    specs = [f"name={name},method={o['method']},seed={o['seed']}" + (f",labels={o['labels']}" if o["labels"] else "")
+             for name, o in own.items()]
+    train_student(mixed_options(tiny_cifar_dir, tmp_path / "pack", specs), log=quiet)
+    for name, options_of in own.items():
+        train_student(options(tiny_cifar_dir, tmp_path / name, None, order_seed=1, **options_of), log=quiet)
+        assert_member_is_its_run(tmp_path / "pack" / name, tmp_path / name, name)
+
+
+@pytest.mark.slow
+def test_members_on_fresh_mixes_train_as_their_standalone_runs(tiny_cifar_dir, tmp_path):
+    """--seeds with --mix: each member mixes its own batch with its own partners and shares."""
+    train_student(options(tiny_cifar_dir, tmp_path / "pack", None, method="vanilla", labels=None, mix="ricap",
+                          seeds=(1, 2)), log=quiet)
+    for seed in (1, 2):
+        train_student(options(tiny_cifar_dir, tmp_path / f"alone-{seed}", None, method="vanilla", labels=None,
+                              mix="ricap", seed=seed, order_seed=1), log=quiet)
+        assert_member_is_its_run(tmp_path / "pack" / f"seed-{seed}", tmp_path / f"alone-{seed}", seed)
+
+
+def test_a_packs_mixed_members_get_their_own_parts_and_unmixed_ones_none():
+    """PackViews stacks each mixed member's parts as [B, G, parts] (zero past a member's own), and member_batch
+    gives member g exactly its own draw's parts, or none."""
+    from labelopt.pipeline.run.packs import PackViews, member_batch
+    from labelopt.pipeline.views.draws import AugmentViews
+    from labelopt.pipeline.views.mixed import FreshMixes
+    from labelopt.pipeline.views.mixes import get_mix_policy
+    from labelopt.pipeline.views.policies import PadCropFlipView
+    from labelopt.stages.batch import ViewedBatch
+
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    indices, classes = torch.arange(6), torch.arange(6) % 3
+    base = AugmentViews(PadCropFlipView())
+    samplers = [FreshMixes(base, get_mix_policy("ricap", None), classes), base,
+                FreshMixes(base, get_mix_policy("cutmix", None), classes)]
+    pack = PackViews(samplers, [3, 4, 5])
+    pack.start_epoch(0, rank=0)
+    drawn = pack.draw(images, indices, None)
+    assert pack.member_parts == [4, 0, 2] and drawn.mix.labels.shape == (6, 3, 4)
+    batch = ViewedBatch(drawn.images, classes, indices, None, *drawn.mix)
+    alone = PackViews(samplers, [3, 4, 5])
+    alone.start_epoch(0, rank=0)
+    for g, (sampler, generator) in enumerate(zip(samplers, alone.generators)):
+        own, mine = sampler.draw(images, indices, generator), member_batch(batch, g, {}, False, pack.member_parts[g])
+        assert torch.equal(mine.images, own.images), g
+        if own.mix is None:
+            assert mine.mix_labels is None and mine.mix_weights is None
+        else:
+            assert torch.equal(mine.mix_labels, own.mix.labels) and torch.equal(mine.mix_weights, own.mix.weights)
 
 
 def test_a_pack_of_one_records_its_members_figures_as_any_pack_does():

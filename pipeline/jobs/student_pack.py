@@ -93,16 +93,15 @@ def member_method_options(spec: MemberSpec) -> dict:
 
 
 def check_member(where: str, student: Student, distiller: Distiller) -> None:
-    """What a pack holds in this version: label-based methods on unmixed views, without a warm-up."""
+    """What a pack holds in this version: label-based methods on one view per sample (mixed or not), without a
+    warm-up."""
     method = student.method
     if method.student_taps or any(p.requires_grad for p in distiller.parameters()):
         raise UserError(f"{where}: --method {method.name} reads the student's features or trains modules of its "
                         f"own, which a pack does not hold; train it one run per --seed")
-    sampler = student.sampler
-    if student.options.mix or (sampler is not None and sampler.describe().get("mix")) \
-            or distiller.views_per_sample > 1:
-        raise UserError(f"{where}: a pack trains on unmixed views, one per sample; train mixed images one run per "
-                        f"--seed")
+    if distiller.views_per_sample > 1:
+        raise UserError(f"{where}: --method {method.name} sees {distiller.views_per_sample} views of every image "
+                        f"per step, and a pack's members see one each; train it one run per --seed")
     if distiller.warmup_epochs:
         raise UserError(f"{where}: --method {method.name} warms up for {distiller.warmup_epochs} epochs first, "
                         f"which a pack does not run; train it one run per --seed")
@@ -208,7 +207,8 @@ def train_pack(options: StudentOptions, data, dist_info, device, *, cache_dir=No
         slots = signal_slots([s.source.names if own else () for s, own in zip(students, stored)])
         rows = pack_teacher_rows([s.source if own else None for s, own in zip(students, stored)]) \
             if any(stored) else None
-        objective = pack_objective([b.distiller for b in built], [s.source for s in students], slots, stored)
+        objective = pack_objective([b.distiller for b in built], [s.source for s in students], slots, stored,
+                                   views.member_parts)
         config = {"pack": {"members": [b.spec.record() for b in built]}}
         if not options.members:  # a pack of seeds records its one method and teacher as a run does
             config.update(student_record(students[0], built[0].distiller))

@@ -60,10 +60,6 @@ def pack_refusal(row: RowSpec, table: TableSpec) -> str:
     warmup = row.options.get("method_options", {}).get("warmup_epochs", method.option_defaults().get("warmup_epochs"))
     if warmup:
         return "its method warms up first"
-    store = table.stores.get(row.labels) if row.labels is not None else None
-    views = str(store.options.get("views", "")) if store is not None else ""
-    if method.mixes == "required" or row.options.get("mix") or views.startswith("mix:"):
-        return "it trains on mixed images"
     return ""
 
 

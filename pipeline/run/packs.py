@@ -3,9 +3,10 @@ its own seed, method and label store (train-student --seeds, or --member: pipeli
 
 The training loop sees one model (models/packing.py: the members side by side on the channel axis, grouped on a
 GPU, stacked on a CPU), one batch and one loss; what differs per member lives here:
-- `PackViews` draws each member's views with its own sampler (its store's views, or fresh ones) and its own
-  generator, seeded as a standalone run of its seed would seed it, and puts the members' pixels side by side
-  ([B, G * 3, H, W]); the data order is the pack's one.
+- `PackViews` draws each member's views with its own sampler (its store's views, mixed or not, or fresh ones,
+  mixed or not) and its own generator, seeded as a standalone run of its seed would seed it, and puts the members'
+  pixels side by side ([B, G * 3, H, W]) and their mixed images' parts one above the other ([B, G, parts]); the
+  data order is the pack's one.
 - `pack_teacher_rows` gathers each member's store rows for its own views ({signal: [B, M, ...]} over the M members
   that read the signal; `signal_slots` says where member g's rows are).
 - `PackNormalizer` normalizes each member's channels; given a plain batch (the held-out split) it shows every
@@ -28,7 +29,7 @@ from ...models.packing import member_outputs, member_state
 from ...stages.batch import ViewedBatch
 from ...stages.metrics import classification_metrics
 from ..data.normalize import Normalizer
-from ..views.draws import Chosen, ChoosingSampler, Drawn, ViewSampler
+from ..views.draws import Chosen, ChoosingSampler, Drawn, MixParts, ViewSampler
 from .checkpoints import save_best, save_checkpoint
 from .runs import MetricsLog, write_config
 
@@ -47,23 +48,51 @@ def epoch_views_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 class PackViews(ViewSampler):
-    """Member g's views drawn by `samplers[g]` from its own generator (reseeded each epoch by `start_epoch`)."""
+    """Member g's views drawn by `samplers[g]` from its own generator (reseeded each epoch by `start_epoch`). The
+    pixels of members whose samplers choose a policy's parameters are made together (member_pixels); a member
+    whose sampler mixes images as it draws (fresh mixes) draws alone. Mixed members' parts are stacked as
+    [B, G, parts] (`mixed_parts` of the widest; a member's own are its first `member_parts[g]`)."""
 
-    def __init__(self, samplers: list[ChoosingSampler], seeds: list[int]):
+    def __init__(self, samplers: list[ViewSampler], seeds: list[int]):
         self.samplers, self.seeds = samplers, seeds
         self.generators = [torch.Generator() for _ in seeds]
+        self.member_parts = [s.mixed_parts() for s in samplers]
 
     def start_epoch(self, epoch: int, rank: int) -> None:
         for generator, seed in zip(self.generators, self.seeds):
             generator.manual_seed(epoch_views_seed(seed, epoch, rank))
 
+    def mixed_parts(self) -> int:
+        return max(self.member_parts)
+
     def draw(self, images, indices, generator):
-        chosen = [s.choose(images, indices, g) for s, g in zip(self.samplers, self.generators)]
-        keyed = [c.views for c in chosen if c.views is not None]
+        own = [s.choose(images, indices, g) if isinstance(s, ChoosingSampler) else s.draw(images, indices, g)
+               for s, g in zip(self.samplers, self.generators)]
+        chosen = [g for g, drawn in enumerate(own) if isinstance(drawn, Chosen)]
+        pixels = [drawn.images if isinstance(drawn, Drawn) else None for drawn in own]
+        for g, made in zip(chosen, member_pixels(images, [own[g] for g in chosen])):
+            pixels[g] = made
+        keyed = [d.views for d in own if d.views is not None]
         # A member without a store has no view keys: its column is a placeholder that nothing reads.
-        views = None if not keyed else torch.stack([torch.zeros_like(keyed[0]) if c.views is None else c.views
-                                                    for c in chosen], dim=1)
-        return Drawn(torch.cat(member_pixels(images, chosen), dim=1), views)
+        views = None if not keyed else torch.stack([torch.zeros_like(keyed[0]) if d.views is None else d.views
+                                                    for d in own], dim=1)
+        return Drawn(torch.cat(pixels, dim=1), views, self._stacked_mixes(own, pixels, indices))
+
+    def _stacked_mixes(self, own: list, pixels: list[torch.Tensor], indices) -> MixParts | None:
+        """Every mixed member's parts as [B, G, parts], zero past a member's own parts (nothing reads them)."""
+        width = self.mixed_parts()
+        if not width:
+            return None
+        size = len(indices)
+        labels = torch.zeros(size, len(own), width, dtype=torch.long)
+        weights = torch.zeros(size, len(own), width, dtype=torch.float32)
+        for g, (drawn, parts) in enumerate(zip(own, self.member_parts)):
+            if not parts:
+                continue
+            mix = drawn.mix if isinstance(drawn, Drawn) else MixParts(*drawn.policy.mix_parts(
+                indices, drawn.params, pixels[g].shape[2], pixels[g].shape[3]))
+            labels[:, g, :parts], weights[:, g, :parts] = mix.labels.cpu(), mix.weights.cpu()
+        return MixParts(labels, weights)
 
     def describe(self):
         described = [s.describe() for s in self.samplers]
@@ -145,14 +174,17 @@ class PackNormalizer(Normalizer):
         return super().__call__(images)
 
 
-def member_batch(batch: ViewedBatch, g: int, slots: dict[str, int], viewed: bool) -> ViewedBatch:
-    """Member g's view of a pack's batch: its pixels, its view keys (`viewed`: it has some), its teacher rows."""
+def member_batch(batch: ViewedBatch, g: int, slots: dict[str, int], viewed: bool, parts: int = 0) -> ViewedBatch:
+    """Member g's view of a pack's batch: its pixels, its view keys (`viewed`: it has some), its mixed images'
+    `parts` (0: unmixed) and its teacher rows."""
+    mix = (batch.mix_labels[:, g, :parts], batch.mix_weights[:, g, :parts]) if parts else (None, None)
     return ViewedBatch(batch.images[:, 3 * g:3 * g + 3], batch.labels, batch.indices,
-                       batch.views[:, g] if viewed and batch.views is not None else None,
+                       batch.views[:, g] if viewed and batch.views is not None else None, *mix,
                        teacher={name: batch.teacher[name][:, slot] for name, slot in slots.items()})
 
 
-def pack_objective(distillers: list, sources: list, slots: list[dict[str, int]], viewed: list[bool]):
+def pack_objective(distillers: list, sources: list, slots: list[dict[str, int]], viewed: list[bool],
+                   mixed_parts: list[int]):
     """The loss of a pack's step: each member's method on its logits and its batch, summed; logits [B, G, C]."""
     members = len(distillers)
 
@@ -160,7 +192,7 @@ def pack_objective(distillers: list, sources: list, slots: list[dict[str, int]],
         logits = member_outputs(model(inputs), members)
         total, parts = 0.0, {}
         for g, (distiller, source) in enumerate(zip(distillers, sources)):
-            own = member_batch(batch, g, slots[g], viewed[g])
+            own = member_batch(batch, g, slots[g], viewed[g], mixed_parts[g])
             teacher = source.signals(own, distiller.teacher_signals) if distiller.teacher_signals else {}
             loss = distiller(logits[:, g], {}, teacher, own)["loss"]
             parts[f"member{g}"] = loss

@@ -47,10 +47,15 @@ class ViewSampler(ABC):
     def describe(self) -> dict:
         """What the run's config records about the views."""
 
+    def mixed_parts(self) -> int:
+        """The images each drawn image mixes (Drawn.mix has that many parts); 0 for views of one image."""
+        return 0
+
 
 class ChoosingSampler(ViewSampler):
     """A sampler whose draw is a choice of one policy's parameters, the pixels that policy's: a pack makes all its
-    members' pixels in one call (samplers that make pixels as they draw, mixes and copies, are not packed)."""
+    members' pixels in one call (a pack's members whose samplers make pixels as they draw, fresh mixes, draw
+    alone)."""
 
     @abstractmethod
     def choose(self, images: torch.Tensor, indices: torch.Tensor, generator: torch.Generator) -> Chosen:

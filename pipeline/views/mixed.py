@@ -33,6 +33,9 @@ class FreshMixes(ViewSampler):
     def describe(self):
         return {**self.base.describe(), **self.mix.describe(), "partners": "the same batch, drawn each step"}
 
+    def mixed_parts(self):
+        return self.mix.parts
+
 
 @dataclass
 class MixedView(ViewPolicy):

@@ -136,6 +136,9 @@ class ViewSpace(ChoosingSampler):
         parts = self.policy.mix_parts(indices, chosen.params, pixels.shape[2], pixels.shape[3])
         return Drawn(pixels, chosen.views, None if parts is None else MixParts(*parts))
 
+    def mixed_parts(self):
+        return self.policy.mix.parts if self.mixed else 0
+
     def describe(self):
         out = {"draw": "store", "policy": self.policy.name, "num_views": self.num_views,
                "pairing": "exact: each label is the teacher's answer for the pixels shown"}

@@ -23,7 +23,8 @@ from labelopt.pipeline.jobs.tables import TableRequest, make_plan, narrowed
 REPO = Path(__file__).resolve().parent.parent
 DIGITS_ROWS = ["vanilla", "ls", "random", "sl", "sl+gt", "sl-enc", "sl-ens", "sl-kd", "vanilla+mix", "aug-sl",
                "aug-sl-kd", "kd", "fitnet", "at", "sp", "vid", "rkd", "pkt", "ab", "ft", "crd", "crd+kd", "kdss"]
-PACKED = {"vanilla", "ls", "random", "sl", "sl+gt", "sl-enc", "sl-ens", "sl-kd", "kd"}
+PACKED = {"vanilla", "ls", "random", "sl", "sl+gt", "sl-enc", "sl-ens", "sl-kd", "vanilla+mix", "aug-sl", "aug-sl-kd",
+          "kd"}
 
 SMALL = """
 title = "small"
@@ -154,19 +155,21 @@ def test_unknown_shipped_name_and_cli_filters_are_refused(tmp_path):
 # -- the plan -------------------------------------------------------------------------------------------------------
 
 def test_the_digits_plan_packs_label_rows_and_runs_the_rest_one_seed_at_a_time(tmp_path):
-    """The label rows of one student and options share packs of at most 16 (8 rows x 3 seeds: 16 + 8); kd's online
-    teacher packs its own seeds; every other row trains one run per seed."""
+    """The label rows of one student and options share packs of at most 16 (10 rows x 3 seeds, the stored mixes'
+    included: 16 + 14); vanilla+mix (its own --mix) and kd's online teacher pack their own seeds; every other row
+    trains one run per seed."""
     plan = plan_of("digits", tmp_path / "out")
     packed = {r.row.name for r in plan.rows if r.packed}
     assert packed == PACKED
     phases = [s.phase for s in plan.steps]
     assert phases == sorted(phases, key=["data", "teachers", "stores", "rows"].index)  # teachers, stores, rows
     rows = [s for s in plan.steps if s.phase == "rows"]
-    assert len(rows) == 3 + 3 * (len(DIGITS_ROWS) - len(PACKED))
+    assert len(rows) == 4 + 3 * (len(DIGITS_ROWS) - len(PACKED))
     members = {p.name: [(runs.row.name, seed) for runs, seed in p.members] for p in plan.packs}
-    label_rows = [r for r in DIGITS_ROWS if r in PACKED - {"kd"}]
+    label_rows = [r for r in DIGITS_ROWS if r in PACKED - {"kd", "vanilla+mix"}]
     every = [(row, seed) for row in label_rows for seed in (0, 1, 2)]
-    assert members == {"vanilla-seed-0": every[:16], "sl-enc-seed-1": every[16:], "kd": [("kd", s) for s in (0, 1, 2)]}
+    assert members == {"vanilla-seed-0": every[:16], "sl-enc-seed-1": every[16:],
+                       "vanilla+mix": [("vanilla+mix", s) for s in (0, 1, 2)], "kd": [("kd", s) for s in (0, 1, 2)]}
     first = next(s for s in rows if s.name.startswith("pack vanilla-seed-0"))
     assert first.name == "pack vanilla-seed-0 (16 members: vanilla, ls, random, sl, sl+gt, sl-enc)"
     assert first.args[-3:-1] == ["--out", str(plan.out / "packs/vanilla-seed-0")] and "--seeds" not in first.args
@@ -176,12 +179,16 @@ def test_the_digits_plan_packs_label_rows_and_runs_the_rest_one_seed_at_a_time(t
     assert specs[0] == f"name=vanilla-seed-0,method=vanilla,seed=0,out={plan.out}/runs/vanilla/seed-0"
     assert f"name=sl-seed-2,method=sl,seed=2,labels={plan.out}/labels/sl.h5,out={plan.out}/runs/sl/seed-2" in specs
     second = next(s for s in rows if s.name.startswith("pack sl-enc-seed-1"))
-    assert rows.index(second) > rows.index(first) and "(8 members: sl-enc, sl-ens, sl-kd)" in second.name
+    assert rows.index(second) > rows.index(first) and "(14 members: sl-enc, sl-ens, sl-kd, aug-sl, aug-sl-kd)" in \
+        second.name
+    augs = [second.args[i + 1] for i, a in enumerate(second.args) if a == "--member" and "aug-sl" in second.args[i + 1]]
+    assert f"name=aug-sl-seed-0,method=aug-sl,seed=0,labels={plan.out}/labels/aug.h5,out={plan.out}/runs/aug-sl/seed-0" \
+        in augs and len(augs) == 6
     kd = next(s for s in rows if s.name.startswith("row kd ("))
     assert kd.args[kd.args.index("--seeds") + 1] == "0,1,2" and kd.args[-3:-1] == ["--out", str(plan.out / "runs/kd")]
     assert all(r.folders == {s: plan.out / "runs" / r.row.name / f"seed-{s}" for s in (0, 1, 2)} for r in plan.rows)
-    aug = next(r for r in plan.rows if r.row.name == "aug-sl")
-    assert "mixed" in aug.why_not_packed
+    fitnet = next(r for r in plan.rows if r.row.name == "fitnet")
+    assert "features" in fitnet.why_not_packed
     assert {s.state for s in plan.steps} == {NEW}
     ens = next(s for s in plan.steps if s.name == "store ens")
     assert ens.args.count("--teacher") == 3 and str(plan.out / "teachers/r56/last.pt") in ens.args

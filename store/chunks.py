@@ -75,22 +75,26 @@ def gzip_chunk(rows: np.ndarray, chunk_rows: int) -> bytes:
     return packed + fletcher32(packed).to_bytes(4, "little")
 
 
+MAX_WORKERS = 16  # each holds a block's rows and its chunks (about 15 MB for 256 images x 162 views x 100 classes)
+
+
 def chunk_workers() -> int:
-    """Threads for compressing: the cores this process may run on."""
+    """Threads for compressing: the cores this process may run on, at most MAX_WORKERS."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
 
 
 def made_ahead(items: Iterable, make: Callable, workers: int) -> Iterator[tuple]:
     """(item, make(item)) in the order of `items`, each made in one of `workers` threads while the caller takes
-    the earlier ones; at most 2 x workers items are held at once."""
+    the earlier ones; at most workers + 1 items are held at once."""
     with ThreadPoolExecutor(workers, thread_name_prefix="labelopt-chunks") as pool:
         waiting: deque[tuple[object, Future]] = deque()
         for item in items:
             waiting.append((item, pool.submit(make, item)))
-            if len(waiting) >= 2 * workers:
+            if len(waiting) > workers:
                 first, future = waiting.popleft()
                 yield first, future.result()
         while waiting:

@@ -91,3 +91,29 @@ def test_repack_to_compressed_writes_hdf5s_own_chunks(tmp_path):
     packed = repack(path, tmp_path / "packed.h5", "compressed")
     assert verify(packed)["ok"]
     assert_chunks_as_hdf5_writes(packed)
+
+
+def test_made_ahead_gives_items_in_their_order_holding_few_at_once():
+    """Later items may finish first; they still come out in order, and no more than workers + 1 are taken ahead."""
+    import threading
+    import time
+
+    from labelopt.store.chunks import made_ahead
+
+    taken, held = [], []
+
+    def items():
+        for i in range(12):
+            taken.append(i)
+            held.append(len(taken) - len(done))
+            yield i
+
+    def slow_first(i):
+        time.sleep(0.02 if i % 3 == 0 else 0.0)
+        return i * i, threading.current_thread().name
+
+    done = []
+    for item, (square, thread) in made_ahead(items(), slow_first, workers=3):
+        assert square == item * item and thread.startswith("labelopt-chunks")
+        done.append(item)
+    assert done == list(range(12)) and max(held) <= 4

@@ -11,8 +11,10 @@ figures differ within the spread over seeds).
     .venv/bin/python benchmarks/table_packs.py OUT [--table digits] [--rows vanilla,ls,...] [--seeds 0,1,2]
                                                [--json-only]
 
-The default rows are every label row of the digits table (vanilla, ls, random, sl, sl+gt, sl-enc, sl-ens, sl-kd),
-three seeds: the issue's "digits table as packs against one run at a time". Prints JSON, then a table.
+The default rows are the digits table's label rows on unmixed images (vanilla, ls, random, sl, sl+gt, sl-enc,
+sl-ens, sl-kd), three seeds: the issue's "digits table as packs against one run at a time", as first measured
+(the mixed rows, vanilla+mix, aug-sl and aug-sl-kd, pack too now: add them with --rows). Prints JSON, then a
+table.
 """
 from __future__ import annotations
 

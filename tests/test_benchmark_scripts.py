@@ -37,17 +37,18 @@ def test_seed_table_dry_run_lists_both_tables_on_shared_teachers_and_stores(tmp_
     rows = {"r20": ["vanilla", "ls", "random", "sl", "sl-enc", "sl-ens", "sl-kd"],
             "r110": ["vanilla", "ls", "sl", "sl-enc", "sl-ens", "sl-kd"]}
     # the label rows of a student and its recipe share packs of at most 16 students (rows x seeds); kd's online
-    # teacher packs its own three seeds; Aug-SL trains one run per seed
+    # teacher packs its own three seeds; Aug-SL, of its own recipe, packs its own three seeds too
     packs = {"r20": ["r20-vanilla-seed-0", "r20-sl-ens-seed-1"], "r110": ["r110-vanilla-seed-0", "r110-sl-kd-seed-1"]}
-    assert {*packs["r20"], *packs["r110"], "r20-kd", "r110-kd", *(f"seed-{k}" for k in (0, 1, 2))} == set(runs)
+    assert {*packs["r20"], *packs["r110"], "r20-kd", "r110-kd", "r20-aug-sl", "r110-aug-sl"} == set(runs)
     for student, names in packs.items():
         members = [[c[i + 1].split(",")[0] for i, a in enumerate(c) if a == "--member"] for c in map(runs.get, names)]
         assert len(members[0]) == 16 and sorted(members[0] + members[1]) == sorted(
             f"name={student}-{row}-seed-{k}" for row in rows[student] for k in (0, 1, 2))
         assert option(runs[f"{student}-kd"], "--seeds") == "0,1,2"
-    # the seed's recipe for teachers and students, the follow-up's 350 epochs for Aug-SL (one run per seed)
+        assert option(runs[f"{student}-aug-sl"], "--seeds") == "0,1,2"
+    # the seed's recipe for teachers and students, the follow-up's 350 epochs for Aug-SL
     aug = [c for c in commands if "aug-sl" in c]
-    assert len(aug) == 6 and all(option(c, "--config") == "label-enhancement-long" for c in aug)
+    assert len(aug) == 2 and all(option(c, "--config") == "label-enhancement-long" for c in aug)
     training = [c for c in commands if c[1] in ("train", "train-student") and c not in aug]
     assert all(option(c, "--config") == "seed" for c in training)
     assert not any("--epochs" in c or "--milestones" in c for c in training)

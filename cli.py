@@ -454,8 +454,8 @@ def run_files(val_fraction: float) -> str:
               help="The mix's Beta(alpha, alpha) [mixup 1.0, cutmix 1.0, ricap 0.3].")
 @click.option("--seeds", default=None, metavar="S1,S2,...",
               help="A pack: one student per seed, trained in one pass as one network (--pack-layout; label-based "
-                   "methods, unmixed views, one process); each member's run folder is OUT/seed-S. They share "
-                   "the data order (--order-seed, default the first seed).")
+                   "methods, one view per image, mixed or not; one process); each member's run folder is "
+                   "OUT/seed-S. They share the data order (--order-seed, default the first seed).")
 @click.option("--member", "members", multiple=True, metavar="SPEC",
               help="A pack member of its own (repeat; instead of --seeds, --method, --labels and their options): "
                    "name=NAME,method=M,seed=S[,labels=STORE][,temperature=T][,out=FOLDER][,OPTION=VALUE...], "

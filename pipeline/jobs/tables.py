@@ -3,8 +3,8 @@
 The plan: the data (prepared on the fly, or a prepared folder), then the teachers (`labelopt train`), then the
 label stores (`labelopt generate-labels`), then the rows (`labelopt train-student`), each step skipped when its
 output is complete and continued when it is partly done (table_steps.py). Rows a pack can hold (table_checks.py's
-pack_refusal, as pipeline/jobs/student_pack.py checks them: no student features, no modules of their own, unmixed
-views) train their seeds in packs of at most max_pack students, rows of the same student and options together
+pack_refusal, as pipeline/jobs/student_pack.py checks them: no student features, no modules of their own, no
+warm-up) train their seeds in packs of at most max_pack students, rows of the same student and options together
 (table_packs.py); any other row trains one run per seed. Every row's seed S lands in OUT/runs/<row>/seed-S, an
 ordinary run folder; table_report.py evaluates them and writes the table.
 

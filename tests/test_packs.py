@@ -27,12 +27,17 @@ def quiet(_):
     pass
 
 
+def made_store(teacher, data, folder, views: str, temperature: float = 4.0, **options):
+    """The tiny teacher's store of `views` over the tiny data, in its own folder."""
+    out = folder / "labels.h5"
+    generate_labels(GenerateOptions(data=str(data), out=str(out), teachers=(str(teacher),), views=views,
+                                    temperature=temperature, device="cpu", **options), log=quiet)
+    return out
+
+
 @pytest.fixture(scope="module")
 def identity_store(tiny_teacher, tiny_cifar_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("pack-store") / "identity.h5"
-    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(tiny_teacher),),
-                                    views="identity", temperature=4.0, device="cpu"), log=quiet)
-    return out
+    return made_store(tiny_teacher, tiny_cifar_dir, tmp_path_factory.mktemp("pack-store"), "identity")
 
 
 def options(data, out, store, **overrides):
@@ -114,11 +119,8 @@ def test_what_a_pack_does_not_take_is_refused_in_one_line(tiny_cifar_dir, identi
 @pytest.fixture(scope="module")
 def sampled_store(tiny_teacher, tiny_cifar_dir, tmp_path_factory):
     """A second store of the same data: two sampled views per image at T 2, with logits (kd) and pool features."""
-    out = tmp_path_factory.mktemp("pack-store-b") / "sampled.h5"
-    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(tiny_teacher),),
-                                    views="sampled:2", temperature=2.0, logits=True, features=("pool",),
-                                    device="cpu"), log=quiet)
-    return out
+    return made_store(tiny_teacher, tiny_cifar_dir, tmp_path_factory.mktemp("pack-store-b"), "sampled:2",
+                      temperature=2.0, logits=True, features=("pool",))
 
 
 MIXED_SEEDS = (1, 2, 3)
@@ -266,10 +268,7 @@ def test_a_member_whose_method_cannot_pack_is_refused_naming_it(tiny_cifar_dir, 
 @pytest.fixture(scope="module")
 def mix_store(tiny_teacher, tiny_cifar_dir, tmp_path_factory):
     """The teacher's labels of 2 CutMix images per training image, partners anywhere in the split."""
-    out = tmp_path_factory.mktemp("pack-store-mix") / "mix.h5"
-    generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(tiny_teacher),),
-                                    views="mix:cutmix:2", temperature=4.0, device="cpu"), log=quiet)
-    return out
+    return made_store(tiny_teacher, tiny_cifar_dir, tmp_path_factory.mktemp("pack-store-mix"), "mix:cutmix:2")
 
 
 def assert_member_is_its_run(member, alone, name):

@@ -69,29 +69,24 @@ class PackViews(ViewSampler):
         own = [s.choose(images, indices, g) if isinstance(s, ChoosingSampler) else s.draw(images, indices, g)
                for s, g in zip(self.samplers, self.generators)]
         chosen = [g for g, drawn in enumerate(own) if isinstance(drawn, Chosen)]
-        pixels = [drawn.images if isinstance(drawn, Drawn) else None for drawn in own]
-        for g, made in zip(chosen, member_pixels(images, [own[g] for g in chosen])):
-            pixels[g] = made
+        for g, pixels in zip(chosen, member_pixels(images, [own[g] for g in chosen])):
+            own[g] = own[g].made(pixels, indices)
         keyed = [d.views for d in own if d.views is not None]
         # A member without a store has no view keys: its column is a placeholder that nothing reads.
         views = None if not keyed else torch.stack([torch.zeros_like(keyed[0]) if d.views is None else d.views
                                                     for d in own], dim=1)
-        return Drawn(torch.cat(pixels, dim=1), views, self._stacked_mixes(own, pixels, indices))
+        return Drawn(torch.cat([d.images for d in own], dim=1), views, self._stacked_mixes(own, len(indices)))
 
-    def _stacked_mixes(self, own: list, pixels: list[torch.Tensor], indices) -> MixParts | None:
+    def _stacked_mixes(self, own: list[Drawn], size: int) -> MixParts | None:
         """Every mixed member's parts as [B, G, parts], zero past a member's own parts (nothing reads them)."""
         width = self.mixed_parts()
         if not width:
             return None
-        size = len(indices)
         labels = torch.zeros(size, len(own), width, dtype=torch.long)
         weights = torch.zeros(size, len(own), width, dtype=torch.float32)
         for g, (drawn, parts) in enumerate(zip(own, self.member_parts)):
-            if not parts:
-                continue
-            mix = drawn.mix if isinstance(drawn, Drawn) else MixParts(*drawn.policy.mix_parts(
-                indices, drawn.params, pixels[g].shape[2], pixels[g].shape[3]))
-            labels[:, g, :parts], weights[:, g, :parts] = mix.labels.cpu(), mix.weights.cpu()
+            if parts:
+                labels[:, g, :parts], weights[:, g, :parts] = drawn.mix.labels.cpu(), drawn.mix.weights.cpu()
         return MixParts(labels, weights)
 
     def describe(self):

@@ -37,6 +37,11 @@ class Chosen(NamedTuple):
     params: torch.Tensor  # int64 [B, P] on the CPU
     views: torch.Tensor | None = None  # as Drawn.views
 
+    def made(self, pixels: torch.Tensor, indices: torch.Tensor) -> Drawn:
+        """The draw, once its pixels are made: with a mixed view's parts (their classes and shares)."""
+        parts = self.policy.mix_parts(indices, self.params, pixels.shape[2], pixels.shape[3])
+        return Drawn(pixels, self.views, None if parts is None else MixParts(*parts))
+
 
 class ViewSampler(ABC):
     @abstractmethod
@@ -63,7 +68,7 @@ class ChoosingSampler(ViewSampler):
 
     def draw(self, images, indices, generator):
         chosen = self.choose(images, indices, generator)
-        return Drawn(chosen.policy.apply(images, chosen.params), chosen.views)
+        return chosen.made(chosen.policy.apply(images, chosen.params), indices)
 
 
 class AugmentViews(ChoosingSampler):

@@ -24,7 +24,7 @@ import torch
 from ..errors import UserError
 from .mixed import MixedView  # registers the "mix" policy a store's record may name
 from ..data.pixel_bank import PixelBank
-from .draws import AugmentViews, Chosen, ChoosingSampler, Drawn, MixParts, ViewSampler
+from .draws import AugmentViews, Chosen, ChoosingSampler, ViewSampler
 from .policies import VIEW_POLICY_CLASSES, IdentityView, ResizedCropFlipView, ViewPolicy, uniform_view_ids
 
 if TYPE_CHECKING:  # annotations only: `labelopt train` draws views without importing the store (h5py)
@@ -128,13 +128,6 @@ class ViewSpace(ChoosingSampler):
     def choose(self, images, indices, generator):
         positions = uniform_view_ids(images.shape[0], self.num_views, generator)
         return Chosen(self.policy, self.params(indices, positions), positions)
-
-    def draw(self, images, indices, generator):
-        chosen = self.choose(images, indices, generator)
-        pixels = self.pixels(images, chosen.params)
-        # A mixed view's pixels come with its parts' ground truth (why a pack, which makes pixels alone, refuses it).
-        parts = self.policy.mix_parts(indices, chosen.params, pixels.shape[2], pixels.shape[3])
-        return Drawn(pixels, chosen.views, None if parts is None else MixParts(*parts))
 
     def mixed_parts(self):
         return self.policy.mix.parts if self.mixed else 0

@@ -307,11 +307,11 @@ class StoreWriter:
                 block = self._load_block(b)
                 yield b, {path: file_rows(block, keys) for path, (_, _, keys) in datasets.items()}
 
-        def compressed(item) -> dict | None:
-            return {path: gzip_chunk(rows, chunk_rows) for path, rows in item[1].items()} \
-                if self.compression == "gzip" else None
+        def compressed(item) -> dict:
+            return {path: gzip_chunk(rows, chunk_rows) for path, rows in item[1].items()}
 
-        blocks = made_ahead(loaded(), compressed, chunk_workers())
+        blocks = made_ahead(loaded(), compressed, chunk_workers()) if self.compression == "gzip" else \
+            ((item, None) for item in loaded())
         for (b, arrays), chunks in tqdm(blocks, total=self.layout.num_blocks(), desc=f"assembling {self.path.name}",
                                         unit="block", disable=not sys.stderr.isatty(), leave=False):
             start, stop = self.layout.block_range(b)

@@ -1,7 +1,10 @@
 """Loader throughput: labelopt (FFCV + batched torch views) vs a torchvision DataLoader, side by side.
 
 50,000 CIFAR-shaped images, one timed pass each after a warm-up pass, batch 256, the
-standard pad-4 crop + flip + normalization in both. Prints JSON, then a table.
+standard pad-4 crop + flip + normalization in both. Then, for raw images, FFCV's pipeline in
+parallel (numba prange over the workers) against labelopt's one-thread CopyingLoader: the
+start of a new Loader (construction and first batch, which holds numba's compile; median of
+PIPELINE_REPEATS, alternating) and a bare epoch (no views). Prints JSON, then tables.
 
     .venv/bin/python benchmarks/loader.py [--images 50000] [--batch-size 256] [--workers N]
 """
@@ -10,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -20,6 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import random_images, write_prepared  # noqa: E402
+
+PIPELINE_REPEATS = 3
 
 
 def make_dataset(root: Path, n: int):
@@ -55,6 +61,33 @@ def time_labelopt(folder: Path, batch_size: int, workers: int) -> dict:
     seen = one_epoch(1)
     seconds = time.perf_counter() - started
     return {"images": seen, "seconds": seconds, "img_per_s": seen / seconds, "first_epoch_seconds": first}
+
+
+def time_pipelines(folder: Path, batch_size: int, workers: int) -> dict:
+    """A new Loader's start and a bare epoch's img/s, FFCV's parallel pipeline against the one-thread one."""
+    from ffcv.loader import Loader, OrderOption
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.data.loading import CopyingLoader, decode_plan, field_pipelines
+
+    data = open_dataset(folder)
+    runs = {"parallel": [], "one_thread": []}
+    for _ in range(PIPELINE_REPEATS):
+        for name, cls in (("parallel", Loader), ("one_thread", CopyingLoader)):
+            started = time.perf_counter()
+            loader = cls(str(data.beton("train")), batch_size=batch_size, num_workers=workers,
+                         order=OrderOption.RANDOM, seed=0, pipelines=field_pipelines(decode_plan(data, True)))
+            batches = iter(loader)
+            next(batches)
+            start = time.perf_counter() - started
+            for _ in batches:
+                pass
+            started, seen = time.perf_counter(), 0
+            for images, _, _ in loader:
+                seen += images.shape[0]
+            runs[name].append((start, seen / (time.perf_counter() - started)))
+    return {name: {"start_seconds": statistics.median(r[0] for r in rows),
+                   "epoch_img_per_s": statistics.median(r[1] for r in rows), "runs": rows}
+            for name, rows in runs.items()}
 
 
 def time_torchvision(images: np.ndarray, labels: np.ndarray, batch_size: int, workers: int) -> dict:
@@ -102,6 +135,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         folder, images, labels = make_dataset(Path(tmp), args.images)
         ours = time_labelopt(folder, args.batch_size, args.workers)
+        pipelines = time_pipelines(folder, args.batch_size, args.workers)
         torch.set_num_threads(args.workers)  # FFCV changed it; give torchvision the same cores
         theirs = time_torchvision(images, labels, args.batch_size, args.workers)
     result = {
@@ -110,6 +144,7 @@ def main(argv=None) -> int:
         "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "labelopt_ffcv_views": ours, "torchvision_dataloader": theirs,
         "ratio_labelopt_over_torchvision": ours["img_per_s"] / theirs["img_per_s"],
+        "raw_pipelines": pipelines,
     }
     print(json.dumps(result, indent=2))
     print()
@@ -117,6 +152,10 @@ def main(argv=None) -> int:
     for name, row in (("labelopt: FFCV + batched torch views", ours), ("torchvision DataLoader + transforms", theirs)):
         print(f"{name:<42} {row['img_per_s']:>10.0f} {row['seconds']:>9.2f} {row['first_epoch_seconds']:>14.2f}")
     print(f"ratio labelopt / torchvision: {result['ratio_labelopt_over_torchvision']:.2f}x")
+    print()
+    print(f"{'raw images, FFCV pipeline':<42} {'start s':>10} {'bare epoch img/s':>17}")
+    for name, row in pipelines.items():
+        print(f"{name:<42} {row['start_seconds']:>10.3f} {row['epoch_img_per_s']:>17.0f}")
     return 0
 
 

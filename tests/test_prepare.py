@@ -12,7 +12,7 @@ from labelopt.cli import main
 from labelopt.pipeline.data.datasets import open_dataset
 from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.data.fingerprint import split_fingerprint
-from labelopt.pipeline.data.loading import make_loader
+from labelopt.pipeline.data.loading import CopyingLoader, decode_plan, field_pipelines, loader_class, make_loader
 from labelopt.pipeline.data.prepare import prepare
 from labelopt.pipeline.data.sources import load_source
 from labelopt.tests.fakes import (fake_cifar_content, fake_stl10_content, write_fake_cifar10, write_fake_imagefolder,
@@ -88,6 +88,35 @@ def test_imagefolder_stored_as_jpeg_and_decoded_to_squares(tmp_path):
     x, y, i = next(iter(make_loader(data, "val", 6, shuffle=False, train_decode=False).epoch(0)))
     assert x.shape == (6, 3, 224, 224) and x.dtype == torch.uint8
     assert sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
+    assert loader_class(data) is not CopyingLoader  # JPEGs decode on every worker
+
+
+def test_raw_images_load_in_one_thread_with_the_batches_of_the_parallel_pipeline(digits_dir, monkeypatch):
+    """Raw images are copied by a serial pipeline (it compiles faster): the same shuffled batches as FFCV's parallel
+    one, numba and torch keep the Loader's thread count, and FFCV's own count is restored after the code is made."""
+    from ffcv.loader import Loader, OrderOption
+    from ffcv.pipeline.compiler import Compiler
+
+    data = open_dataset(digits_dir)
+    assert data.meta["storage"] == "raw" and loader_class(data) is CopyingLoader
+    parallel_flags = []
+    compile_code = Compiler.compile.__func__
+    monkeypatch.setattr(Compiler, "compile", classmethod(
+        lambda cls, code, signature=None: parallel_flags.append(getattr(code, "is_parallel", False)
+                                                                and cls.num_threads > 1)
+        or compile_code(cls, code, signature)))
+    epochs = {}
+    for cls in (Loader, CopyingLoader):
+        parallel_flags.clear()
+        loader = cls(str(data.beton("train")), batch_size=100, num_workers=2, order=OrderOption.RANDOM, seed=5,
+                     pipelines=field_pipelines(decode_plan(data, True)))
+        assert any(parallel_flags) == (cls is Loader)
+        assert Compiler.num_threads == 2 and torch.get_num_threads() == 2
+        loader.next_epoch = 1
+        epochs[cls] = [[t.clone() for t in batch] for batch in loader]
+    assert len(epochs[Loader]) == len(epochs[CopyingLoader]) > 1
+    for ours, theirs in zip(epochs[CopyingLoader], epochs[Loader]):
+        assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
 
 
 def test_cli_prepare_digits_refuses_existing_output_then_overwrites(tmp_path):

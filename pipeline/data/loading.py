@@ -15,6 +15,7 @@ import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
+from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import ToTensor
 
 from .beton import worker_count
@@ -36,6 +37,27 @@ class LoaderKey:
 
 
 _LOADERS: dict[LoaderKey, Loader] = {}
+
+
+class CopyingLoader(Loader):
+    """An FFCV Loader whose pipeline runs in one thread, for images stored raw: they are copied, not decoded.
+    One thread copies about a million CIFAR images a second (2-core CPU), far ahead of any step, and numba compiles
+    the serial pipeline in about 0.2 s less than the parallel one, at every new Loader (benchmarks/loader.py)."""
+
+    def generate_code(self):
+        # FFCV reads its thread count while generating the pipeline: above 1 it makes numba prange loops. Only the
+        # class attribute changes: numba's and torch's thread counts stay as the Loader set them.
+        threads = Compiler.num_threads
+        Compiler.num_threads = 1
+        try:
+            super().generate_code()
+        finally:
+            Compiler.num_threads = threads
+
+
+def loader_class(data: PreparedDataset) -> type[Loader]:
+    """Raw images load in one thread; JPEGs decode on every worker."""
+    return CopyingLoader if data.meta.get("storage") == "raw" else Loader
 
 
 def _image_decoder(decode: tuple):
@@ -98,8 +120,9 @@ class SplitLoader:
 def block_loader(data: PreparedDataset, split: str, rows, batch: int, train_decode: bool) -> Loader:
     """A sequential FFCV loader over exactly `rows` (uint64 sample indices, in order), nothing dropped: stage one's
     blocks, sl-enc's prototype pass, the pixel bank. Not cached: each caller passes its own rows."""
-    return Loader(str(data.beton(split)), batch_size=batch, num_workers=worker_count(), order=OrderOption.SEQUENTIAL,
-                  indices=rows, drop_last=False, pipelines=field_pipelines(decode_plan(data, train_decode)))
+    return loader_class(data)(str(data.beton(split)), batch_size=batch, num_workers=worker_count(),
+                              order=OrderOption.SEQUENTIAL, indices=rows, drop_last=False,
+                              pipelines=field_pipelines(decode_plan(data, train_decode)))
 
 
 def make_loader(data: PreparedDataset, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
@@ -116,7 +139,7 @@ def make_loader(data: PreparedDataset, split: str, batch_size: int, *, shuffle: 
                     distributed, decode, workers, subset)
     loader = _LOADERS.get(key)
     if loader is None:
-        loader = Loader(str(path), batch_size=batch_size, num_workers=workers,
+        loader = loader_class(data)(str(path), batch_size=batch_size, num_workers=workers,
                         order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, seed=seed,
                         indices=indices, drop_last=drop_last, distributed=distributed,
                         pipelines=field_pipelines(decode))

@@ -35,7 +35,8 @@
 # identity and cifar-crop-flip at least 0.7x the eager anchor (generate_labels_fast; --smoke: batch 64);
 # benchmarks/stage_two.py at batch 64, eager, with its anchor at batch 64 (stage_two); `labelopt train-student`
 # under torchrun (ddp); benchmarks/stage_two.py --batch-size 128 --compile --mix none, the goal's batch, with its
-# anchor at batch 128, vanilla, the store and a pack of PACK students from it (stage_two_compiled);
+# anchor at batch 128, vanilla, the store, the store with its batches replayed from the device (no loader on the
+# step's path) and a pack of PACK students from it (stage_two_compiled);
 # benchmarks/generate_labels_imagenet.py. Three more, only when --parts names them: stage_two.py at batch 128, eager,
 # vanilla, store and the pack, with its anchor (stage_two_128), benchmarks/packed.py (packed: G = 1..16 students
 # packed against one after another, images in memory; eager), and benchmarks/store_finish.py over CROP_FLIP_IMAGES
@@ -152,7 +153,8 @@ part ddp "$OUT/logs/ddp.stdout" \
 # beside the captured in-memory loop.
 part stage_two_compiled "$OUT/stage_two_compiled.json" \
   "$PYTHON" "$HERE/stage_two.py" --device "$DEVICE" "${PRECISION[@]}" --images "$STAGE2_IMAGES" \
-  --views "$STAGE2_VIEWS" --epochs "$EPOCHS" --batch-size 128 --compile --setups vanilla,store --pack "$PACK" \
+  --views "$STAGE2_VIEWS" --epochs "$EPOCHS" --batch-size 128 --compile --setups vanilla,store,store_replayed \
+  --pack "$PACK" \
   --json-only
 # The same at batch 128 eager: what --compile adds, and the pack's gain without it.
 part stage_two_128 "$OUT/stage_two_128.json" \

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 GOAL_OVER_CAPTURED_ANCHOR = 0.8  # stage_two.py's goal: project img/s over the captured anchor's, batch 128, bf16
+ANCHORED_SETUPS = ("vanilla", "store", "store_replayed", "store_pack")  # stage_two.py's, in its order
 GOAL_OVER_EAGER_ANCHOR = 0.7  # generate_labels.py's goal: generate-labels passes/s over the eager anchor's, batch 1024
 GOAL_PARTS = ("identity", "cifar-crop-flip")  # the stage-one setups the goal is for (not the top-k store)
 
@@ -133,7 +134,7 @@ def anchor_rows(two: dict) -> list[dict]:
         if "img_per_s" not in anchor:
             rows.append({"what": what, "figure": "failed", "against": cell(anchor.get("error", ""))[:120]})
             continue
-        ratios = [f"{key} {s[f'ratio_{key}_over_anchor_{name}']:.3f}x" for key in ("vanilla", "store", "store_pack")
+        ratios = [f"{key} {s[f'ratio_{key}_over_anchor_{name}']:.3f}x" for key in ANCHORED_SETUPS
                   if f"ratio_{key}_over_anchor_{name}" in s]
         rows.append({"what": what, "figure": f"{anchor['img_per_s']:.0f} img/s ({anchor['mode']})",
                      "against": "project / anchor: " + ", ".join(ratios)})
@@ -146,9 +147,9 @@ def batch128_rows(two: dict) -> list[dict]:
     student-images."""
     rows, s = [], two["summary"]
     flag = ", --compile" if two.get("compile") else ", eager"
-    for key in [k for k in ("vanilla", "store", "store_pack") if k in two["setups"]]:
+    for key in [k for k in ANCHORED_SETUPS if k in two["setups"]]:
         setup, ratio = two["setups"][key], s.get(f"ratio_{key}_over_anchor_captured")
-        goal = f" (goal >= {GOAL_OVER_CAPTURED_ANCHOR})" if key != "store_pack" else ""
+        goal = f" (goal >= {GOAL_OVER_CAPTURED_ANCHOR})" if key in ("vanilla", "store") else ""
         rows.append({"what": f"train-student {setup['setup']}, batch {two['batch_size']}{flag}",
                      "figure": f"{setup['median_img_per_s']:.0f} img/s ({setup['median_epoch_seconds']:.2f} s/epoch)",
                      "against": f"{ratio:.3f}x the captured anchor{goal}" if ratio is not None

@@ -6,6 +6,11 @@ The same student (resnet20), data, seed, batch and device in three setups, one a
            train_student --method vanilla (the same loop through the distiller machinery), for reference
   store    train_student --method sl from a label store with all 162 cifar-crop-flip views (stage one
            ran the teacher once per (image, view); each step gathers the stored label of the view it draws)
+  store_replayed
+           the same run with its loader taken off the step's path: epoch 1's finished batches are kept on the
+           device and every later epoch replays them (benchmark only; labelopt's code is untouched). What is
+           left is labelopt's own step and loop, so store / store_replayed is what the loader (FFCV, views,
+           store rows, copies) costs a step, and store_replayed / anchor what the step machinery costs
   online   train_student --method sl with the teacher (resnet56) run on every batch (teachers=(ckpt,))
   mixes    train_student --method vanilla --mix M (mixed one-hot targets, no teacher) against --method aug-sl from
            a store of K mix records per image (generate-labels --views mix:M:K): what a stored Aug-SL label costs
@@ -43,6 +48,7 @@ resnet56 passes per image (83k teacher passes for 512 images), which is what bou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -62,8 +68,10 @@ DEFAULT_VIEWS = "cifar-crop-flip"
 GPU_IMAGES, CPU_IMAGES = 50000, 512
 GOAL_STORE_OVER_VANILLA = 1.05
 DEFAULT_MIX, DEFAULT_MIX_VIEWS = "ricap", 8
-SETUP_ORDER = ("vanilla", "vanilla_student", "store", "store_pack", "online", "vanilla_mix", "aug_sl_store")
-SETUP_CHOICES = ("vanilla", "vanilla_student", "store", "online", "mixes")  # --setups; --pack adds store_pack
+SETUP_ORDER = ("vanilla", "vanilla_student", "store", "store_replayed", "store_pack", "online", "vanilla_mix",
+               "aug_sl_store")
+SETUP_CHOICES = ("vanilla", "vanilla_student", "store", "store_replayed", "online", "mixes")  # --pack: store_pack
+ANCHORED_SETUPS = ("vanilla", "store", "store_replayed", "store_pack")  # measured against the anchors
 GOAL_AUG_STORE_OVER_VANILLA_MIX = 1.10
 ANCHOR_WARMUP_STEPS = 10  # untimed steps before the anchor's clock starts: they hold the captured variant's compile
 ANCHOR_LR, ANCHOR_MOMENTUM, ANCHOR_WEIGHT_DECAY = 0.05, 0.9, 5e-4
@@ -140,13 +148,19 @@ def run_setups(root: Path, args, device: str) -> dict:
         run = train_student(StudentOptions(out=str(runs / "vanilla-student"), method="vanilla", **common), log=log)
         measured["vanilla_student"] = timing(run, "vanilla (train_student --method vanilla)")
     store_path = None
-    if wanted & {"store", "store_pack"}:
+    if wanted & {"store", "store_replayed", "store_pack"}:
         store_path, measured["generation"] = generate_store(root, args, device, folder, teacher)
     if "store" in wanted:
         log("stage_two: (b) sl from the label store")
         run = train_student(StudentOptions(out=str(runs / "store-sl"), labels=str(store_path), method="sl",
                                            **common), log=log)
         measured["store"] = timing(run, f"sl from store ({args.views}, {measured['generation']['num_views']} views)")
+    if "store_replayed" in wanted:
+        log("stage_two: (b'') sl from the label store, epoch 1's batches replayed from the device")
+        with replayed_batches():
+            run = train_student(StudentOptions(out=str(runs / "store-sl-replayed"), labels=str(store_path),
+                                               method="sl", **common), log=log)
+        measured["store_replayed"] = timing(run, "sl from store, batches replayed from the device (no loader)")
     if "store_pack" in wanted:
         log(f"stage_two: (b') a pack of {args.pack} sl students from the label store (--seeds 0..{args.pack - 1})")
         run = train_student(StudentOptions(out=str(runs / "store-sl-pack"), labels=str(store_path), method="sl",
@@ -160,6 +174,29 @@ def run_setups(root: Path, args, device: str) -> dict:
     if args.mix != "none" and "mixes" in wanted:
         measured.update(run_mix_pair(root, args, device, folder, teacher, common))
     return measured
+
+
+@contextlib.contextmanager
+def replayed_batches():
+    """For one setup: BatchLoader.epoch keeps epoch 1's finished batches (already on the device) and replays them
+    at every later epoch, so no loader work is left on the step's path. Each epoch has the same steps and rows."""
+    from labelopt.pipeline.run.batches import BatchLoader
+
+    original, kept = BatchLoader.epoch, []
+
+    def epoch(self, epoch, generator):
+        if kept:
+            yield from kept
+            return
+        for batch in original(self, epoch, generator):
+            kept.append(batch)
+            yield batch
+
+    BatchLoader.epoch = epoch
+    try:
+        yield kept
+    finally:
+        BatchLoader.epoch = original
 
 
 def generate_store(root: Path, args, device: str, folder: Path, teacher: Path) -> tuple[Path, dict]:
@@ -350,6 +387,9 @@ def summarize(result: dict) -> dict:
                        ratio_store_over_online_fastest=fastest["store"] / fastest["online"],
                        break_even_epochs_vs_online_fastest=gen / (fastest["online"] - fastest["store"])
                        if fastest["online"] > fastest["store"] else None)
+    if {"store", "store_replayed"} <= median.keys():
+        # Above 1: the loader slows the step down by that much; the same run replayed its batches from the device.
+        summary["ratio_store_over_store_replayed"] = median["store"] / median["store_replayed"]
     if {"store", "store_pack"} <= setups.keys():
         summary["ratio_pack_over_store_img_per_s"] = (setups["store_pack"]["median_img_per_s"]
                                                       / setups["store"]["median_img_per_s"])
@@ -372,7 +412,7 @@ def anchor_summary(setups: dict, anchors: dict | None) -> dict:
     if not anchors:
         return {}
     ratios = {f"ratio_{setup}_over_anchor_{name}": setups[setup]["median_img_per_s"] / anchor["img_per_s"]
-              for setup in ("vanilla", "store", "store_pack") if setup in setups
+              for setup in ANCHORED_SETUPS if setup in setups
               for name, anchor in anchors.items() if "img_per_s" in anchor}
     captured = [ratios.get(f"ratio_{setup}_over_anchor_captured") for setup in ("vanilla", "store")]
     return {**ratios, "goal_over_anchor_captured": GOAL_PROJECT_OVER_CAPTURED_ANCHOR,
@@ -407,7 +447,7 @@ def print_anchor_lines(result: dict) -> None:
             print(f"anchor {name}: {anchor['mode']}, {anchor['img_per_s']:.0f} img/s (median of "
                   f"{len(anchor['epoch_seconds'])} epochs of {anchor['images_per_epoch']} images, after "
                   f"{anchor['warmup_steps']} warm-up steps in {anchor['warmup_seconds']:.1f} s)")
-            ratios = [f"{setup} {s[key]:.3f}x" for setup in ("vanilla", "store", "store_pack")
+            ratios = [f"{setup} {s[key]:.3f}x" for setup in ANCHORED_SETUPS
                       if (key := f"ratio_{setup}_over_anchor_{name}") in s]
             print(f"  project / anchor {name} (img/s): " + ", ".join(ratios))
         else:
@@ -430,6 +470,9 @@ def print_setup_ratios(result: dict) -> None:
         goal = "meets" if s["goal_met"] else "misses"
         print(f"store / vanilla: {s['ratio_store_over_vanilla']:.3f}x (fastest epochs "
               f"{s['ratio_store_over_vanilla_fastest']:.3f}x; {goal} the goal <= {GOAL_STORE_OVER_VANILLA})")
+    if "ratio_store_over_store_replayed" in s:
+        print(f"store / the same run with its batches replayed from the device: "
+              f"{s['ratio_store_over_store_replayed']:.3f}x the seconds per epoch (the loader's share)")
     if "ratio_pack_over_store_img_per_s" in s:
         print(f"pack of {result['setups']['store_pack']['members']} / one student from the store: "
               f"{s['ratio_pack_over_store_img_per_s']:.2f}x the student-images/s")

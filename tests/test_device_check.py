@@ -54,7 +54,7 @@ def test_dry_run_lists_the_six_parts_on_the_gpu_in_bf16(tmp_path):
     # anchor (on by default), without the mix pair; stage two itself stays eager at the recipe's batch.
     assert compiled[1].endswith("stage_two.py") and "--compile" in compiled and "--no-anchor" not in compiled
     assert compiled[compiled.index("--batch-size") + 1] == "128"
-    assert compiled[compiled.index("--setups") + 1] == "vanilla,store" and compiled[compiled.index("--pack") + 1] == "8"
+    assert compiled[compiled.index("--setups") + 1] == "vanilla,store,store_replayed" and compiled[compiled.index("--pack") + 1] == "8"
     for flag in ("--images", "--views", "--epochs"):
         assert compiled[compiled.index(flag) + 1] == two[two.index(flag) + 1]
     assert "--compile" not in two and "--batch-size" not in two and "--keep" not in compiled
@@ -83,7 +83,7 @@ def test_smoke_runs_the_imagenet_part_at_sizes_its_script_accepts(tmp_path, monk
     compiled = next(line.split() for line in done.stdout.splitlines() if "stage_two.py" in line and "--compile" in line)
     args = load_script("stage_two").make_parser().parse_args(compiled[2:])
     assert (args.images, args.epochs, args.batch_size, args.views) == (128, 2, 128, "identity")
-    assert args.compile and not args.bf16 and not args.no_anchor and args.setups == ["vanilla", "store"]
+    assert args.compile and not args.bf16 and not args.no_anchor and args.setups == ["vanilla", "store", "store_replayed"]
     assert args.pack == 2
 
 
@@ -110,6 +110,9 @@ def test_report_shows_the_pack_and_the_packed_benchmark(tmp_path):
     two["setups"]["store_pack"] = {"setup": "8 packed sl students from store", "median_epoch_seconds": 4.0,
                                    "median_img_per_s": 8000.0}
     two["summary"]["ratio_store_pack_over_anchor_captured"] = 2.0
+    two["setups"]["store_replayed"] = {"setup": "sl from store, batches replayed from the device (no loader)",
+                                       "median_epoch_seconds": 1.5, "median_img_per_s": 3600.0}
+    two["summary"]["ratio_store_replayed_over_anchor_captured"] = 0.9
     (tmp_path / "stage_two_128.json").write_text(json.dumps(two))
     packed = {"batch_size": 128, "compile": False, "rows": [
         {"members": 8, "packed_img_per_s": 9000.0, "separate_img_per_s": 3000.0, "speedup": 3.0}]}
@@ -117,6 +120,10 @@ def test_report_shows_the_pack_and_the_packed_benchmark(tmp_path):
     rows = {row["what"]: (row["figure"], row["against"]) for row in report.build(tmp_path)["rows"]}
     assert rows["train-student 8 packed sl students from store, batch 128, eager"] == (
         "8000 img/s (4.00 s/epoch)", "2.000x the captured anchor")
+    assert rows["train-student sl from store, batches replayed from the device (no loader), batch 128, eager"] == (
+        "3600 img/s (1.50 s/epoch)", "0.900x the captured anchor")  # a diagnosis, with no goal of its own
+    plain = "anchor captured: resnet20 in a plain loop over images on the device, batch 128"
+    assert rows[plain][1].endswith("store_replayed 0.900x, store_pack 2.000x")
     assert rows["packed.py: 8 resnet20 students, batch 128, eager"] == (
         "9000 student-img/s packed", "3.00x one after another (3000)")
     assert "stage_two.py" not in rows and "torchrun DDP" not in rows  # not among the parts that ran

@@ -44,3 +44,32 @@ def test_anchor_rows_draw_each_epoch_as_a_permutation_and_drop_the_rest():
     for epoch in (rows[0:3], rows[3:6]):
         assert len(set(epoch.flatten().tolist())) == 9  # no image twice within an epoch
     assert rows.min() >= 0 and rows.max() < 10
+
+
+def test_replayed_batches_keep_the_first_epoch_and_replay_it_without_the_loader(tiny_cifar_dir):
+    """stage_two.py's store_replayed setup: epoch 1 goes through the BatchLoader, later epochs are the same batch
+    objects again with no FFCV batch read; outside the context the loader is itself again."""
+    from labelopt.pipeline.data.datasets import open_dataset
+    from labelopt.pipeline.data.loading import make_loader
+    from labelopt.pipeline.run.batches import BatchLoader
+    from labelopt.pipeline.views.draws import AugmentViews
+    from labelopt.pipeline.views.policies import PadCropFlipView
+
+    stage_two = load_stage_two()
+    loader = make_loader(open_dataset(tiny_cifar_dir), "train", 32, shuffle=True, seed=1, drop_last=True)
+    batches = BatchLoader(loader, AugmentViews(PadCropFlipView()), torch.device("cpu"))
+    reads = []
+    real_host_batches = loader.host_batches
+
+    def counted(epoch, **kwargs):
+        reads.append(epoch)
+        yield from real_host_batches(epoch, **kwargs)
+
+    loader.host_batches = counted
+    with stage_two.replayed_batches() as kept:
+        first = list(batches.epoch(0, torch.Generator().manual_seed(0)))
+        second = list(batches.epoch(1, torch.Generator().manual_seed(1)))
+    assert len(first) == len(batches) == 3 and reads == [0]
+    assert kept == first and all(a is b for a, b in zip(first, second))
+    again = list(batches.epoch(1, torch.Generator().manual_seed(1)))
+    assert reads == [0, 1] and not torch.equal(again[0].indices, first[0].indices)

@@ -115,7 +115,7 @@ def test_a_step_whose_cuda_graphs_torch_skipped_says_so_and_runs_without_them():
     """torch runs a graph without CUDA graphs (with a warning) when, e.g., a CPU tensor reached it: the run then
     stops marking graph steps and its record says so, instead of claiming graphs it did not get."""
     def first_step(skipped: bool):
-        mode = StepMode(compiled=True, graphs=True, compile_pending=True, scope="step")
+        mode = StepMode(graphs=True, compile_pending=True, scope="step")
         clock = CompileClock(SimpleNamespace(step_mode=mode, device=torch.device("cpu")))
         clock.start()
         if skipped:

@@ -114,10 +114,13 @@ class StepMode:
     """How the student's step runs: eager, compiled, or compiled and captured in CUDA graphs (which then start
     each step with a mark, so a step's outputs are read before the next replay overwrites them)."""
 
-    compiled: bool = False
     graphs: bool = False
     compile_pending: bool = False  # the first compiled step, whose time is the compile's, is still to come
     scope: str = "eager"  # COMPILE_SCOPES: what the compiled code holds
+
+    @property
+    def compiled(self) -> bool:
+        return self.scope != "eager"
 
 
 def step_forward(objective, normalize: Normalizer, train_model, train_extra):
@@ -155,14 +158,14 @@ def compile_step(options: TrainOptions, objective, normalize: Normalizer, train_
     scope = "student" if dist_info.enabled else capture
     if scope == "student":
         forward = step_forward(objective, normalize, torch.compile(train_model, mode=mode), train_extra)
-        return forward, StepMode(compiled=True, graphs=graphs, compile_pending=True, scope=scope)
+        return forward, StepMode(graphs=graphs, compile_pending=True, scope=scope)
     compiled = torch.compile(eager, mode=mode)
 
     def forward(batch: ViewedBatch):
         # The sample indices and view keys live on the CPU (the store rows they keyed are already on the device):
         # kept out of the graph, which then holds device tensors only, as CUDA graphs need.
         return compiled(dataclasses.replace(batch, indices=None, views=None))
-    return forward, StepMode(compiled=True, graphs=graphs, compile_pending=True, scope=scope)
+    return forward, StepMode(graphs=graphs, compile_pending=True, scope=scope)
 
 
 def make_optimizer(options: TrainOptions, model, extra_modules) -> torch.optim.Optimizer:

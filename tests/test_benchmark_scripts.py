@@ -279,3 +279,19 @@ def test_step_ops_counts_each_operator_a_step_launches_outside_its_compiled_regi
     # One more operator per step outside the region: its forward and its backward (neg's gradient is a neg).
     assert extra["ops_per_step"]["loss_and_bookkeeping"] == plain["ops_per_step"]["loss_and_bookkeeping"] + 2
     assert extra["ops_per_step"]["optimizer"] == plain["ops_per_step"]["optimizer"]
+
+
+@pytest.mark.slow
+def test_loader_times_both_raw_pipelines_first_in_a_fresh_process_and_later(tiny_cifar_dir, monkeypatch):
+    """loader.py's raw-pipeline part: each start once as a fresh process's first Loader (the script run again)
+    and once in this process, each with a bare epoch of every image."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import loader
+
+    monkeypatch.setattr(loader, "PIPELINE_REPEATS", 1)
+    result = loader.time_pipelines(Path(tiny_cifar_dir), batch_size=32, workers=2)
+    assert sorted(result) == ["one_thread", "parallel"]
+    for row in result.values():
+        assert len(row["runs"]["first_start"]) == len(row["runs"]["later_start"]) == 1
+        assert 0 < row["median_first_start"] < 60 and 0 < row["median_later_start"] < 60
+        assert row["median_epoch_img_per_s"] > 0

@@ -41,8 +41,8 @@ _LOADERS: dict[LoaderKey, Loader] = {}
 
 class CopyingLoader(Loader):
     """An FFCV Loader whose pipeline runs in one thread, for images stored raw: they are copied, not decoded.
-    One thread copies about a million CIFAR images a second (2-core CPU), far ahead of any step, and numba compiles
-    the serial pipeline in about 0.2 s less than the parallel one, at every new Loader (benchmarks/loader.py)."""
+    One thread copies about a million CIFAR images a second (2-core CPU), far ahead of any step, and a new Loader
+    starts about 0.3-0.5 s sooner: numba compiles no parallel loops (benchmarks/loader.py)."""
 
     def generate_code(self):
         # FFCV reads its thread count while generating the pipeline: above 1 it makes numba prange loops. Only the

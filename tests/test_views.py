@@ -44,6 +44,24 @@ def test_crop_flip_batched_equals_per_sample_and_is_deterministic():
     assert batched.dtype == torch.uint8 and batched.shape == x.shape
 
 
+def test_crop_flip_rows_of_a_batch_match_the_views_by_hand_on_any_shape():
+    """apply_rows (a pack's members, stage one's block) reads view i of images[rows[i]], whatever the images' shape
+    and pad; its table of offsets is made once per shape and device."""
+    policy = PadCropFlipView(pad=2)
+    x = images(n=3, h=7, w=11, seed=4)
+    views = torch.arange(policy.num_views)[:, None]  # all 50 views
+    rows = torch.arange(policy.num_views) % 3
+    out = policy.apply_rows(x, views, rows)
+    padded = F.pad(x, (2, 2, 2, 2))
+    for v in range(policy.num_views):
+        dy, dx, flip = (int(t) for t in policy.decode(torch.tensor(v)))
+        expected = padded[rows[v], :, dy:dy + 7, dx:dx + 11]
+        assert torch.equal(out[v], expected.flip(-1) if flip else expected), v
+    assert out.shape == (50, 3, 7, 11) and out.is_contiguous()
+    table = policy.offsets(7, 11, x.device)
+    assert policy.offsets(7, 11, x.device) is table and table.shape == (50, 77)
+
+
 def test_sampling_is_seeded_and_uniform_over_the_view_space():
     policy = PadCropFlipView(pad=4)
     a = policy.sample(20000, 32, 32, torch.Generator().manual_seed(1))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -91,6 +91,8 @@ class PadCropFlipView(ViewPolicy):
     pad: int = CIFAR_PAD
     name = "cifar-crop-flip"
     param_names = ("view",)
+    # (height, width, device) -> int64 [num_views, H*W]: where each view reads each of its pixels in the padded plane
+    _offsets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def side(self) -> int:
@@ -122,17 +124,24 @@ class PadCropFlipView(ViewPolicy):
         return self.apply_rows(images, params, torch.arange(images.shape[0], device=images.device))
 
     def apply_rows(self, images, params, rows):
-        _, _, h, w = images.shape
+        # One gather through a table of every view's pixel offsets: five operators whatever the batch (a GPU
+        # launches each from the loader's thread, which holds the GIL the step's thread needs).
+        _, c, h, w = images.shape
         n = params.shape[0]
-        view_ids = params[:, 0].to(images.device)
-        dy, dx, flip = self.decode(view_ids)
-        padded = F.pad(images, (self.pad,) * 4)
-        ys = dy[:, None] + torch.arange(h, device=images.device)[None, :]  # [N, H]
-        xs = torch.arange(w, device=images.device)[None, :].expand(n, w)
-        # A flipped view reads its columns right to left.
-        xs = torch.where(flip[:, None].bool(), w - 1 - xs, xs) + dx[:, None]  # [N, W]
-        out = padded.permute(0, 2, 3, 1)[rows[:, None, None], ys[:, :, None], xs[:, None, :]]  # [N, H, W, C]
-        return out.permute(0, 3, 1, 2).contiguous()
+        offsets = self.offsets(h, w, images.device)[params[:, 0].to(images.device)]  # [N, H*W]
+        planes = F.pad(images, (self.pad,) * 4).flatten(2)  # [B, C, (H + 2 pad) * (W + 2 pad)]
+        return planes[rows].gather(2, offsets[:, None, :].expand(n, c, h * w)).view(n, c, h, w)
+
+    def offsets(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """int64 [num_views, H*W]: view v's pixel (y, x) is the padded plane's pixel offsets[v, y * W + x]."""
+        key = (h, w, str(device))
+        if key not in self._offsets:
+            dy, dx, flip = self.decode(torch.arange(self.num_views))
+            xs = torch.arange(w).expand(self.num_views, w)
+            xs = torch.where(flip[:, None].bool(), w - 1 - xs, xs) + dx[:, None]  # a flipped view reads right to left
+            ys = dy[:, None] + torch.arange(h)
+            self._offsets[key] = (ys[:, :, None] * (w + 2 * self.pad) + xs[:, None, :]).flatten(1).to(device)
+        return self._offsets[key]
 
 
 @dataclass

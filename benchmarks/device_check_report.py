@@ -150,10 +150,12 @@ def batch128_rows(two: dict) -> list[dict]:
     for key in [k for k in ANCHORED_SETUPS if k in two["setups"]]:
         setup, ratio = two["setups"][key], s.get(f"ratio_{key}_over_anchor_captured")
         goal = f" (goal >= {GOAL_OVER_CAPTURED_ANCHOR})" if key in ("vanilla", "store") else ""
+        against = f"{ratio:.3f}x the captured anchor{goal}" if ratio is not None else "no captured anchor"
+        if key == "store_replayed" and "ratio_store_over_store_replayed" in s:  # the loader's share of a step
+            against += f"; the store's run took {s['ratio_store_over_store_replayed']:.3f}x its epoch time"
         rows.append({"what": f"train-student {setup['setup']}, batch {two['batch_size']}{flag}",
                      "figure": f"{setup['median_img_per_s']:.0f} img/s ({setup['median_epoch_seconds']:.2f} s/epoch)",
-                     "against": f"{ratio:.3f}x the captured anchor{goal}" if ratio is not None
-                     else "no captured anchor"})
+                     "against": against})
     return rows + anchor_rows(two)
 
 

@@ -121,16 +121,21 @@ class PadCropFlipView(ViewPolicy):
         return cls(pad=int(record.get("pad", CIFAR_PAD)))
 
     def apply(self, images, params):
-        return self.apply_rows(images, params, torch.arange(images.shape[0], device=images.device))
+        return self._viewed(images, params, None)
 
     def apply_rows(self, images, params, rows):
-        # One gather through a table of every view's pixel offsets: five operators whatever the batch (a GPU
+        return self._viewed(images, params, rows)
+
+    def _viewed(self, images: torch.Tensor, params: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+        # One gather through a table of every view's pixel offsets: a few operators whatever the batch (a GPU
         # launches each from the loader's thread, which holds the GIL the step's thread needs).
         _, c, h, w = images.shape
         n = params.shape[0]
         offsets = self.offsets(h, w, images.device)[params[:, 0].to(images.device)]  # [N, H*W]
         planes = F.pad(images, (self.pad,) * 4).flatten(2)  # [B, C, (H + 2 pad) * (W + 2 pad)]
-        return planes[rows].gather(2, offsets[:, None, :].expand(n, c, h * w)).view(n, c, h, w)
+        if rows is not None:  # view i of images[rows[i]]
+            planes = planes[rows]
+        return planes.gather(2, offsets[:, None, :].expand(n, c, h * w)).view(n, c, h, w)
 
     def offsets(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         """int64 [num_views, H*W]: view v's pixel (y, x) is the padded plane's pixel offsets[v, y * W + x]."""

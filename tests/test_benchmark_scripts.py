@@ -1,6 +1,5 @@
 """The benchmark scripts CI can run: the seed table's steps (--dry-run of its two table files), and store_scale.py on one tiny store."""
 import json
-import math
 import os
 import subprocess
 import sys

@@ -1,7 +1,5 @@
 """prepare: official formats -> .beton + meta.json, fingerprints, loaders that return exactly the source pixels."""
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest

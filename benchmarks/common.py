@@ -51,6 +51,22 @@ def add_run_arguments(parser: argparse.ArgumentParser, keeps: str) -> None:
     parser.add_argument("--json-only", action="store_true", help="Print the JSON only, no tables.")
 
 
+def parse_store_shape(parser: argparse.ArgumentParser, argv, *, samples: int, views: int, reps: int):
+    """The arguments of the scripts that time a synthetic store (store_checks.py, store_finish.py): its shape
+    (--samples, --views, --classes, --topk), --reps, --keep and --json-only, parsed and checked."""
+    parser.add_argument("--samples", type=int, default=samples)
+    parser.add_argument("--views", type=int, default=views)
+    parser.add_argument("--classes", type=int, default=100)
+    parser.add_argument("--topk", type=int, default=10)
+    parser.add_argument("--reps", type=int, default=reps)
+    parser.add_argument("--keep", type=Path, default=None, help="Write the stores here and keep them.")
+    parser.add_argument("--json-only", action="store_true", help="Print the JSON only, no table.")
+    args = parser.parse_args(argv)
+    if min(args.samples, args.views, args.classes, args.reps) < 1 or not 1 <= args.topk < args.classes:
+        parser.error("--samples, --views, --classes and --reps must be positive and --topk in 1..classes-1")
+    return args
+
+
 def checked_device(parser: argparse.ArgumentParser, args) -> torch.device:
     """The device of --device and --bf16, or a parser error; also refuses a --keep folder that is not empty."""
     from labelopt.pipeline.errors import UserError

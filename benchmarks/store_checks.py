@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_facts, work_folder  # noqa: E402
+from common import machine_facts, parse_store_shape, work_folder  # noqa: E402
 
 TEMPERATURE = 4.0
 BLOCK_ROWS = 256
@@ -151,16 +151,7 @@ def table(results: list[dict]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=50000)
-    parser.add_argument("--views", type=int, default=4)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--topk", type=int, default=10)
-    parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--keep", type=Path, default=None, help="Write the stores here and keep them.")
-    parser.add_argument("--json-only", action="store_true", help="Print the JSON only, no table.")
-    args = parser.parse_args()
-    if min(args.samples, args.views, args.classes, args.reps) < 1 or not 1 <= args.topk < args.classes:
-        parser.error("--samples, --views, --classes and --reps must be positive and --topk in 1..classes-1")
+    args = parse_store_shape(parser, None, samples=50000, views=4, reps=5)
     loadavg = os.getloadavg()
     results = []
     with work_folder(args.keep, "labelopt-store-checks-") as root:

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_facts, print_result, work_folder  # noqa: E402
+from common import machine_facts, parse_store_shape, print_result, work_folder  # noqa: E402
 from store_checks import BLOCK_ROWS, TEMPERATURE, soft_labels  # noqa: E402
 
 
@@ -134,16 +134,7 @@ def table(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=2000)
-    parser.add_argument("--views", type=int, default=162)
-    parser.add_argument("--classes", type=int, default=100)
-    parser.add_argument("--topk", type=int, default=10)
-    parser.add_argument("--reps", type=int, default=3)
-    parser.add_argument("--keep", type=Path, default=None, help="Write the stores here and keep them.")
-    parser.add_argument("--json-only", action="store_true", help="Print the JSON only, no table.")
-    args = parser.parse_args(argv)
-    if min(args.samples, args.views, args.classes, args.reps) < 1 or not 1 <= args.topk < args.classes:
-        parser.error("--samples, --views, --classes and --reps must be positive and --topk in 1..classes-1")
+    args = parse_store_shape(parser, argv, samples=2000, views=162, reps=3)
     loadavg = os.getloadavg()
     with work_folder(args.keep, "labelopt-store-finish-") as root:
         stores = [measure(root, args, "dense", None), measure(root, args, f"top{args.topk}", args.topk)]

@@ -112,4 +112,9 @@ def write_rows(dset, start: int, rows: np.ndarray, chunk_rows: int, compression:
     starts = range(0, len(rows), chunk_rows)
     chunks = pool.map(lambda first: gzip_chunk(rows[first:first + chunk_rows], chunk_rows), starts)
     for first, chunk in zip(starts, chunks):
-        dset.id.write_direct_chunk((start + first,) + (0,) * (rows.ndim - 1), chunk)
+        write_chunk(dset, start + first, chunk)
+
+
+def write_chunk(dset, first_row: int, chunk: bytes) -> None:
+    """A chunk made by gzip_chunk stored as it is, at the chunk that starts at row `first_row`."""
+    dset.id.write_direct_chunk((first_row,) + (0,) * (dset.ndim - 1), chunk)

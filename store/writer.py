@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from . import schema as S
 from .checksums import first_non_finite, root_digest
-from .chunks import chunk_workers, gzip_chunk, made_ahead
+from .chunks import chunk_workers, gzip_chunk, made_ahead, write_chunk
 from .files import check_free_space, free_mib, is_disk_full, write_bytes_atomic
 from .contiguous import ALIGNMENT
 from .layout import (JOB_FILE, JOB_KIND, SHARED_PARAMS_FILE, StoreLayout, block_keys, file_datasets,  # noqa: F401
@@ -319,6 +319,6 @@ class StoreWriter:
                 if chunks is None:
                     dsets[path][start:stop] = rows
                 else:
-                    dsets[path].id.write_direct_chunk((start,) + (0,) * (rows.ndim - 1), chunks[path])
+                    write_chunk(dsets[path], start, chunks[path])
                 hashes[path].update(rows.reshape(-1).view(np.uint8))
         return hashes

@@ -1,12 +1,12 @@
 """Loader throughput: labelopt (FFCV + batched torch views) vs a torchvision DataLoader, side by side.
 
 50,000 CIFAR-shaped images, one timed pass each after a warm-up pass, batch 256, the
-standard pad-4 crop + flip + normalization in both. Then, for raw images, FFCV's pipeline in
-parallel (numba prange over the workers) against labelopt's one-thread CopyingLoader: the
-start of a new Loader (construction and first batch, which holds numba's compile), both as the
-first Loader of a fresh process (what a generate-labels run pays; that process also warms numba
-up) and as a later one in this process, median of PIPELINE_REPEATS, alternating; and a bare
-epoch (no views). Prints JSON, then tables.
+standard pad-4 crop + flip + normalization in both. Then, for raw images, FFCV's Loader (its
+compiled pipeline, in parallel over the workers) against labelopt's RawBetonLoader (no pipeline:
+copies out of the file): the start of a new loader (construction and first batch, which for
+FFCV holds numba's compile), both as the first loader of a fresh process (what a generate-labels
+run pays; there numba also warms up) and as a later one in this process, median of
+PIPELINE_REPEATS, alternating; and a bare epoch (no views). Prints JSON, then tables.
 
     .venv/bin/python benchmarks/loader.py [--images 50000] [--batch-size 256] [--workers N]
 """
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import random_images, write_prepared  # noqa: E402
 
 PIPELINE_REPEATS = 5
-PIPELINES = ("parallel", "one_thread")  # FFCV's own Loader, labelopt's CopyingLoader
+PIPELINES = ("ffcv", "raw_reader")  # FFCV's own Loader, labelopt's RawBetonLoader
 
 
 def make_dataset(root: Path, n: int):
@@ -68,16 +68,20 @@ def time_labelopt(folder: Path, batch_size: int, workers: int) -> dict:
 
 
 def started_loader(folder: Path, pipeline: str, batch_size: int, workers: int):
-    """(a new Loader of `pipeline`, its epoch's batches after the first, the seconds to that first batch)."""
+    """(a new loader of `pipeline`, its epoch's batches after the first, the seconds to that first batch)."""
     from ffcv.loader import Loader, OrderOption
     from labelopt.pipeline.data.datasets import open_dataset
-    from labelopt.pipeline.data.loading import CopyingLoader, decode_plan, field_pipelines
+    from labelopt.pipeline.data.loading import decode_plan, field_pipelines
+    from labelopt.pipeline.data.raw_beton import RawBetonLoader
 
     data = open_dataset(folder)
+    beton = str(data.beton("train"))
     started = time.perf_counter()
-    loader = (CopyingLoader if pipeline == "one_thread" else Loader)(
-        str(data.beton("train")), batch_size=batch_size, num_workers=workers, order=OrderOption.RANDOM, seed=0,
-        pipelines=field_pipelines(decode_plan(data, True)))
+    if pipeline == "raw_reader":
+        loader = RawBetonLoader(beton, batch_size=batch_size, order=OrderOption.RANDOM, seed=0)
+    else:
+        loader = Loader(beton, batch_size=batch_size, num_workers=workers, order=OrderOption.RANDOM, seed=0,
+                        pipelines=field_pipelines(decode_plan(data, True)))
     batches = iter(loader)
     next(batches)
     return loader, batches, time.perf_counter() - started
@@ -92,8 +96,8 @@ def first_start(folder: Path, pipeline: str, batch_size: int, workers: int) -> f
 
 
 def time_pipelines(folder: Path, batch_size: int, workers: int) -> dict:
-    """A new Loader's start (first in a fresh process, later in this one) and a bare epoch's img/s, FFCV's
-    parallel pipeline against the one-thread one."""
+    """A new loader's start (first in a fresh process, later in this one) and a bare epoch's img/s, FFCV's Loader
+    against labelopt's raw reader."""
     runs = {name: {"first_start": [], "later_start": [], "epoch_img_per_s": []} for name in PIPELINES}
     for _ in range(PIPELINE_REPEATS):
         for name in PIPELINES:
@@ -181,7 +185,7 @@ def main(argv=None) -> int:
         print(f"{name:<42} {row['img_per_s']:>10.0f} {row['seconds']:>9.2f} {row['first_epoch_seconds']:>14.2f}")
     print(f"ratio labelopt / torchvision: {result['ratio_labelopt_over_torchvision']:.2f}x")
     print()
-    print(f"{'raw images, FFCV pipeline':<28} {'first start s':>14} {'later start s':>14} {'bare epoch img/s':>17}")
+    print(f"{'raw images, loader':<28} {'first start s':>14} {'later start s':>14} {'bare epoch img/s':>17}")
     for name, row in pipelines.items():
         print(f"{name:<28} {row['median_first_start']:>14.3f} {row['median_later_start']:>14.3f} "
               f"{row['median_epoch_img_per_s']:>17.0f}")

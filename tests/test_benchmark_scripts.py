@@ -281,15 +281,15 @@ def test_step_ops_counts_each_operator_a_step_launches_outside_its_compiled_regi
 
 
 @pytest.mark.slow
-def test_loader_times_both_raw_pipelines_first_in_a_fresh_process_and_later(tiny_cifar_dir, monkeypatch):
-    """loader.py's raw-pipeline part: each start once as a fresh process's first Loader (the script run again)
+def test_loader_times_both_raw_loaders_first_in_a_fresh_process_and_later(tiny_cifar_dir, monkeypatch):
+    """loader.py's raw-image part: each start once as a fresh process's first loader (the script run again)
     and once in this process, each with a bare epoch of every image."""
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import loader
 
     monkeypatch.setattr(loader, "PIPELINE_REPEATS", 1)
     result = loader.time_pipelines(Path(tiny_cifar_dir), batch_size=32, workers=2)
-    assert sorted(result) == ["one_thread", "parallel"]
+    assert sorted(result) == ["ffcv", "raw_reader"]
     for row in result.values():
         assert len(row["runs"]["first_start"]) == len(row["runs"]["later_start"]) == 1
         assert 0 < row["median_first_start"] < 60 and 0 < row["median_later_start"] < 60

@@ -10,7 +10,8 @@ from labelopt.cli import main
 from labelopt.pipeline.data.datasets import open_dataset
 from labelopt.pipeline.errors import UserError
 from labelopt.pipeline.data.fingerprint import split_fingerprint
-from labelopt.pipeline.data.loading import CopyingLoader, decode_plan, field_pipelines, loader_class, make_loader
+from labelopt.pipeline.data.loading import decode_plan, field_pipelines, make_loader, new_loader
+from labelopt.pipeline.data.raw_beton import RawBetonLoader, raw_loader_applies
 from labelopt.pipeline.data.prepare import prepare
 from labelopt.pipeline.data.sources import load_source
 from labelopt.tests.fakes import (fake_cifar_content, fake_stl10_content, write_fake_cifar10, write_fake_imagefolder,
@@ -23,7 +24,7 @@ def run_cli(*args):
 
 
 def read_split(data, split):
-    """Every (image HWC, label) of a split through the real FFCV loader, ordered by the index field."""
+    """Every (image HWC, label) of a split through the project's loader, ordered by the index field."""
     loader = make_loader(data, split, 64, shuffle=False)
     images, labels, indices = [], [], []
     for x, y, i in loader.epoch(0):
@@ -86,35 +87,50 @@ def test_imagefolder_stored_as_jpeg_and_decoded_to_squares(tmp_path):
     x, y, i = next(iter(make_loader(data, "val", 6, shuffle=False, train_decode=False).epoch(0)))
     assert x.shape == (6, 3, 224, 224) and x.dtype == torch.uint8
     assert sorted(y.tolist()) == [0, 0, 1, 1, 2, 2]
-    assert loader_class(data) is not CopyingLoader  # JPEGs decode on every worker
+    assert not raw_loader_applies(data.meta, decode_plan(data, True))  # JPEGs decode through FFCV's Loader
 
 
-def test_raw_images_load_in_one_thread_with_the_batches_of_the_parallel_pipeline(digits_dir, monkeypatch):
-    """Raw images are copied by a serial pipeline (it compiles faster): the same shuffled batches as FFCV's parallel
-    one, numba and torch keep the Loader's thread count, and FFCV's own count is restored after the code is made."""
+@pytest.mark.parametrize("shuffle, drop_last, subset", [(True, True, False), (False, False, True),
+                                                       (True, False, True)])
+def test_raw_images_are_read_from_the_file_in_the_batches_of_ffcvs_loader(digits_dir, shuffle, drop_last, subset):
+    """Raw images skip FFCV's compiled pipeline: the same batches (pixels, labels, indices, dtypes and shapes) as
+    FFCV's Loader over the same rows, order, seed and epoch, and the same length."""
     from ffcv.loader import Loader, OrderOption
-    from ffcv.pipeline.compiler import Compiler
 
     data = open_dataset(digits_dir)
-    assert data.meta["storage"] == "raw" and loader_class(data) is CopyingLoader
-    parallel_flags = []
-    compile_code = Compiler.compile.__func__
-    monkeypatch.setattr(Compiler, "compile", classmethod(
-        lambda cls, code, signature=None: parallel_flags.append(getattr(code, "is_parallel", False)
-                                                                and cls.num_threads > 1)
-        or compile_code(cls, code, signature)))
+    assert data.meta["storage"] == "raw"
+    rows = np.sort(np.random.default_rng(1).choice(data.num_samples("train"), 701, replace=False)).astype(np.uint64)
+    settings = dict(batch_size=100, order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, seed=5,
+                    indices=rows if subset else None, drop_last=drop_last, distributed=False)
+    ours = new_loader(data, data.beton("train"), decode=("simple",), workers=2, **settings)
+    assert isinstance(ours, RawBetonLoader)
+    theirs = Loader(str(data.beton("train")), num_workers=2, pipelines=field_pipelines(("simple",)), **settings)
     epochs = {}
-    for cls in (Loader, CopyingLoader):
-        parallel_flags.clear()
-        loader = cls(str(data.beton("train")), batch_size=100, num_workers=2, order=OrderOption.RANDOM, seed=5,
-                     pipelines=field_pipelines(decode_plan(data, True)))
-        assert any(parallel_flags) == (cls is Loader)
-        assert Compiler.num_threads == 2 and torch.get_num_threads() == 2
+    for loader in (ours, theirs):
         loader.next_epoch = 1
-        epochs[cls] = [[t.clone() for t in batch] for batch in loader]
-    assert len(epochs[Loader]) == len(epochs[CopyingLoader]) > 1
-    for ours, theirs in zip(epochs[CopyingLoader], epochs[Loader]):
-        assert all(torch.equal(a, b) for a, b in zip(ours, theirs))
+        epochs[loader] = [[t.clone() for t in batch] for batch in loader]
+    assert len(ours) == len(theirs) == len(epochs[ours]) == len(epochs[theirs]) > 1
+    for mine, ffcv in zip(epochs[ours], epochs[theirs]):
+        assert all(a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) for a, b in zip(mine, ffcv))
+
+
+def test_a_damaged_raw_beton_is_refused_in_one_line(digits_dir, tmp_path):
+    from ffcv.loader import OrderOption
+    from ffcv.reader import Reader
+    from ffcv.types import HeaderType
+
+    source = open_dataset(digits_dir).beton("train")
+    reader = Reader(str(source))
+    cut, moved = tmp_path / "cut.beton", tmp_path / "moved.beton"
+    cut.write_bytes(source.read_bytes()[:10])  # not even the header
+    moved.write_bytes(source.read_bytes())
+    with open(moved, "r+b") as handle:  # sample 0's pixels said to lie past the end of the file
+        handle.seek(HeaderType.itemsize + reader.field_descriptors.nbytes + 8)
+        handle.write(np.array([moved.stat().st_size], dtype="<u8").tobytes())
+    with pytest.raises(UserError, match="cannot be read as an FFCV .beton"):
+        RawBetonLoader(str(cut), batch_size=10, order=OrderOption.SEQUENTIAL)
+    with pytest.raises(UserError, match="is damaged: an image lies past the end of the file"):
+        RawBetonLoader(str(moved), batch_size=10, order=OrderOption.SEQUENTIAL)
 
 
 def test_cli_prepare_digits_refuses_existing_output_then_overwrites(tmp_path):

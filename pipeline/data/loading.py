@@ -1,9 +1,9 @@
-"""FFCV loaders for prepared splits, yielding uint8 images, labels and sample indices as torch tensors.
+"""Loaders for prepared splits, yielding uint8 images, labels and sample indices as torch tensors.
 
-numba compiles every new FFCV Loader at its first batch (seconds), so loaders are
-kept per process and reused: a second run or an evaluation in the same process
-with the same settings starts at once. A reused Loader is told which epoch comes
-next, so its order is exactly that of a fresh one.
+Raw images are read straight from the .beton (raw_beton.py); JPEGs decode through FFCV's Loader, which numba
+compiles at its first batch (seconds). So loaders are kept per process and reused: a second run or an evaluation
+in the same process with the same settings starts at once. A reused loader is told which epoch comes next, so its
+order is exactly that of a fresh one.
 """
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import torch
 from ffcv.fields.basics import IntDecoder
 from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
 from ffcv.loader import Loader, OrderOption
-from ffcv.pipeline.compiler import Compiler
 from ffcv.transforms import ToTensor
 
 from .beton import worker_count
 from .datasets import PreparedDataset
+from .raw_beton import RawBetonLoader, raw_loader_applies
 
 
 @dataclass(frozen=True)
@@ -39,25 +39,15 @@ class LoaderKey:
 _LOADERS: dict[LoaderKey, Loader] = {}
 
 
-class CopyingLoader(Loader):
-    """An FFCV Loader whose pipeline runs in one thread, for images stored raw: they are copied, not decoded.
-    One thread copies about a million CIFAR images a second (2-core CPU), far ahead of any step, and a new Loader
-    starts about 0.3-0.5 s sooner: numba compiles no parallel loops (benchmarks/loader.py)."""
-
-    def generate_code(self):
-        # FFCV reads its thread count while generating the pipeline: above 1 it makes numba prange loops. Only the
-        # class attribute changes: numba's and torch's thread counts stay as the Loader set them.
-        threads = Compiler.num_threads
-        Compiler.num_threads = 1
-        try:
-            super().generate_code()
-        finally:
-            Compiler.num_threads = threads
-
-
-def loader_class(data: PreparedDataset) -> type[Loader]:
-    """Raw images load in one thread; JPEGs decode on every worker."""
-    return CopyingLoader if data.meta.get("storage") == "raw" else Loader
+def new_loader(data: PreparedDataset, path, *, batch_size: int, order: OrderOption, seed: int, indices,
+               drop_last: bool, distributed: bool, decode: tuple, workers: int):
+    """Raw images of one size are read straight from the .beton (no pipeline to compile); JPEGs decode through
+    FFCV's Loader on every worker."""
+    if raw_loader_applies(data.meta, decode):
+        return RawBetonLoader(str(path), batch_size=batch_size, order=order, seed=seed, indices=indices,
+                              drop_last=drop_last, distributed=distributed)
+    return Loader(str(path), batch_size=batch_size, num_workers=workers, order=order, seed=seed, indices=indices,
+                  drop_last=drop_last, distributed=distributed, pipelines=field_pipelines(decode))
 
 
 def _image_decoder(decode: tuple):
@@ -117,12 +107,12 @@ class SplitLoader:
             yield images.to(self.device), labels.to(self.device), indices
 
 
-def block_loader(data: PreparedDataset, split: str, rows, batch: int, train_decode: bool) -> Loader:
+def block_loader(data: PreparedDataset, split: str, rows, batch: int, train_decode: bool):
     """A sequential FFCV loader over exactly `rows` (uint64 sample indices, in order), nothing dropped: stage one's
     blocks, sl-enc's prototype pass, the pixel bank. Not cached: each caller passes its own rows."""
-    return loader_class(data)(str(data.beton(split)), batch_size=batch, num_workers=worker_count(),
-                              order=OrderOption.SEQUENTIAL, indices=rows, drop_last=False,
-                              pipelines=field_pipelines(decode_plan(data, train_decode)))
+    return new_loader(data, data.beton(split), batch_size=batch, order=OrderOption.SEQUENTIAL, seed=0, indices=rows,
+                      drop_last=False, distributed=False, decode=decode_plan(data, train_decode),
+                      workers=worker_count())
 
 
 def make_loader(data: PreparedDataset, split: str, batch_size: int, *, shuffle: bool, seed: int = 0,
@@ -139,9 +129,9 @@ def make_loader(data: PreparedDataset, split: str, batch_size: int, *, shuffle: 
                     distributed, decode, workers, subset)
     loader = _LOADERS.get(key)
     if loader is None:
-        loader = loader_class(data)(str(path), batch_size=batch_size, num_workers=workers,
-                        order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, seed=seed,
-                        indices=indices, drop_last=drop_last, distributed=distributed,
-                        pipelines=field_pipelines(decode))
+        loader = new_loader(data, path, batch_size=batch_size,
+                            order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, seed=seed,
+                            indices=indices, drop_last=drop_last, distributed=distributed, decode=decode,
+                            workers=workers)
         _LOADERS[key] = loader
     return SplitLoader(loader, torch.device(device))

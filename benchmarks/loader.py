@@ -1,4 +1,4 @@
-"""Loader throughput: labelopt (FFCV + batched torch views) vs a torchvision DataLoader, side by side.
+"""Loader throughput: labelopt (its loader + batched torch views) vs a torchvision DataLoader, side by side.
 
 50,000 CIFAR-shaped images, one timed pass each after a warm-up pass, batch 256, the
 standard pad-4 crop + flip + normalization in both. Then, for raw images, FFCV's Loader (its
@@ -174,14 +174,14 @@ def main(argv=None) -> int:
         "benchmark": "loader",
         "images": args.images, "batch_size": args.batch_size, "workers": args.workers,
         "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "labelopt_ffcv_views": ours, "torchvision_dataloader": theirs,
+        "labelopt_loader_views": ours, "torchvision_dataloader": theirs,
         "ratio_labelopt_over_torchvision": ours["img_per_s"] / theirs["img_per_s"],
         "raw_pipelines": pipelines,
     }
     print(json.dumps(result, indent=2))
     print()
     print(f"{'loader':<42} {'img/s':>10} {'epoch s':>9} {'first epoch s':>14}")
-    for name, row in (("labelopt: FFCV + batched torch views", ours), ("torchvision DataLoader + transforms", theirs)):
+    for name, row in (("labelopt: loader + batched torch views", ours), ("torchvision DataLoader + transforms", theirs)):
         print(f"{name:<42} {row['img_per_s']:>10.0f} {row['seconds']:>9.2f} {row['first_epoch_seconds']:>14.2f}")
     print(f"ratio labelopt / torchvision: {result['ratio_labelopt_over_torchvision']:.2f}x")
     print()

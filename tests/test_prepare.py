@@ -95,8 +95,12 @@ def test_imagefolder_stored_as_jpeg_and_decoded_to_squares(tmp_path):
 def test_raw_images_are_read_from_the_file_in_the_batches_of_ffcvs_loader(digits_dir, shuffle, drop_last, subset):
     """Raw images skip FFCV's compiled pipeline: the same batches (pixels, labels, indices, dtypes and shapes) as
     FFCV's Loader over the same rows, order, seed and epoch, and the same length."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
     from ffcv.loader import Loader, OrderOption
 
+    from labelopt.pipeline.data.raw_beton import RAW_MODE
+
+    assert RAW_MODE == IMAGE_MODES["raw"]
     data = open_dataset(digits_dir)
     assert data.meta["storage"] == "raw"
     rows = np.sort(np.random.default_rng(1).choice(data.num_samples("train"), 701, replace=False)).astype(np.uint64)

@@ -111,8 +111,10 @@ def test_raw_images_are_read_from_the_file_in_the_batches_of_ffcvs_loader(digits
     theirs = Loader(str(data.beton("train")), num_workers=2, pipelines=field_pipelines(("simple",)), **settings)
     epochs = {}
     for loader in (ours, theirs):
+        torch.set_num_threads(1)  # as an earlier job in the process may have left it
         loader.next_epoch = 1
         epochs[loader] = [[t.clone() for t in batch] for batch in loader]
+        assert torch.get_num_threads() == 2  # the loader's workers, as FFCV sets them: a run's CPU floats depend on it
     assert len(ours) == len(theirs) == len(epochs[ours]) == len(epochs[theirs]) > 1
     for mine, ffcv in zip(epochs[ours], epochs[theirs]):
         assert all(a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) for a, b in zip(mine, ffcv))
@@ -132,9 +134,9 @@ def test_a_damaged_raw_beton_is_refused_in_one_line(digits_dir, tmp_path):
         handle.seek(HeaderType.itemsize + reader.field_descriptors.nbytes + 8)
         handle.write(np.array([moved.stat().st_size], dtype="<u8").tobytes())
     with pytest.raises(UserError, match="cannot be read as an FFCV .beton"):
-        RawBetonLoader(str(cut), batch_size=10, order=OrderOption.SEQUENTIAL)
+        RawBetonLoader(str(cut), batch_size=10, num_workers=1, order=OrderOption.SEQUENTIAL)
     with pytest.raises(UserError, match="is damaged: an image lies past the end of the file"):
-        RawBetonLoader(str(moved), batch_size=10, order=OrderOption.SEQUENTIAL)
+        RawBetonLoader(str(moved), batch_size=10, num_workers=1, order=OrderOption.SEQUENTIAL)
 
 
 def test_cli_prepare_digits_refuses_existing_output_then_overwrites(tmp_path):

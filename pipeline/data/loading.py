@@ -44,8 +44,8 @@ def new_loader(data: PreparedDataset, path, *, batch_size: int, order: OrderOpti
     """Raw images of one size are read straight from the .beton (no pipeline to compile); JPEGs decode through
     FFCV's Loader on every worker."""
     if raw_loader_applies(data.meta, decode):
-        return RawBetonLoader(str(path), batch_size=batch_size, order=order, seed=seed, indices=indices,
-                              drop_last=drop_last, distributed=distributed)
+        return RawBetonLoader(str(path), batch_size=batch_size, num_workers=workers, order=order, seed=seed,
+                              indices=indices, drop_last=drop_last, distributed=distributed)
     return Loader(str(path), batch_size=batch_size, num_workers=workers, order=order, seed=seed, indices=indices,
                   drop_last=drop_last, distributed=distributed, pipelines=field_pipelines(decode))
 

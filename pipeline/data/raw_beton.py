@@ -27,12 +27,14 @@ class RawBetonLoader:
     """Batches of (images uint8 [B, H, W, 3], labels int64 [B, 1], sample indices int64 [B, 1]) as torch tensors,
     the shapes FFCV's pipelines for these fields give; each batch is a new tensor (FFCV reuses its buffers).
     The attributes the project reads of a Loader (batch_size, drop_last, next_epoch, first_traversal_order) mean
-    what they mean there."""
+    what they mean there, and like FFCV's Loader it sets torch's intra-op threads to `num_workers` when made and at
+    every epoch: a CPU run's float results depend on that count, so a run, its resume and a pack's member alone
+    get the same one, whatever ran before in the process."""
 
-    def __init__(self, fname: str, *, batch_size: int, order: OrderOption, seed: int = 0,
+    def __init__(self, fname: str, *, batch_size: int, num_workers: int, order: OrderOption, seed: int = 0,
                  indices: np.ndarray | None = None, drop_last: bool = False, distributed: bool = False):
         reader = _reader(fname)
-        self.fname, self.batch_size, self.drop_last = fname, batch_size, drop_last
+        self.fname, self.batch_size, self.num_workers, self.drop_last = fname, batch_size, num_workers, drop_last
         # What FFCV's traversal orders read of their loader.
         self.seed, self.distributed = seed, distributed
         self.indices = (np.arange(reader.num_samples, dtype="uint64") if indices is None
@@ -47,12 +49,14 @@ class RawBetonLoader:
         size = int(np.prod(self._shape))
         self._windows = np.lib.stride_tricks.as_strided(file, shape=(max(len(file) - size + 1, 0), size),
                                                         strides=(1, 1), writeable=False)
+        torch.set_num_threads(num_workers)
 
     def __len__(self) -> int:
         count = len(self.first_traversal_order)
         return count // self.batch_size if self.drop_last else -(-count // self.batch_size)
 
     def __iter__(self):
+        torch.set_num_threads(self.num_workers)
         order = self.traversal_order.sample_order(self.next_epoch)[:len(self) * self.batch_size]
         self.next_epoch += 1
         for start in range(0, len(order), self.batch_size):

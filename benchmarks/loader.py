@@ -78,7 +78,7 @@ def started_loader(folder: Path, pipeline: str, batch_size: int, workers: int):
     beton = str(data.beton("train"))
     started = time.perf_counter()
     if pipeline == "raw_reader":
-        loader = RawBetonLoader(beton, batch_size=batch_size, num_workers=workers, order=OrderOption.RANDOM, seed=0)
+        loader = RawBetonLoader(beton, batch_size=batch_size, num_workers=workers, shuffle=True, seed=0)
     else:
         loader = Loader(beton, batch_size=batch_size, num_workers=workers, order=OrderOption.RANDOM, seed=0,
                         pipelines=field_pipelines(decode_plan(data, True)))

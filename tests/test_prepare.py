@@ -93,22 +93,18 @@ def test_imagefolder_stored_as_jpeg_and_decoded_to_squares(tmp_path):
 @pytest.mark.parametrize("shuffle, drop_last, subset", [(True, True, False), (False, False, True),
                                                        (True, False, True)])
 def test_raw_images_are_read_from_the_file_in_the_batches_of_ffcvs_loader(digits_dir, shuffle, drop_last, subset):
-    """Raw images skip FFCV's compiled pipeline: the same batches (pixels, labels, indices, dtypes and shapes) as
-    FFCV's Loader over the same rows, order, seed and epoch, and the same length."""
-    from ffcv.fields.rgb_image import IMAGE_MODES
+    """Raw images skip FFCV: the same batches (pixels, labels, indices, dtypes and shapes) as FFCV's Loader over
+    the same rows, order, seed and epoch, and the same length."""
     from ffcv.loader import Loader, OrderOption
 
-    from labelopt.pipeline.data.raw_beton import RAW_MODE
-
-    assert RAW_MODE == IMAGE_MODES["raw"]
     data = open_dataset(digits_dir)
     assert data.meta["storage"] == "raw"
     rows = np.sort(np.random.default_rng(1).choice(data.num_samples("train"), 701, replace=False)).astype(np.uint64)
-    settings = dict(batch_size=100, order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, seed=5,
-                    indices=rows if subset else None, drop_last=drop_last, distributed=False)
-    ours = new_loader(data, data.beton("train"), decode=("simple",), workers=2, **settings)
+    settings = dict(batch_size=100, seed=5, indices=rows if subset else None, drop_last=drop_last, distributed=False)
+    ours = new_loader(data, data.beton("train"), decode=("simple",), workers=2, shuffle=shuffle, **settings)
     assert isinstance(ours, RawBetonLoader)
-    theirs = Loader(str(data.beton("train")), num_workers=2, pipelines=field_pipelines(("simple",)), **settings)
+    theirs = Loader(str(data.beton("train")), num_workers=2, pipelines=field_pipelines(("simple",)),
+                    order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, **settings)
     epochs = {}
     for loader in (ours, theirs):
         torch.set_num_threads(1)  # as an earlier job in the process may have left it
@@ -120,23 +116,92 @@ def test_raw_images_are_read_from_the_file_in_the_batches_of_ffcvs_loader(digits
         assert all(a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b) for a, b in zip(mine, ffcv))
 
 
-def test_a_damaged_raw_beton_is_refused_in_one_line(digits_dir, tmp_path):
-    from ffcv.loader import OrderOption
+def test_the_beton_table_is_the_one_ffcvs_reader_parses(digits_dir, tmp_path):
+    """labelopt's own parse of a .beton (raw images, and JPEGs) against FFCV's Reader: layout, fields, every
+    sample's metadata; and the raw mode's value."""
+    from ffcv.fields.rgb_image import IMAGE_MODES
     from ffcv.reader import Reader
-    from ffcv.types import HeaderType
+
+    from labelopt.pipeline.data.beton_table import RAW_MODE, SAMPLE_RECORD, read_beton_table
+
+    assert RAW_MODE == IMAGE_MODES["raw"]
+    jpegs = prepare("imagenet", write_fake_imagefolder(tmp_path / "raw", per_class_train=3, per_class_val=2),
+                    tmp_path / "out", max_side=64, jpeg_quality=95, log=lambda m: None)
+    for beton in (open_dataset(digits_dir).beton("train"), open_dataset(jpegs).beton("train")):
+        ours, theirs = read_beton_table(beton).samples, Reader(str(beton))
+        assert theirs.field_names == ["image", "label", "index"]
+        assert SAMPLE_RECORD.itemsize == theirs.metadata.dtype.itemsize
+        assert [SAMPLE_RECORD.fields[n][1] for n in SAMPLE_RECORD.names] == \
+            [theirs.metadata.dtype.fields[n][1] for n in theirs.metadata.dtype.names]
+        assert ours.tobytes() == theirs.metadata.tobytes() and len(ours) == theirs.num_samples > 0
+        for name in ("mode", "width", "height", "data_ptr"):
+            assert np.array_equal(ours["image"][name], theirs.metadata["f0"][name])
+        assert np.array_equal(ours["label"], theirs.metadata["f1"])
+        assert np.array_equal(ours["index"], theirs.metadata["f2"])
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_an_epochs_order_under_torchrun_is_ffcvs(shuffle, monkeypatch):
+    """Each rank's share of an epoch, as FFCV's distributed traversal orders give it (2 ranks, several epochs)."""
+    from ffcv.loader.loader import ORDER_MAP, OrderOption
+
+    from labelopt.pipeline.data.raw_beton import EpochOrder
+
+    indices = np.sort(np.random.default_rng(0).choice(1000, 301, replace=False)).astype(np.uint64)
+    for rank in (0, 1):
+        monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda group=None: 2)
+        monkeypatch.setattr(torch.distributed, "get_rank", lambda group=None: rank)
+
+        class Settings:  # what FFCV's orders read of their loader
+            pass
+
+        settings = Settings()
+        settings.indices, settings.seed, settings.distributed = indices, 7, True
+        theirs = ORDER_MAP[OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL](settings)
+        ours = EpochOrder(indices, shuffle=shuffle, seed=7, distributed=True)
+        for epoch in range(3):
+            assert np.array_equal(ours.of(epoch), theirs.sample_order(epoch))
+        assert len(ours.of(0)) == 151
+
+
+def test_reading_raw_images_does_not_import_ffcv(digits_dir):
+    """A process that trains from raw images never imports FFCV (2-3 s of numba compiling at import)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from labelopt.pipeline.data.datasets import open_dataset\n"
+            "from labelopt.pipeline.data.loading import make_loader\n"
+            f"data = open_dataset({str(digits_dir)!r})\n"
+            "batches = list(make_loader(data, 'train', 64, shuffle=True).epoch(0))\n"
+            "assert len(batches) > 1 and data.labels('train').min() >= 0\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ffcv'))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_damaged_raw_beton_is_refused_in_one_line(digits_dir, tmp_path):
+    from labelopt.pipeline.data.beton_table import HEADER, FIELD_DESCRIPTOR
 
     source = open_dataset(digits_dir).beton("train")
-    reader = Reader(str(source))
-    cut, moved = tmp_path / "cut.beton", tmp_path / "moved.beton"
-    cut.write_bytes(source.read_bytes()[:10])  # not even the header
-    moved.write_bytes(source.read_bytes())
-    with open(moved, "r+b") as handle:  # sample 0's pixels said to lie past the end of the file
-        handle.seek(HeaderType.itemsize + reader.field_descriptors.nbytes + 8)
-        handle.write(np.array([moved.stat().st_size], dtype="<u8").tobytes())
-    with pytest.raises(UserError, match="cannot be read as an FFCV .beton"):
-        RawBetonLoader(str(cut), batch_size=10, num_workers=1, order=OrderOption.SEQUENTIAL)
-    with pytest.raises(UserError, match="is damaged: an image lies past the end of the file"):
-        RawBetonLoader(str(moved), batch_size=10, num_workers=1, order=OrderOption.SEQUENTIAL)
+    damaged = {name: tmp_path / f"{name}.beton" for name in ("empty", "header", "table", "moved", "version")}
+    damaged["empty"].write_bytes(b"")
+    damaged["header"].write_bytes(source.read_bytes()[:10])
+    damaged["table"].write_bytes(source.read_bytes()[:HEADER.itemsize + 3 * FIELD_DESCRIPTOR.itemsize + 100])
+    for name in ("moved", "version"):
+        damaged[name].write_bytes(source.read_bytes())
+    with open(damaged["moved"], "r+b") as handle:  # sample 0's pixels said to lie past the end of the file
+        handle.seek(HEADER.itemsize + 3 * FIELD_DESCRIPTOR.itemsize + 5)
+        handle.write(np.array([damaged["moved"].stat().st_size], dtype="<u8").tobytes())
+    with open(damaged["version"], "r+b") as handle:
+        handle.write(np.array([3], dtype="<u2").tobytes())
+    expected = {"empty": "cannot be read", "header": "is cut short", "table": "is cut short",
+                "moved": "is damaged: an image lies past the end of the file",
+                "version": "is not a .beton labelopt wrote: it has format version 3 with 3 fields"}
+    for name, message in expected.items():
+        with pytest.raises(UserError, match=message):
+            RawBetonLoader(str(damaged[name]), batch_size=10, num_workers=2, shuffle=False)
 
 
 def test_cli_prepare_digits_refuses_existing_output_then_overwrites(tmp_path):

@@ -1,11 +1,9 @@
-"""Writing one split of a dataset source into an FFCV .beton with fields image, label, index."""
+"""Writing one split of a dataset source into an FFCV .beton with fields image, label, index (FFCV is imported
+when a split is written: a process that only reads raw images does without it, see beton_table.py)."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-from ffcv.fields import IntField, RGBImageField
-from ffcv.writer import DatasetWriter
 
 
 class _IndexedRows:
@@ -26,6 +24,9 @@ def worker_count() -> int:
 
 
 def write_beton(split, path: Path, storage: str, max_side: int | None, jpeg_quality: int) -> None:
+    from ffcv.fields import IntField, RGBImageField
+    from ffcv.writer import DatasetWriter
+
     if storage == "jpg":
         image_field = RGBImageField(write_mode="jpg", max_resolution=max_side, jpeg_quality=jpeg_quality)
     else:

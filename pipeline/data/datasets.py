@@ -95,12 +95,12 @@ class PreparedDataset:
     def labels(self, split: str):
         """int64 numpy [N]: the class of every sample, by index, read from the .beton's metadata (no decoding)."""
         import numpy as np
-        from ffcv.reader import Reader
 
-        reader = Reader(str(self.beton(split)))
-        column = {name: f"f{i}" for i, name in enumerate(reader.handlers)}
+        from .beton_table import read_beton_table
+
+        samples = read_beton_table(self.beton(split)).samples
         labels = np.full(self.num_samples(split), -1, dtype=np.int64)
-        labels[reader.metadata[column["index"]]] = reader.metadata[column["label"]]
+        labels[samples["index"]] = samples["label"]
         return labels
 
     def fingerprint(self, split: str) -> str:

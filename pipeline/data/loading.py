@@ -12,10 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from ffcv.fields.basics import IntDecoder
-from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
-from ffcv.loader import Loader, OrderOption
-from ffcv.transforms import ToTensor
 
 from .beton import worker_count
 from .datasets import PreparedDataset
@@ -36,21 +32,26 @@ class LoaderKey:
     subset: str | None = None  # a digest of the sample indices the loader reads (None: the whole split)
 
 
-_LOADERS: dict[LoaderKey, Loader] = {}
+_LOADERS: dict[LoaderKey, object] = {}  # RawBetonLoader or FFCV's Loader
 
 
-def new_loader(data: PreparedDataset, path, *, batch_size: int, order: OrderOption, seed: int, indices,
+def new_loader(data: PreparedDataset, path, *, batch_size: int, shuffle: bool, seed: int, indices,
                drop_last: bool, distributed: bool, decode: tuple, workers: int):
-    """Raw images of one size are read straight from the .beton (no pipeline to compile); JPEGs decode through
-    FFCV's Loader on every worker."""
+    """Raw images of one size are read straight from the .beton (no FFCV, no pipeline to compile); JPEGs decode
+    through FFCV's Loader on every worker."""
     if raw_loader_applies(data.meta, decode):
-        return RawBetonLoader(str(path), batch_size=batch_size, num_workers=workers, order=order, seed=seed,
+        return RawBetonLoader(str(path), batch_size=batch_size, num_workers=workers, shuffle=shuffle, seed=seed,
                               indices=indices, drop_last=drop_last, distributed=distributed)
-    return Loader(str(path), batch_size=batch_size, num_workers=workers, order=order, seed=seed, indices=indices,
-                  drop_last=drop_last, distributed=distributed, pipelines=field_pipelines(decode))
+    from ffcv.loader import Loader, OrderOption
+
+    return Loader(str(path), batch_size=batch_size, num_workers=workers, seed=seed, indices=indices,
+                  order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, drop_last=drop_last,
+                  distributed=distributed, pipelines=field_pipelines(decode))
 
 
 def _image_decoder(decode: tuple):
+    from ffcv.fields.rgb_image import CenterCropRGBImageDecoder, SimpleRGBImageDecoder
+
     kind = decode[0]
     if kind == "simple":
         return SimpleRGBImageDecoder()
@@ -60,6 +61,9 @@ def _image_decoder(decode: tuple):
 
 def field_pipelines(decode: tuple) -> dict:
     """FFCV pipelines for the image, label and index fields, ending as torch tensors."""
+    from ffcv.fields.basics import IntDecoder
+    from ffcv.transforms import ToTensor
+
     return {"image": [_image_decoder(decode), ToTensor()],
             "label": [IntDecoder(), ToTensor()], "index": [IntDecoder(), ToTensor()]}
 
@@ -110,7 +114,7 @@ class SplitLoader:
 def block_loader(data: PreparedDataset, split: str, rows, batch: int, train_decode: bool):
     """A sequential FFCV loader over exactly `rows` (uint64 sample indices, in order), nothing dropped: stage one's
     blocks, sl-enc's prototype pass, the pixel bank. Not cached: each caller passes its own rows."""
-    return new_loader(data, data.beton(split), batch_size=batch, order=OrderOption.SEQUENTIAL, seed=0, indices=rows,
+    return new_loader(data, data.beton(split), batch_size=batch, shuffle=False, seed=0, indices=rows,
                       drop_last=False, distributed=False, decode=decode_plan(data, train_decode),
                       workers=worker_count())
 
@@ -129,9 +133,7 @@ def make_loader(data: PreparedDataset, split: str, batch_size: int, *, shuffle: 
                     distributed, decode, workers, subset)
     loader = _LOADERS.get(key)
     if loader is None:
-        loader = new_loader(data, path, batch_size=batch_size,
-                            order=OrderOption.RANDOM if shuffle else OrderOption.SEQUENTIAL, seed=seed,
-                            indices=indices, drop_last=drop_last, distributed=distributed, decode=decode,
-                            workers=workers)
+        loader = new_loader(data, path, batch_size=batch_size, shuffle=shuffle, seed=seed, indices=indices,
+                            drop_last=drop_last, distributed=distributed, decode=decode, workers=workers)
         _LOADERS[key] = loader
     return SplitLoader(loader, torch.device(device))

@@ -5,8 +5,9 @@ standard pad-4 crop + flip + normalization in both. Then, for raw images, FFCV's
 compiled pipeline, in parallel over the workers) against labelopt's RawBetonLoader (no pipeline:
 copies out of the file): the start of a new loader (construction and first batch, which for
 FFCV holds numba's compile), both as the first loader of a fresh process (what a generate-labels
-run pays; there numba also warms up) and as a later one in this process, median of
-PIPELINE_REPEATS, alternating; and a bare epoch (no views). Prints JSON, then tables.
+run pays; there numba also warms up) and as a later one in this process; the fresh process's
+whole wall time (Python, imports, start, one epoch); and a bare epoch (no views). Each the
+median of PIPELINE_REPEATS, alternating. Prints JSON, then tables.
 
     .venv/bin/python benchmarks/loader.py [--images 50000] [--batch-size 256] [--workers N]
 """
@@ -68,14 +69,16 @@ def time_labelopt(folder: Path, batch_size: int, workers: int) -> dict:
 
 
 def started_loader(folder: Path, pipeline: str, batch_size: int, workers: int):
-    """(a new loader of `pipeline`, its epoch's batches after the first, the seconds to that first batch)."""
-    from ffcv.loader import Loader, OrderOption
+    """(a new loader of `pipeline`, its epoch's batches after the first, the seconds to that first batch). FFCV is
+    imported only for its own loader (importing it takes seconds), as labelopt does."""
     from labelopt.pipeline.data.datasets import open_dataset
     from labelopt.pipeline.data.loading import decode_plan, field_pipelines
     from labelopt.pipeline.data.raw_beton import RawBetonLoader
 
     data = open_dataset(folder)
     beton = str(data.beton("train"))
+    if pipeline == "ffcv":
+        from ffcv.loader import Loader, OrderOption
     started = time.perf_counter()
     if pipeline == "raw_reader":
         loader = RawBetonLoader(beton, batch_size=batch_size, num_workers=workers, shuffle=True, seed=0)
@@ -87,21 +90,26 @@ def started_loader(folder: Path, pipeline: str, batch_size: int, workers: int):
     return loader, batches, time.perf_counter() - started
 
 
-def first_start(folder: Path, pipeline: str, batch_size: int, workers: int) -> float:
-    """The start of the first Loader of a fresh Python process (this script run again with --first-start)."""
+def first_start(folder: Path, pipeline: str, batch_size: int, workers: int) -> tuple[float, float]:
+    """A fresh Python process (this script run again with --first-start): (the start of its first loader, the
+    whole process's wall time: Python, its imports, the loader's start and one epoch), what a command pays."""
+    started = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, "--first-start", pipeline, "--folder", str(folder),
                            "--batch-size", str(batch_size), "--workers", str(workers)],
                           capture_output=True, text=True, check=True)
-    return float(done.stdout.split()[-1])
+    return float(done.stdout.split()[-1]), time.perf_counter() - started
 
 
 def time_pipelines(folder: Path, batch_size: int, workers: int) -> dict:
     """A new loader's start (first in a fresh process, later in this one) and a bare epoch's img/s, FFCV's Loader
     against labelopt's raw reader."""
-    runs = {name: {"first_start": [], "later_start": [], "epoch_img_per_s": []} for name in PIPELINES}
+    runs = {name: {"first_start": [], "process_seconds": [], "later_start": [], "epoch_img_per_s": []}
+            for name in PIPELINES}
     for _ in range(PIPELINE_REPEATS):
         for name in PIPELINES:
-            runs[name]["first_start"].append(first_start(folder, name, batch_size, workers))
+            start, process = first_start(folder, name, batch_size, workers)
+            runs[name]["first_start"].append(start)
+            runs[name]["process_seconds"].append(process)
             loader, batches, start = started_loader(folder, name, batch_size, workers)
             for _ in batches:
                 pass
@@ -185,10 +193,11 @@ def main(argv=None) -> int:
         print(f"{name:<42} {row['img_per_s']:>10.0f} {row['seconds']:>9.2f} {row['first_epoch_seconds']:>14.2f}")
     print(f"ratio labelopt / torchvision: {result['ratio_labelopt_over_torchvision']:.2f}x")
     print()
-    print(f"{'raw images, loader':<28} {'first start s':>14} {'later start s':>14} {'bare epoch img/s':>17}")
+    print(f"{'raw images, loader':<20} {'process s':>10} {'first start s':>14} {'later start s':>14} "
+          f"{'bare epoch img/s':>17}")
     for name, row in pipelines.items():
-        print(f"{name:<28} {row['median_first_start']:>14.3f} {row['median_later_start']:>14.3f} "
-              f"{row['median_epoch_img_per_s']:>17.0f}")
+        print(f"{name:<20} {row['median_process_seconds']:>10.3f} {row['median_first_start']:>14.3f} "
+              f"{row['median_later_start']:>14.3f} {row['median_epoch_img_per_s']:>17.0f}")
     return 0
 
 

@@ -293,4 +293,5 @@ def test_loader_times_both_raw_loaders_first_in_a_fresh_process_and_later(tiny_c
     for row in result.values():
         assert len(row["runs"]["first_start"]) == len(row["runs"]["later_start"]) == 1
         assert 0 < row["median_first_start"] < 60 and 0 < row["median_later_start"] < 60
+        assert row["median_first_start"] < row["median_process_seconds"] < 120
         assert row["median_epoch_img_per_s"] > 0

@@ -96,8 +96,9 @@ class SplitLoader:
 
     def host_batches(self, epoch: int, *, pin: bool = False):
         """One epoch of (images uint8 [B,3,H,W], labels int64 [B], indices int64 [B]), all on the CPU, copied out
-        of FFCV's buffers (it reuses them); `pin`: the images in pinned memory, for a copy that does not block."""
-        # FFCV's random order is seeded with seed + epoch; setting the epoch makes resume exact.
+        of the loader's buffers (FFCV reuses them); `pin`: the images in pinned memory, for a copy that does not block."""
+        # The random order (FFCV's, or RawBetonLoader's equal one) is seeded with seed + epoch; setting the epoch
+        # makes resume exact.
         self.loader.next_epoch = epoch
         for images, labels, indices in self.loader:
             chw = images.permute(0, 3, 1, 2)
@@ -112,7 +113,7 @@ class SplitLoader:
 
 
 def block_loader(data: PreparedDataset, split: str, rows, batch: int, train_decode: bool):
-    """A sequential FFCV loader over exactly `rows` (uint64 sample indices, in order), nothing dropped: stage one's
+    """A sequential loader over exactly `rows` (uint64 sample indices, in order), nothing dropped: stage one's
     blocks, sl-enc's prototype pass, the pixel bank. Not cached: each caller passes its own rows."""
     return new_loader(data, data.beton(split), batch_size=batch, shuffle=False, seed=0, indices=rows,
                       drop_last=False, distributed=False, decode=decode_plan(data, train_decode),

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import import_module
 from typing import Callable
 
 from torch import nn
 
-from . import cifar_resnet, imagenet_resnet
+from . import cifar_resnet
 from .names import CIFAR_NAMES, IMAGENET_NAMES
 
 
@@ -32,7 +33,14 @@ def _cifar(name: str) -> ModelSpec:
 
 
 def _imagenet(name: str) -> ModelSpec:
-    return ModelSpec(name, "imagenet", getattr(imagenet_resnet, name), _IMAGENET_STAGES, 224)
+    return ModelSpec(name, "imagenet", lambda num_classes: _imagenet_builder(name)(num_classes), _IMAGENET_STAGES,
+                     224)
+
+
+def _imagenet_builder(name: str) -> Callable[[int], nn.Module]:
+    # torchvision's models, imported when one is built: importing torchvision takes about a second, which a CIFAR
+    # run need not pay.
+    return getattr(import_module(".imagenet_resnet", __package__), name)
 
 
 # Insertion order is the listing order: CIFAR models first, then ImageNet, each by size.

@@ -165,18 +165,23 @@ def test_an_epochs_order_under_torchrun_is_ffcvs(shuffle, monkeypatch):
         assert len(ours.of(0)) == 151
 
 
-def test_reading_raw_images_does_not_import_ffcv(digits_dir):
-    """A process that trains from raw images never imports FFCV (2-3 s of numba compiling at import)."""
+def test_a_cifar_model_on_raw_images_imports_neither_ffcv_nor_torchvision(digits_dir):
+    """A process that reads raw images, views them and runs a CIFAR model never imports FFCV (2-3 s of numba
+    compiling at import) or torchvision (about 1 s): they load only for JPEGs, ImageNet models and resized crops."""
     import subprocess
     import sys
 
-    code = ("import sys\n"
+    code = ("import sys, torch\n"
+            "from labelopt.models import create_model\n"
             "from labelopt.pipeline.data.datasets import open_dataset\n"
             "from labelopt.pipeline.data.loading import make_loader\n"
+            "from labelopt.pipeline.views.policies import PadCropFlipView\n"
             f"data = open_dataset({str(digits_dir)!r})\n"
-            "batches = list(make_loader(data, 'train', 64, shuffle=True).epoch(0))\n"
-            "assert len(batches) > 1 and data.labels('train').min() >= 0\n"
-            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ffcv'))\n")
+            "images, _, _ = next(make_loader(data, 'train', 64, shuffle=True).epoch(0))\n"
+            "views = PadCropFlipView().apply(images, torch.zeros(64, 1, dtype=torch.long))\n"
+            "assert create_model('resnet20', 10)(views.float()).shape == (64, 10)\n"
+            "assert data.labels('train').min() >= 0\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'ffcv', 'torchvision'}))\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torchvision.ops import roi_align
 
 from ..errors import UserError
 
@@ -197,6 +196,8 @@ class ResizedCropFlipView(ViewPolicy):
         return self.apply_rows(images, params, torch.arange(images.shape[0], device=images.device))
 
     def apply_rows(self, images, params, rows):
+        from torchvision.ops import roi_align  # imported here: torchvision takes about a second to import
+
         params = params.to(images.device)
         top, left, h, w, flip = params.unbind(1)
         boxes = torch.stack([rows.float(), left.float(), top.float(), (left + w).float(), (top + h).float()], dim=1)

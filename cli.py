@@ -389,8 +389,8 @@ def training_options(command):
                      help="JPEG datasets (imagenet): the side models train and are evaluated at, cropped from "
                           "decodes of PIXELS*256/224 [default: 224]; a small one (64, 128) makes a quick run."),
         click.option("--workers", "num_workers", type=number("num_workers"), default=None,
-                     help="FFCV decoding threads for JPEG datasets (raw images are read from the file as they are) "
-                          "[default: all cores]."),
+                     help="CPU threads: torch's, and FFCV's JPEG decoding (raw images are read from the file as they "
+                          "are) [default: all cores]."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from its last.pt."),
         click.option("--overwrite", is_flag=True, help="Replace an existing run folder."),
     ]

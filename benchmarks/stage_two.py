@@ -534,7 +534,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=64, help="Student batch (the recipe's) [64].")
     parser.add_argument("--views", default=DEFAULT_VIEWS,
                         help=f"The store's views [{DEFAULT_VIEWS}: 162 per image]; identity makes a quick run.")
-    parser.add_argument("--workers", type=int, default=None, help="FFCV decoding threads [all cores].")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="CPU threads of the runs (torch's, and FFCV's for JPEGs) [all cores].")
     parser.add_argument("--mix", default=DEFAULT_MIX, choices=["mixup", "cutmix", "ricap", "none"],
                         help=f"The mix of the vanilla-mix / aug-sl-from-store pair [{DEFAULT_MIX}]; none skips it.")
     parser.add_argument("--mix-views", type=int, default=DEFAULT_MIX_VIEWS,

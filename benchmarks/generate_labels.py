@@ -18,10 +18,10 @@ uncompressed size, a full CIFAR-100 162-view store projected from the measured b
 open, load and gather 512 random (index, view) rows from each store.
 
 Warm-up (kept out of every timing): one generate-labels run (identity) over a small separate dataset and one
-teacher forward of a full --batch-size slice of cifar-crop-flip views. It covers numba's first compile of
-FFCV's pipeline code, h5py, and the teacher's first-call kernel setup. Each new FFCV Loader still costs a
-little on its first batch; generate-labels pays that on every run, so both bare and generate include it
-(bare reports it as loader_start_seconds).
+teacher forward of a full --batch-size slice of cifar-crop-flip views. It covers h5py's and the store
+reader's first use and the teacher's first-call kernel setup. A new loader's start (milliseconds for these raw
+images, which labelopt reads without FFCV; seconds of numba compiling for JPEGs through FFCV's Loader) is paid
+by every generate-labels run, so both bare and generate include it (bare reports it as loader_start_seconds).
 
 A randomly initialised teacher's outputs are near-uniform, and those compress differently from a trained
 teacher's peaked ones; --train-teacher-epochs E trains the teacher first (labelopt train, recipe defaults

@@ -19,9 +19,10 @@ The same student (resnet20), data, seed, batch and device in three setups, one a
 The data are CIFAR-shaped random images (100 classes) written through labelopt's own .beton writer, as in
 benchmarks/loader.py. The teacher is a freshly initialised resnet56 saved as a labelopt checkpoint: speed does
 not depend on its accuracy. An epoch's time is `train_seconds` from the run's metrics.jsonl (the training loop
-only; there is no test split, so no evaluation). The first epoch can include numba compiling the FFCV Loader,
-so the reported figure is the median of epochs 2..N; the fastest of them is reported too (on a shared machine
-other processes can stretch single epochs many-fold). generate-labels is timed as a whole (the one-off cost);
+only; there is no test split, so no evaluation). The first epoch can include one-off costs (a JPEG dataset's
+FFCV Loader compiling, the first calls of the step's kernels), so the reported figure is the median of epochs
+2..N; the fastest of them is reported too (on a shared machine other processes can stretch single epochs
+many-fold). generate-labels is timed as a whole (the one-off cost);
 the break-even is the number of student epochs after which it is paid back against online distillation:
 gen_seconds / (online_epoch - store_epoch). Both terms grow linearly with the number of images, so the
 break-even does not depend on --images.
@@ -108,7 +109,7 @@ def timing(run: Path, setup: str, members: int = 1) -> dict:
     """A setup's epoch times from its metrics.jsonl; a pack's img/s counts student-images (members x images)."""
     records = epochs_of(run)
     seconds = [r["train_seconds"] for r in records]
-    steady = seconds[1:] or seconds  # epoch 1 holds numba's compile of the FFCV Loader
+    steady = seconds[1:] or seconds  # epoch 1 holds the one-off costs (first kernel calls, FFCV's compile for JPEGs)
     return {"setup": setup, "run": str(run), "epoch_seconds": seconds,
             "img_per_s": [members * r["train_img_per_s"] for r in records], "members": members,
             "first_epoch_seconds": seconds[0], "median_epoch_seconds": statistics.median(steady),

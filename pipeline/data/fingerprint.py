@@ -12,6 +12,7 @@ import numpy as np
 
 from ..atomic import write_json_atomic
 from ..errors import UserError
+from .beton_table import HEADER  # a .beton's header, read without FFCV
 
 FINGERPRINT_VERSION = b"labelopt-fingerprint-v1"
 
@@ -55,16 +56,13 @@ def channel_stats(split, max_samples: int = 20000, seed: int = 0) -> tuple[list[
 
 # -- the .beton file a split's fingerprint belongs to ---------------------------------------------
 
-# The header at the start of every .beton (FFCV's ffcv.types.HeaderType, format version 2), read without FFCV.
-BETON_HEADER = np.dtype([("version", "<u2"), ("num_fields", "<u2"), ("page_size", "<u4"), ("num_samples", "<u8"),
-                         ("alloc_table_ptr", "<u8")], align=True)
 _VERIFIED: dict[tuple, str] = {}  # (path, size, mtime_ns) -> the sha256 found there by this process
 
 
 def beton_samples(path: Path) -> int | None:
     """The sample count a .beton's header declares, or None when it has no readable header."""
     with contextlib.suppress(OSError, ValueError):
-        header = np.fromfile(path, dtype=BETON_HEADER, count=1)
+        header = np.fromfile(path, dtype=HEADER, count=1)
         if len(header) == 1:
             return int(header["num_samples"][0])
     return None

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .beton_table import RAW_MODE, read_beton_table
+from .beton_table import RAW_MODE, BetonTable, read_beton_table
 
 
 class EpochOrder:
@@ -79,7 +79,7 @@ class RawBetonLoader:
         return torch.from_numpy(self._windows[self._pointers[rows]].reshape(len(rows), *self._shape))
 
 
-def _raw_images(table) -> tuple[tuple[int, int, int], np.ndarray]:
+def _raw_images(table: BetonTable) -> tuple[tuple[int, int, int], np.ndarray]:
     """(the images' shape (H, W, 3), each sample's pixel offset in the file int64), checked: every image raw, of
     one size, and inside the file."""
     image = table.samples["image"]

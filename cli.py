@@ -102,11 +102,14 @@ class RegistryChoice(click.Choice):
         pass
 
     def convert(self, value, param, ctx):
+        from .pipeline.limits import BOUNDS
+
         prefix, colon, count = str(value).rpartition(":")
         if colon and f"{prefix}:K" in self.choices:
-            if count.isdigit() and int(count) >= 1:
+            bound = BOUNDS["views"]  # the only NAME:K registry is --views'
+            if count.isdigit() and bound.accepts(int(count)):
                 return value
-            self.fail(f"{value!r}: K must be a whole number >= 1, e.g. {prefix}:10", param, ctx)
+            self.fail(f"{value!r}: K must be {bound.describe()}, e.g. {prefix}:10", param, ctx)
         return super().convert(value, param, ctx)
 
 
@@ -556,7 +559,7 @@ def evaluate(checkpoints, data, split, resolution, out, bins, device, bf16, comp
               help="Label method (sl-ens: several --teacher).")
 @click.option("--views", type=RegistryChoice(store_view_specs), default="identity", show_default=True,
               help="Views stored per image: identity (1), cifar-crop-flip (162), sampled:K (K drawn), "
-                   "mix:POLICY:K (K mixed images per image, partners from the split: Aug-SL).")
+                   "mix:POLICY:K (K mixed images per image, partners from the split: Aug-SL); K up to 10,000.")
 @click.option("--temperature", type=number("temperature"), default=4.0, show_default=True,
               help="Label temperature (the same default as online teachers in train-student).")
 @click.option("--mix-gt", type=number("mix_gt"), default=0.0, show_default=True, help="Weight of the one-hot ground truth mixed in.")

@@ -71,6 +71,8 @@ BOUNDS: dict[str, Bound] = {
     "mix_gt": fraction(),
     "mix_alpha": positive(100.0),
     "topk": int_range(1, 100_000),
+    # K of --views NAME:K, the views stored per sample (CIFAR's every crop-flip is 162; ImageNet stores use ~10-100)
+    "views": int_range(1, 10_000),
     "block_rows": int_range(1, 1_000_000),
     "bins": int_range(1, 1000),
     "max_side": int_range(8, 16_384),

@@ -317,3 +317,7 @@ def test_a_block_too_large_for_memory_is_refused_with_a_size_that_fits():
     with pytest.raises(UserError, match=r"--block-rows 1000000 would hold 74\.5 GiB .* use --block-rows 107374 or"):
         check_block_memory(GenerateOptions(data="d", out="o", block_rows=1_000_000), imagenet)
     check_block_memory(GenerateOptions(data="d", out="o", block_rows=107_374), imagenet)
+    huge = StoreLayout(num_samples=10, num_views=10_000, num_classes=100_000, logits=True,
+                       features={"embedding": 100_000})  # 11.2 GiB a sample: no --block-rows fits
+    with pytest.raises(UserError, match=r"one sample's teacher outputs alone would take 11\.2 GiB .* fewer views"):
+        check_block_memory(GenerateOptions(data="d", out="o", block_rows=1), huge)

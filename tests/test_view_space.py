@@ -153,7 +153,8 @@ def test_mixed_views_need_their_bank_and_an_alpha_only_for_mixes():
         space.policy.apply(images(2), torch.from_numpy(space.views_of(np.arange(2), 32, 32))[:, 0])
     with pytest.raises(UserError, match="mixes nothing"):
         store_views("sampled:2", SimpleNamespace(input_size=32), seed=0, mix_alpha=0.5)
-    with pytest.raises(UserError, match="K must be a positive integer"):
-        store_views("mix:cutmix:0", SimpleNamespace(input_size=32), seed=0)
+    for absurd in ("mix:cutmix:0", "sampled:10001", "sampled:99999999999"):
+        with pytest.raises(UserError, match=r"K must be an integer in \[1, 10,000\]"):
+            store_views(absurd, SimpleNamespace(input_size=32), seed=0)
     with pytest.raises(UserError, match="unknown --views 'mix:cutout:3'"):
         store_views("mix:cutout:3", SimpleNamespace(input_size=32), seed=0)

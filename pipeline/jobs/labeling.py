@@ -123,7 +123,10 @@ def check_block_memory(options: GenerateOptions, layout: StoreLayout) -> None:
     width = layout.num_classes * (2 if layout.logits else 1) + sum(layout.features.values())
     need = rows * layout.num_views * width * 4
     if need > BLOCK_MEMORY_LIMIT:
-        fit = max(1, BLOCK_MEMORY_LIMIT // (layout.num_views * width * 4))
+        fit = BLOCK_MEMORY_LIMIT // (layout.num_views * width * 4)
+        if fit < 1:
+            raise UserError(f"one sample's teacher outputs alone would take {need / rows / 2**30:.1f} GiB of memory "
+                            f"({layout.num_views} views x {width} values); store fewer views")
         raise UserError(f"--block-rows {options.block_rows} would hold {need / 2**30:.1f} GiB of teacher outputs in "
                         f"memory ({layout.num_views} views x {width} values per sample); use --block-rows {fit} "
                         f"or less")

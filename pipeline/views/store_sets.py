@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from ..errors import UserError
+from ..limits import BOUNDS
 from ..data.datasets import PreparedDataset
 from .mixed import MixedView
 from .mixes import MIX_POLICIES, get_mix_policy
@@ -71,8 +72,8 @@ def store_views(spec: str, data: PreparedDataset, seed: int, split: str = "train
     k = None
     if counted:
         k = int(count) if count.isdigit() else 0
-        if k < 1:
-            raise UserError(f"--views {spec}: K must be a positive integer, e.g. {name}:10")
+        if not BOUNDS["views"].accepts(k):
+            raise UserError(f"--views {spec}: K must be {BOUNDS['views'].describe()}, e.g. {name}:10")
     if mix_alpha is not None and not name.startswith("mix:"):
         raise UserError(f"--mix-alpha sets the Beta parameter of mixed views; --views {spec} mixes nothing")
     return builder(data, ViewRequest(spec, seed, split, k, mix_alpha))

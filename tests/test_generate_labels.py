@@ -117,6 +117,19 @@ def test_identity_store_batches_whole_blocks_and_equals_block_sized_batches(teac
     assert torch.allclose(wide.gather(idx, None), direct_probs(teacher, data, images, 2.0), atol=2e-3)
 
 
+def test_blocks_of_few_views_hold_at_least_1024_rows_unless_given(teacher, tiny_cifar_dir, tmp_path):
+    from labelopt.pipeline.jobs.labeling import default_block_rows
+
+    assert [default_block_rows(v) for v in (1, 2, 3, 4, 5, 162)] == [1024, 512, 512, 256, 256, 256]
+    for given, recorded in ((None, "--block-rows 1024"), (8, "--block-rows 8")):
+        out = tmp_path / f"blocks-{given}.h5"
+        generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(out), teachers=(str(teacher),),
+                                        split="test", device="cpu", block_rows=given), log=quiet)
+        assert recorded in LabelStore.open(out).generator["command"]
+        with h5py.File(out) as f:  # a block is a chunk: the 40 rows in one, or in 8-row chunks
+            assert f["targets"].chunks[0] == (40 if given is None else 8)
+
+
 @pytest.mark.slow
 def test_random_and_ensemble_methods(teacher, tiny_cifar_dir, tmp_path):
     generate_labels(GenerateOptions(data=str(tiny_cifar_dir), out=str(tmp_path / "r.h5"), method="random",

@@ -53,7 +53,7 @@ class GenerateOptions:
     mix_alpha: float | None = None  # --views mix:POLICY:K: the Beta parameter (None: the policy's usual one)
     seed: int = 0
     batch_size: int | None = None  # None: default_batch_size(device)
-    block_rows: int = 256
+    block_rows: int | None = None  # None: default_block_rows(the store's views per sample)
     device: str = "auto"
     resolution: int | None = None  # JPEG datasets: the side the teacher sees (None: as prepared)
     bf16: bool = False
@@ -132,6 +132,17 @@ def check_block_memory(options: GenerateOptions, layout: StoreLayout) -> None:
                         f"or less")
 
 
+BLOCK_ROWS = 256  # samples per block of a store with 4 or more views per sample
+BLOCK_VIEW_ROWS = 1024  # the (sample, view) rows a block of fewer views per sample holds at least
+
+
+def default_block_rows(num_views: int) -> int:
+    """256 samples a block, or for a store of 1-3 views per sample a multiple of 256 that makes at least 1,024
+    (sample, view) rows. A block costs a file, an fsync and an HDF5 chunk whatever its size: over 50,000 images an
+    identity store's 256-row blocks made its assembly 2.8x slower than 1,024-row ones (0.20 s against 0.07 s)."""
+    return BLOCK_ROWS * max(1, -(-BLOCK_VIEW_ROWS // (BLOCK_ROWS * num_views)))
+
+
 def default_batch_size(device: torch.device) -> int:
     """512 images per teacher batch on a GPU; 64 on a CPU, where a CIFAR resnet56 runs 1.8x faster per image at
     64 than at 512 (the activations of a large batch spill out of the caches)."""
@@ -157,6 +168,8 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
     check_taps(options, teachers)
     compile_teachers(options, teachers, device, log if dist_info.is_main else lambda _: None)
     views = store_views(options.views, data, options.seed, options.split, options.mix_alpha)
+    if options.block_rows is None:
+        options = replace(options, block_rows=default_block_rows(views.num_views))
     views.attach_bank(data, options.split)  # mixed views: every partner's pixels (refused where they do not fit)
     if views.mixed and dist_info.is_main:
         log(f"generate-labels: {views.policy.bank.describe()}")

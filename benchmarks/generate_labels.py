@@ -4,7 +4,7 @@ All in one process, one run, on CIFAR-shaped random images (100 classes, 32x32) 
 own .beton writer (as in benchmarks/loader.py) and a teacher checkpoint saved the way `labelopt train` saves
 one (freshly initialised with torch seeded, or trained --train-teacher-epochs epochs first):
 
-  bare      the row loader generate-labels uses (block_loader over the same rows, blocks of 256), the same
+  bare      the row loader generate-labels uses (block_loader over the same rows, its default blocks), the same
             view parameters and policy.apply, the same forward slices (a block's rows x views in slices of
             --batch-size), Teacher.outputs and the softmax at T; nothing leaves the device, nothing is written.
             This is the ceiling.
@@ -76,7 +76,6 @@ from common import (NUM_CLASSES, add_run_arguments, checked_device, measure_in_w
 
 FULL_IMAGES, FULL_VIEWS = 50000, 162  # a full CIFAR-100 train store with every cifar-crop-flip view
 TEMPERATURE = 4.0
-BLOCK_ROWS = 256  # generate-labels' default block: its loader batch
 CPU_CROP_FLIP_IMAGES = 1000
 WARMUP_IMAGES = 512
 GATHER_ROWS, GATHER_REPS, OPEN_REPS = 512, 200, 5
@@ -131,6 +130,7 @@ def time_bare(folder: Path, teacher_path: Path, spec: str, batch_size: int, devi
     eager, in channels_last when asked)."""
     from labelopt.pipeline.data.datasets import open_dataset
     from labelopt.pipeline.data.loading import block_loader
+    from labelopt.pipeline.jobs.labeling import default_block_rows
     from labelopt.pipeline.run.checkpoints import load_teachers
     from labelopt.pipeline.views.store_sets import store_views
     from labelopt.pipeline.run.runtime import autocast, to_device
@@ -141,10 +141,12 @@ def time_bare(folder: Path, teacher_path: Path, spec: str, batch_size: int, devi
     views = store_views(spec, data, seed=0)
     n, v = data.num_samples("train"), views.num_views
     rows = np.arange(n, dtype=np.uint64)
-    # As generate-labels does: few views per row (identity) put several blocks in one loader batch.
-    per_batch = max(1, batch_size // (BLOCK_ROWS * v))
+    # As generate-labels does: its default block for these views, and several blocks in one loader batch where
+    # a block holds fewer rows than a teacher batch.
+    block_rows = default_block_rows(v)
+    per_batch = max(1, batch_size // (block_rows * v))
     started, cpu_started = time.perf_counter(), time.process_time()
-    loader = block_loader(data, "train", rows, BLOCK_ROWS * per_batch,
+    loader = block_loader(data, "train", rows, block_rows * per_batch,
                           train_decode=not isinstance(views.policy, IdentityView))
     loader_start = None
     for images, _, indices in loader:
@@ -195,7 +197,7 @@ def time_generate(folder: Path, teacher_path: Path, spec: str, out: Path, args, 
 
     options = GenerateOptions(data=str(folder), out=str(out), teachers=(str(teacher_path),), method="sl",
                               views=spec, temperature=TEMPERATURE, topk=topk, device=str(device), bf16=args.bf16,
-                              batch_size=args.batch_size, block_rows=BLOCK_ROWS,
+                              batch_size=args.batch_size,  # the default block for these views
                               channels_last=getattr(args, "channels_last", False),  # generate_labels_imagenet.py's
                               compile=getattr(args, "compile", False))  # args have neither
     with finish_timer() as finish:
@@ -243,7 +245,7 @@ def device_split(folder: Path, views, device) -> torch.Tensor:
 
     data = open_dataset(folder)
     rows = np.arange(data.num_samples("train"), dtype=np.uint64)
-    loader = block_loader(data, "train", rows, BLOCK_ROWS, train_decode=not isinstance(views.policy, IdentityView))
+    loader = block_loader(data, "train", rows, 256, train_decode=not isinstance(views.policy, IdentityView))
     # Each batch out of FFCV's reused buffer before the next one overwrites it.
     blocks = [images.permute(0, 3, 1, 2).contiguous() for images, _, _ in loader]
     return torch.cat(blocks).to(device)
@@ -607,7 +609,7 @@ def print_tables(result: dict) -> None:
 
     print(f"generate-labels sl, T {TEMPERATURE:g}, teacher {result['teacher_arch']} "
           f"({result['teacher_trained_epochs']} training epochs), batch {result['batch_size']}{teacher_flags(result)}, "
-          f"blocks of {BLOCK_ROWS} rows; img/s = teacher passes ((image, view) pairs) per second")
+          f"generate-labels' default blocks; img/s = teacher passes ((image, view) pairs) per second")
     print(throughput_table(result["throughput"]))
     print("(the top-k row's gen/bare is against the dense cifar-crop-flip bare run)")
     print_anchor_lines(result)
@@ -696,7 +698,7 @@ def main(argv=None) -> int:
         "images_per_part": {"identity": args.images, "cifar-crop-flip": args.crop_flip_images,
                             f"cifar-crop-flip top{args.topk}": args.crop_flip_images},
         "teacher_arch": args.teacher_arch, "teacher_trained_epochs": args.train_teacher_epochs,
-        "method": "sl", "temperature": TEMPERATURE, "batch_size": args.batch_size, "block_rows": BLOCK_ROWS,
+        "method": "sl", "temperature": TEMPERATURE, "batch_size": args.batch_size, "block_rows": "generate-labels' default",
         "bf16": args.bf16, "topk": args.topk, "channels_last": args.channels_last, "compile": args.compile,
         "img_per_s_counts": "teacher passes, i.e. (image, view) pairs",
         **measured, **facts,

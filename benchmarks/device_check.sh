@@ -11,9 +11,9 @@
 #   benchmarks/device_check.sh OUT [--dry-run] [--smoke]
 #
 #   OUT gets generate_labels.json, generate_labels_fast.json, stage_two.json, ddp/ (the torchrun run folder),
-#   stage_two_compiled.json, generate_labels_imagenet.json, logs/, device_check.json and device_check.md (the
-#   table). Each part runs under its own time limit, so one that hangs or fails leaves the others' figures; the
-#   table names what is missing.
+#   stage_two_compiled.json, generate_labels_imagenet.json, PART.json for each opt-in part below that ran, logs/,
+#   device_check.json and device_check.md (the table). Each part runs under its own time limit, so one that hangs
+#   or fails leaves the others' figures; the table names what is missing.
 #   --dry-run  print the commands; run none.
 #   --smoke    tiny sizes on whatever device there is, fp32, an identity store: checks the plumbing only.
 #   --parts A,B,...  run only these parts, in the script's order (names below; default: the six first ones).
@@ -37,12 +37,13 @@
 # under torchrun (ddp); benchmarks/stage_two.py --batch-size 128 --compile --mix none, the goal's batch, with its
 # anchor at batch 128, vanilla, the store, the store with its batches replayed from the device (no loader on the
 # step's path) and a pack of PACK students from it (stage_two_compiled);
-# benchmarks/generate_labels_imagenet.py. Three more, only when --parts names them: stage_two.py at batch 128, eager,
+# benchmarks/generate_labels_imagenet.py. Four more, only when --parts names them: stage_two.py at batch 128, eager,
 # vanilla, store and the pack, with its anchor (stage_two_128), benchmarks/packed.py (packed: G = 1..16 students
-# packed against one after another, images in memory; eager), and benchmarks/store_finish.py over CROP_FLIP_IMAGES
-# images x 162 views (store_finish: the gzip store's assembly on the machine's cores, CPU only). Sized for under 8
-# minutes on
-# one H100/H200 before the anchors and the compiled parts were added; not yet measured with them (each part still
+# packed against one after another, images in memory; eager), benchmarks/store_finish.py over CROP_FLIP_IMAGES
+# images x 162 views (store_finish: the gzip store's assembly on the machine's cores, CPU only), and
+# benchmarks/stage_one_overhead.py over GEN_IMAGES identity images (stage_one_overhead: generate-labels with a
+# teacher that costs nothing, at blocks of 256 and at the default block). Sized for under 8 minutes on one
+# H100/H200 before the anchors and the compiled parts were added; not yet measured with them (each part still
 # stops at its limit).
 set -euo pipefail
 
@@ -50,7 +51,7 @@ usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2; ex
 
 OUT="" DRY=0 SMOKE=0
 ALL_PARTS=generate_labels,generate_labels_fast,stage_two,ddp,stage_two_compiled,generate_labels_imagenet
-KNOWN_PARTS=$ALL_PARTS,stage_two_128,packed,store_finish
+KNOWN_PARTS=$ALL_PARTS,stage_two_128,packed,store_finish,stage_one_overhead
 PARTS=$ALL_PARTS
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -164,6 +165,8 @@ part packed "$OUT/packed.json" \
   "$PYTHON" "$HERE/packed.py" --device "$DEVICE" "${PRECISION[@]}" "${PACKED_SIZES[@]}" --json-only
 part store_finish "$OUT/store_finish.json" \
   "$PYTHON" "$HERE/store_finish.py" --samples "$CROP_FLIP_IMAGES" --json-only
+part stage_one_overhead "$OUT/stage_one_overhead.json" \
+  "$PYTHON" "$HERE/stage_one_overhead.py" --device "$DEVICE" --images "$GEN_IMAGES" --json-only
 if [ "$IMAGENET" = 1 ]; then
   part generate_labels_imagenet "$OUT/generate_labels_imagenet.json" \
     "$PYTHON" "$HERE/generate_labels_imagenet.py" --device "$DEVICE" "${PRECISION[@]}" --images "$IMAGENET_IMAGES" \

@@ -168,6 +168,24 @@ def packed_rows(packed: dict) -> list[dict]:
             for r in packed["rows"]]
 
 
+def overhead_rows(overhead: dict) -> list[dict]:
+    """benchmarks/stage_one_overhead.py: generate-labels with a teacher that costs nothing, at each block size."""
+    base = overhead["setups"]["blocks-256"]["median_seconds"]
+    return [{"what": f"generate-labels {overhead['views']}, free teacher: {overhead['images']:,} images, {name} "
+                     f"({s['block_rows']} rows a block)",
+             "figure": f"{s['median_seconds']:.3f} s (finish {s['median_finish_seconds']:.3f} s)",
+             "against": f"{s['median_seconds'] / base:.2f}x blocks-256"}
+            for name, s in overhead["setups"].items()]
+
+
+def opt_in_rows(out: Path, status: dict, name: str, rows_of) -> tuple[dict | None, list[dict]]:
+    """(OUT/<name>.json, its rows): a 'missing' row where the part ran and failed, none where it did not run."""
+    found = read_json(out / f"{name}.json")
+    if found:
+        return found, rows_of(found)
+    return None, [{"what": f"{name}.py", "figure": "missing", "against": ""}] * (name in status)
+
+
 def store_finish_rows(finish: dict) -> list[dict]:
     """benchmarks/store_finish.py: a gzip store's assembly, labelopt's chunks on every core against HDF5's own."""
     return [{"what": f"store finish: {r['store']} gzip store, {' x '.join(map(str, r['shape']))}, "
@@ -222,9 +240,9 @@ def build(out: Path) -> dict:
         {"what": "stage_two.py --batch-size 128", "figure": "missing", "against": ""}] * ("stage_two_128" in status)
     rows += packed_rows(packed) if packed else [
         {"what": "packed.py", "figure": "missing", "against": ""}] * ("packed" in status)
-    finish = read_json(out / "store_finish.json")
-    rows += store_finish_rows(finish) if finish else [
-        {"what": "store_finish.py", "figure": "missing", "against": ""}] * ("store_finish" in status)
+    finish, finish_rows = opt_in_rows(out, status, "store_finish", store_finish_rows)
+    overhead, overhead_part_rows = opt_in_rows(out, status, "stage_one_overhead", overhead_rows)
+    rows += finish_rows + overhead_part_rows
     imagenet = read_json(out / "generate_labels_imagenet.json")
     if imagenet:
         rows += imagenet_rows(imagenet)
@@ -237,6 +255,7 @@ def build(out: Path) -> dict:
             "stage_two_compiled": compiled and compiled.get("summary"),
             "stage_two_128": eager128 and eager128.get("summary"), "packed": packed and packed.get("rows"),
             "store_finish": finish and finish.get("stores"),
+            "stage_one_overhead": overhead and overhead.get("setups"),
             "generate_labels_imagenet": imagenet and imagenet.get("summary")}
 
 

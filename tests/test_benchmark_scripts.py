@@ -200,6 +200,24 @@ def test_store_finish_times_both_assemblies_of_the_same_chunks(capsys, monkeypat
         store_finish.main(["--topk", "100"])
 
 
+def test_stage_one_overhead_times_generate_labels_with_a_free_teacher_at_both_block_sizes(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import stage_one_overhead
+    from labelopt.stages.teachers import Teacher
+
+    real = Teacher.outputs
+    assert stage_one_overhead.main(["--images", "300", "--reps", "1", "--device", "cpu", "--json-only"]) == 0
+    assert Teacher.outputs is real  # the free teacher is gone afterwards
+    result = json.loads(capsys.readouterr().out)
+    assert {name: s["block_rows"] for name, s in result["setups"].items()} == {"blocks-256": 256, "default": 1024}
+    for setup in result["setups"].values():
+        assert 0 < setup["median_finish_seconds"] < setup["median_seconds"]
+    assert result["default_over_blocks_256"] == pytest.approx(
+        result["setups"]["default"]["median_seconds"] / result["setups"]["blocks-256"]["median_seconds"])
+    with pytest.raises(SystemExit):
+        stage_one_overhead.main(["--reps", "0"])
+
+
 def test_table_packs_times_the_rows_of_both_ways_from_their_done_lines(tmp_path, capsys, monkeypatch):
     """table_packs.py: the packed table runs whole, the second reads its data and copies its teachers and stores,
     runs the same rows with --max-pack 1, and only row and pack steps count as the rows' seconds."""

@@ -153,6 +153,29 @@ def test_store_finish_part_runs_the_assembly_benchmark_and_reports_it(tmp_path):
     assert {"what": "store_finish.py", "figure": "missing", "against": ""} in report.build(tmp_path)["rows"]
 
 
+def test_stage_one_overhead_part_runs_the_free_teacher_benchmark_and_reports_it(tmp_path):
+    done = run_script(tmp_path / "out", "--dry-run", "--parts", "stage_one_overhead", GEN_IMAGES="5000")
+    assert done.returncode == 0, done.stderr
+    command = done.stdout.split()
+    assert command[1].endswith("stage_one_overhead.py") and command[command.index("--images") + 1] == "5000"
+    assert command[command.index("--device") + 1] == "cuda"
+    report = load_report()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "parts.txt").write_text("stage_one_overhead ok 30\n")
+    setup = lambda rows, seconds, finish: {"block_rows": rows, "median_seconds": seconds, "min_seconds": seconds,
+                                           "median_finish_seconds": finish, "median_cpu_seconds": seconds}
+    overhead = {"views": "identity", "images": 50000,
+                "setups": {"blocks-256": setup(256, 0.8, 0.2), "default": setup(1024, 0.6, 0.05)}}
+    (tmp_path / "stage_one_overhead.json").write_text(json.dumps(overhead))
+    result = report.build(tmp_path)
+    rows = {row["what"]: (row["figure"], row["against"]) for row in result["rows"]}
+    assert rows["generate-labels identity, free teacher: 50,000 images, default (1024 rows a block)"] == (
+        "0.600 s (finish 0.050 s)", "0.75x blocks-256")
+    assert result["stage_one_overhead"]["blocks-256"]["median_seconds"] == 0.8
+    (tmp_path / "stage_one_overhead.json").unlink()
+    assert {"what": "stage_one_overhead.py", "figure": "missing", "against": ""} in report.build(tmp_path)["rows"]
+
+
 def test_imagenet_0_leaves_the_imagenet_part_out(tmp_path):
     done = run_script(tmp_path / "out", "--dry-run", IMAGENET="0")
     assert done.returncode == 0, done.stderr

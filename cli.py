@@ -574,7 +574,8 @@ def evaluate(checkpoints, data, split, resolution, out, bins, device, bf16, comp
               help="Teacher batch (images, all views)  [default: 512 on a GPU, 64 on a CPU]")
 @click.option("--block-rows", type=number("block_rows"), default=None,
               help="Samples per block: the unit of resume and of the work split between torchrun ranks  "
-                   "[default: 256; 512 or 1,024 for 1-3 views per sample, so a block holds at least 1,024 rows]")
+                   "[default: a stopped run's own when it resumes, else 256, or 512-1,024 for 1-3 views per "
+                   "sample so that a block holds at least 1,024 rows]")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--resolution", type=number("resolution"), default=None, metavar="PIXELS",
               help="JPEG datasets (imagenet): the side the teacher sees, as train --resolution [default: 224].")

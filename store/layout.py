@@ -82,6 +82,15 @@ def partial_dir(path: Path) -> Path:
     return path.parent / f".{path.name}.partial"
 
 
+def partial_block_rows(path: Path) -> int | None:
+    """The samples per block of a stopped run's partial store for `path` (None: there is none, or it is unreadable)."""
+    try:
+        rows = json.loads((partial_dir(path) / JOB_FILE).read_text())["layout"]["block_rows"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return rows if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 1 else None
+
+
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """The k largest entries of the last axis, largest first: (indices int32, values float32)."""
     part = np.argpartition(-probs, k - 1, axis=-1)[..., :k]

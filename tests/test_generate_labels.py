@@ -1,4 +1,5 @@
 """generate-labels: stored labels are the teacher's answers for exactly the stored views; resume; refusals."""
+from dataclasses import replace
 import os
 import subprocess
 import sys
@@ -81,7 +82,8 @@ def test_crash_then_same_command_resumes_to_the_same_store(teacher, tiny_cifar_d
     monkeypatch.setattr(writer_module.StoreWriter, "write_block", real)
     assert not (tmp_path / "crashed.h5").exists()
     messages = []
-    generate_labels(opts(tmp_path / "crashed.h5"), log=messages.append)
+    # Without --block-rows the default would be 1,024 samples: the stopped run's 16 are kept, and it resumes.
+    generate_labels(replace(opts(tmp_path / "crashed.h5"), block_rows=None), log=messages.append)
     assert any("resuming, 4 of 6 blocks left" in m for m in messages)
     a, b = LabelStore.open(tmp_path / "ref.h5"), LabelStore.open(tmp_path / "crashed.h5")
     for signal in ("targets", "features:pool"):

@@ -17,7 +17,7 @@ from ...models import tap_names
 from ...stages.labelers import DEFAULT_TEMPERATURE, LABELERS, LabelRequest
 from ...stages.teachers import Teacher
 from ...store import StoreError, StoreLayout, StoreWriter
-from ...store.layout import compression_for
+from ...store.layout import compression_for, partial_block_rows
 from ...store.schema import STORABLE_TAPS
 from ..run.checkpoints import load_teachers
 from ..data.datasets import PreparedDataset, open_dataset
@@ -168,8 +168,9 @@ def generate_labels(options: GenerateOptions, log=print) -> Path:
     check_taps(options, teachers)
     compile_teachers(options, teachers, device, log if dist_info.is_main else lambda _: None)
     views = store_views(options.views, data, options.seed, options.split, options.mix_alpha)
-    if options.block_rows is None:
-        options = replace(options, block_rows=default_block_rows(views.num_views))
+    if options.block_rows is None:  # a stopped run resumes in its own blocks, whatever today's default
+        stopped = None if options.overwrite else partial_block_rows(Path(options.out))
+        options = replace(options, block_rows=stopped or default_block_rows(views.num_views))
     views.attach_bank(data, options.split)  # mixed views: every partner's pixels (refused where they do not fit)
     if views.mixed and dist_info.is_main:
         log(f"generate-labels: {views.policy.bank.describe()}")

@@ -139,7 +139,8 @@ BLOCK_VIEW_ROWS = 1024  # the (sample, view) rows a block of fewer views per sam
 def default_block_rows(num_views: int) -> int:
     """256 samples a block, or for a store of 1-3 views per sample a multiple of 256 that makes at least 1,024
     (sample, view) rows. A block costs a file, an fsync and an HDF5 chunk whatever its size: over 50,000 images an
-    identity store's 256-row blocks made its assembly 2.8x slower than 1,024-row ones (0.20 s against 0.07 s)."""
+    identity store's 256-row blocks made the whole job 1.6x and its assembly 2.5x as long as 1,024-row ones did
+    (benchmarks/stage_one_overhead.py)."""
     return BLOCK_ROWS * max(1, -(-BLOCK_VIEW_ROWS // (BLOCK_ROWS * num_views)))
 
 

@@ -200,6 +200,7 @@ def test_store_finish_times_both_assemblies_of_the_same_chunks(capsys, monkeypat
         store_finish.main(["--topk", "100"])
 
 
+@pytest.mark.slow  # it writes a .beton, which imports FFCV: about 7 s alone
 def test_stage_one_overhead_times_generate_labels_with_a_free_teacher_at_both_block_sizes(capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     import stage_one_overhead

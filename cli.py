@@ -87,10 +87,12 @@ def number(bound_name: str) -> Number:
 
 class RegistryChoice(click.Choice):
     """One of a registry's names, read when needed (help, parsing): --help lists what is registered now, and
-    importing the CLI stays cheap (the registries import torch). An entry "NAME:K" stands for NAME:<integer >= 1>."""
+    importing the CLI stays cheap (the registries import torch). An entry "NAME:K" stands for NAME:<an integer in
+    the range pipeline/limits.py gives `count_bound`>."""
 
-    def __init__(self, names):
+    def __init__(self, names, count_bound: str | None = None):
         self.names = names  # () -> the registered names, in listing order
+        self.count_bound = count_bound  # the BOUNDS entry of K, for a registry with NAME:K entries
         super().__init__((), case_sensitive=True)
 
     @property
@@ -106,7 +108,7 @@ class RegistryChoice(click.Choice):
 
         prefix, colon, count = str(value).rpartition(":")
         if colon and f"{prefix}:K" in self.choices:
-            bound = BOUNDS["views"]  # the only NAME:K registry is --views'
+            bound = BOUNDS[self.count_bound]
             if count.isdigit() and bound.accepts(int(count)):
                 return value
             self.fail(f"{value!r}: K must be {bound.describe()}, e.g. {prefix}:10", param, ctx)
@@ -557,7 +559,7 @@ def evaluate(checkpoints, data, split, resolution, out, bins, device, bf16, comp
 @click.option("--teacher", "teachers", multiple=True, help="Teacher checkpoint (repeat for sl-ens).")
 @click.option("--method", type=RegistryChoice(registered_labelers), default="sl", show_default=True,
               help="Label method (sl-ens: several --teacher).")
-@click.option("--views", type=RegistryChoice(store_view_specs), default="identity", show_default=True,
+@click.option("--views", type=RegistryChoice(store_view_specs, count_bound="views"), default="identity", show_default=True,
               help="Views stored per image: identity (1), cifar-crop-flip (162), sampled:K (K drawn), "
                    "mix:POLICY:K (K mixed images per image, partners from the split: Aug-SL); K up to 10,000.")
 @click.option("--temperature", type=number("temperature"), default=4.0, show_default=True,

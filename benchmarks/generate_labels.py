@@ -244,7 +244,7 @@ def device_split(folder: Path, views, device) -> torch.Tensor:
     from labelopt.pipeline.views.policies import IdentityView
 
     data = open_dataset(folder)
-    rows = np.arange(data.num_samples("train"), dtype=np.uint64)
+    rows = np.arange(data.num_samples("train"), dtype=np.uint64)  # read in batches of 256: untimed, any size does
     loader = block_loader(data, "train", rows, 256, train_decode=not isinstance(views.policy, IdentityView))
     # Each batch out of FFCV's reused buffer before the next one overwrites it.
     blocks = [images.permute(0, 3, 1, 2).contiguous() for images, _, _ in loader]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shlex
 import statistics
 import sys
 import time
@@ -71,8 +72,8 @@ def time_run(folder: Path, teacher: Path, out: Path, args, device: torch.device,
         started, cpu_started = time.perf_counter(), time.process_time()
         generate_labels(options, log=lambda _: None)
         seconds, cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
-    command = LabelStore.open(out).generator["command"]
-    rows = int(command.split("--block-rows ")[1].split()[0])
+    command = shlex.split(LabelStore.open(out).generator["command"])  # the block size the run really used
+    rows = int(command[command.index("--block-rows") + 1])
     out.unlink()
     return {"seconds": seconds, "cpu_seconds": cpu_seconds, "finish_seconds": finish[0], "block_rows": rows}
 
